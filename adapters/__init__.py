@@ -1,0 +1,1 @@
+"""Bridges to outside models and tools: LLM backbones, LoRA, semantic teachers, judges, synthesizers."""

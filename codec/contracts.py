@@ -1,0 +1,172 @@
+"""Small cross-package contracts of the codec family (DESIGN.md §4).
+
+Everything outside `codec/` talks to a codec through these types only:
+
+* audio is float32 ``[B, 1, N]`` at ``codec.sample_rate`` with values in [-1, 1];
+* tokens are a :class:`CodecTokens`; codes stay in ``0..K-1`` (vocabulary offsets live in ``slm``);
+* the acoustic frame rate is an integer multiple ``r`` of the semantic frame rate.
+
+`SemanticTeacher` is what `adapters/` implements (Whisper, HuBERT, WavLM, ...); a codec that needs
+a teacher at encode time is handed one, and training reads teacher features/units cached on disk.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterator, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class CodecTokens:
+    """Discrete output of a dual-stream codec.
+
+    semantic: ``[B, Ks, Ts]`` int64 codes in ``0..semantic_codebook_size-1``.
+    acoustic: ``[B, Ka, Ta]`` int64 codes, ``Ta == r * Ts``; ``Ka`` may be 0 (then ``[B, 0, Ta]``).
+    global_:  optional utterance-level conditioning (SecoustiCodec's paralinguistic stream):
+              ``[B, D]`` float vector or ``[B, G]`` int64 global tokens.
+    lengths:  optional ``[B]`` int64 number of valid *semantic* frames per item (the acoustic
+              stream has ``r`` times as many); ``None`` means every frame is valid.
+    """
+
+    semantic: Tensor
+    acoustic: Tensor
+    global_: Tensor | None = None
+    lengths: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.semantic.dim() != 3:
+            raise ValueError(f"semantic codes must be [B, Ks, Ts], got shape {tuple(self.semantic.shape)}")
+        if self.acoustic.dim() != 3:
+            raise ValueError(f"acoustic codes must be [B, Ka, Ta], got shape {tuple(self.acoustic.shape)}")
+        if self.acoustic.shape[0] != self.semantic.shape[0]:
+            raise ValueError(
+                f"batch mismatch: semantic has B={self.semantic.shape[0]}, acoustic B={self.acoustic.shape[0]}"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return self.semantic.shape[0]
+
+    @property
+    def ratio(self) -> int:
+        """Acoustic frames per semantic frame (r); 1 when there is no acoustic stream."""
+        ts, ta = self.semantic.shape[-1], self.acoustic.shape[-1]
+        return max(1, ta // ts) if ts else 1
+
+    def to(self, device: torch.device | str) -> "CodecTokens":
+        return CodecTokens(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
+                              for f in fields(self)})
+
+    def __getitem__(self, i: int) -> "CodecTokens":
+        """Item ``i`` as a batch of one, trimmed to its valid length."""
+        n = int(self.lengths[i]) if self.lengths is not None else self.semantic.shape[-1]
+        r = self.ratio
+        return CodecTokens(
+            semantic=self.semantic[i : i + 1, :, :n],
+            acoustic=self.acoustic[i : i + 1, :, : n * r],
+            global_=None if self.global_ is None else self.global_[i : i + 1],
+            lengths=torch.tensor([n]),
+        )
+
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        """Write to a ``.safetensors`` token file (metadata: e.g. the codec's name and version)."""
+        from safetensors.torch import save_file
+
+        tensors = {"semantic": self.semantic.contiguous(), "acoustic": self.acoustic.contiguous()}
+        if self.global_ is not None:
+            tensors["global_"] = self.global_.contiguous()
+        if self.lengths is not None:
+            tensors["lengths"] = self.lengths.contiguous()
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(path), metadata=metadata or {})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CodecTokens":
+        from safetensors.torch import load_file
+
+        t = load_file(str(path))
+        if "semantic" not in t or "acoustic" not in t:
+            raise ValueError(f"{path} is not a token file: expected tensors 'semantic' and 'acoustic', got {list(t)}")
+        return cls(semantic=t["semantic"], acoustic=t["acoustic"], global_=t.get("global_"), lengths=t.get("lengths"))
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """What the speech LM, the evaluation suite and the demo need from any codec."""
+
+    sample_rate: int
+    semantic_rate: float  # semantic frames per second
+    acoustic_rate: float  # acoustic frames per second (r * semantic_rate), 0 if no acoustic stream
+    semantic_codebook_size: int
+    acoustic_codebook_size: int  # 0 if no acoustic stream
+    n_semantic_codebooks: int  # Ks
+    n_acoustic_codebooks: int  # Ka
+
+    @property
+    def bitrate(self) -> float:  # bits per second summed over streams
+        ...
+
+    def encode(self, wav: Tensor) -> CodecTokens:  # [B, 1, N] -> tokens
+        ...
+
+    def decode(self, tokens: CodecTokens) -> Tensor:  # tokens -> [B, 1, N']
+        ...
+
+
+@runtime_checkable
+class SemanticTeacher(Protocol):
+    """A frozen self-supervised / ASR encoder whose features define the semantic stream.
+
+    ``features(wav)`` takes ``[B, 1, N]`` float audio at ``sample_rate`` and returns
+    ``[B, T, dim]`` features at ``frame_rate`` Hz (``T = ceil(N / sample_rate * frame_rate)``
+    up to one frame).
+    """
+
+    name: str
+    sample_rate: int
+    frame_rate: float
+    dim: int
+
+    def features(self, wav: Tensor) -> Tensor:
+        ...
+
+
+class StreamingCodec(Protocol):
+    """A causal codec that encodes / decodes chunk by chunk; chunks concatenate to the offline result."""
+
+    def stream_encode(self, chunks: Iterator[Tensor]) -> Iterator[CodecTokens]:
+        ...
+
+    def stream_decode(self, chunks: Iterator[CodecTokens]) -> Iterator[Tensor]:
+        ...
+
+
+def check_audio(wav: Tensor, sample_rate: int, expected_rate: int, *, name: str = "audio") -> Tensor:
+    """Validate audio at a public entry point and return it as float32 ``[B, 1, N]``.
+
+    Accepts ``[N]``, ``[1, N]`` or ``[B, 1, N]``. Raises ``ValueError`` with what was expected and
+    what came for: wrong sample rate, more than one channel, empty input, NaN/Inf values.
+    """
+    if not isinstance(wav, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(wav).__name__}")
+    if sample_rate != expected_rate:
+        raise ValueError(f"{name}: expected sample rate {expected_rate} Hz, got {sample_rate} Hz (resample first)")
+    if wav.dim() == 1:
+        wav = wav[None, None]
+    elif wav.dim() == 2:
+        if wav.shape[0] != 1:
+            raise ValueError(f"{name}: expected mono [1, N] or [B, 1, N], got shape {tuple(wav.shape)} "
+                             "(stereo? down-mix first)")
+        wav = wav[None]
+    elif wav.dim() == 3:
+        if wav.shape[1] != 1:
+            raise ValueError(f"{name}: expected 1 channel in [B, 1, N], got {wav.shape[1]} channels")
+    else:
+        raise ValueError(f"{name}: expected [N], [1, N] or [B, 1, N], got shape {tuple(wav.shape)}")
+    if wav.shape[-1] == 0:
+        raise ValueError(f"{name}: empty audio (0 samples)")
+    if not torch.isfinite(wav).all():
+        raise ValueError(f"{name}: contains NaN or Inf values")
+    return wav.float()

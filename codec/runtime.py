@@ -1,0 +1,25 @@
+"""Process-wide runtime settings: thread counts chosen on purpose (DESIGN.md §8)."""
+from __future__ import annotations
+
+import os
+
+
+def set_threads(n: int | None = None) -> int:
+    """Set torch intra-op threads to ``n`` (default: all cores) and return the value used.
+
+    On busy 2-core machines OpenMP spin-waiting can make two threads ~10x slower than one;
+    ``OMP_WAIT_POLICY=PASSIVE`` (set here if unset, effective for threads started later) avoids it.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    n = n or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def cache_dir() -> str:
+    """Where derived artefacts (assembled model dirs, feature caches, judge caches) live."""
+    d = os.environ.get("DUALSTREAM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dualstream-slm")
+    os.makedirs(d, exist_ok=True)
+    return d

@@ -1,0 +1,1 @@
+"""Gradio demo over the slm pipeline facade."""

@@ -1,0 +1,1 @@
+"""The speech LM: token layout, templates, acoustic head, training, generation, pipelines."""

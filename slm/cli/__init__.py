@@ -1,0 +1,46 @@
+"""`slm` command line: one sub-command module per capability.
+
+Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``; it adds its parser(s) and sets
+``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code. Heavy
+imports (torch, transformers, ...) happen inside those callables so that ``slm --help`` is instant.
+A sub-command is listed here only once its capability works.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMAND_MODULES: list[str] = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slm", description="dualstream-slm: dual-stream speech codecs + speech LMs")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: all cores, or $SLM_THREADS)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from codec.runtime import set_threads
+
+    set_threads(args.threads if args.threads is not None else int(os.environ.get("SLM_THREADS", "0")) or None)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
