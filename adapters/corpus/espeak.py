@@ -1,0 +1,158 @@
+"""espeak-ng through its C API (ctypes on ``libespeak-ng.so.1``) with exact phoneme/word events.
+
+The command line cannot give timings, but the library reports, in synchronous mode with
+``espeakINITIALIZE_PHONEME_EVENTS``, one event per phoneme and per word carrying the *sample
+position* in the output. espeak's state is global to the process, so each worker process calls
+:func:`init` once (``build.py`` does it in its pool initializer); do not share across threads.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .phones import segments_from_starts
+
+LIB_NAME = "libespeak-ng.so.1"
+AUDIO_OUTPUT_SYNCHRONOUS = 2
+INITIALIZE_PHONEME_EVENTS = 0x0001
+EVENT_LIST_TERMINATED, EVENT_WORD, EVENT_PHONEME = 0, 1, 7
+POS_CHARACTER, CHARS_UTF8 = 1, 1
+PARAM_RATE, PARAM_VOLUME, PARAM_PITCH, PARAM_RANGE = 1, 2, 3, 4
+
+# Accents (espeak-ng voice names) and voice variants used as speakers; only those installed are used.
+ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan",
+           "en-gb-x-gbcwmd")
+VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2",
+            "klatt4", "croak", "whisper")
+
+
+class _Id(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", _Id)]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                             ctypes.POINTER(_Event))
+
+
+@dataclass
+class EspeakResult:
+    audio: np.ndarray  # int16 [N] at `sample_rate`
+    sample_rate: int
+    phonemes: list[tuple[int, str]]  # (start sample, espeak mnemonic), in order
+    words: list[tuple[int, int, int]]  # (start sample, text position (0-based), length in chars)
+
+
+class _State:
+    lib: ctypes.CDLL | None = None
+    sample_rate = 0
+    chunks: list[np.ndarray] = []
+    events: list[tuple[int, int, str, int, int]] = []
+    callback = None
+
+
+def init() -> int:
+    """Initialise espeak-ng in this process (idempotent); returns its sample rate (22050)."""
+    if _State.lib is not None:
+        return _State.sample_rate
+    lib = ctypes.CDLL(LIB_NAME)
+    lib.espeak_Initialize.restype = ctypes.c_int
+    sr = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, None, INITIALIZE_PHONEME_EVENTS)
+    if sr <= 0:
+        raise RuntimeError(f"espeak_Initialize failed: expected a sample rate, got {sr}")
+
+    def _cb(wav, n, events):  # runs inside espeak_Synth; copies samples and events out
+        if n > 0 and wav:
+            _State.chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        i = 0
+        while events[i].type != EVENT_LIST_TERMINATED:
+            e = events[i]
+            if e.type == EVENT_PHONEME:
+                _State.events.append((EVENT_PHONEME, e.sample, e.id.string.decode("ascii", "replace"), 0, 0))
+            elif e.type == EVENT_WORD:
+                _State.events.append((EVENT_WORD, e.sample, "", e.text_position, e.length))
+            i += 1
+        return 0
+
+    _State.callback = _CALLBACK(_cb)  # keep a reference: ctypes callbacks die with their wrapper
+    lib.espeak_SetSynthCallback(_State.callback)
+    lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                                 ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    _State.lib, _State.sample_rate = lib, sr
+    return sr
+
+
+def available_accents() -> list[str]:
+    """The accents of ``ACCENTS`` this espeak-ng installation has (voice files under ``lang/gmw``)."""
+    from glob import glob
+
+    have = {os.path.basename(p).lower() for p in glob("/usr/lib/*/espeak-ng-data/lang/gmw/*")
+            + glob("/usr/share/espeak-ng-data/lang/gmw/*")}
+    return [a for a in ACCENTS if a in have] or ["en-us"]
+
+
+def available_variants() -> list[str]:
+    from glob import glob
+
+    have = {os.path.basename(p) for p in glob("/usr/lib/*/espeak-ng-data/voices/!v/*")
+            + glob("/usr/share/espeak-ng-data/voices/!v/*")}
+    return [v for v in VARIANTS if v in have]
+
+
+def synth(text: str, voice: str, rate: int = 175, pitch: int = 50, pitch_range: int = 50) -> EspeakResult:
+    """Synthesise ``text`` with ``voice`` (e.g. ``"en-gb+f3"``); words/phonemes carry sample positions."""
+    sr = init()
+    lib = _State.lib
+    if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+        raise ValueError(f"espeak-ng: unknown voice {voice!r} (expected e.g. 'en-us+m3')")
+    for param, value in ((PARAM_RATE, rate), (PARAM_PITCH, pitch), (PARAM_RANGE, pitch_range),
+                         (PARAM_VOLUME, 100)):
+        lib.espeak_SetParameter(param, int(value), 0)
+    _State.chunks, _State.events = [], []
+    data = text.encode("utf-8")
+    err = lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
+    if err != 0:
+        raise RuntimeError(f"espeak_Synth failed with code {err} for {text!r}")
+    lib.espeak_Synchronize()
+    audio = np.concatenate(_State.chunks) if _State.chunks else np.zeros(0, np.int16)
+    phonemes = [(s, name) for kind, s, name, _, _ in _State.events if kind == EVENT_PHONEME]
+    # text_position is 1-based in characters of the input
+    words = [(s, pos - 1, ln) for kind, s, _, pos, ln in _State.events if kind == EVENT_WORD]
+    return EspeakResult(audio=audio, sample_rate=sr, phonemes=phonemes, words=words)
+
+
+_WORD_RE = re.compile(r"[a-z']+")
+
+
+def synth_aligned(text: str, voice: str, rate: int = 175, pitch: int = 50
+                  ) -> tuple[np.ndarray, int, list[list], list[list]]:
+    """Returns (int16 audio, sample rate, phones [[s, e, label]], words [[s, e, word]]) in seconds.
+
+    Word events are matched to the words of ``text`` in order (espeak's ``text_position`` drifts after
+    sentence ends); a word ends where its last non-silent phone ends. If the counts disagree,
+    ``words`` is empty.
+    """
+    r = synth(text, voice, rate=rate, pitch=pitch)
+    sr, dur = r.sample_rate, len(r.audio) / r.sample_rate
+    phones = segments_from_starts([(s / sr, p) for s, p in r.phonemes], dur, "espeak")
+    names = _WORD_RE.findall(text.lower())
+    words: list[list] = []
+    if len(names) == len(r.words):
+        starts = [s / sr for s, _, _ in r.words] + [dur]
+        for i, w in enumerate(names):
+            t0, t1 = starts[i], starts[i + 1]
+            inside = [p for p in phones if p[2] != "sil" and p[0] >= t0 - 1e-4 and p[1] <= t1 + 1e-4]
+            if inside:
+                t0, t1 = max(t0, inside[0][0]), inside[-1][1]
+            words.append([round(t0, 5), round(t1, 5), w])
+    return r.audio, sr, phones, words
