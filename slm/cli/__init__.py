@@ -13,6 +13,7 @@ import os
 import sys
 
 COMMAND_MODULES: list[str] = [
+    "slm.cli.data",
 ]
 
 
