@@ -1,0 +1,119 @@
+"""Training configuration of the codec GAN trainer (one YAML file, one dataclass)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from codec.discriminators import DiscriminatorConfig
+from codec.losses import ReconstructionLossConfig
+
+
+@dataclass
+class CodecTrainConfig:
+    # Model: a CodecConfig YAML path, or an inline dict of CodecConfig fields. ``tiny: <variant>``
+    # inside the dict builds CodecConfig.tiny(variant) and applies the remaining keys on top.
+    model: str | dict[str, Any] = "configs/codec/sac.yaml"
+    out_dir: str = "runs/codec"
+    # Data: the JSONL manifest; only rows of ``train_split`` are trained on.
+    manifest: str = "data/synth2h/manifest.jsonl"
+    train_split: str = "train"
+    valid_split: str = "valid"
+    # Teacher caches written by `slm codec teacher-cache` / `slm codec kmeans` (read, never computed
+    # here: a teacher forward per step would cost more than the codec itself on CPU).
+    teacher_features: str | None = None
+    teacher_units: str | None = None
+    teacher_centroids: str | None = None  # k-means .safetensors handed to model.set_teacher_codebook
+    text_tokenizer: str | None = None     # sentencepiece model (secousticodec); trained if missing
+    batch_size: int = 8
+    segment_seconds: float = 2.0  # SAC: 2.4 s, STACodec: 3 s; shorter keeps CPU steps cheap
+    num_workers: int = 0
+    # Optimisation (SAC: AdamW lr 1e-4, betas (0.8, 0.9), exponential decay; we train far fewer
+    # steps, so a higher lr).
+    lr: float = 3e-4
+    disc_lr: float = 3e-4
+    betas: tuple[float, float] = (0.8, 0.9)
+    weight_decay: float = 0.0
+    lr_decay: float = 0.999996  # per-step exponential decay (ExponentialLR)
+    grad_clip: float = 1000.0   # DAC clips at 1e3: only catches blow-ups
+    steps: int = 1000
+    max_minutes: float | None = None  # stop (and checkpoint) after this much wall time
+    # The adversarial terms start after this many steps (SAC: 1500): a random generator gives the
+    # discriminator an easy win that destabilises training.
+    warmup_adv_steps: int = 200
+    adv_kind: str = "hinge"
+    ema_decay: float = 0.999
+    ckpt_every: int = 200
+    keep_last: int = 3
+    log_every: int = 10
+    sample_every: int = 500  # TensorBoard audio + mel figures
+    mixed_precision: str = "no"  # "bf16" halves step time on CPUs with AMX (DESIGN.md §8)
+    seed: int = 0
+    export_fp16: bool = True
+    # Trainer-side loss weights ("recon/*", "adv/*"); model-side ones come from the model config and
+    # can be overridden here by name.
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    recon: ReconstructionLossConfig = field(default_factory=ReconstructionLossConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+    def __post_init__(self) -> None:
+        if self.adv_kind not in ("hinge", "lsgan"):
+            raise ValueError(f"adv_kind must be 'hinge' or 'lsgan', got {self.adv_kind!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.batch_size < 1 or self.steps < 1 or self.segment_seconds <= 0:
+            raise ValueError("batch_size and steps must be >= 1 and segment_seconds > 0, got "
+                             f"{self.batch_size}, {self.steps}, {self.segment_seconds}")
+        if isinstance(self.recon, dict):
+            self.recon = _build(ReconstructionLossConfig, self.recon, "recon")
+        if isinstance(self.discriminator, dict):
+            self.discriminator = _build(DiscriminatorConfig, self.discriminator, "discriminator")
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CodecTrainConfig:
+        return _build(cls, d, "codec train config")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> CodecTrainConfig:
+        import yaml
+
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+        cfg = cls.from_dict(d)
+        # Relative paths in a config are relative to the working directory (the repo root), as in
+        # the shipped configs; nothing to resolve here.
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def model_config(self):
+        """Build the CodecConfig this run trains."""
+        from codec.config import CodecConfig
+
+        if isinstance(self.model, str):
+            return CodecConfig.from_yaml(self.model)
+        d = dict(self.model)
+        if "tiny" in d:
+            base = CodecConfig.tiny(d.pop("tiny")).to_dict()
+        elif "default" in d:
+            base = CodecConfig.default(d.pop("default")).to_dict()
+        else:
+            base = {}
+        lw = {**base.get("loss_weights", {}), **d.pop("loss_weights", {})}
+        base.update(d)
+        if lw:
+            base["loss_weights"] = lw
+        return CodecConfig.from_dict(base)
+
+
+def _build(cls, d: dict[str, Any], what: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; known keys are {sorted(known)}")
+    d = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v)
+         for k, v in d.items()}
+    return cls(**d)
