@@ -14,6 +14,7 @@ import sys
 
 COMMAND_MODULES: list[str] = [
     "slm.cli.data",
+    "slm.cli.demo",
 ]
 
 

@@ -1,0 +1,217 @@
+"""TTS, ASR, continuation and dialogue tabs: thin handlers over the ``SpeechPipeline`` facade."""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import gradio as gr
+import torch
+
+from demos.app import DemoContext, user_errors
+from demos.limits import InputError, check_text, load_audio_input, to_gradio_audio
+from demos.plots import continuation_plot, tokens_over_spectrogram
+
+DEFAULT_VOICE = "(model default)"
+MIC_AND_UPLOAD = ["microphone", "upload"]
+
+
+def _sampling_controls(ctx: DemoContext, seconds_label: str, seconds_default: float):
+    """Temperature / top-k / top-p / seed / length controls shared by TTS and continuation."""
+    with gr.Accordion("Sampling", open=False):
+        with gr.Row():
+            temperature = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="Temperature", info="0 = greedy")
+            top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k", info="0 = off")
+            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p")
+        with gr.Row():
+            seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random; same seed + settings = same audio")
+            seconds = gr.Slider(1.0, ctx.limits.max_generate_seconds, value=seconds_default, step=0.5,
+                                label=seconds_label)
+    return [temperature, top_k, top_p, seed, seconds]
+
+
+def _sampling_kwargs(temperature: float, top_k: float, top_p: float, seed) -> dict:
+    seed = None if seed is None or int(seed) < 0 else int(seed)
+    return {"temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p), "seed": seed}
+
+
+def _rtf_line(seconds_audio: float, seconds_compute: float, first_chunk: float | None = None) -> str:
+    parts = [(f"{seconds_audio:.2f} s of audio in {seconds_compute:.2f} s "
+             f"({seconds_audio / max(seconds_compute, 1e-9):.2f}x real time)")]
+    if first_chunk is not None:
+        parts.append(f"first audio after {first_chunk:.2f} s")
+    return " - ".join(parts)
+
+
+# ---- text to speech ------------------------------------------------------------------------------
+def tts_tab(ctx: DemoContext) -> gr.Dropdown:
+    """Returns the voice dropdown: the app fills it from ``pipeline.voices()`` on page load."""
+    with gr.Row():
+        with gr.Column():
+            text = gr.Textbox(label="Text", lines=4, max_length=ctx.limits.max_text_chars,
+                              placeholder="Type what the model should say.",
+                              value="The quick brown fox jumps over the lazy dog.")
+            voice = gr.Dropdown([DEFAULT_VOICE], value=DEFAULT_VOICE, label="Voice",
+                                info="a bundled voice, or record / upload a reference clip below")
+            reference = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath",
+                                 label="Reference voice (optional, a few seconds; overrides the voice above)")
+            controls = _sampling_controls(ctx, "Max seconds", 8.0)
+            with gr.Row():
+                go = gr.Button("Speak", variant="primary")
+                stop = gr.Button("Stop")
+        with gr.Column():
+            live = gr.Audio(label="Live (streamed while it is generated)", streaming=True, autoplay=True,
+                            interactive=False, elem_id="tts-live")
+            full = gr.Audio(label="Full take", interactive=False, buttons=["download"], elem_id="tts-full")
+            info = gr.Markdown(elem_id="tts-info")
+
+    @user_errors
+    def on_tts(text_value, voice_name, ref_path, temperature, top_k, top_p, seed, max_seconds):
+        text_value = check_text(text_value, ctx.limits)
+        p = ctx.pipeline.get()
+        voice_arg = _voice_arg(ctx, p, voice_name, ref_path)
+        kwargs = _sampling_kwargs(temperature, top_k, top_p, seed)
+        chunks, t0, first = [], time.perf_counter(), None
+        for chunk in p.tts_stream(text_value, voice_arg, max_seconds=float(max_seconds), **kwargs):
+            if chunk.numel() == 0:
+                continue
+            first = first if first is not None else time.perf_counter() - t0
+            chunks.append(chunk.reshape(1, -1))
+            yield to_gradio_audio(chunk, p.sample_rate), gr.skip(), "generating..."
+        if not chunks:
+            raise InputError("the model produced no audio for this text; try a longer sentence or another seed")
+        wav = torch.cat(chunks, dim=-1)
+        yield gr.skip(), to_gradio_audio(wav, p.sample_rate), _rtf_line(
+            wav.shape[-1] / p.sample_rate, time.perf_counter() - t0, first)
+
+    event = go.click(on_tts, [text, voice, reference, *controls], [live, full, info], api_name="tts")
+    stop.click(None, None, None, cancels=[event], api_visibility="private")
+    return voice
+
+
+def _voice_arg(ctx: DemoContext, p, voice_name: str | None, ref_path):
+    """A reference clip (as ``(wav [1, N], sample_rate)``) wins over a bundled voice name."""
+    if ref_path:
+        return load_audio_input(ref_path, ctx.limits, p.sample_rate, name="reference voice"), p.sample_rate
+    if not voice_name or voice_name == DEFAULT_VOICE:
+        return None
+    return voice_name
+
+
+def voice_choices(ctx: DemoContext):
+    names = list(ctx.pipeline.get().voices())
+    return gr.update(choices=[DEFAULT_VOICE, *names], value=DEFAULT_VOICE)
+
+
+# ---- speech recognition --------------------------------------------------------------------------
+def asr_tab(ctx: DemoContext) -> None:
+    with gr.Row():
+        with gr.Column(scale=1):
+            audio = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath", label="Speech")
+            go = gr.Button("Transcribe", variant="primary")
+            transcript = gr.Textbox(label="Transcript", lines=3, interactive=False, elem_id="asr-transcript",
+                                    buttons=["copy"])
+            info = gr.Markdown()
+        with gr.Column(scale=2):
+            plot = gr.Plot(label="Semantic tokens under the spectrogram")
+
+    @user_errors
+    def on_asr(path):
+        p = ctx.pipeline.get()
+        wav = load_audio_input(path, ctx.limits, p.sample_rate, name="speech")
+        t0 = time.perf_counter()
+        text = p.asr(wav, p.sample_rate)
+        spent = time.perf_counter() - t0
+        tokens = p.encode(wav, p.sample_rate)
+        fig = tokens_over_spectrogram(wav, p.sample_rate, tokens.semantic[0], p.codec.semantic_rate)
+        n = tokens.semantic.shape[-1]
+        return (text.strip() or "(no words recognised)", fig,
+                f"{wav.shape[-1] / p.sample_rate:.2f} s -> {n} semantic tokens; transcribed in {spent:.2f} s")
+
+    go.click(on_asr, audio, [transcript, plot, info], api_name="asr")
+
+
+# ---- continuation --------------------------------------------------------------------------------
+def continuation_tab(ctx: DemoContext) -> None:
+    gr.Markdown("The model hears the prompt and keeps talking: it samples semantic tokens after the prompt's "
+                "tokens, the acoustic head fills in the acoustic tokens, the codec decodes both.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            prompt = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath", label="Prompt (a few seconds of speech)")
+            controls = _sampling_controls(ctx, "Seconds to add", 3.0)
+            go = gr.Button("Continue", variant="primary")
+        with gr.Column(scale=2):
+            with gr.Row():
+                cont = gr.Audio(label="Continuation", interactive=False, buttons=["download"], elem_id="cont-audio")
+                both = gr.Audio(label="Prompt + continuation", interactive=False, buttons=["download"])
+            plot = gr.Plot(label="Prompt and continuation")
+            info = gr.Markdown()
+
+    @user_errors
+    def on_continue(path, temperature, top_k, top_p, seed, seconds):
+        p = ctx.pipeline.get()
+        wav = load_audio_input(path, ctx.limits, p.sample_rate, name="prompt")
+        t0 = time.perf_counter()
+        out = p.continue_(wav, p.sample_rate, seconds=float(seconds),
+                          **_sampling_kwargs(temperature, top_k, top_p, seed)).reshape(1, -1)
+        spent = time.perf_counter() - t0
+        if out.numel() == 0:
+            raise InputError("the model produced no continuation; try another seed or a longer prompt")
+        sr = p.sample_rate
+        return (to_gradio_audio(out, sr), to_gradio_audio(torch.cat([wav, out], dim=-1), sr),
+                continuation_plot(wav, out, sr), _rtf_line(out.shape[-1] / sr, spent))
+
+    go.click(on_continue, [prompt, *controls], [cont, both, plot, info], api_name="continue")
+
+
+# ---- dialogue ------------------------------------------------------------------------------------
+def _latency_table(latencies: dict[str, float]) -> str:
+    rows = "".join(f"| {k} | {v:.2f} s |\n" for k, v in latencies.items())
+    return "| stage | latency |\n|---|---|\n" + rows + f"| **total** | **{sum(latencies.values()):.2f} s** |"
+
+
+def _wav_file(wav: torch.Tensor, sample_rate: int) -> str:
+    """Replies go into the chat history as wav files (gradio copies them into its cache)."""
+    import soundfile as sf
+
+    d = os.path.join(tempfile.gettempdir(), "dualstream-demo")
+    os.makedirs(d, exist_ok=True)
+    fd, path = tempfile.mkstemp(suffix=".wav", prefix="reply-", dir=d)
+    os.close(fd)
+    sf.write(path, wav.detach().float().cpu().reshape(-1).clamp(-1, 1).numpy(), sample_rate)
+    return path
+
+
+def dialogue_tab(ctx: DemoContext) -> None:
+    gr.Markdown("Talk to the model: your turn is transcribed (ASR), the backbone answers in its own chat mode, "
+                "and the answer is spoken (TTS). Each turn lists the time every stage took.")
+    history = gr.State([])
+    with gr.Row():
+        with gr.Column(scale=2):
+            chat = gr.Chatbot(label="Conversation", height=420, elem_id="dialogue-chat")
+        with gr.Column(scale=1):
+            mic = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath", label="Your turn")
+            with gr.Row():
+                send = gr.Button("Send", variant="primary")
+                clear = gr.Button("New conversation")
+            reply = gr.Audio(label="Reply", autoplay=True, interactive=False, elem_id="dialogue-reply")
+            latency = gr.Markdown(elem_classes="latency")
+
+    @user_errors
+    def on_turn(path, hist: list, messages: list):
+        p = ctx.pipeline.get()
+        wav = load_audio_input(path, ctx.limits, p.sample_rate, name="your turn")
+        turn = p.dialogue(wav, p.sample_rate, list(hist))
+        hist = [*hist, {"role": "user", "content": turn.user_text},
+                {"role": "assistant", "content": turn.reply_text}][-2 * ctx.limits.max_dialogue_turns:]
+        stages = " · ".join(f"{k} {v:.2f} s" for k, v in turn.latencies.items())
+        messages = [*(messages or []),
+                    {"role": "user", "content": f"🎤 {turn.user_text or '(nothing recognised)'}"},
+                    {"role": "assistant", "content": f"{turn.reply_text}\n\n<sub>{stages}</sub>"},
+                    {"role": "assistant", "content": {"path": _wav_file(turn.reply_audio, p.sample_rate),
+                                                      "mime_type": "audio/wav"}}]
+        return hist, messages, to_gradio_audio(turn.reply_audio, p.sample_rate), \
+            _latency_table(turn.latencies), None
+
+    send.click(on_turn, [mic, history, chat], [history, chat, reply, latency, mic], api_name="dialogue")
+    clear.click(lambda: ([], [], None, ""), None, [history, chat, reply, latency], api_name="dialogue_reset")
