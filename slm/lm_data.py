@@ -1,0 +1,211 @@
+"""Speech-LM data: codec tokens of a manifest, multi-task examples, packing, batches (DESIGN.md §6).
+
+Token dirs hold one ``CodecTokens`` safetensors file per utterance plus ``index.jsonl`` (one line per
+utterance: ``id``, ``tokens`` (file name, relative), ``text``, ``speaker``, ``split``). They come from
+``slm codec tokenize`` or from :func:`tokenize_manifest` here (which caches: existing files are kept).
+
+Every epoch each utterance becomes one example of one task, drawn with the configured ratios from a
+seeded generator (so a given (seed, epoch) always gives the same data: exact resume needs that).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from codec.contracts import CodecTokens
+from slm.acoustic_head import frames_from_acoustic
+from slm.layout import TokenLayout
+from slm.templates import IGNORE, Example, asr_example, continuation_example, tts_example
+
+INDEX = "index.jsonl"
+
+
+@dataclass
+class Utterance:
+    id: str
+    text: str
+    speaker: str
+    split: str
+    semantic: Tensor  # [Ts]
+    acoustic: Tensor  # [Ts, L] per-frame acoustic codes (L = r*Ka, may be 0)
+    global_: Tensor | None = None  # [D] float or [G] int
+
+
+@dataclass
+class Batch:
+    """A padded batch of packed sequences. ``[B, T]`` unless said otherwise."""
+
+    input_ids: Tensor
+    labels: Tensor
+    attention_mask: Tensor
+    head_mask: Tensor  # True at position p-1 of every semantic token p that has acoustic targets
+    head_sem: Tensor  # [B, T] semantic code of that next token (0 elsewhere)
+    head_codes: Tensor  # [B, T, L] its acoustic codes (-100 elsewhere)
+    head_item: Tensor  # [B, T] index into `voices` of the example the frame belongs to (-1 elsewhere)
+    voices: list[Tensor]  # per example: reference acoustic codes [Ka, Ta] for the head's voice vector
+    globals_: list[Tensor | None]
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+    return rows
+
+
+def tokenize_manifest(codec, manifest: str | Path, out_dir: str | Path, teacher=None) -> Path:
+    """Encode every row of a JSONL manifest (id, path, text, speaker, split) once; returns ``out_dir``."""
+    from tqdm import tqdm
+
+    from codec.audio import load_audio
+    from codec.data import read_manifest, resolve_path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_manifest(manifest)
+    index = []
+    for row in tqdm(rows, desc="tokenising", unit="utt"):
+        f = out / f"{row['id']}.safetensors"
+        if not f.exists():
+            wav = load_audio(resolve_path(row), codec.sample_rate)
+            wav = wav.view(1, 1, -1) if wav.dim() < 3 else wav
+            with torch.no_grad():
+                toks = codec.encode(wav, teacher=teacher) if teacher is not None else codec.encode(wav)
+            toks.save(f.with_suffix(".tmp"), metadata={"id": str(row["id"])})
+            f.with_suffix(".tmp").rename(f)
+        index.append({"id": row["id"], "tokens": f.name, "text": row.get("text", ""),
+                      "speaker": row.get("speaker", ""), "split": row.get("split", "train")})
+    with open(out / INDEX, "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in index)
+    return out
+
+
+def load_tokens(token_dir: str | Path, split: str | None = None, limit: int | None = None) -> list[Utterance]:
+    d = Path(token_dir)
+    if not (d / INDEX).exists():
+        raise FileNotFoundError(f"no {INDEX} in {d}: run `slm codec tokenize` or set `manifest` in the config")
+    utts = []
+    for row in read_jsonl(d / INDEX):
+        if split is not None and row.get("split", "train") != split:
+            continue
+        name = row.get("tokens") or row.get("token_path") or row.get("file") or f"{row['id']}.safetensors"
+        t = CodecTokens.load(d / name)[0]
+        if t.semantic.shape[1] != 1:
+            raise ValueError(f"{name}: the speech LM models one semantic codebook, got Ks={t.semantic.shape[1]}")
+        g = None if t.global_ is None else t.global_[0]
+        utts.append(Utterance(str(row["id"]), row.get("text", ""), str(row.get("speaker", "")),
+                              row.get("split", "train"), t.semantic[0, 0],
+                              frames_from_acoustic(t.acoustic[0], t.ratio), g))
+        if limit and len(utts) >= limit:
+            break
+    return utts
+
+
+@dataclass
+class TaskMix:
+    tts: float = 0.6
+    asr: float = 0.2
+    continue_: float = 0.2
+    prompt_prob: float = 0.3  # TTS examples prefixed by another utterance of the same speaker (voice prompt)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> TaskMix:
+        d = dict(d or {})
+        if "continue" in d:
+            d["continue_"] = d.pop("continue")
+        return cls(**d)
+
+
+def make_examples(utts: list[Utterance], tokenizer, layout: TokenLayout, mix: TaskMix, seed: int,
+                  epoch: int) -> list[tuple[Example, int]]:
+    """One example per utterance (task by ratio); returns (example, utterance index) pairs."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    by_spk: dict[str, list[int]] = {}
+    for i, u in enumerate(utts):
+        by_spk.setdefault(u.speaker, []).append(i)
+    tasks, weights = ["tts", "asr", "continue"], [mix.tts, mix.asr, mix.continue_]
+    out = []
+    for i, u in enumerate(utts):
+        task = rng.choices(tasks, weights)[0]
+        has_text = bool(u.text.strip())
+        if task in ("tts", "asr") and not has_text:
+            task = "continue"
+        if task == "continue" and u.semantic.numel() < 2:
+            continue
+        ac = u.acoustic if u.acoustic.shape[-1] else None
+        if task == "tts":
+            ex = None
+            mates = [j for j in by_spk.get(u.speaker, []) if j != i and utts[j].text.strip()]
+            if mates and u.speaker and rng.random() < mix.prompt_prob:
+                p = utts[rng.choice(mates)]
+                ex = tts_example(tokenizer, layout, u.text, u.semantic, ac, p.text, p.semantic)
+            ex = ex or tts_example(tokenizer, layout, u.text, u.semantic, ac)
+        elif task == "asr":
+            ex = asr_example(tokenizer, layout, u.semantic, u.text, ac)
+        else:
+            ex = continuation_example(layout, u.semantic, ac)
+        out.append((ex, i))
+    rng.shuffle(out)
+    return out
+
+
+def pack(examples: list[tuple[Example, int]], max_len: int) -> list[list[tuple[Example, int]]]:
+    """Greedy first-fit packing into sequences of at most ``max_len`` tokens (examples longer are dropped).
+
+    Packed examples attend to each other (no block-diagonal mask): the common simplification of HF
+    trainers' ``packing=True``; every example starts with its task token, so boundaries are explicit."""
+    packs: list[list[tuple[Example, int]]] = []
+    room: list[int] = []
+    for item in examples:
+        n = len(item[0])
+        if n > max_len:
+            continue
+        for k, r in enumerate(room):
+            if n <= r:
+                packs[k].append(item)
+                room[k] -= n
+                break
+        else:
+            packs.append([item])
+            room.append(max_len - n)
+    return packs
+
+
+def collate(packs: list[list[tuple[Example, int]]], utts: list[Utterance], pad_id: int, frame_len: int,
+            semantic_offset: int) -> Batch:
+    T = max(sum(len(e) for e, _ in p) for p in packs)
+    B, L = len(packs), frame_len
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    att = torch.zeros(B, T, dtype=torch.long)
+    hmask = torch.zeros(B, T, dtype=torch.bool)
+    hsem = torch.zeros(B, T, dtype=torch.long)
+    hcodes = torch.full((B, T, max(L, 1)), IGNORE, dtype=torch.long)
+    hitem = torch.full((B, T), -1, dtype=torch.long)
+    voices, globals_ = [], []
+    for b, p in enumerate(packs):
+        o = 0
+        for ex, ui in p:
+            n = len(ex)
+            ids[b, o : o + n], labels[b, o : o + n], att[b, o : o + n] = ex.input_ids, ex.labels, 1
+            if ex.acoustic is not None and L:
+                ctx = ex.semantic_pos + o - 1  # the state that sampled each semantic token
+                hmask[b, ctx] = True
+                hsem[b, ctx] = ex.input_ids[ex.semantic_pos] - semantic_offset
+                hcodes[b, ctx] = ex.acoustic
+                hitem[b, ctx] = len(voices)
+                u = utts[ui]
+                voices.append(u.acoustic.reshape(1, 1, -1))  # reference codes of the same utterance
+                globals_.append(u.global_)
+            o += n
+    return Batch(ids, labels, att, hmask, hsem, hcodes, hitem, voices, globals_)

@@ -1,0 +1,313 @@
+"""`SpeechPipeline`: TTS, ASR-by-token, continuation and spoken dialogue behind one facade.
+
+The demo and the evaluation suite code against exactly this class. A model dir (what ``slm train``
+writes, see :func:`save_bundle`) holds::
+
+    slm_config.json        backbone spec, codec location/class, sampling defaults
+    token_layout.json      the extended vocabulary (slm.layout)
+    adapter/               peft LoRA adapter (+ trained rows of the new tokens)
+    acoustic_head.*        the depth transformer (absent when the codec has no acoustic stream)
+    codec/                 the codec it was trained with (copy), or a path in slm_config.json
+    voices/NAME.safetensors  reference tokens (+ transcript in the metadata) for named voices
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from codec.contracts import CodecTokens, check_audio
+from slm.acoustic_head import AcousticHead, acoustic_from_frames
+from slm.generate import Sampling, generate_frames, generate_text
+from slm.layout import TokenLayout
+from slm.templates import asr_prompt, continuation_prompt, tts_prompt
+
+BUNDLE_VERSION = 1
+MAX_TEXT_CHARS = 5000  # beyond this, split the text yourself: a bound against accidental endless input
+DEFAULT_DIR_ENV = "DUALSTREAM_SLM_DEFAULT"
+
+
+@dataclass
+class Voice:
+    name: str
+    tokens: CodecTokens  # batch of one
+    text: str = ""  # transcript of the reference, enables prompting the LM with it
+
+
+@dataclass
+class DialogueTurn:
+    user_text: str
+    reply_text: str
+    reply_audio: Tensor  # [1, N]
+    latencies: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+def split_sentences(text: str, max_chars: int = 200) -> list[str]:
+    """Sentence chunks of at most ``max_chars`` (long sentences split at commas, then words)."""
+    parts = [p.strip() for p in re.split(r"(?<=[.!?;:])\s+|\n+", text) if p.strip()]
+    out: list[str] = []
+    for p in parts:
+        while len(p) > max_chars:
+            cut = max(p.rfind(",", 0, max_chars), p.rfind(" ", 0, max_chars))
+            cut = cut if cut > 0 else max_chars
+            out.append(p[: cut + 1].strip())
+            p = p[cut + 1 :].strip()
+        if p:
+            out.append(p)
+    return out
+
+
+def _load_codec(path: str | Path, cls_name: str | None):
+    mod, _, name = (cls_name or "codec.model:DualStreamCodec").partition(":")
+    return getattr(importlib.import_module(mod), name).from_pretrained(str(path))
+
+
+def save_bundle(directory: str | Path, lm, layout: TokenLayout, head: AcousticHead | None, codec,
+                backbone: str, codec_path: str | None = None, voices: list[Voice] | None = None,
+                extra: dict | None = None) -> Path:
+    """Write a model dir. The codec is copied in (``save_pretrained``) unless ``codec_path`` is given."""
+    from adapters.lora import save_adapter
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_adapter(lm, d / "adapter")
+    layout.save(d)
+    if head is not None:
+        head.save_pretrained(d)
+    if codec_path is None and hasattr(codec, "save_pretrained"):
+        codec.save_pretrained(str(d / "codec"))
+        codec_path = "codec"
+    for v in voices or []:
+        (d / "voices").mkdir(exist_ok=True)
+        v.tokens.save(d / "voices" / f"{v.name}.safetensors", metadata={"text": v.text})
+    cfg = {"version": BUNDLE_VERSION, "backbone": backbone, "codec": codec_path,
+           "codec_class": f"{type(codec).__module__}:{type(codec).__name__}", **(extra or {})}
+    (d / "slm_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return d
+
+
+def default_model_dir() -> Path:
+    env = os.environ.get(DEFAULT_DIR_ENV)
+    d = Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints" / "slm" / "default"
+    if not (d / "slm_config.json").exists():
+        raise FileNotFoundError(f"no default speech-LM model at {d}; train one with `slm train --config ...` "
+                                f"or set ${DEFAULT_DIR_ENV}")
+    return d
+
+
+class SpeechPipeline:
+    """Text/speech in, text/speech out, on one backbone + LoRA adapter + acoustic head + codec."""
+
+    def __init__(self, backbone, tokenizer, layout: TokenLayout, codec, head: AcousticHead | None = None,
+                 voices: dict[str, Voice] | None = None, sampling: Sampling | None = None,
+                 chunk_frames: int = 12, context_frames: int = 8):
+        if codec.semantic_codebook_size != layout.n_semantic:
+            raise ValueError(f"codec has {codec.semantic_codebook_size} semantic codes, layout {layout.n_semantic}")
+        if codec.n_acoustic_codebooks and head is None:
+            raise ValueError("the codec has an acoustic stream (Ka>0) but no acoustic head was given")
+        self.lm, self.tokenizer, self.layout, self.codec, self.head = backbone, tokenizer, layout, codec, head
+        self._voices = dict(voices or {})
+        self.sampling = sampling or Sampling()
+        self.chunk_frames, self.context_frames = chunk_frames, context_frames
+        self.lm.eval()
+        if head is not None:
+            head.eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path = "default", device: str = "cpu", threads: int | None = None,
+                        backbone: str | None = None) -> SpeechPipeline:
+        from adapters.backbones import extend_vocabulary, load_backbone
+        from adapters.lora import load_adapter
+        from codec.runtime import set_threads
+
+        if threads:
+            set_threads(threads)
+        d = default_model_dir() if str(path) == "default" else Path(path)
+        if not (d / "slm_config.json").exists():
+            raise FileNotFoundError(f"{d} is not a speech-LM model dir (slm_config.json missing)")
+        cfg = json.loads((d / "slm_config.json").read_text())
+        layout = TokenLayout.load(d)
+        bb = load_backbone(backbone or cfg["backbone"])
+        extend_vocabulary(bb.model, bb.tokenizer, layout)
+        lm = load_adapter(bb.model, d / "adapter").to(device)
+        head = AcousticHead.from_pretrained(d).to(device) if (d / "acoustic_head.json").exists() else None
+        cpath = Path(cfg["codec"]) if Path(cfg["codec"]).is_absolute() else d / cfg["codec"]
+        codec = _load_codec(cpath, cfg.get("codec_class"))
+        if hasattr(codec, "eval"):
+            codec.eval()
+        voices = {}
+        for f in sorted((d / "voices").glob("*.safetensors")) if (d / "voices").exists() else []:
+            from safetensors import safe_open
+
+            with safe_open(str(f), "pt") as fh:
+                text = (fh.metadata() or {}).get("text", "")
+            voices[f.stem] = Voice(f.stem, CodecTokens.load(f), text)
+        return cls(lm, bb.tokenizer, layout, codec, head, voices, Sampling(**cfg.get("sampling", {})))
+
+    # ---- basics ---------------------------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return int(self.codec.sample_rate)
+
+    def voices(self) -> list[str]:
+        return sorted(self._voices)
+
+    @torch.no_grad()
+    def encode(self, wav: Tensor, sample_rate: int) -> CodecTokens:
+        wav = check_audio(wav, sample_rate, self.sample_rate)
+        return self.codec.encode(wav)
+
+    def _voice(self, voice) -> Voice | None:
+        if voice is None:
+            return self._voices[self.voices()[0]] if self._voices else None
+        if isinstance(voice, Voice):
+            return voice
+        if isinstance(voice, CodecTokens):
+            return Voice("prompt", voice[0])
+        if isinstance(voice, Tensor):
+            return Voice("prompt", self.encode(voice, self.sample_rate)[0])
+        if isinstance(voice, str) and voice in self._voices:
+            return self._voices[voice]
+        if isinstance(voice, (str, Path)) and Path(voice).exists():
+            from codec.audio import load_audio
+
+            return Voice(Path(voice).stem, self.encode(load_audio(str(voice), self.sample_rate), self.sample_rate)[0])
+        raise ValueError(f"unknown voice {voice!r}: expected one of {self.voices()}, a wav path, a [1, N] "
+                         f"tensor at {self.sample_rate} Hz, or CodecTokens")
+
+    def _sampling(self, temperature, top_k, top_p) -> Sampling:
+        s = self.sampling
+        return Sampling(s.temperature if temperature is None else temperature, s.top_k if top_k is None else top_k,
+                        s.top_p if top_p is None else top_p, s.repetition_penalty, s.repetition_window,
+                        s.head_temperature, s.head_top_k)
+
+    # ---- decoding frames to audio ---------------------------------------------------------------------------
+    def _decode(self, codes: list[int], frames: list[Tensor | None], global_: Tensor | None, a: int, b: int) -> Tensor:
+        """Audio of frames [a, b), decoded with up to `context_frames` frames of left context. ``[1, n]``."""
+        c = max(0, a - self.context_frames)
+        sem = torch.tensor(codes[c:b]).view(1, 1, -1)
+        ka = self.codec.n_acoustic_codebooks
+        if ka:
+            ac = acoustic_from_frames(torch.stack(frames[c:b]).cpu(), ka)[None]
+        else:
+            ac = torch.zeros(1, 0, (b - c), dtype=torch.long)
+        with torch.no_grad():
+            wav = self.codec.decode(CodecTokens(sem, ac, global_)).reshape(1, -1).float()
+        hop = wav.shape[-1] / (b - c)  # samples per semantic frame
+        return wav[:, round((a - c) * hop):].clamp(-1, 1)
+
+    def _stream_frames(self, prompt: Tensor, sampling: Sampling, max_frames: int, v: Voice | None,
+                       gen: torch.Generator, history: tuple[list[int], list] = ((), ())) -> Iterator[Tensor]:
+        voice_vec = None
+        g = v.tokens.global_ if v is not None else None
+        if self.head is not None and v is not None:
+            voice_vec = self.head.voice_vector(g, v.tokens.acoustic)
+        codes, frames = list(history[0]), list(history[1])
+        start = emitted = len(codes)
+        for fr in generate_frames(self.lm, self.layout, prompt, self.head, sampling, max_frames, voice_vec, gen):
+            codes.append(fr.code)
+            frames.append(fr.acoustic)
+            if len(codes) - emitted >= self.chunk_frames:
+                yield self._decode(codes, frames, g, emitted, len(codes))
+                emitted = len(codes)
+        if len(codes) > emitted:
+            yield self._decode(codes, frames, g, emitted, len(codes))
+        elif len(codes) == start:
+            yield torch.zeros(1, 0)
+
+    # ---- tasks ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def tts_stream(self, text: str, voice=None, *, temperature: float | None = None, top_k: int | None = None,
+                   top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None) -> Iterator[Tensor]:
+        """Audio chunks ``[1, n]`` as they are generated; they concatenate exactly to :meth:`tts`."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"text must be a non-empty string, got {text!r}")
+        if len(text) > MAX_TEXT_CHARS:
+            raise ValueError(f"text has {len(text)} characters; at most {MAX_TEXT_CHARS} per call")
+        if not max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+        v = self._voice(voice)
+        s = self._sampling(temperature, top_k, top_p)
+        gen = torch.Generator().manual_seed(int(torch.seed() if seed is None else seed))
+        max_frames = max(1, int(max_seconds * self.codec.semantic_rate))
+        for sentence in split_sentences(text):
+            ptext, pcodes = (v.text, v.tokens.semantic[0]) if (v is not None and v.text) else (None, None)
+            prompt = tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes)
+            yield from self._stream_frames(prompt, s, max_frames, v, gen)
+
+    def tts(self, text: str, voice=None, **kw) -> Tensor:
+        """Synthesize ``text`` -> ``[1, N]`` float audio at :attr:`sample_rate`."""
+        return torch.cat(list(self.tts_stream(text, voice, **kw)), dim=-1)
+
+    @torch.no_grad()
+    def asr(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200) -> str:
+        toks = self.encode(wav, sample_rate)
+        prompt = asr_prompt(self.tokenizer, self.layout, toks.semantic[0, 0])
+        vocab = self.lm.get_input_embeddings().weight.shape[0]
+        ids = generate_text(self.lm, prompt, self.layout.text_mask(vocab), {self.tokenizer.eos_token_id}, max_new_tokens)
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def continue_(self, wav: Tensor, sample_rate: int, seconds: float = 3.0, *, temperature: float | None = None,
+                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> Tensor:
+        """Continue the speech in ``wav`` for up to ``seconds``; returns only the new audio ``[1, N]``."""
+        if not seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {seconds}")
+        toks = self.encode(wav, sample_rate)[0]
+        codes = toks.semantic[0, 0]
+        if codes.numel() < 2:
+            raise ValueError(f"prompt too short: {codes.numel()} semantic frames, need at least 2")
+        v = Voice("prompt", toks)
+        from slm.acoustic_head import frames_from_acoustic
+
+        frames = list(frames_from_acoustic(toks.acoustic[0], toks.ratio)) if toks.acoustic.shape[1] else [None] * codes.numel()
+        gen = torch.Generator().manual_seed(int(torch.seed() if seed is None else seed))
+        max_frames = max(1, int(seconds * self.codec.semantic_rate))
+        chunks = self._stream_frames(continuation_prompt(self.layout, codes), self._sampling(temperature, top_k, top_p),
+                                     max_frames, v, gen, (codes.tolist(), frames))
+        return torch.cat(list(chunks), dim=-1)
+
+    @torch.no_grad()
+    def chat(self, history: list[dict], max_new_tokens: int = 96) -> str:
+        """The backbone's own chat reply (ChatML template) with the LoRA adapter disabled."""
+        ids = self.tokenizer.apply_chat_template(history, add_generation_prompt=True, return_tensors="pt")
+        ids = ids["input_ids"] if not isinstance(ids, Tensor) else ids
+        vocab = self.lm.get_input_embeddings().weight.shape[0]
+        stop = {self.tokenizer.eos_token_id}
+        ctx = self.lm.disable_adapter() if hasattr(self.lm, "disable_adapter") else _null()
+        with ctx:
+            out = generate_text(self.lm, ids[0], self.layout.text_mask(vocab), stop, max_new_tokens)
+        return self.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+    def dialogue(self, wav: Tensor, sample_rate: int, history: list[dict] | None = None, voice=None,
+                 **sampling) -> DialogueTurn:
+        """One spoken turn: ASR -> backbone chat (adapter disabled) -> TTS."""
+        lat = {}
+        t0 = time.perf_counter()
+        user = self.asr(wav, sample_rate)
+        lat["asr"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        msgs = list(history or []) + [{"role": "user", "content": user or "(silence)"}]
+        reply = self.chat(msgs) or "Sorry, I have no answer."
+        lat["chat"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        audio = self.tts(reply, voice, **sampling)
+        lat["tts"] = time.perf_counter() - t2
+        lat["total"] = time.perf_counter() - t0
+        return DialogueTurn(user, reply, audio, lat)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,386 @@
+"""`slm train --config FILE`: LoRA + acoustic-head fine-tuning of a causal LM on codec tokens.
+
+Runs through accelerate: one CPU process, several GPUs, or FSDP/DeepSpeed chosen by
+``accelerate config``. Data order is a pure function of (seed, step, rank), and checkpoints hold the
+trainable weights, optimizer, scheduler and RNG state, so killing and resuming gives exactly the
+parameters of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from slm.acoustic_head import AcousticHead, AcousticHeadConfig
+from slm.lm_data import Batch, TaskMix, Utterance, collate, load_tokens, make_examples, pack
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; YAML keys map 1:1 onto these fields."""
+
+    codec: str = ""  # codec model dir (save_pretrained) used to make / decode the tokens
+    tokens: str = ""  # token dir with index.jsonl; built from `manifest` (cached) when empty
+    manifest: str = ""
+    out_dir: str = "checkpoints/slm/run"
+    backbone: str = "smollm2-135m"  # hub id, local dir, or the embedded default
+    lora: dict = field(default_factory=dict)  # adapters.lora.LoraSettings fields
+    head: dict = field(default_factory=dict)  # AcousticHeadConfig overrides (dim, n_layers, n_heads, ...)
+    tasks: dict = field(default_factory=dict)  # TaskMix: tts / asr / continue ratios, prompt_prob
+    train_lm: bool = True  # False: freeze the LM (head-only stage after LM training)
+    head_weight: float = 1.0  # loss = lm + head_weight * head (Moshi weights its depth stream similarly)
+    max_len: int = 768  # tokens per packed sequence
+    batch_size: int = 2  # packed sequences per micro-batch per process
+    grad_accum: int = 1
+    lr: float = 2e-4  # LoRA + new token rows
+    head_lr: float = 1e-3  # the head is trained from scratch: higher lr
+    weight_decay: float = 0.0
+    warmup: int = 10
+    steps: int = 100
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"  # "auto": bf16 where supported (CUDA bf16 or CPU AMX/avx512_bf16), "no", "bf16", "fp16"
+    eval_every: int = 50
+    eval_batches: int = 4
+    eval_samples: int = 2  # TTS/ASR samples written per evaluation (0 = none)
+    save_every: int = 50
+    log_every: int = 5
+    seed: int = 0
+    max_utterances: int | None = None  # subset for quick runs
+    valid_split: str = "valid"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
+        import yaml
+
+        d = yaml.safe_load(Path(path).read_text()) or {}
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected some of {sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+
+class SpeechLM(nn.Module):
+    """The LoRA backbone and the acoustic head as one module (so accelerate/DDP wraps both)."""
+
+    def __init__(self, lm: nn.Module, head: AcousticHead | None, head_weight: float, train_lm: bool):
+        super().__init__()
+        self.lm, self.head, self.head_weight, self.train_lm = lm, head, head_weight, train_lm
+
+    def forward(self, b: Batch) -> dict[str, Tensor]:
+        with torch.set_grad_enabled(self.train_lm and torch.is_grad_enabled()):
+            out = self.lm(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels,
+                          output_hidden_states=self.head is not None)
+        losses = {"lm/loss": out.loss.float()}
+        total = out.loss.float() if self.train_lm else out.loss.float().detach()
+        if self.head is not None and b.head_mask.any():
+            h = out.hidden_states[-1][b.head_mask]  # [N, D]
+            if not self.train_lm:
+                h = h.detach()
+            voice = None
+            if b.voices:
+                v = [self.head.voice_vector(None if g is None else g[None].to(h.device), r.to(h.device))
+                     for g, r in zip(b.globals_, b.voices)]
+                voice = torch.cat(v)[b.head_item[b.head_mask]]
+            ho = self.head(h.float(), b.head_sem[b.head_mask], b.head_codes[b.head_mask], voice)
+            losses["head/loss"], losses["head/acc"] = ho.loss, ho.accuracy.detach()
+            total = total + self.head_weight * ho.loss
+        losses["loss"] = total
+        return losses
+
+
+def _batch_to(b: Batch, device) -> Batch:
+    return Batch(*[getattr(b, f).to(device) if isinstance(getattr(b, f), Tensor) else getattr(b, f)
+                   for f in b.__dataclass_fields__])
+
+
+class BatchSource:
+    """Micro-batch ``g`` for rank ``rank``: a pure function of (seed, g), so resume is exact."""
+
+    def __init__(self, utts: list[Utterance], tokenizer, layout, mix: TaskMix, cfg: TrainConfig, frame_len: int,
+                 rank: int = 0, world: int = 1):
+        self.utts, self.tok, self.layout, self.mix, self.cfg = utts, tokenizer, layout, mix, cfg
+        self.frame_len, self.rank, self.world = frame_len, rank, world
+        self._epoch, self._packs = -1, []
+        self.per_epoch = max(1, len(self._epoch_packs(0)) // (cfg.batch_size * world))
+
+    def _epoch_packs(self, epoch: int):
+        if epoch != self._epoch:
+            ex = make_examples(self.utts, self.tok, self.layout, self.mix, self.cfg.seed, epoch)
+            self._packs, self._epoch = pack(ex, self.cfg.max_len), epoch
+            if not self._packs:
+                raise ValueError(f"no example fits max_len={self.cfg.max_len} tokens; raise max_len")
+        return self._packs
+
+    def __call__(self, g: int) -> Batch:
+        epoch, i = divmod(g, self.per_epoch)
+        packs = self._epoch_packs(epoch)
+        bs = self.cfg.batch_size
+        start = ((i * self.world + self.rank) * bs) % len(packs)
+        chosen = [packs[(start + k) % len(packs)] for k in range(bs)]
+        return collate(chosen, self.utts, self.tok.pad_token_id, self.frame_len, self.layout.semantic_offset)
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+        return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "no"
+    except OSError:
+        return "no"
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / max(1, cfg.warmup)
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))  # cosine to 10 %
+
+    return f
+
+
+def _trainable_state(model: SpeechLM) -> dict[str, Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(d: Path, model: SpeechLM, opt, sched, step: int) -> None:
+    from safetensors.torch import save_file
+
+    tmp = d.with_name(d.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(), "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "state.pt")
+    (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
+    if d.exists():
+        import shutil
+
+        shutil.rmtree(d)
+    tmp.rename(d)
+
+
+def load_checkpoint(d: Path, model: SpeechLM, opt, sched) -> int:
+    from safetensors.torch import load_file
+
+    sd = load_file(str(d / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in sd]
+    if missing:
+        raise ValueError(f"checkpoint {d} lacks trainable params {missing[:4]} (config changed?)")
+    with torch.no_grad():
+        for n, t in sd.items():
+            params[n].copy_(t)
+    st = torch.load(d / "state.pt", weights_only=False)
+    opt.load_state_dict(st["opt"])
+    sched.load_state_dict(st["sched"])
+    torch.set_rng_state(st["rng"])
+    if st.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda_rng"])
+    return json.loads((d / "step.json").read_text())["step"]
+
+
+def build(cfg: TrainConfig, codec=None):
+    """Backbone + layout + LoRA + head for ``cfg`` (also used by tests)."""
+    from adapters.backbones import extend_vocabulary, load_backbone
+    from adapters.lora import LoraSettings, apply_lora
+    from slm.layout import TokenLayout
+
+    bb = load_backbone(cfg.backbone)
+    layout = TokenLayout.for_tokenizer(bb.tokenizer, codec.semantic_codebook_size)
+    extend_vocabulary(bb.model, bb.tokenizer, layout)
+    lm = apply_lora(bb.model, LoraSettings(**cfg.lora), layout.new_ids())
+    if not cfg.train_lm:
+        for p in lm.parameters():
+            p.requires_grad_(False)
+    head = None
+    if codec.n_acoustic_codebooks:
+        ratio = max(1, round(codec.acoustic_rate / codec.semantic_rate))
+        hc = {"backbone_dim": bb.model.config.hidden_size, "n_semantic": codec.semantic_codebook_size,
+              "codebook_size": codec.acoustic_codebook_size, "n_codebooks": codec.n_acoustic_codebooks, "ratio": ratio}
+        head = AcousticHead(AcousticHeadConfig(**{**hc, **cfg.head}))
+    return bb, layout, lm, head
+
+
+def train(cfg: TrainConfig, codec=None, progress: bool = True) -> Path:
+    """Run (or resume) training; returns the final model dir ``out_dir/final``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+
+    from slm.pipeline import _load_codec, save_bundle
+
+    acc = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision))
+    set_seed(cfg.seed)
+    out = Path(cfg.out_dir)
+    codec = codec if codec is not None else _load_codec(cfg.codec, None)
+    token_dir = cfg.tokens or _tokenize(cfg, codec, acc)
+    utts = load_tokens(token_dir, split="train", limit=cfg.max_utterances)
+    valid = load_tokens(token_dir, split=cfg.valid_split, limit=64)
+    if not utts:
+        raise ValueError(f"no 'train' utterances in {token_dir}")
+    bb, layout, lm, head = build(cfg, codec)
+    model = SpeechLM(lm, head, cfg.head_weight, cfg.train_lm)
+    frame_len = head.cfg.frame_len if head is not None else 0
+    mix = TaskMix.from_dict(cfg.tasks)
+    src = BatchSource(utts, bb.tokenizer, layout, mix, cfg, frame_len, acc.process_index, acc.num_processes)
+    groups = [{"params": [p for p in lm.parameters() if p.requires_grad], "lr": cfg.lr}]
+    if head is not None:
+        groups.append({"params": list(head.parameters()), "lr": cfg.head_lr})
+    groups = [g for g in groups if g["params"]]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    wrapped, opt, sched = acc.prepare(model, opt, sched)
+    ckpt = out / "checkpoints" / "latest"
+    step = load_checkpoint(ckpt, model, opt, sched) if ckpt.exists() else 0
+    writer = None
+    if acc.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        writer = SummaryWriter(str(out / "tb"))
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and acc.is_main_process), desc="slm train")
+    hist: list[dict] = []
+    while step < cfg.steps:
+        wrapped.train()
+        t0, logs = time.perf_counter(), {}
+        for micro in range(cfg.grad_accum):
+            b = _batch_to(src(step * cfg.grad_accum + micro), acc.device)
+            ctx = acc.no_sync(wrapped) if micro < cfg.grad_accum - 1 else _Null()
+            with ctx, acc.autocast():
+                losses = wrapped(b)
+                acc.backward(losses["loss"] / cfg.grad_accum)
+            for k, v in losses.items():
+                logs[k] = logs.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+        if cfg.max_grad_norm:
+            acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        logs["lr"], logs["sec_per_step"] = sched.get_last_lr()[0], time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{logs['loss']:.3f}")
+        hist.append({"step": step, **logs})
+        if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+            for k, v in logs.items():
+                writer.add_scalar(f"train/{k}", v, step)
+            with open(out / "train_log.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **logs}) + "\n")
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            evaluate(acc, wrapped, model, valid or utts[:8], bb.tokenizer, layout, codec, cfg, step, writer, frame_len)
+        if acc.is_main_process and (step % cfg.save_every == 0 or step == cfg.steps):
+            save_checkpoint(ckpt, model, opt, sched, step)
+        acc.wait_for_everyone()
+    bar.close()
+    final = out / "final"
+    if acc.is_main_process:
+        voices = _default_voices(utts, codec)
+        save_bundle(final, lm, layout, head, codec, cfg.backbone, voices=voices,
+                    extra={"sampling": {}, "lora": cfg.lora, "trained_steps": step})
+        writer.close()
+    acc.wait_for_everyone()
+    return final
+
+
+@torch.no_grad()
+def evaluate(acc, wrapped, model: SpeechLM, utts: list[Utterance], tokenizer, layout, codec, cfg: TrainConfig,
+             step: int, writer, frame_len: int) -> dict[str, float]:
+    """Held-out losses (fixed data) and, on the main process, a few ASR / TTS samples written to disk."""
+    wrapped.eval()
+    src = BatchSource(utts, tokenizer, layout, TaskMix.from_dict(cfg.tasks), cfg, frame_len)
+    n = min(cfg.eval_batches, src.per_epoch)
+    res: dict[str, float] = {}
+    for i in range(n):
+        with acc.autocast():
+            for k, v in wrapped(_batch_to(src(i), acc.device)).items():
+                res[k] = res.get(k, 0.0) + float(v) / n
+    if acc.is_main_process and cfg.eval_samples:
+        res.update(_samples(model, utts, tokenizer, layout, codec, cfg, step))
+    if writer is not None:
+        for k, v in res.items():
+            writer.add_scalar(f"valid/{k}", v, step)
+        with open(Path(cfg.out_dir) / "eval_log.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **res}) + "\n")
+    wrapped.train()
+    return res
+
+
+def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, step: int) -> dict[str, float]:
+    from codec.audio import save_audio
+    from slm.generate import generate_text
+    from slm.pipeline import SpeechPipeline
+    from slm.templates import asr_prompt
+
+    d = Path(cfg.out_dir) / "samples" / f"step_{step:06d}"
+    d.mkdir(parents=True, exist_ok=True)
+    pipe = SpeechPipeline(model.lm, tokenizer, layout, codec, model.head)
+    refs, hyps, rows = [], [], []
+    for u in [u for u in utts if u.text.strip()][: cfg.eval_samples]:
+        ids = generate_text(model.lm, asr_prompt(tokenizer, layout, u.semantic), layout.text_mask(
+            model.lm.get_input_embeddings().weight.shape[0]), {tokenizer.eos_token_id}, 60)
+        hyp = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        wav = pipe.tts(u.text, temperature=0.8, max_seconds=8.0, seed=step)
+        save_audio(d / f"{u.id}.wav", wav, pipe.sample_rate)
+        refs.append(u.text)
+        hyps.append(hyp)
+        rows.append({"id": u.id, "text": u.text, "asr": hyp, "tts_seconds": wav.shape[-1] / pipe.sample_rate})
+    (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model.lm.train()
+    try:  # WER hook: the project's judges when installed
+        from adapters.judges.text import error_rates
+
+        return {"asr_wer": error_rates(refs, hyps).wer}
+    except ImportError:
+        return {}
+
+
+def _default_voices(utts: list[Utterance], codec, n: int = 4):
+    """A few reference voices (one per speaker) for the bundle's ``voices()``."""
+    from codec.contracts import CodecTokens
+    from slm.acoustic_head import acoustic_from_frames
+    from slm.pipeline import Voice
+
+    out, seen = [], set()
+    for u in utts:
+        if u.speaker in seen or not u.text.strip() or len(seen) >= n:
+            continue
+        seen.add(u.speaker)
+        ka = codec.n_acoustic_codebooks
+        ac = acoustic_from_frames(u.acoustic, ka)[None] if ka else torch.zeros(1, 0, u.semantic.numel(), dtype=torch.long)
+        g = None if u.global_ is None else u.global_[None]
+        out.append(Voice(f"{u.speaker or 'voice'}", CodecTokens(u.semantic.view(1, 1, -1), ac, g), u.text))
+    return out
+
+
+def _tokenize(cfg: TrainConfig, codec, acc) -> str:
+    from codec.runtime import cache_dir
+    from slm.lm_data import tokenize_manifest
+
+    if not cfg.manifest:
+        raise ValueError("config needs `tokens` (a token dir) or `manifest` (to tokenise)")
+    import hashlib
+
+    key = hashlib.sha256(f"{Path(cfg.manifest).resolve()}|{Path(cfg.codec).resolve()}".encode()).hexdigest()[:12]
+    d = Path(cache_dir()) / "lm_tokens" / key
+    if acc.is_main_process:
+        tokenize_manifest(codec, cfg.manifest, d)
+    acc.wait_for_everyone()
+    return str(d)
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
