@@ -1,0 +1,186 @@
+"""One configuration dataclass for the whole codec family (DESIGN.md §5).
+
+The six variants share the encoder (log-mel frames -> ConvNeXt blocks at 50 Hz, strided conv down to
+the semantic rate), the decoder (ConvNeXt blocks at 50 Hz -> iSTFT head, the Vocos idea) and differ
+only in the bottleneck between them. Defaults below are the real default model: small enough to
+train on a 2-core CPU in minutes and run far faster than real time on one thread (DESIGN.md §8),
+aimed at ~1 kbps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VARIANTS = ("sac", "sacodec", "secousticodec", "stacodec", "rvq", "distill")
+
+
+def _default_loss_weights() -> dict[str, float]:
+    # Unweighted model losses come back as "group/name"; these are the defaults a trainer multiplies
+    # them by. Values follow the seed papers where they give them (SAC: whisper-feature MSE is large
+    # because the features are small; STACodec: SPD weight 5), scaled to our mel-L1 weight of 15.
+    return {
+        "mel/l1": 15.0,
+        "vq/commit": 1.0,
+        "semantic/distill": 10.0,
+        "semantic/spd_ce": 5.0,
+        "semantic/anchor": 1.0,
+        "vae/kl": 1e-3,
+        "align/contrastive": 1.0,
+    }
+
+
+@dataclass
+class CodecConfig:
+    variant: str = "sac"
+    sample_rate: int = 16000
+    # Analysis/synthesis frames: hop 320 @ 16 kHz = 50 Hz, window 4x hop as in Vocos/WavTokenizer.
+    # All heavy compute runs at this frame rate, never at the sample rate (the CPU budget, §8).
+    hop_length: int = 320
+    n_fft: int = 1280
+    n_mels: int = 80
+    # Width and depth: 256 channels and a handful of ConvNeXt blocks keep encode+decode well above
+    # 50x real time on one CPU thread and training in minutes, at the cost of fidelity.
+    dim: int = 256
+    mlp_ratio: int = 3
+    kernel_size: int = 7
+    encoder_blocks: int = 4        # at 50 Hz
+    encoder_low_blocks: int = 2    # at the semantic rate
+    decoder_blocks: int = 6        # at 50 Hz
+    causal: bool = False           # causal convs + left-padded framing -> streaming (secousticodec)
+    # Rates: semantic frames = 50 Hz / semantic_stride; acoustic frames = 50 Hz / acoustic_stride.
+    # 12.5 Hz semantic stream because the LM decodes one semantic token per step (§8).
+    semantic_stride: int = 4
+    acoustic_stride: int = 1
+    # Semantic stream.
+    semantic_codebook_size: int = 1024
+    n_semantic_codebooks: int = 1
+    teacher_dim: int = 512         # Whisper-base encoder width (the embedded default teacher)
+    teacher_rate: float = 50.0
+    # Acoustic stream (0 codebooks = none).
+    acoustic_codebook_size: int = 16384
+    n_acoustic_codebooks: int = 1
+    acoustic_codebook_dim: int = 8  # factorised VQ lookup dim (SAC uses 8)
+    # SecoustiCodec: FSQ levels of the single semantic codebook ([3]*8 = 6561 codes, 12.68 bit).
+    fsq_levels: list[int] = field(default_factory=lambda: [3] * 8)
+    vae_dim: int = 64
+    global_dim: int = 128          # paralinguistic embedding size
+    global_crop_s: float = 3.0     # mel crop the global embedding is pooled from
+    text_vocab_size: int = 256     # must equal the sentencepiece model's vocabulary
+    text_dim: int = 128
+    text_layers: int = 2
+    align_temperature: float = 0.1
+    # STACodec: semantic pre-distillation head (conv, so it stays causal-capable) and its masking.
+    spd_blocks: int = 3
+    spd_mask_prob: float = 0.5
+    sta_ema_decay: float = 0.99
+    commitment_weight: float = 0.25
+    loss_weights: dict[str, float] = field(default_factory=_default_loss_weights)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown codec variant {self.variant!r}; expected one of {VARIANTS}")
+        if self.n_fft < self.hop_length or self.n_fft % self.hop_length:
+            raise ValueError(f"n_fft must be a multiple of hop_length, got {self.n_fft} and {self.hop_length}")
+        if self.semantic_stride % self.acoustic_stride:
+            raise ValueError("semantic_stride must be a multiple of acoustic_stride (integer r), got "
+                             f"{self.semantic_stride} and {self.acoustic_stride}")
+        if self.variant == "secousticodec":
+            self.n_acoustic_codebooks = 0
+            self.semantic_codebook_size = math.prod(self.fsq_levels)
+        if self.variant in ("stacodec", "rvq", "distill"):
+            # RVQ variants: semantic = RVQ-1, acoustic = RVQ 2..N, same rate and codebook size.
+            self.acoustic_stride = self.semantic_stride
+            self.acoustic_codebook_size = self.semantic_codebook_size
+        if self.n_acoustic_codebooks == 0:
+            self.acoustic_codebook_size = 0
+
+    # ---- derived quantities -------------------------------------------------------------------
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def semantic_rate(self) -> float:
+        return self.frame_rate / self.semantic_stride
+
+    @property
+    def acoustic_rate(self) -> float:
+        return self.frame_rate / self.acoustic_stride if self.n_acoustic_codebooks else 0.0
+
+    @property
+    def ratio(self) -> int:
+        return self.semantic_stride // self.acoustic_stride
+
+    @property
+    def bitrate(self) -> float:
+        bits = self.semantic_rate * self.n_semantic_codebooks * math.log2(self.semantic_codebook_size)
+        if self.n_acoustic_codebooks:
+            bits += self.acoustic_rate * self.n_acoustic_codebooks * math.log2(self.acoustic_codebook_size)
+        return bits
+
+    # ---- construction / serialisation ---------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CodecConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown CodecConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> CodecConfig:
+        import yaml
+
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+        if "loss_weights" in d:
+            d["loss_weights"] = {**_default_loss_weights(), **d["loss_weights"]}
+        return cls.from_dict(d)
+
+    def to_yaml(self, path: str | Path) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def default(cls, variant: str) -> CodecConfig:
+        """The real default of a variant (the same values as ``configs/codec/<variant>.yaml``)."""
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown codec variant {variant!r}; expected one of {VARIANTS}")
+        per_variant: dict[str, dict[str, Any]] = {
+            # 12.5 Hz x 10 bit teacher units + 50 Hz x 14 bit factorised VQ = 825 bps (SAC: 875 bps).
+            "sac": {"acoustic_codebook_size": 16384},
+            # 12.5 Hz x 10 bit anchored units + 50 Hz x 13 bit SimVQ = 775 bps.
+            "sacodec": {"acoustic_codebook_size": 8192, "acoustic_codebook_dim": 64},
+            # Causal, 12.5 Hz x log2(6561) = 158 bps (LM-friendly low-bitrate setting; see the
+            # 1 kbps yaml for 80 Hz x 12.68 bit = 1014 bps).
+            "secousticodec": {"causal": True, "n_acoustic_codebooks": 0},
+            # 12.5 Hz x 8 codebooks x 10 bit = 1000 bps (Mimi-like rate, STACodec's 8-layer RVQ).
+            "stacodec": {"n_acoustic_codebooks": 7},
+            "rvq": {"n_acoustic_codebooks": 7},
+            "distill": {"n_acoustic_codebooks": 7},
+        }
+        return cls(variant=variant, **per_variant[variant])
+
+    @classmethod
+    def tiny(cls, variant: str) -> CodecConfig:
+        """A very small configuration for tests (seconds on one thread)."""
+        base = cls.default(variant).to_dict()
+        base.update(
+            dim=32, mlp_ratio=2, n_mels=24, encoder_blocks=1, encoder_low_blocks=1, decoder_blocks=1,
+            teacher_dim=16, semantic_codebook_size=16, vae_dim=8, global_dim=8, text_dim=16,
+            text_layers=1, text_vocab_size=40, spd_blocks=2, global_crop_s=0.5,
+        )
+        if variant == "secousticodec":
+            base["fsq_levels"] = [3, 3, 3]
+        if variant in ("sac", "sacodec"):
+            base.update(acoustic_codebook_size=64, acoustic_codebook_dim=4 if variant == "sac" else 16)
+        if variant in ("stacodec", "rvq", "distill"):
+            base["n_acoustic_codebooks"] = 2
+        return cls.from_dict(base)

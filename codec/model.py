@@ -1,0 +1,220 @@
+"""The dual-stream codec: one model class, configured by :class:`CodecConfig` (DESIGN.md §5).
+
+    wav [B,1,N] -> log-mel @50 Hz -> ConvNeXt encoder -> variant bottleneck (semantic + acoustic codes)
+                -> frame-rate latent [B,D,T] -> ConvNeXt decoder -> iSTFT head -> wav [B,1,N']
+
+``N' = ceil(N / semantic_hop) * semantic_hop``: audio is right-padded with zeros to whole tokens.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from codec.config import CodecConfig
+from codec.contracts import CodecTokens, check_audio
+from codec.modules.blocks import Decoder, Encoder
+from codec.modules.bottlenecks import RVQBottleneck, SACBottleneck, SACodecBottleneck
+from codec.modules.secousti import SecoustiBottleneck
+from codec.modules.teacher import TeacherBatch
+
+__all__ = ["CodecOutput", "DualStreamCodec", "TeacherBatch"]
+
+
+@dataclass
+class CodecOutput:
+    wav_hat: Tensor                      # [B, 1, N] reconstruction, trimmed to the input length
+    tokens: CodecTokens
+    losses: dict[str, Tensor] = field(default_factory=dict)  # unweighted scalars, "group/name"
+    extras: dict[str, Tensor] = field(default_factory=dict)  # latents, codebook usage (for logging)
+
+    def weighted_loss(self, weights: dict[str, float], extra: dict[str, Tensor] | None = None) -> Tensor:
+        """``sum_k weights[k] * loss[k]`` over the model losses (+ e.g. a trainer's ``mel/l1``)."""
+        items = {**self.losses, **(extra or {})}
+        return sum(weights.get(k, 1.0) * v for k, v in items.items())
+
+
+def build_bottleneck(cfg: CodecConfig) -> nn.Module:
+    if cfg.variant == "sac":
+        return SACBottleneck(cfg)
+    if cfg.variant == "sacodec":
+        return SACodecBottleneck(cfg)
+    if cfg.variant == "secousticodec":
+        return SecoustiBottleneck(cfg)
+    return RVQBottleneck(cfg)  # stacodec, rvq, distill
+
+
+class DualStreamCodec(nn.Module):
+    """Implements :class:`codec.contracts.Codec` (and ``StreamingCodec`` when ``config.causal``)."""
+
+    def __init__(self, config: CodecConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.bottleneck = build_bottleneck(config)
+        self.decoder = Decoder(config)
+
+    # ---- the Codec protocol's rates and cardinalities -------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def semantic_rate(self) -> float:
+        return self.config.semantic_rate
+
+    @property
+    def acoustic_rate(self) -> float:
+        return self.config.acoustic_rate
+
+    @property
+    def semantic_codebook_size(self) -> int:
+        return self.config.semantic_codebook_size
+
+    @property
+    def acoustic_codebook_size(self) -> int:
+        return self.config.acoustic_codebook_size
+
+    @property
+    def n_semantic_codebooks(self) -> int:
+        return self.config.n_semantic_codebooks
+
+    @property
+    def n_acoustic_codebooks(self) -> int:
+        return self.config.n_acoustic_codebooks
+
+    @property
+    def bitrate(self) -> float:
+        return self.config.bitrate
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per acoustic frame (per semantic frame when there is no acoustic stream)."""
+        c = self.config
+        return c.hop_length * (c.acoustic_stride if c.n_acoustic_codebooks else c.semantic_stride)
+
+    @property
+    def semantic_hop(self) -> int:
+        return self.config.hop_length * self.config.semantic_stride
+
+    @property
+    def needs_teacher_codebook(self) -> bool:
+        return self.config.variant in ("sac", "sacodec")
+
+    @property
+    def needs_teacher_at_encode(self) -> bool:
+        return self.config.variant == "sac"
+
+    # ---- teacher-side state saved with the weights ----------------------------------------------
+    def set_teacher_codebook(self, centroids: Tensor) -> None:
+        """Install the frozen teacher k-means centroids ``[K, D]`` (sac, sacodec)."""
+        if not self.needs_teacher_codebook:
+            raise ValueError(f"the {self.config.variant!r} codec takes no teacher codebook "
+                             "(check model.needs_teacher_codebook first)")
+        want = (self.config.semantic_codebook_size, self.config.teacher_dim)
+        if tuple(centroids.shape) != want:
+            raise ValueError(f"teacher codebook must be [K, D] = {list(want)} (semantic_codebook_size, "
+                             f"teacher_dim), got {list(centroids.shape)}")
+        if not torch.isfinite(centroids).all():
+            raise ValueError("teacher codebook contains NaN or Inf")
+        self.bottleneck.teacher_codebook.centroids.copy_(centroids.detach().float())
+
+    def set_text_tokenizer(self, model: str | Path | bytes) -> None:
+        """Install the sentencepiece model of the alignment text encoder (secousticodec)."""
+        if self.config.variant != "secousticodec":
+            raise ValueError(f"the {self.config.variant!r} codec has no text encoder")
+        from codec.text_encoder import TextTokenizer
+
+        tok = TextTokenizer(model)
+        if tok.vocab_size > self.config.text_vocab_size:
+            raise ValueError(f"tokenizer has {tok.vocab_size} pieces, the text encoder only "
+                             f"text_vocab_size={self.config.text_vocab_size}")
+        self.bottleneck.tokenizer = tok
+
+    # ---- core ------------------------------------------------------------------------------------
+    def _prepare(self, wav: Tensor, sample_rate: int | None) -> tuple[Tensor, int]:
+        wav = check_audio(wav, self.sample_rate if sample_rate is None else sample_rate, self.sample_rate)
+        n = wav.shape[-1]
+        padded = math.ceil(n / self.semantic_hop) * self.semantic_hop
+        param = next(self.parameters())
+        return F.pad(wav, (0, padded - n)).to(param.device), n
+
+    def _bottleneck(self, wav: Tensor, teacher: TeacherBatch | None, text: list[str] | None,
+                    global_: Tensor | None = None):
+        enc = self.encoder(wav)
+        if isinstance(self.bottleneck, SecoustiBottleneck):
+            return enc, self.bottleneck(enc, teacher, text, global_=global_)
+        if text is not None:
+            raise ValueError(f"text alignment is a secousticodec feature; the {self.config.variant!r} codec "
+                             "takes no text")
+        return enc, self.bottleneck(enc, teacher, text)
+
+    def forward(self, wav: Tensor, teacher: TeacherBatch | None = None, text: list[str] | None = None,
+                sample_rate: int | None = None) -> CodecOutput:
+        """Training/analysis pass: ``wav [B, 1, N]`` -> :class:`CodecOutput` (``wav_hat [B, 1, N]``)."""
+        x, n = self._prepare(wav, sample_rate)
+        _, b = self._bottleneck(x, teacher, text)
+        wav_hat = self.decoder(b.z)[..., :n]
+        tokens = CodecTokens(semantic=b.semantic, acoustic=b.acoustic, global_=b.global_)
+        return CodecOutput(wav_hat=wav_hat, tokens=tokens, losses=b.losses, extras=b.extras)
+
+    @torch.no_grad()
+    def encode(self, wav: Tensor, teacher: TeacherBatch | None = None, sample_rate: int | None = None) -> CodecTokens:
+        """``wav [B, 1, N]`` (or ``[N]``, ``[1, N]``) -> :class:`CodecTokens` with ``Ts = ceil(N / semantic_hop)``."""
+        if self.needs_teacher_at_encode and (teacher is None or teacher.units is None):
+            raise ValueError("the 'sac' codec encodes with its teacher: encode(wav, teacher=TeacherBatch(units=...)) "
+                             "with the teacher's k-means units [B, Ts] at the semantic rate "
+                             f"({self.semantic_rate} Hz)")
+        x, _ = self._prepare(wav, sample_rate)
+        _, b = self._bottleneck(x, teacher, None)
+        return CodecTokens(semantic=b.semantic, acoustic=b.acoustic, global_=b.global_)
+
+    def _check_tokens(self, tokens: CodecTokens) -> None:
+        c = self.config
+        ks, ka = tokens.semantic.shape[1], tokens.acoustic.shape[1]
+        if ks != c.n_semantic_codebooks or ka != c.n_acoustic_codebooks:
+            raise ValueError(f"expected {c.n_semantic_codebooks} semantic and {c.n_acoustic_codebooks} acoustic "
+                             f"codebooks, got {ks} and {ka}")
+        ts, ta = tokens.semantic.shape[-1], tokens.acoustic.shape[-1]
+        if ka and ta != ts * c.ratio:
+            raise ValueError(f"acoustic stream must have r*Ts = {c.ratio}*{ts} frames, got {ta}")
+        if ts == 0:
+            raise ValueError("empty token sequence (Ts = 0)")
+        for name, t, k in (("semantic", tokens.semantic, c.semantic_codebook_size),
+                           ("acoustic", tokens.acoustic, c.acoustic_codebook_size)):
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
+                raise ValueError(f"{name} codes must lie in 0..{k - 1}, got {int(t.min())}..{int(t.max())}")
+
+    @torch.no_grad()
+    def decode(self, tokens: CodecTokens) -> Tensor:
+        """:class:`CodecTokens` -> ``wav [B, 1, Ts * semantic_hop]``."""
+        self._check_tokens(tokens)
+        tokens = tokens.to(next(self.parameters()).device)
+        return self.decoder(self.bottleneck.decode_latent(tokens))
+
+    # ---- streaming and persistence live in their own modules -------------------------------------
+    def stream_encode(self, chunks: Iterator[Tensor], reference: Tensor | None = None) -> Iterator[CodecTokens]:
+        from codec.streaming import stream_encode
+
+        return stream_encode(self, chunks, reference=reference)
+
+    def stream_decode(self, chunks: Iterator[CodecTokens]) -> Iterator[Tensor]:
+        from codec.streaming import stream_decode
+
+        return stream_decode(self, chunks)
+
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        from codec.pretrained import save_pretrained
+
+        return save_pretrained(self, directory, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> DualStreamCodec:
+        from codec.pretrained import load_pretrained
+
+        return load_pretrained(cls, directory, map_location=map_location)

@@ -1,0 +1,216 @@
+"""The per-variant bottlenecks between the shared encoder and decoder (DESIGN.md §5).
+
+Each maps :class:`EncoderOutput` (+ teacher) to a frame-rate latent ``z [B, D, T]`` for the decoder,
+the codes of both streams and unweighted losses, and rebuilds ``z`` from codes alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from codec.config import CodecConfig
+from codec.contracts import CodecTokens
+from codec.modules.blocks import Downsample, EncoderOutput, PadConv1d, Upsample, conv_stack
+from codec.modules.teacher import TeacherBatch, features_at, units_at
+from codec.quantizers import (
+    AssignableRVQ,
+    FactorizedVQ,
+    FrozenAnchorCodebook,
+    LibraryRVQ,
+    SimVQQuantizer,
+    usage,
+)
+
+
+@dataclass
+class BottleneckOut:
+    z: Tensor                  # [B, D, T] decoder input at the 50 Hz frame rate
+    semantic: Tensor           # [B, Ks, Ts]
+    acoustic: Tensor           # [B, Ka, Ta]
+    global_: Tensor | None = None
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _up(cfg: CodecConfig, stride: int) -> nn.Module:
+    return Upsample(cfg.dim, stride) if stride > 1 else nn.Identity()
+
+
+def _t(x: Tensor) -> Tensor:
+    return x.transpose(1, 2)
+
+
+class SACBottleneck(nn.Module):
+    """SAC (arXiv 2510.16841): semantic stream = frozen teacher units (given at train and encode
+    time), embedded with the frozen k-means centroids; acoustic stream = one factorised codebook;
+    the two are fused before the decoder, and a head predicts the teacher features from the fusion."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.teacher_codebook = FrozenAnchorCodebook(cfg.semantic_codebook_size, cfg.teacher_dim)
+        self.sem_proj = nn.Linear(cfg.teacher_dim, cfg.dim)
+        self.sem_up = _up(cfg, cfg.semantic_stride)
+        self.ac_down = Downsample(cfg.dim, cfg.acoustic_stride) if cfg.acoustic_stride > 1 else nn.Identity()
+        self.vq = FactorizedVQ(cfg.dim, cfg.acoustic_codebook_size, cfg.acoustic_codebook_dim, cfg.commitment_weight)
+        self.ac_up = _up(cfg, cfg.acoustic_stride)
+        self.fuse = nn.Conv1d(2 * cfg.dim, cfg.dim, 1)
+        self.distill_head = nn.Linear(cfg.dim, cfg.teacher_dim)
+
+    def _semantic(self, units: Tensor) -> Tensor:
+        return self.sem_up(_t(self.sem_proj(self.teacher_codebook.centroids[units])))  # [B, D, T]
+
+    def forward(self, enc: EncoderOutput, teacher: TeacherBatch | None, text: list[str] | None) -> BottleneckOut:
+        b, _, t = enc.base.shape
+        ts = t // self.cfg.semantic_stride
+        units = units_at(teacher, ts, self.cfg.semantic_codebook_size, b)
+        if units is None:
+            raise ValueError("the 'sac' codec encodes with its teacher: pass teacher=TeacherBatch(units=[B, Ts]) "
+                             "with the frozen k-means units at the semantic rate")
+        s = self._semantic(units)
+        qa = self.vq(self.ac_down(enc.base))
+        z = self.fuse(torch.cat([s, self.ac_up(qa.z_q)], 1))
+        losses = dict(qa.losses)
+        if teacher is not None and teacher.features is not None:
+            target = features_at(teacher, t, self.cfg.frame_rate, b)
+            losses["semantic/distill"] = F.mse_loss(self.distill_head(_t(z)), target)
+        extras = {"latent/semantic": s.detach(), "latent/acoustic": qa.z_q.detach(),
+                  "usage/acoustic": usage(qa.codes, self.cfg.acoustic_codebook_size)}
+        return BottleneckOut(z, units[:, None], qa.codes, losses=losses, extras=extras)
+
+    def decode_latent(self, tokens: CodecTokens) -> Tensor:
+        s = self._semantic(tokens.semantic[:, 0])
+        return self.fuse(torch.cat([s, self.ac_up(self.vq.decode(tokens.acoustic))], 1))
+
+
+class SACodecBottleneck(nn.Module):
+    """SACodec (arXiv 2512.20944): a light projector anchors encoder features onto the frozen teacher
+    k-means codebook (nearest centroid, straight-through); the residual, through a small residual
+    activation module, is quantised by single-layer SimVQ."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.projector = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.teacher_dim))
+        self.teacher_codebook = FrozenAnchorCodebook(cfg.semantic_codebook_size, cfg.teacher_dim)
+        self.back = nn.Linear(cfg.teacher_dim, cfg.dim)
+        self.sem_up = _up(cfg, cfg.semantic_stride)
+        # Residual activation module: a causal-capable conv + GELU + projection to the SimVQ space.
+        self.residual = nn.Sequential(PadConv1d(cfg.dim, cfg.dim, 3, cfg.causal), nn.GELU(),
+                                      nn.Conv1d(cfg.dim, cfg.acoustic_codebook_dim, 1))
+        self.ac_down = (Downsample(cfg.acoustic_codebook_dim, cfg.acoustic_stride)
+                        if cfg.acoustic_stride > 1 else nn.Identity())
+        self.vq = SimVQQuantizer(cfg.acoustic_codebook_dim, cfg.acoustic_codebook_size, cfg.commitment_weight)
+        self.ac_out = nn.Conv1d(cfg.acoustic_codebook_dim, cfg.dim, 1)
+        self.ac_up = _up(cfg, cfg.acoustic_stride)
+
+    def forward(self, enc: EncoderOutput, teacher: TeacherBatch | None, text: list[str] | None) -> BottleneckOut:
+        b, _, ts = enc.low.shape
+        p = self.projector(_t(enc.low))  # [B, Ts, Dt]
+        q, idx = self.teacher_codebook(p)
+        s = self.sem_up(_t(self.back(q)))  # [B, D, T]
+        qa = self.vq(self.ac_down(self.residual(enc.base - s)))
+        z = s + self.ac_up(self.ac_out(qa.z_q))
+        losses = dict(qa.losses)
+        # Semantic anchoring: pull the projector to the teacher (features and/or units); without a
+        # teacher, commit the projector to its own nearest centroid.
+        anchor = []
+        if teacher is not None and teacher.features is not None:
+            anchor.append(F.mse_loss(p, features_at(teacher, ts, self.cfg.semantic_rate, b)))
+        units = units_at(teacher, ts, self.cfg.semantic_codebook_size, b)
+        if units is not None:
+            logits = self.teacher_codebook.logits(p) / self.cfg.teacher_dim
+            anchor.append(F.cross_entropy(logits.transpose(1, 2), units))
+        if not anchor:
+            anchor.append(F.mse_loss(p, self.teacher_codebook.centroids[idx]))
+        losses["semantic/anchor"] = sum(anchor)
+        extras = {"latent/semantic": s.detach(), "latent/acoustic": qa.z_q.detach(),
+                  "usage/semantic": usage(idx, self.cfg.semantic_codebook_size),
+                  "usage/acoustic": usage(qa.codes, self.cfg.acoustic_codebook_size)}
+        return BottleneckOut(z, idx[:, None], qa.codes, losses=losses, extras=extras)
+
+    def decode_latent(self, tokens: CodecTokens) -> Tensor:
+        s = self.sem_up(_t(self.back(self.teacher_codebook.centroids[tokens.semantic[:, 0]])))
+        return s + self.ac_up(self.ac_out(self.vq.decode(tokens.acoustic)))
+
+
+class SPDHead(nn.Module):
+    """STACodec's semantic pre-distillation head: predicts teacher units from pre-quantisation
+    features, with time/feature masking (p=0.5) in training, so inference needs no teacher."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        self.p = cfg.spd_mask_prob
+        self.blocks = conv_stack(cfg, cfg.spd_blocks)
+        self.out = nn.Linear(cfg.dim, cfg.semantic_codebook_size)
+
+    def _mask(self, h: Tensor) -> Tensor:
+        b, d, t = h.shape
+        keep = torch.ones(b, d, t, device=h.device)
+        for i in range(b):
+            if float(torch.rand(())) < self.p:  # one time span of up to 20% of the frames
+                w = int(torch.randint(0, max(1, t // 5) + 1, ()))
+                s = int(torch.randint(0, t - w + 1, ()))
+                keep[i, :, s : s + w] = 0
+            if float(torch.rand(())) < self.p:  # one feature band of up to 20% of the channels
+                w = int(torch.randint(0, max(1, d // 5) + 1, ()))
+                s = int(torch.randint(0, d - w + 1, ()))
+                keep[i, s : s + w] = 0
+        return h * keep
+
+    def forward(self, h: Tensor) -> Tensor:
+        """``h [B, D, Ts]`` -> logits ``[B, K, Ts]``."""
+        if self.training and self.p > 0:
+            h = self._mask(h)
+        return _t(self.out(_t(self.blocks(h))))
+
+
+class RVQBottleneck(nn.Module):
+    """RVQ at the semantic rate. ``stacodec``: layer 1 assigned teacher units (STA) + SPD head;
+    ``distill``: RVQ-1 output distilled to teacher features; ``rvq``: plain. Semantic stream =
+    RVQ-1, acoustic = RVQ 2..N (same rate)."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_q = cfg.n_semantic_codebooks + cfg.n_acoustic_codebooks
+        if cfg.variant == "stacodec":
+            self.rvq: nn.Module = AssignableRVQ(cfg.dim, n_q, cfg.semantic_codebook_size, cfg.sta_ema_decay,
+                                                cfg.commitment_weight)
+            self.spd = SPDHead(cfg)
+        else:
+            self.rvq = LibraryRVQ(cfg.dim, n_q, cfg.semantic_codebook_size, cfg.commitment_weight)
+        if cfg.variant == "distill":
+            self.distill_head = nn.Linear(cfg.dim, cfg.teacher_dim)
+        self.up = _up(cfg, cfg.semantic_stride)
+
+    def forward(self, enc: EncoderOutput, teacher: TeacherBatch | None, text: list[str] | None) -> BottleneckOut:
+        h = enc.low
+        b, _, ts = h.shape
+        losses: dict[str, Tensor] = {}
+        extras: dict[str, Tensor] = {}
+        if self.cfg.variant == "stacodec":
+            logits = self.spd(h)
+            units = units_at(teacher, ts, self.cfg.semantic_codebook_size, b)
+            if units is not None:
+                losses["semantic/spd_ce"] = F.cross_entropy(logits, units)
+                extras["spd/accuracy"] = (logits.argmax(1) == units).float().mean().detach()
+            first = units if units is not None else logits.argmax(1)
+            q = self.rvq(h, first)
+        else:
+            q = self.rvq(h)
+        if self.cfg.variant == "distill" and teacher is not None and teacher.features is not None:
+            pred = self.distill_head(_t(q.layers[0]))
+            target = features_at(teacher, ts, self.cfg.semantic_rate, b)
+            losses["semantic/distill"] = (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
+        losses.update(q.losses)
+        k = self.cfg.n_semantic_codebooks
+        extras.update({"latent/semantic": q.layers[0].detach(), "latent/acoustic": (q.z_q - q.layers[0]).detach(),
+                       "usage/semantic": usage(q.codes[:, :k], self.cfg.semantic_codebook_size)})
+        return BottleneckOut(self.up(q.z_q), q.codes[:, :k], q.codes[:, k:], losses=losses, extras=extras)
+
+    def decode_latent(self, tokens: CodecTokens) -> Tensor:
+        return self.up(self.rvq.decode(torch.cat([tokens.semantic, tokens.acoustic], 1)))
