@@ -1,0 +1,71 @@
+"""`slm eval ...`: the evaluation suite (EVAL.md). Every figure the project reports comes from here."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser, default_out: str) -> None:
+    p.add_argument("--manifest", required=True, help="JSONL manifest (id, path, text, speaker, split, phones)")
+    p.add_argument("--split", default="test", help="which split to score (default: test; 'all' for every item)")
+    p.add_argument("--limit", type=int, default=None, help="at most N items, spread over synthesizers")
+    p.add_argument("--out", default=default_out, help=f"output directory (default: {default_out})")
+    p.add_argument("--teacher", default=None, help="teacher spec for codecs that encode with one (sac); "
+                   "default: the checkpoint's training.json, else whisper-base-ct2")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate codecs and speech LMs (tables, JSON, plots)")
+    sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND")
+
+    c = sub.add_parser("codec", help="reconstruction table: PESQ, STOI, mel distance, WER, DNSMOS, speaker sim")
+    c.add_argument("checkpoints", nargs="*", help="codec dirs (save_pretrained); none: ground truth only "
+                   "(Whisper's WER floor and DNSMOS of the data)")
+    _common(c, "eval_out/codec")
+    c.add_argument("--metrics", default="fidelity,asr,dnsmos,speaker",
+                   help="comma list of judges to run (fidelity, asr, dnsmos, speaker)")
+    c.add_argument("--whisper", default=None, help="faster-whisper model id or dir for the ASR judge "
+                   "(default: the embedded Whisper-base)")
+    c.add_argument("--beam", type=int, default=1, help="Whisper beam size (1 = greedy, fast; 5 = paper setting)")
+    c.set_defaults(func=_codec)
+
+    s = sub.add_parser("semantic", help="phone purity, cluster purity, PNMI and a CTC probe per token stream")
+    s.add_argument("checkpoints", nargs="+", help="codec dirs (save_pretrained)")
+    _common(s, "eval_out/semantic")
+    s.add_argument("--train-limit", type=int, default=400, help="train utterances for the CTC probe")
+    s.add_argument("--probe-steps", type=int, default=400, help="CTC probe training steps (0: no probe)")
+    s.set_defaults(func=_semantic)
+
+
+def _split(args: argparse.Namespace) -> str | None:
+    return None if args.split == "all" else args.split
+
+
+def _codec(args: argparse.Namespace) -> int:
+    from slm.eval.codec_eval import Judges, evaluate_codecs, write_codec_report
+    from slm.eval.data import load_items
+
+    items = load_items(args.manifest, _split(args), args.limit)
+    judges = Judges(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
+                    whisper=args.whisper, beam_size=args.beam)
+    result = evaluate_codecs(args.checkpoints, items, judges, teacher=args.teacher)
+    result["manifest"], result["split"] = str(args.manifest), args.split
+    md = write_codec_report(result, args.out)
+    print(Path(md).read_text())
+    print(f"wrote {md}, codec_eval.json, codec_eval.png in {args.out}")
+    return 0
+
+
+def _semantic(args: argparse.Namespace) -> int:
+    from slm.eval.data import load_items
+    from slm.eval.probe import ProbeConfig
+    from slm.eval.semantic_eval import evaluate_semantic, write_semantic_report
+
+    test = load_items(args.manifest, _split(args), args.limit)
+    train = load_items(args.manifest, "train", args.train_limit) if args.probe_steps > 0 else []
+    probe = ProbeConfig(steps=max(1, args.probe_steps))
+    results = [evaluate_semantic(c, train, test, probe=probe, teacher=args.teacher) for c in args.checkpoints]
+    md = write_semantic_report(results, args.out)
+    print(Path(md).read_text())
+    print(f"wrote {md} and semantic_eval.json in {args.out}")
+    return 0

@@ -1,0 +1,118 @@
+"""`slm eval semantic`: how much phone information each token stream carries (EVAL.md).
+
+For the semantic stream, the first acoustic codebook and the teacher's own k-means units: phone
+purity, cluster purity and PNMI against the corpus' exact phone alignments at each stream's frame
+rate, and a CTC phone probe trained on frozen tokens of train-split utterances and scored (phone
+error rate) on the test split, whose speakers the codec never saw.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from adapters.corpus.phones import INVENTORY, SIL
+from slm.eval.data import EvalItem, LoadedCodec
+from slm.eval.probe import ProbeConfig, train_probe
+from slm.eval.report import machine_info, markdown_table, write_json
+from slm.eval.units import frame_labels, unit_quality
+
+def teacher_units(codec: LoadedCodec, wav: torch.Tensor) -> torch.Tensor | None:
+    """Teacher k-means units ``[Ts]`` at the semantic rate from the codec's own frozen centroids
+    (sac / sacodec carry them); ``None`` for codecs without a teacher codebook."""
+    if not codec.model.needs_teacher_codebook:
+        return None
+    from adapters.kmeans import KMeansUnits
+
+    x = wav if wav.dim() == 3 else wav[None]
+    feats = codec.teacher.features(x)
+    cents = codec.model.bottleneck.teacher_codebook.centroids.detach().float().cpu()
+    km = KMeansUnits(cents, {"rate": codec.model.semantic_rate, "feature_rate": codec.teacher.frame_rate})
+    return km.units(feats, codec.teacher.frame_rate)[0]
+
+
+def stream_codes(codec: LoadedCodec, items: list[EvalItem], with_teacher: bool) -> dict[str, list[np.ndarray]]:
+    """Per stream, the codes of every item: ``semantic`` (codebook 1), ``acoustic`` (codebook 1), ``teacher``."""
+    out: dict[str, list[np.ndarray]] = {"semantic": [], "acoustic": [], "teacher": []}
+    for it in tqdm(items, desc=f"encode {codec.name}", leave=False):
+        tok = codec.encode(it.wav)
+        out["semantic"].append(tok.semantic[0, 0].numpy())
+        if tok.acoustic.shape[1]:
+            out["acoustic"].append(tok.acoustic[0, 0].numpy())
+        if with_teacher:
+            u = teacher_units(codec, it.wav)
+            if u is not None:
+                out["teacher"].append(u.numpy())
+    return {k: v for k, v in out.items() if len(v) == len(items)}
+
+
+def stream_rates(codec: LoadedCodec) -> dict[str, float]:
+    m = codec.model
+    return {"semantic": m.semantic_rate, "acoustic": m.acoustic_rate, "teacher": m.semantic_rate}
+
+
+def stream_sizes(codec: LoadedCodec) -> dict[str, int]:
+    m = codec.model
+    return {"semantic": m.semantic_codebook_size, "acoustic": max(1, m.acoustic_codebook_size),
+            "teacher": m.semantic_codebook_size}
+
+
+def _probe_items(codes: list[np.ndarray], items: list[EvalItem]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for c, it in zip(codes, items):
+        target = [INVENTORY.index(p[2]) for p in it.phones if p[2] != SIL]  # silences are not phones
+        if target and len(c):
+            out.append((torch.from_numpy(np.asarray(c)).long(), torch.tensor(target)))
+    return out
+
+
+def evaluate_semantic(checkpoint: str | Path, train: list[EvalItem], test: list[EvalItem],
+                      probe: ProbeConfig | None = None, teacher: str | None = None) -> dict:
+    """Unit quality on ``test`` and the CTC probe (train on ``train``, phone error rate on ``test``)."""
+    t0 = time.perf_counter()
+    for it in train + test:
+        if not it.phones:
+            raise ValueError(f"item {it.id}: expected a 'phones' alignment in the manifest, got none")
+    codec = LoadedCodec(checkpoint, teacher_spec=teacher)
+    test_codes = stream_codes(codec, test, with_teacher=True)
+    train_codes = stream_codes(codec, train, with_teacher=True) if train else {}
+    rates, sizes = stream_rates(codec), stream_sizes(codec)
+    rows = []
+    for stream, codes in test_codes.items():
+        phones = np.concatenate([frame_labels(it.phones, len(c), rates[stream]) for it, c in zip(test, codes)])
+        q = unit_quality(phones, np.concatenate(codes))
+        row = {"system": codec.name, "stream": stream, "rate_hz": rates[stream], "codebook": sizes[stream],
+               **q.as_dict()}
+        if stream in train_codes:
+            res = train_probe(_probe_items(train_codes[stream], train), _probe_items(codes, test),
+                              n_codes=sizes[stream], n_labels=len(INVENTORY), frame_rate=rates[stream], cfg=probe)
+            row.update(probe_per=res.per, probe_first_loss=res.first_loss, probe_last_loss=res.last_loss,
+                       probe_steps=res.steps)
+        rows.append(row)
+    return {"rows": rows, "machine": machine_info(), "seconds": time.perf_counter() - t0,
+            "n_train": len(train), "n_test": len(test)}
+
+
+COLUMNS = [("system", "system", 0), ("stream", "stream", 0), ("rate_hz", "Hz", 1), ("codebook", "K", 0),
+           ("phone_purity", "phone purity", 3), ("cluster_purity", "cluster purity", 3), ("pnmi", "PNMI", 3),
+           ("probe_per", "probe PER", 3), ("n_codes_used", "codes used", 0), ("n_frames", "frames", 0)]
+
+
+def write_semantic_report(results: list[dict], out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    write_json(out / "semantic_eval.json", results)
+    rows = [r for res in results for r in res["rows"]]
+    m = results[0]["machine"] if results else machine_info()
+    secs = sum(r["seconds"] for r in results)
+    n_train = results[0]["n_train"] if results else 0
+    n_test = results[0]["n_test"] if results else 0
+    text = ["# Semantic quality of token streams", "",
+            f"Phone purity / cluster purity / PNMI (HuBERT's definitions) on {n_test} test utterances; "
+            f"probe PER: CTC phone probe trained on frozen tokens of {n_train} train utterances, scored on the "
+            f"held-out test speakers. {secs:.0f} s on {m['cpu']} ({m['threads']} threads).", "",
+            markdown_table(rows, COLUMNS), ""]
+    (out / "semantic_eval.md").write_text("\n".join(text))
+    return out / "semantic_eval.md"
