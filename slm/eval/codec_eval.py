@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from slm.eval.data import EvalItem, LoadedCodec
@@ -35,7 +34,14 @@ class Judges:
     beam_size: int = 1
 
     def __post_init__(self) -> None:
-        from adapters.judges import DNSMOS, FidelityJudge, JudgeCache, SpeakerSimilarity, WhisperASR, WhisperConfig
+        from adapters.judges import (
+            DNSMOS,
+            FidelityJudge,
+            JudgeCache,
+            SpeakerSimilarity,
+            WhisperASR,
+            WhisperConfig,
+        )
 
         bad = set(self.metrics) - set(ALL_METRICS)
         if bad:
@@ -140,11 +146,13 @@ def write_codec_report(result: dict, out_dir: str | Path, title: str = "Codec re
     out = Path(out_dir)
     write_json(out / "codec_eval.json", result)
     rows = result["rows"]
-    lines = [f"# {title}", "", f"{rows[0]['n']} items, {result['audio_seconds']:.0f} s of audio; judges: "
-             f"{', '.join(result['metrics'])}; evaluation took {result['seconds']:.0f} s on "
-             f"{result['machine']['cpu']} ({result['machine']['threads']} threads).", "",
-             "Ground-truth WER is Whisper's floor on the original audio; RTF = encode+decode seconds per "
-             "second of audio (one process, float32).", "", markdown_table(rows, COLUMNS), ""]
+    m = result["machine"]
+    intro = (f"{rows[0]['n']} items, {result['audio_seconds']:.0f} s of audio; judges: "
+             f"{', '.join(result['metrics'])}; evaluation took {result['seconds']:.0f} s on {m['cpu']} "
+             f"({m['threads']} threads).")
+    note = ("Ground-truth WER is Whisper's floor on the original audio; RTF = encode+decode seconds per "
+            "second of audio (one process, float32).")
+    lines = [f"# {title}", "", intro, "", note, "", markdown_table(rows, COLUMNS), ""]
     lines += ["## Per synthesizer", ""]
     synth_cols = [("system", "system", 0), ("synth", "synth", 0), ("pesq_wb", "PESQ-wb", 2), ("stoi", "STOI", 3),
                   ("wer", "WER", 3), ("dnsmos_ovrl", "DNSMOS", 2), ("spk_sim", "spk sim", 3), ("n", "n", 0)]

@@ -20,6 +20,7 @@ from slm.eval.probe import ProbeConfig, train_probe
 from slm.eval.report import machine_info, markdown_table, write_json
 from slm.eval.units import frame_labels, unit_quality
 
+
 def teacher_units(codec: LoadedCodec, wav: torch.Tensor) -> torch.Tensor | None:
     """Teacher k-means units ``[Ts]`` at the semantic rate from the codec's own frozen centroids
     (sac / sacodec carry them); ``None`` for codecs without a teacher codebook."""
@@ -109,10 +110,9 @@ def write_semantic_report(results: list[dict], out_dir: str | Path) -> Path:
     secs = sum(r["seconds"] for r in results)
     n_train = results[0]["n_train"] if results else 0
     n_test = results[0]["n_test"] if results else 0
-    text = ["# Semantic quality of token streams", "",
-            f"Phone purity / cluster purity / PNMI (HuBERT's definitions) on {n_test} test utterances; "
+    intro = (f"Phone purity / cluster purity / PNMI (HuBERT's definitions) on {n_test} test utterances; "
             f"probe PER: CTC phone probe trained on frozen tokens of {n_train} train utterances, scored on the "
-            f"held-out test speakers. {secs:.0f} s on {m['cpu']} ({m['threads']} threads).", "",
-            markdown_table(rows, COLUMNS), ""]
+            f"held-out test speakers. {secs:.0f} s on {m['cpu']} ({m['threads']} threads).")
+    text = ["# Semantic quality of token streams", "", intro, "", markdown_table(rows, COLUMNS), ""]
     (out / "semantic_eval.md").write_text("\n".join(text))
     return out / "semantic_eval.md"
