@@ -126,7 +126,7 @@ def fit_kmeans(features_dir: str | os.PathLike, k: int, rate: float, splits: tup
         x = x[rng.choice(len(x), max_frames, replace=False)]
     km = MiniBatchKMeans(n_clusters=k, batch_size=min(10_000, len(x)), n_init=3, max_no_improvement=50,
                          random_state=seed, compute_labels=False).fit(x)
-    meta = {"teacher": reader.meta.get("teacher"), "layer": reader.meta.get("layer"), "rate": float(rate),
+    meta = {"teacher": reader.meta.get("teacher"), "spec": reader.meta.get("spec"), "layer": reader.meta.get("layer"), "rate": float(rate),
             "feature_rate": reader.frame_rate, "sample_rate": reader.sample_rate, "splits": list(splits or []),
             "n_frames": len(x), "inertia_per_frame": float(km.inertia_) / len(x) if km.inertia_ else None,
             "features": str(Path(features_dir).resolve())}
@@ -138,7 +138,8 @@ def cache_units(km: KMeansUnits, features_dir: str | os.PathLike, out_dir: str |
     """Units ``[T']`` of every cached utterance (all splits), in the teacher-cache format."""
     reader = CacheReader.open(features_dir)
     out = Path(out_dir)
-    write_meta(out, {"kind": "units", "teacher": reader.meta.get("teacher"), "frame_rate": km.rate,
+    write_meta(out, {"kind": "units", "teacher": reader.meta.get("teacher"), "spec": reader.meta.get("spec"),
+                     "frame_rate": km.rate,
                      "k": km.k, "sample_rate": reader.sample_rate, "features": str(Path(features_dir).resolve()),
                      "manifest": reader.meta.get("manifest")})
     ids = sorted(p.name[: -len(".safetensors")] for p in (reader.cache_dir / "items").glob("*.safetensors"))
@@ -146,3 +147,19 @@ def cache_units(km: KMeansUnits, features_dir: str | os.PathLike, out_dir: str |
         if not item_file(out, i).exists():
             write_item(out, i, {"units": km.units(reader.full(i), reader.frame_rate).to(torch.int32)})
     return out
+
+
+def teacher_batch_for(model, teacher, wav: Tensor):
+    """What ``model.encode`` needs from its teacher for ``wav [B, 1, N]``: for codecs that encode
+    with their teacher (sac), the units ``[B, Ts]`` = nearest of the model's own frozen centroids
+    to the teacher's features pooled to the semantic rate; ``None`` for every other codec."""
+    if not model.needs_teacher_at_encode:
+        return None
+    from codec.modules.teacher import TeacherBatch
+
+    if teacher is None:
+        raise ValueError(f"the {model.config.variant!r} codec encodes with its teacher; none was given")
+    feats = teacher.features(wav)  # [B, Tt, D]
+    cents = model.bottleneck.teacher_codebook.centroids.detach().float().cpu()
+    km = KMeansUnits(cents, {"rate": model.semantic_rate, "feature_rate": teacher.frame_rate})
+    return TeacherBatch(features=feats, units=km.units(feats, teacher.frame_rate), feature_rate=teacher.frame_rate)

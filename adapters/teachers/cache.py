@@ -17,12 +17,9 @@ from codec.train.teacher_cache import item_file, read_meta, write_item, write_me
 
 def manifest_items(manifest: str | os.PathLike, splits: tuple[str, ...] | None = None) -> list[dict]:
     """Rows of a JSONL manifest (optionally only some splits), each with ``path`` made absolute."""
-    from codec.data import read_manifest
+    from codec.train.batches import read_rows
 
-    rows = read_manifest(manifest)
-    if splits:
-        rows = [r for r in rows if r.get("split") in splits]
-    return rows
+    return [r for r in read_rows(str(manifest), None) if not splits or r.get("split") in splits]
 
 
 def cache_teacher_features(teacher: SemanticTeacher, manifest: str | os.PathLike, out_dir: str | os.PathLike,
@@ -37,7 +34,7 @@ def cache_teacher_features(teacher: SemanticTeacher, manifest: str | os.PathLike
     out = Path(out_dir)
     meta = {"kind": "features", "teacher": teacher.name, "frame_rate": float(teacher.frame_rate),
             "dim": int(teacher.dim), "sample_rate": int(teacher.sample_rate),
-            "manifest": str(Path(manifest).resolve())}
+            "manifest": str(Path(manifest).resolve()), "spec": getattr(teacher, "spec", None)}
     if (out / "meta.json").exists():
         old = read_meta(out)
         if old.get("teacher") != teacher.name or old.get("kind") != "features":

@@ -160,12 +160,16 @@ def load_teacher(spec: str, device: str = "cpu") -> WhisperCT2Teacher | HFTeache
     * ``"whisper-ct2:/dir"``: another CTranslate2 Whisper dir;
     * ``"<hub id or local dir>:<layer>"``: :class:`HFTeacher`, e.g. ``facebook/hubert-base-ls960:9``.
     """
+    teacher: WhisperCT2Teacher | HFTeacher
     if spec in ("whisper-base-ct2", "whisper-ct2"):
-        return WhisperCT2Teacher(device=device)
-    if spec.startswith("whisper-ct2:"):
-        return WhisperCT2Teacher(spec.split(":", 1)[1], device=device)
-    src, sep, layer = spec.rpartition(":")
-    if not sep or not layer.isdigit() or not src:
-        raise ValueError(f"teacher spec must be 'whisper-base-ct2', 'whisper-ct2:DIR' or 'MODEL:LAYER' "
-                         f"(e.g. facebook/hubert-base-ls960:9), got {spec!r}")
-    return HFTeacher(src, int(layer), device=device)
+        teacher = WhisperCT2Teacher(device=device)
+    elif spec.startswith("whisper-ct2:"):
+        teacher = WhisperCT2Teacher(spec.split(":", 1)[1], device=device)
+    else:
+        src, sep, layer = spec.rpartition(":")
+        if not sep or not layer.isdigit() or not src:
+            raise ValueError(f"teacher spec must be 'whisper-base-ct2', 'whisper-ct2:DIR' or 'MODEL:LAYER' "
+                             f"(e.g. facebook/hubert-base-ls960:9), got {spec!r}")
+        teacher = HFTeacher(src, int(layer), device=device)
+    teacher.spec = spec  # recorded in caches and exports, so encode time rebuilds the same teacher
+    return teacher

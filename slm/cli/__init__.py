@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES: list[str] = [
     "slm.cli.data",
     "slm.cli.demo",
+    "slm.cli.codec",
     "slm.cli.eval",
 ]
 

@@ -1,0 +1,135 @@
+"""Training batches as a pure function of the step: exact resume needs no data-loader state.
+
+Step ``s`` on rank ``r`` takes items ``perm_e[(k * world + r) * B : ...]`` of epoch ``e``'s
+permutation (seeded by ``seed + e``) and crops each at a random multiple of the hop, drawn from a
+generator seeded by ``(seed, s, r, i)``. Restarting at step ``s`` therefore replays exactly the
+batches an uninterrupted run would have seen, with any number of loader workers.
+
+Teacher features/units are read from their on-disk caches for the same crop (never computed here).
+``codec.data.ManifestDataset`` draws crops from a process-global RNG, which cannot be replayed per
+step; this module reuses its manifest reader and ``load_audio`` and only owns the step -> crop map.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from codec.modules.teacher import TeacherBatch
+from codec.train.teacher_cache import CacheReader
+
+
+@dataclass
+class CodecBatch:
+    wav: Tensor                     # [B, 1, N] float32
+    teacher: TeacherBatch | None    # features [B, Tt, D] / units [B, Ts] aligned to the crops
+    texts: list[str]
+    ids: list[str]
+    starts: list[int]               # crop start sample per item
+
+
+def collate_codec_batch(items: list[CodecBatch]) -> CodecBatch:
+    """A DataLoader over :class:`StepBatches` yields one ready batch per index; unwrap it."""
+    return items[0]
+
+
+class StepBatches(Dataset):
+    """``ds[step] -> CodecBatch`` for this rank. ``rows``: manifest rows with absolute ``path``."""
+
+    def __init__(self, rows: list[dict], sample_rate: int, segment_samples: int, hop: int, batch_size: int,
+                 seed: int = 0, features: CacheReader | None = None, units: CacheReader | None = None,
+                 rank: int = 0, world: int = 1, steps: int = 1) -> None:
+        if not rows:
+            raise ValueError("no training utterances (empty manifest split)")
+        if segment_samples % hop:
+            raise ValueError(f"segment of {segment_samples} samples must be a multiple of the hop {hop}")
+        per_step = batch_size * world
+        if len(rows) < per_step:
+            raise ValueError(f"{len(rows)} utterances cannot fill one step of batch {batch_size} x {world} ranks")
+        self.rows, self.sr, self.seg, self.hop, self.b = rows, sample_rate, segment_samples, hop, batch_size
+        self.seed, self.features, self.units, self.rank, self.world = seed, features, units, rank, world
+        self.steps_per_epoch = len(rows) // per_step
+        self.steps = steps
+        self._perm: tuple[int, Tensor] | None = None
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def indices(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(len(self.rows), generator=g))
+        start = (k * self.world + self.rank) * self.b
+        return self._perm[1][start : start + self.b].tolist()
+
+    def _crop(self, wav: Tensor, rng: np.random.Generator) -> tuple[Tensor, int]:
+        n = wav.shape[-1]
+        if n <= self.seg:
+            return torch.nn.functional.pad(wav, (0, self.seg - n)), 0
+        start = self.hop * int(rng.integers(0, (n - self.seg) // self.hop + 1))
+        return wav[:, start : start + self.seg], start
+
+    def __getitem__(self, step: int) -> CodecBatch:
+        from codec.audio import load_audio
+
+        wavs, feats, units, texts, ids, starts = [], [], [], [], [], []
+        for i, idx in enumerate(self.indices(step)):
+            row = self.rows[idx]
+            rng = np.random.default_rng([self.seed, step, self.rank, i])
+            w, s = self._crop(load_audio(row["path"], self.sr), rng)
+            wavs.append(w)
+            starts.append(s)
+            ids.append(row["id"])
+            texts.append(crop_text(row, s / self.sr, self.seg / self.sr))
+            if self.features is not None:
+                feats.append(self.features.crop(row["id"], s, self.seg).float())
+            if self.units is not None:
+                units.append(self.units.crop(row["id"], s, self.seg).long())
+        teacher = None
+        if self.features is not None or self.units is not None:
+            teacher = TeacherBatch(
+                features=torch.stack(feats) if feats else None,
+                units=torch.stack(units) if units else None,
+                feature_rate=self.features.frame_rate if self.features is not None else 50.0,
+            )
+        return CodecBatch(torch.stack(wavs), teacher, texts, ids, starts)
+
+
+def crop_text(row: dict, start_s: float, dur_s: float) -> str:
+    """The words spoken inside the crop (by word midpoints) when the manifest has word times,
+    else the whole transcript: a contrastive speech-text loss on a crop needs the crop's text."""
+    words = row.get("words") or []
+    if not words:
+        return row.get("text") or ""
+    end = start_s + dur_s
+    return " ".join(w for a, b, w in words if start_s <= (a + b) / 2 < end)
+
+
+def read_rows(manifest: str, split: str | None) -> list[dict]:
+    """Manifest rows of one split (all when ``split`` is None) with absolute audio ``path``s."""
+    from codec.data import read_manifest, resolve_path
+
+    rows = [r for r in read_manifest(manifest) if split is None or r.get("split") == split]
+    for r in rows:
+        r["path"] = str(resolve_path(r))
+    return rows
+
+
+def crop_hop(model_semantic_hop: int, sample_rate: int, *caches: CacheReader | None) -> int:
+    """Crop starts must be whole frames of the codec's semantic grid and of every cache."""
+    hop = model_semantic_hop
+    for c in caches:
+        if c is None:
+            continue
+        if c.sample_rate != sample_rate:
+            raise ValueError(f"{c.cache_dir} was computed at {c.sample_rate} Hz, the codec runs at {sample_rate} Hz")
+        h = sample_rate / c.frame_rate
+        if abs(h - round(h)) > 1e-6:
+            raise ValueError(f"{c.cache_dir}: frame rate {c.frame_rate} Hz is not a whole number of samples")
+        hop = math.lcm(hop, round(h))
+    return hop

@@ -1,0 +1,254 @@
+"""The codec GAN trainer (accelerate): generator + EMA, MPD/MRSTFT discriminator, exact resume.
+
+One step (DAC/HiFi-GAN order)::
+
+    out = G(wav, teacher, text)                        model losses  ("vq/*", "semantic/*", ...)
+    + mel / STFT reconstruction                         ("mel/l1", "stft/*")
+    if step >= warmup_adv_steps:                        (SAC: adversarial terms after 1500 steps)
+        D step on (wav, wav_hat.detach())               ("disc/loss")
+        + adversarial and feature matching for G        ("adv/gen", "adv/feat")
+    G step on weighted_sum(losses, weights); EMA update
+
+Everything that changes during training is saved by ``Accelerator.save_state`` (models, EMA,
+optimisers, schedulers, RNG states); batches are a pure function of the step (``batches.py``), so a
+run killed at step s and resumed gives the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from codec.discriminators import CodecDiscriminator
+from codec.losses import (
+    ReconstructionLoss,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adv_loss,
+    weighted_sum,
+)
+from codec.train.batches import StepBatches, collate_codec_batch, crop_hop, read_rows
+from codec.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from codec.train.config import CodecTrainConfig
+from codec.train.teacher_cache import CacheReader
+
+# Trainer-side weights; the model's own terms are weighted by its config (CodecConfig.loss_weights).
+TRAINER_WEIGHTS = {"mel/l1": 15.0, "stft/sc": 0.0, "stft/mag": 0.0, "adv/gen": 1.0, "adv/feat": 2.0}
+
+
+@dataclass
+class TrainResult:
+    step: int
+    seconds: float
+    losses: dict[str, float]       # mean of the last logging window
+    export_dir: Path | None
+    out_dir: Path
+
+
+def _build_model(cfg: CodecTrainConfig, out_dir: Path, rows: list[dict]):
+    from codec.model import DualStreamCodec
+
+    mcfg = cfg.model_config()
+    model = DualStreamCodec(mcfg)
+    if model.needs_teacher_codebook:
+        if not cfg.teacher_centroids:
+            raise ValueError(f"the {mcfg.variant!r} codec needs the teacher's k-means centroids: set "
+                             "teacher_centroids (from `slm codec kmeans`)")
+        from safetensors.torch import load_file
+
+        model.set_teacher_codebook(load_file(str(Path(cfg.teacher_centroids).with_suffix(".safetensors")))["centroids"])
+    if mcfg.variant == "secousticodec":
+        from codec.text_encoder import TextTokenizer, train_text_tokenizer
+
+        tok = Path(cfg.text_tokenizer) if cfg.text_tokenizer else out_dir / "text_tokenizer.model"
+        if not tok.exists():
+            train_text_tokenizer((r.get("text", "") for r in rows), tok, vocab_size=mcfg.text_vocab_size)
+        if TextTokenizer(tok).vocab_size > mcfg.text_vocab_size:
+            raise ValueError(f"{tok} has more pieces than text_vocab_size={mcfg.text_vocab_size}")
+        model.set_text_tokenizer(tok)
+    return model
+
+
+def _open_caches(cfg: CodecTrainConfig, model) -> tuple[CacheReader | None, CacheReader | None]:
+    feats = CacheReader.open(cfg.teacher_features) if cfg.teacher_features else None
+    units = CacheReader.open(cfg.teacher_units) if cfg.teacher_units else None
+    if units is not None:
+        if abs(units.frame_rate - model.semantic_rate) > 1e-6:
+            raise ValueError(f"teacher units are at {units.frame_rate} Hz, the codec's semantic rate is "
+                             f"{model.semantic_rate} Hz: fit k-means with --rate {model.semantic_rate}")
+        if int(units.meta.get("k", 0)) != model.semantic_codebook_size:
+            raise ValueError(f"teacher units have k={units.meta.get('k')}, the codec's semantic codebook has "
+                             f"{model.semantic_codebook_size} entries")
+    variant = model.config.variant
+    if variant in ("sac", "sacodec", "stacodec") and units is None:
+        raise ValueError(f"the {variant!r} codec trains on teacher units: set teacher_units")
+    if variant in ("distill", "sac", "sacodec", "stacodec") and feats is None:
+        print(f"note: no teacher_features for {variant!r}; its feature-distillation loss is off")
+    return feats, units
+
+
+def _weights(cfg: CodecTrainConfig, model) -> dict[str, float]:
+    return {**TRAINER_WEIGHTS, **model.config.loss_weights, **cfg.loss_weights}
+
+
+def _ema_export_model(ema: AveragedModel, model):
+    """The EMA generator with the live model's buffers (codebook statistics, teacher centroids):
+    AveragedModel averages parameters only (``use_buffers=False``: integer buffers cannot be lerped)."""
+    m = ema.module
+    with torch.no_grad():
+        for b_ema, b in zip(m.buffers(), model.buffers()):
+            b_ema.copy_(b)
+    for name in ("tokenizer",):  # non-tensor state set after construction (secousticodec)
+        if hasattr(model.bottleneck, name):
+            setattr(m.bottleneck, name, getattr(model.bottleneck, name))
+    return m
+
+
+def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> TrainResult:
+    """Train (or continue training) the codec described by ``cfg``; export the EMA generator."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from tqdm import tqdm
+
+    out_dir = Path(cfg.out_dir)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard",
+                              step_scheduler_with_optimizer=False,
+                              project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir)))
+    set_seed(cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+
+    rows = read_rows(cfg.manifest, cfg.train_split)
+    model = _build_model(cfg, out_dir, rows)
+    feats, units = _open_caches(cfg, model)
+    if accelerator.is_main_process:
+        model.config.to_yaml(out_dir / "codec_config.yaml")
+    sr = model.sample_rate
+    hop = crop_hop(model.semantic_hop, sr, feats, units)
+    seg = max(1, round(cfg.segment_seconds * sr / hop)) * hop
+    data = StepBatches(rows, sr, seg, hop, cfg.batch_size, cfg.seed, feats, units,
+                       accelerator.process_index, accelerator.num_processes, cfg.steps)
+
+    disc = CodecDiscriminator(cfg.discriminator)
+    recon = ReconstructionLoss(cfg.recon).to(accelerator.device)
+    opt_g = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    sch_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, cfg.lr_decay)
+    sch_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, cfg.lr_decay)
+    model, disc, opt_g, opt_d, sch_g, sch_d = accelerator.prepare(model, disc, opt_g, opt_d, sch_g, sch_d)
+    gen = accelerator.unwrap_model(model)
+    ema = AveragedModel(gen, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
+    accelerator.register_for_checkpointing(ema)
+
+    step, elapsed0 = 0, 0.0
+    ckpt = latest_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        state = load_checkpoint(accelerator, ckpt)
+        step, elapsed0 = int(state["step"]), float(state.get("seconds", 0.0))
+        accelerator.print(f"resumed from {ckpt} at step {step}")
+    accelerator.init_trackers("tb", config={k: v for k, v in cfg.to_dict().items()
+                                             if isinstance(v, (int, float, str, bool))})
+    weights = _weights(cfg, gen)
+    from codec.train.logging import TrainLogger
+
+    logger = TrainLogger(accelerator, out_dir, cfg, sr)
+    valid = _valid_batch(cfg, sr, seg, hop, feats, units)
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(data, range(step, cfg.steps)), batch_size=1, collate_fn=collate_codec_batch,
+        num_workers=cfg.num_workers, persistent_workers=False,
+        # its own generator: iterating a DataLoader draws a seed, which must not consume the global
+        # RNG that a resumed run restores from the checkpoint
+        generator=torch.Generator().manual_seed(cfg.seed))
+    t0 = time.time()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"codec {gen.config.variant}", disable=not (
+        progress and accelerator.is_local_main_process), dynamic_ncols=True)
+    model.train()
+    disc.train()
+    stopped_early = False
+    for batch in loader:
+        wav = batch.wav.to(accelerator.device)
+        teacher = batch.teacher
+        if teacher is not None:
+            teacher = type(teacher)(
+                features=None if teacher.features is None else teacher.features.to(accelerator.device),
+                units=None if teacher.units is None else teacher.units.to(accelerator.device),
+                feature_rate=teacher.feature_rate)
+        text = batch.texts if gen.config.variant == "secousticodec" else None
+        with accelerator.autocast():
+            out = model(wav, teacher=teacher, text=text)
+            losses = dict(out.losses)
+            wav_hat = out.wav_hat.float()
+            rl = recon(wav_hat, wav)
+            losses.update({"mel/l1": rl["recon/mel"], "stft/sc": rl["recon/stft_sc"], "stft/mag": rl["recon/stft_mag"]})
+        if step >= cfg.warmup_adv_steps:
+            with accelerator.autocast():
+                d_real = disc(wav)
+                d_loss = discriminator_loss(d_real.logits, disc(wav_hat.detach()).logits, cfg.adv_kind)
+            opt_d.zero_grad(set_to_none=True)
+            accelerator.backward(d_loss)
+            accelerator.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
+            opt_d.step()
+            sch_d.step()
+            with accelerator.autocast():
+                d_fake = disc(wav_hat)
+                losses["adv/gen"] = generator_adv_loss(d_fake.logits, cfg.adv_kind)
+                losses["adv/feat"] = feature_matching_loss(d_real.features, d_fake.features)
+            losses["disc/loss"] = d_loss.detach()
+        total = weighted_sum(losses, {k: weights.get(k, 1.0) for k in losses if not k.startswith("disc/")})
+        opt_g.zero_grad(set_to_none=True)
+        accelerator.backward(total)
+        gnorm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt_g.step()
+        sch_g.step()
+        ema.update_parameters(gen)
+        step += 1
+        losses["loss/total"] = total.detach()
+        losses["grad/norm"] = torch.as_tensor(gnorm).detach().float()
+        logger.add(losses, out.extras)
+        bar.update(1)
+        seconds = elapsed0 + time.time() - t0
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            bar.set_postfix(logger.postfix())
+            logger.flush(step, lr=sch_g.get_last_lr()[0], seconds=seconds)
+        if cfg.sample_every and step % cfg.sample_every == 0 and valid is not None:
+            logger.samples(step, _ema_export_model(ema, gen), valid)
+        over_time = cfg.max_minutes is not None and seconds > cfg.max_minutes * 60
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or over_time:
+            save_checkpoint(accelerator, out_dir, step, {"seconds": seconds}, cfg.keep_last)
+        if over_time:
+            accelerator.print(f"stopping at step {step}: max_minutes={cfg.max_minutes} reached")
+            stopped_early = True
+            break
+    bar.close()
+    seconds = elapsed0 + time.time() - t0
+    export = None
+    if accelerator.is_main_process and (step >= cfg.steps or stopped_early):
+        export = out_dir / "final"
+        m = _ema_export_model(ema, gen)
+        m.save_pretrained(export, dtype=torch.float16 if cfg.export_fp16 else torch.float32)
+        (export / "training.json").write_text(json.dumps(
+            {"step": step, "seconds": round(seconds, 1), "losses": logger.last, "bitrate": gen.bitrate,
+             "teacher_units": cfg.teacher_units, "teacher_features": cfg.teacher_features,
+             "teacher_spec": (units or feats).meta.get("spec") if (units or feats) else None}, indent=2))
+    accelerator.end_training()
+    return TrainResult(step, seconds, dict(logger.last), export, out_dir)
+
+
+def _valid_batch(cfg: CodecTrainConfig, sr: int, seg: int, hop: int, feats, units):
+    """A fixed batch of held-out crops (first utterances of the valid split) for samples and figures."""
+    try:
+        rows = read_rows(cfg.manifest, cfg.valid_split)
+    except FileNotFoundError:
+        return None
+    rows = [r for r in rows if (feats is None or feats.has(r["id"])) and (units is None or units.has(r["id"]))]
+    if not rows:
+        return None
+    n = min(2, len(rows))
+    return StepBatches(rows[:n], sr, seg, hop, n, seed=math.floor(cfg.seed), features=feats, units=units)[0]
