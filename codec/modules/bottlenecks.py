@@ -198,7 +198,7 @@ class RVQBottleneck(nn.Module):
             if units is not None:
                 losses["semantic/spd_ce"] = F.cross_entropy(logits, units)
                 extras["spd/accuracy"] = (logits.argmax(1) == units).float().mean().detach()
-            first = units if units is not None else logits.argmax(1)
+            first = units if units is not None else logits.max(1).indices
             q = self.rvq(h, first)
         else:
             q = self.rvq(h)
