@@ -1,0 +1,1 @@
+"""Building blocks of the codec family: front end + iSTFT head, ConvNeXt backbone, per-variant bottlenecks."""
