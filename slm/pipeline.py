@@ -190,44 +190,68 @@ class SpeechPipeline:
                         s.head_temperature, s.head_top_k)
 
     # ---- decoding frames to audio ---------------------------------------------------------------------------
-    def _decode(self, codes: list[int], frames: list[Tensor | None], global_: Tensor | None, a: int, b: int) -> Tensor:
-        """Audio of frames [a, b), decoded with up to `context_frames` frames of left context. ``[1, n]``."""
-        c = max(0, a - self.context_frames)
-        sem = torch.tensor(codes[c:b]).view(1, 1, -1)
+    def _tokens(self, codes: list[int], frames: list, global_: Tensor | None) -> CodecTokens:
+        sem = torch.tensor(codes, dtype=torch.long).view(1, 1, -1)
         ka = self.codec.n_acoustic_codebooks
-        if ka:
-            ac = acoustic_from_frames(torch.stack(frames[c:b]).cpu(), ka)[None]
-        else:
-            ac = torch.zeros(1, 0, (b - c), dtype=torch.long)
-        with torch.no_grad():
-            wav = self.codec.decode(CodecTokens(sem, ac, global_)).reshape(1, -1).float()
+        ac = (acoustic_from_frames(torch.stack(frames).cpu(), ka)[None] if ka
+              else torch.zeros(1, 0, len(codes), dtype=torch.long))
+        return CodecTokens(sem, ac, global_)
+
+    def _can_stream(self) -> bool:
+        """Causal codecs stream exactly (``codec.stream_decode`` == ``decode``); others re-decode windows."""
+        return hasattr(self.codec, "stream_decode") and bool(getattr(getattr(self.codec, "config", None), "causal", False))
+
+    def _window_decode(self, codes: list[int], frames: list, global_: Tensor | None, a: int, b: int) -> Tensor:
+        """Non-causal codecs: audio of frames [a, b) decoded with `context_frames` of left context. ``[1, n]``."""
+        c = max(0, a - self.context_frames)
+        wav = self.codec.decode(self._tokens(codes[c:b], frames[c:b], global_)).reshape(1, -1).float()
         hop = wav.shape[-1] / (b - c)  # samples per semantic frame
-        return wav[:, round((a - c) * hop):].clamp(-1, 1)
+        return wav[:, round((a - c) * hop):]
 
     def _stream_frames(self, prompt: Tensor, sampling: Sampling, max_frames: int, v: Voice | None,
                        gen: torch.Generator, history: tuple[list[int], list] = ((), ())) -> Iterator[Tensor]:
-        voice_vec = None
+        """Generate frames after ``prompt`` and yield audio ``[1, n]`` every ``chunk_frames`` frames.
+
+        ``history`` (codes, acoustic frames) is decoded as left context only (continuation)."""
         g = v.tokens.global_ if v is not None else None
-        if self.head is not None and v is not None:
-            voice_vec = self.head.voice_vector(g, v.tokens.acoustic)
+        voice_vec = self.head.voice_vector(g, v.tokens.acoustic) if (self.head is not None and v is not None) else None
         codes, frames = list(history[0]), list(history[1])
         start = emitted = len(codes)
+        pending: list[CodecTokens] = []
+        streamer = self.codec.stream_decode(_drain(pending)) if self._can_stream() else None
+
+        def emit(a: int, b: int) -> Tensor:
+            if streamer is None:
+                return self._window_decode(codes, frames, g, a, b)
+            # the first chunk of a continuation carries some of the prompt as decoder context
+            lo = max(0, a - self.context_frames) if (a == start and start > 0) else a
+            pending.append(self._tokens(codes[lo:b], frames[lo:b], g))
+            wav = next(streamer).reshape(1, -1).float()
+            return wav[:, round(wav.shape[-1] * (a - lo) / (b - lo)):]
+
         for fr in generate_frames(self.lm, self.layout, prompt, self.head, sampling, max_frames, voice_vec, gen):
             codes.append(fr.code)
             frames.append(fr.acoustic)
             if len(codes) - emitted >= self.chunk_frames:
-                yield self._decode(codes, frames, g, emitted, len(codes))
+                yield emit(emitted, len(codes)).clamp(-1, 1)
                 emitted = len(codes)
         if len(codes) > emitted:
-            yield self._decode(codes, frames, g, emitted, len(codes))
+            yield emit(emitted, len(codes)).clamp(-1, 1)
         elif len(codes) == start:
             yield torch.zeros(1, 0)
 
-    # ---- tasks ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def tts_stream(self, text: str, voice=None, *, temperature: float | None = None, top_k: int | None = None,
-                   top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None) -> Iterator[Tensor]:
-        """Audio chunks ``[1, n]`` as they are generated; they concatenate exactly to :meth:`tts`."""
+    def tts_tokens(self, text: str, voice=None, *, temperature: float | None = None, top_k: int | None = None,
+                   top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None) -> list[CodecTokens]:
+        """The codec tokens :meth:`tts` would decode, one :class:`CodecTokens` per sentence (same seed, same tokens)."""
+        out = []
+        for prompt, s, max_frames, v, gen in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed):
+            vv = self.head.voice_vector(v.tokens.global_, v.tokens.acoustic) if (self.head and v) else None
+            fr = list(generate_frames(self.lm, self.layout, prompt, self.head, s, max_frames, vv, gen))
+            out.append(self._tokens([f.code for f in fr], [f.acoustic for f in fr], v.tokens.global_ if v else None))
+        return out
+
+    def _tts_plan(self, text, voice, temperature, top_k, top_p, max_seconds, seed):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text must be a non-empty string, got {text!r}")
         if len(text) > MAX_TEXT_CHARS:
@@ -240,7 +264,16 @@ class SpeechPipeline:
         max_frames = max(1, int(max_seconds * self.codec.semantic_rate))
         for sentence in split_sentences(text):
             ptext, pcodes = (v.text, v.tokens.semantic[0]) if (v is not None and v.text) else (None, None)
-            prompt = tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes)
+            yield tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, max_frames, v, gen
+
+    # ---- tasks ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def tts_stream(self, text: str, voice=None, *, temperature: float | None = None, top_k: int | None = None,
+                   top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None) -> Iterator[Tensor]:
+        """Audio chunks ``[1, n]`` as they are generated; they concatenate exactly to :meth:`tts`.
+
+        Long text is split into sentences (each bounded by ``max_seconds``), generated one after another."""
+        for prompt, s, max_frames, v, gen in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed):
             yield from self._stream_frames(prompt, s, max_frames, v, gen)
 
     def tts(self, text: str, voice=None, **kw) -> Tensor:
@@ -303,6 +336,12 @@ class SpeechPipeline:
         lat["tts"] = time.perf_counter() - t2
         lat["total"] = time.perf_counter() - t0
         return DialogueTurn(user, reply, audio, lat)
+
+
+def _drain(queue: list) -> Iterator:
+    """Iterator over a list that is filled while it is consumed (feeds ``codec.stream_decode``)."""
+    while queue:
+        yield queue.pop(0)
 
 
 class _null:

@@ -210,15 +210,19 @@ def build(cfg: TrainConfig, codec=None):
     return bb, layout, lm, head
 
 
-def train(cfg: TrainConfig, codec=None, progress: bool = True) -> Path:
-    """Run (or resume) training; returns the final model dir ``out_dir/final``."""
+def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int | None = None) -> Path:
+    """Run (or resume) training; returns the final model dir ``out_dir/final``.
+
+    ``stop_after``: leave after that many steps of this invocation (checkpoint written, as if killed
+    there; for time-sliced jobs and the resume test)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm import tqdm
 
     from slm.pipeline import _load_codec, save_bundle
 
-    acc = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision))
+    # cpu=True when there is no GPU: accelerate then picks up torchrun ranks as MULTI_CPU (gloo)
+    acc = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision), cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
     out = Path(cfg.out_dir)
     codec = codec if codec is not None else _load_codec(cfg.codec, None)
@@ -250,7 +254,8 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True) -> Path:
         writer = SummaryWriter(str(out / "tb"))
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and acc.is_main_process), desc="slm train")
     hist: list[dict] = []
-    while step < cfg.steps:
+    stop = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    while step < stop:
         wrapped.train()
         t0, logs = time.perf_counter(), {}
         for micro in range(cfg.grad_accum):
@@ -278,11 +283,17 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True) -> Path:
                 f.write(json.dumps({"step": step, **logs}) + "\n")
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             evaluate(acc, wrapped, model, valid or utts[:8], bb.tokenizer, layout, codec, cfg, step, writer, frame_len)
-        if acc.is_main_process and (step % cfg.save_every == 0 or step == cfg.steps):
+        if acc.is_main_process and (step % cfg.save_every == 0 or step in (cfg.steps, stop)):
             save_checkpoint(ckpt, model, opt, sched, step)
         acc.wait_for_everyone()
     bar.close()
+    if acc.num_processes > 1:
+        _check_ranks_agree(acc, model)
     final = out / "final"
+    if step < cfg.steps:
+        if writer is not None:
+            writer.close()
+        return final
     if acc.is_main_process:
         voices = _default_voices(utts, codec)
         save_bundle(final, lm, layout, head, codec, cfg.backbone, voices=voices,
@@ -342,6 +353,15 @@ def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, 
         return {"asr_wer": error_rates(refs, hyps).wer}
     except ImportError:
         return {}
+
+
+def _check_ranks_agree(acc, model: SpeechLM) -> None:
+    """All ranks must hold the same trainable weights after data-parallel training."""
+    v = torch.stack([p.detach().double().sum() for p in model.parameters() if p.requires_grad]).to(acc.device)
+    allv = acc.gather(v[None])
+    if not bool((allv == allv[0]).all()):
+        raise RuntimeError("data-parallel ranks ended with different weights")
+    acc.print(f"ranks agree: {acc.num_processes} processes, {v.numel()} trainable tensors")
 
 
 def _default_voices(utts: list[Utterance], codec, n: int = 4):

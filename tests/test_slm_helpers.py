@@ -43,12 +43,14 @@ def tiny_backbone_dir() -> str:
 
 @cache
 def tiny_codec_dir(variant: str = "sacodec") -> str:
+    """A tiny random codec, causal so that streaming decode is exact."""
     from codec.config import CodecConfig
     from codec.model import DualStreamCodec
 
     torch.manual_seed(0)
     d = Path(tempfile.mkdtemp(prefix=f"tiny_codec_{variant}_"))
-    DualStreamCodec(CodecConfig.tiny(variant)).eval().save_pretrained(d)
+    cfg = CodecConfig(**{**CodecConfig.tiny(variant).to_dict(), "causal": True})
+    DualStreamCodec(cfg).eval().save_pretrained(d)
     return str(d)
 
 

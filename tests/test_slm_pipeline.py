@@ -1,0 +1,141 @@
+"""Speech LM end to end on a tiny backbone + tiny codec: save/load, merge, constrained decoding,
+streaming, dialogue with the adapter disabled, bad inputs."""
+import pytest
+import torch
+
+from slm.pipeline import SpeechPipeline, split_sentences
+from tests.test_slm_helpers import tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from slm.train import train
+
+    cfg = tiny_train_config(tmp_path_factory.mktemp("slm"), steps=6)
+    final = train(cfg, progress=False)
+    return cfg, final
+
+
+@pytest.fixture(scope="module")
+def pipe(trained):
+    return SpeechPipeline.from_pretrained(trained[1])
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids[None]).logits[0]
+
+
+def test_bundle_files(trained):
+    _, final = trained
+    for f in ("slm_config.json", "token_layout.json", "adapter/adapter_config.json", "acoustic_head.json",
+              "acoustic_head.safetensors", "codec/config.json"):
+        assert (final / f).exists(), f
+    # the adapter holds LoRA + the new token rows, not the whole embedding matrix
+    from safetensors.torch import load_file
+
+    sd = load_file(str(final / "adapter" / "adapter_model.safetensors"))
+    assert any("trainable_tokens" in k for k in sd) and not any(k.endswith("embed_tokens.weight") for k in sd)
+
+
+def test_save_load_identical_logits_and_merge(trained, pipe):
+    from adapters.lora import merge
+
+    final = trained[1]
+    ids = torch.tensor([pipe.layout.special_id("tts"), 5, 6, 7, pipe.layout.audio_start, pipe.layout.semantic_offset + 3])
+    loaded = _logits(pipe.lm, ids)
+    again = SpeechPipeline.from_pretrained(final)
+    assert torch.equal(loaded, _logits(again.lm, ids))
+    with again.lm.disable_adapter():
+        base = _logits(again.lm, ids)
+    assert not torch.allclose(base, loaded, atol=1e-4)  # the adapter does something
+    merged = merge(again.lm)
+    torch.testing.assert_close(_logits(merged, ids), loaded, atol=1e-4, rtol=1e-4)
+
+
+def test_constrained_decoding_stays_in_span(pipe):
+    from slm.generate import Sampling, generate_frames, generate_text
+    from slm.templates import asr_prompt, tts_prompt
+
+    lay = pipe.layout
+    prompt = tts_prompt(pipe.tokenizer, lay, "hello world")
+    # unconstrained, this random tiny model would mostly pick text tokens (300 of 321 ids)
+    assert not bool(lay.is_semantic(_logits(pipe.lm, prompt)[-1].argmax()))
+    s = Sampling(temperature=1.5, top_k=0, top_p=1.0)
+    frames = list(generate_frames(pipe.lm, lay, prompt, pipe.head, s, 20, generator=torch.Generator().manual_seed(0)))
+    assert frames and all(0 <= f.code < lay.n_semantic for f in frames)
+    assert all(f.acoustic.shape == (pipe.head.cfg.frame_len,) for f in frames)
+    vocab = pipe.lm.get_input_embeddings().weight.shape[0]
+    ids = generate_text(pipe.lm, asr_prompt(pipe.tokenizer, lay, torch.tensor([1, 2, 3])), lay.text_mask(vocab),
+                        {pipe.tokenizer.eos_token_id}, 20, s, torch.Generator().manual_seed(0))
+    assert all(i < lay.base_vocab for i in ids)
+
+
+def test_streaming_equals_offline(pipe):
+    text = "the cat sat on the mat. hello world!"
+    chunks = list(pipe.tts_stream(text, seed=3, max_seconds=2.0))
+    full = pipe.tts(text, seed=3, max_seconds=2.0)
+    assert len(chunks) > 2 and full.dim() == 2 and full.shape[0] == 1
+    assert torch.equal(torch.cat(chunks, -1), full)
+    # and the streamed audio equals decoding the generated tokens offline in one go
+    toks = pipe.tts_tokens(text, seed=3, max_seconds=2.0)
+    offline = torch.cat([pipe.codec.decode(t).reshape(1, -1).clamp(-1, 1) for t in toks], -1)
+    torch.testing.assert_close(full, offline, atol=1e-5, rtol=0)
+
+
+def test_asr_continue_and_voices(pipe):
+    sr = pipe.sample_rate
+    wav = torch.randn(1, sr) * 0.1
+    assert isinstance(pipe.asr(wav, sr), str)
+    out = pipe.continue_(wav, sr, seconds=0.5, seed=0)
+    assert out.dim() == 2 and 0 < out.shape[-1] <= int(0.5 * sr) + 2 * sr // 12
+    assert pipe.voices()
+    assert pipe.tts("hello", voice=pipe.voices()[0], seed=0, max_seconds=1.0).shape[0] == 1
+
+
+def test_dialogue_uses_base_model(pipe, monkeypatch):
+    from adapters.backbones import extend_vocabulary, load_backbone
+
+    seen = {}
+    import slm.pipeline as P
+
+    real = P.generate_text
+
+    def spy(model, prompt, *a, **k):
+        seen.setdefault("logits", []).append(_logits(model, prompt))
+        return real(model, prompt, *a, **k)
+
+    monkeypatch.setattr(P, "generate_text", spy)
+    sr = pipe.sample_rate
+    turn = pipe.dialogue(torch.randn(1, sr) * 0.1, sr, history=[], seed=0, max_seconds=1.0)
+    assert set(turn.latencies) >= {"asr", "chat", "tts", "total"} and turn.reply_audio.shape[0] == 1
+    chat_logits = seen["logits"][1]  # second text generation = the chat reply
+    bb = load_backbone(pipe.lm.peft_config["default"].base_model_name_or_path or "")
+    extend_vocabulary(bb.model, bb.tokenizer, pipe.layout)
+    msgs = [{"role": "user", "content": turn.user_text or "(silence)"}]
+    ids = bb.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
+    ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+    torch.testing.assert_close(chat_logits, _logits(bb.model, ids[0]), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_inputs(pipe):
+    sr = pipe.sample_rate
+    with pytest.raises(ValueError, match="non-empty"):
+        pipe.tts("   ")
+    with pytest.raises(ValueError, match="at most"):
+        pipe.tts("a" * 6000)
+    with pytest.raises(ValueError, match="sample rate"):
+        pipe.asr(torch.zeros(1, 8000), 8000)
+    with pytest.raises(ValueError, match="empty"):
+        pipe.asr(torch.zeros(1, 0), sr)
+    with pytest.raises(ValueError, match="NaN"):
+        pipe.continue_(torch.full((1, sr), float("nan")), sr)
+    with pytest.raises(ValueError, match="unknown voice"):
+        pipe.tts("hello", voice="nobody")
+    with pytest.raises(FileNotFoundError, match="slm_config"):
+        SpeechPipeline.from_pretrained("/nonexistent")
+
+
+def test_split_sentences():
+    parts = split_sentences("One. Two!  Three? " + "word " * 100, max_chars=50)
+    assert parts[:3] == ["One.", "Two!", "Three?"] and all(len(p) <= 51 for p in parts)
