@@ -8,12 +8,12 @@ import time
 import gradio as gr
 import torch
 
-from demos.app import DemoContext, user_errors
+from demos.app import MODELS, DemoContext, user_errors
 from demos.limits import InputError, check_text, load_audio_input, to_gradio_audio
 from demos.plots import continuation_plot, tokens_over_spectrogram
 
 DEFAULT_VOICE = "(model default)"
-MIC_AND_UPLOAD = ["microphone", "upload"]
+MIC_AND_UPLOAD = ["upload", "microphone"]  # upload first: works on any host (the mic needs https)
 
 
 def _sampling_controls(ctx: DemoContext, seconds_label: str, seconds_default: float):
@@ -84,15 +84,16 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
         yield gr.skip(), to_gradio_audio(wav, p.sample_rate), _rtf_line(
             wav.shape[-1] / p.sample_rate, time.perf_counter() - t0, first)
 
-    event = go.click(on_tts, [text, voice, reference, *controls], [live, full, info], api_name="tts")
+    event = go.click(on_tts, [text, voice, reference, *controls], [live, full, info], api_name="tts",
+              concurrency_id=MODELS)
     stop.click(None, None, None, cancels=[event], api_visibility="private")
     return voice
 
 
 def _voice_arg(ctx: DemoContext, p, voice_name: str | None, ref_path):
-    """A reference clip (as ``(wav [1, N], sample_rate)``) wins over a bundled voice name."""
+    """A reference clip (``[1, N]`` at the pipeline's rate) wins over a bundled voice name."""
     if ref_path:
-        return load_audio_input(ref_path, ctx.limits, p.sample_rate, name="reference voice"), p.sample_rate
+        return load_audio_input(ref_path, ctx.limits, p.sample_rate, name="reference voice")
     if not voice_name or voice_name == DEFAULT_VOICE:
         return None
     return voice_name
@@ -107,13 +108,13 @@ def voice_choices(ctx: DemoContext):
 def asr_tab(ctx: DemoContext) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            audio = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath", label="Speech")
+            audio = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath", label="Speech", elem_id="asr-input")
             go = gr.Button("Transcribe", variant="primary")
             transcript = gr.Textbox(label="Transcript", lines=3, interactive=False, elem_id="asr-transcript",
                                     buttons=["copy"])
             info = gr.Markdown()
         with gr.Column(scale=2):
-            plot = gr.Plot(label="Semantic tokens under the spectrogram")
+            plot = gr.Plot(label="Semantic tokens under the spectrogram", show_label=False)
 
     @user_errors
     def on_asr(path):
@@ -128,7 +129,8 @@ def asr_tab(ctx: DemoContext) -> None:
         return (text.strip() or "(no words recognised)", fig,
                 f"{wav.shape[-1] / p.sample_rate:.2f} s -> {n} semantic tokens; transcribed in {spent:.2f} s")
 
-    go.click(on_asr, audio, [transcript, plot, info], api_name="asr")
+    go.click(on_asr, audio, [transcript, plot, info], api_name="asr",
+              concurrency_id=MODELS)
 
 
 # ---- continuation --------------------------------------------------------------------------------
@@ -137,14 +139,15 @@ def continuation_tab(ctx: DemoContext) -> None:
                 "tokens, the acoustic head fills in the acoustic tokens, the codec decodes both.")
     with gr.Row():
         with gr.Column(scale=1):
-            prompt = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath", label="Prompt (a few seconds of speech)")
+            prompt = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath", label="Prompt (a few seconds of speech)",
+                              elem_id="cont-prompt")
             controls = _sampling_controls(ctx, "Seconds to add", 3.0)
             go = gr.Button("Continue", variant="primary")
         with gr.Column(scale=2):
             with gr.Row():
                 cont = gr.Audio(label="Continuation", interactive=False, buttons=["download"], elem_id="cont-audio")
                 both = gr.Audio(label="Prompt + continuation", interactive=False, buttons=["download"])
-            plot = gr.Plot(label="Prompt and continuation")
+            plot = gr.Plot(label="Prompt and continuation", show_label=False)
             info = gr.Markdown()
 
     @user_errors
@@ -161,13 +164,16 @@ def continuation_tab(ctx: DemoContext) -> None:
         return (to_gradio_audio(out, sr), to_gradio_audio(torch.cat([wav, out], dim=-1), sr),
                 continuation_plot(wav, out, sr), _rtf_line(out.shape[-1] / sr, spent))
 
-    go.click(on_continue, [prompt, *controls], [cont, both, plot, info], api_name="continue")
+    go.click(on_continue, [prompt, *controls], [cont, both, plot, info], api_name="continue",
+              concurrency_id=MODELS)
 
 
 # ---- dialogue ------------------------------------------------------------------------------------
 def _latency_table(latencies: dict[str, float]) -> str:
-    rows = "".join(f"| {k} | {v:.2f} s |\n" for k, v in latencies.items())
-    return "| stage | latency |\n|---|---|\n" + rows + f"| **total** | **{sum(latencies.values()):.2f} s** |"
+    stages = {k: v for k, v in latencies.items() if k != "total"}
+    total = latencies.get("total", sum(stages.values()))
+    rows = "".join(f"| {k} | {v:.2f} s |\n" for k, v in stages.items())
+    return "| stage | latency |\n|---|---|\n" + rows + f"| **total** | **{total:.2f} s** |"
 
 
 def _wav_file(wav: torch.Tensor, sample_rate: int) -> str:
@@ -190,7 +196,7 @@ def dialogue_tab(ctx: DemoContext) -> None:
         with gr.Column(scale=2):
             chat = gr.Chatbot(label="Conversation", height=420, elem_id="dialogue-chat")
         with gr.Column(scale=1):
-            mic = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath", label="Your turn")
+            mic = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath", label="Your turn", elem_id="dialogue-input")
             with gr.Row():
                 send = gr.Button("Send", variant="primary")
                 clear = gr.Button("New conversation")
@@ -204,7 +210,7 @@ def dialogue_tab(ctx: DemoContext) -> None:
         turn = p.dialogue(wav, p.sample_rate, list(hist))
         hist = [*hist, {"role": "user", "content": turn.user_text},
                 {"role": "assistant", "content": turn.reply_text}][-2 * ctx.limits.max_dialogue_turns:]
-        stages = " · ".join(f"{k} {v:.2f} s" for k, v in turn.latencies.items())
+        stages = " · ".join(f"{k} {v:.2f} s" for k, v in turn.latencies.items() if k != "total")
         messages = [*(messages or []),
                     {"role": "user", "content": f"🎤 {turn.user_text or '(nothing recognised)'}"},
                     {"role": "assistant", "content": f"{turn.reply_text}\n\n<sub>{stages}</sub>"},
@@ -213,5 +219,6 @@ def dialogue_tab(ctx: DemoContext) -> None:
         return hist, messages, to_gradio_audio(turn.reply_audio, p.sample_rate), \
             _latency_table(turn.latencies), None
 
-    send.click(on_turn, [mic, history, chat], [history, chat, reply, latency, mic], api_name="dialogue")
+    send.click(on_turn, [mic, history, chat], [history, chat, reply, latency, mic], api_name="dialogue",
+              concurrency_id=MODELS)
     clear.click(lambda: ([], [], None, ""), None, [history, chat, reply, latency], api_name="dialogue_reset")
