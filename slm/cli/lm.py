@@ -1,0 +1,88 @@
+"""`slm train | tts | asr | continue`: fine-tune and run the speech LM."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    t = subparsers.add_parser("train", help="fine-tune a causal LM (LoRA) + acoustic head on codec tokens")
+    t.add_argument("--config", required=True, help="YAML (see configs/lm/)")
+    t.add_argument("--backbone", default=None, help="override: hub id, local dir or smollm2-135m")
+    t.add_argument("--out-dir", default=None, help="override the config's out_dir")
+    t.add_argument("--steps", type=int, default=None, help="override the number of optimizer steps")
+    t.add_argument("--stop-after", type=int, default=None, help="leave after N steps (resume later)")
+    t.set_defaults(func=_train)
+
+    s = subparsers.add_parser("tts", help="text -> speech with a trained speech-LM dir")
+    s.add_argument("text")
+    s.add_argument("--model", default="default")
+    s.add_argument("--out", required=True, help="output .wav")
+    s.add_argument("--voice", default=None, help="voice name (see --list-voices) or a reference wav")
+    _sampling_args(s)
+    s.add_argument("--max-seconds", type=float, default=20.0)
+    s.set_defaults(func=_tts)
+
+    a = subparsers.add_parser("asr", help="speech -> text by the speech LM")
+    a.add_argument("wav")
+    a.add_argument("--model", default="default")
+    a.set_defaults(func=_asr)
+
+    c = subparsers.add_parser("continue", help="continue the speech in a wav")
+    c.add_argument("wav")
+    c.add_argument("--model", default="default")
+    c.add_argument("--seconds", type=float, default=3.0)
+    c.add_argument("--out", required=True)
+    _sampling_args(c)
+    c.set_defaults(func=_continue)
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _train(args) -> int:
+    from slm.train import TrainConfig, train
+
+    cfg = TrainConfig.from_yaml(args.config, backbone=args.backbone, out_dir=args.out_dir, steps=args.steps)
+    final = train(cfg, stop_after=args.stop_after)
+    print(f"model dir: {final}" if final.exists() else f"stopped; resume with the same command ({cfg.out_dir})")
+    return 0
+
+
+def _pipe(model: str):
+    from slm.pipeline import SpeechPipeline
+
+    return SpeechPipeline.from_pretrained(model)
+
+
+def _tts(args) -> int:
+    from codec.audio import save_audio
+
+    pipe = _pipe(args.model)
+    wav = pipe.tts(args.text, args.voice, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   max_seconds=args.max_seconds, seed=args.seed)
+    save_audio(args.out, wav, pipe.sample_rate)
+    print(f"{args.out}: {wav.shape[-1] / pipe.sample_rate:.2f} s")
+    return 0
+
+
+def _asr(args) -> int:
+    from codec.audio import load_audio
+
+    pipe = _pipe(args.model)
+    print(pipe.asr(load_audio(args.wav, pipe.sample_rate), pipe.sample_rate))
+    return 0
+
+
+def _continue(args) -> int:
+    from codec.audio import load_audio, save_audio
+
+    pipe = _pipe(args.model)
+    wav = pipe.continue_(load_audio(args.wav, pipe.sample_rate), pipe.sample_rate, seconds=args.seconds,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    save_audio(args.out, wav, pipe.sample_rate)
+    print(f"{args.out}: {wav.shape[-1] / pipe.sample_rate:.2f} s of continuation")
+    return 0

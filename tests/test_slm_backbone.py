@@ -1,0 +1,77 @@
+"""Backbone loading from a local dir, vocabulary extension, LoRA adapter size, configs, CLI."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapters.backbones import extend_vocabulary, load_backbone
+from adapters.lora import LoraSettings, apply_lora, trainable_parameters
+from slm.layout import TokenLayout
+from tests.test_slm_helpers import tiny_backbone_dir
+
+
+def test_extend_vocabulary_mean_rows_and_tied():
+    bb = load_backbone(tiny_backbone_dir())
+    emb = bb.model.get_input_embeddings().weight
+    mean = emb.detach().mean(0)
+    layout = TokenLayout.for_tokenizer(bb.tokenizer, 16)
+    extend_vocabulary(bb.model, bb.tokenizer, layout)
+    w = bb.model.get_input_embeddings().weight
+    assert w.shape[0] == layout.vocab_size == len(bb.tokenizer)
+    torch.testing.assert_close(w[layout.base_vocab:], mean.expand(21, -1))
+    assert bb.model.get_output_embeddings().weight is w  # still tied
+    layout.check_tokenizer(bb.tokenizer)
+    # extending again is a no-op, and deterministic across loads
+    extend_vocabulary(bb.model, bb.tokenizer, layout)
+    bb2 = load_backbone(tiny_backbone_dir())
+    extend_vocabulary(bb2.model, bb2.tokenizer, layout)
+    assert torch.equal(bb2.model.get_input_embeddings().weight, w)
+
+
+def test_lora_trains_only_adapter_and_new_rows():
+    bb = load_backbone(tiny_backbone_dir())
+    layout = TokenLayout.for_tokenizer(bb.tokenizer, 16)
+    extend_vocabulary(bb.model, bb.tokenizer, layout)
+    lm = apply_lora(bb.model, LoraSettings(r=2, alpha=4), layout.new_ids())
+    names = [n for n, p in lm.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n in names) and any("trainable_tokens_delta" in n for n in names)
+    assert not any(n.endswith("embed_tokens.weight") for n in names)
+    train, total = trainable_parameters(lm)
+    assert train < 0.5 * total
+
+
+def test_lora_rejects_missing_modules():
+    bb = load_backbone(tiny_backbone_dir())
+    with pytest.raises(ValueError, match="c_attn"):
+        apply_lora(bb.model, LoraSettings(target_modules=("c_attn",)))
+
+
+def test_bad_backbone_spec():
+    with pytest.raises(ValueError, match="hub id"):
+        load_backbone("")
+
+
+def test_shipped_configs_parse():
+    from slm.train import TrainConfig
+
+    files = sorted(Path(__file__).resolve().parent.parent.glob("configs/lm/*.yaml"))
+    assert files
+    for f in files:
+        TrainConfig.from_yaml(f)
+
+
+def test_cli_tts_and_asr(tmp_path):
+    from slm.cli import main
+    from slm.train import train
+    from tests.test_slm_helpers import tiny_train_config
+
+    final = train(tiny_train_config(tmp_path, steps=1), progress=False)
+    out = tmp_path / "o.wav"
+    assert main(["--threads", "1", "tts", "hello world", "--model", str(final), "--out", str(out),
+                 "--seed", "0", "--max-seconds", "1"]) == 0
+    assert out.exists() and out.stat().st_size > 44
+    assert main(["--threads", "1", "asr", str(out), "--model", str(final)]) == 0
+    cont = tmp_path / "c.wav"
+    assert main(["--threads", "1", "continue", str(out), "--model", str(final), "--seconds", "0.5",
+                 "--out", str(cont)]) == 0
+    assert cont.exists()
