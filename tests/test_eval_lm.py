@@ -1,0 +1,89 @@
+"""Speech-LM task metrics through a stand-in pipeline (real espeak speech, real judges, tiny backbone)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adapters.judges import error_rates
+from slm.eval.codec_eval import Judges
+from slm.eval.data import EvalItem
+from slm.eval.lm_eval import backbone_perplexity, eval_asr, eval_continue, eval_tts
+from tests.test_eval_judges import espeak_clip
+
+TEXTS = ["Seven ships sailed across the cold northern sea.", "We will meet at the station tomorrow morning."]
+
+
+class CharTokenizer:
+    def __call__(self, text: str, return_tensors: str = "pt") -> dict:
+        return {"input_ids": torch.tensor([[min(ord(c), 127) for c in text]])}
+
+
+class StandInPipeline:
+    """What ``SpeechPipeline`` offers the evaluation: speaks with espeak, 'recognises' by lookup."""
+
+    sample_rate = 16000
+
+    def __init__(self, tmp_path, texts: list[str]) -> None:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        self.tmp_path, self.texts, self.calls = tmp_path, texts, []
+        self.lm = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+        self.tokenizer = CharTokenizer()
+
+    def tts_stream(self, text, voice, **sampling):
+        assert isinstance(voice, torch.Tensor) and voice.dim() == 2  # the prompt audio [1, N]
+        self.calls.append(("tts", text, sampling))
+        wav = torch.from_numpy(espeak_clip(text, self.tmp_path))[None]
+        yield wav[:, : wav.shape[-1] // 2]
+        yield wav[:, wav.shape[-1] // 2 :]
+
+    def asr(self, wav, sample_rate):
+        return self.texts[0] if wav.shape[-1] > 0 else ""
+
+    def continue_(self, wav, sample_rate, seconds=3.0, **sampling):
+        return wav[:, : int(seconds * sample_rate)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lm")
+    items = [EvalItem(id=f"u{i}", wav=torch.from_numpy(espeak_clip(t, tmp))[None], sample_rate=16000, text=t,
+                      speaker="espeak:en-us", synth="espeak") for i, t in enumerate(TEXTS)]
+    return StandInPipeline(tmp, TEXTS), items, Judges()
+
+
+@pytest.mark.slow
+def test_tts_metrics(setup):
+    pipe, items, judges = setup
+    r = eval_tts(pipe, items, judges, temperature=0.5)
+    assert pipe.calls[0] == ("tts", TEXTS[0], {"temperature": 0.5})
+    assert r["n"] == 2 and r["wer"] < 0.3  # real speech of the right text
+    assert r["spk_sim"] > 0.7  # same espeak voice as the prompt
+    assert 0 < r["first_audio_s"] and r["rtf"] > 0 and 1.0 <= r["dnsmos_ovrl"] <= 5.0
+    assert list(r["per_voice"]) == ["espeak:en-us"]
+    assert all(it["prompt"] == "u0" for it in r["items"])
+
+
+@pytest.mark.slow
+def test_asr_and_continuation_metrics(setup):
+    pipe, items, judges = setup
+    r = eval_asr(pipe, items, judges)
+    assert r["items"][0]["hyp"] == TEXTS[0]  # the second item is 'recognised' as the first text too
+    assert r["wer"] == pytest.approx(error_rates(TEXTS, [TEXTS[0], TEXTS[0]]).wer) and r["wer"] > 0.3
+    assert r["whisper_wer"] < 0.3
+    c = eval_continue(pipe, items, judges, prompt_seconds=1.5, seconds=1.0)
+    assert c["n"] == 2 and all(abs(it["seconds"] - 1.0) < 0.01 for it in c["items"])
+    assert c["spk_sim"] > 0.7 and np.isfinite(c["ppl"]) and c["ppl"] > 1.0
+
+
+def test_backbone_perplexity_is_exp_of_mean_nll():
+    pipe = StandInPipeline(None, TEXTS)
+    text = "hello there"
+    ids = pipe.tokenizer(text)["input_ids"]
+    with torch.no_grad():
+        logits = pipe.lm(input_ids=ids).logits[0, :-1]
+    nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:])
+    assert backbone_perplexity(pipe.lm, pipe.tokenizer, text) == pytest.approx(float(nll.exp()), rel=1e-4)
+    assert np.isnan(backbone_perplexity(pipe.lm, pipe.tokenizer, "a"))
