@@ -40,6 +40,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,8 @@ SPLIT_SHARE = {"train": 0.9, "valid": 0.05, "test": 0.05}  # fraction of hours p
 TEST_ESPEAK_VARIANTS = ("f4", "m6")
 TEST_FLITE_VOICES = ("awb",)
 TEST_FESTIVAL_VOICES = ("ked_diphone",)
+# seconds ~= a + b * words * stretch, least-squares fit on a 1198-utterance build of this corpus
+_DURATION_FIT = {"espeak": (0.15, 0.29), "flite": (0.33, 0.315), "festival": (0.57, 0.31)}
 CHUNK = 16  # utterances per worker task (festival runs one process per chunk)
 
 
@@ -109,7 +112,8 @@ def speakers() -> list[Speaker]:
 def _est_seconds(s: Sentence, spk: Speaker) -> float:
     words = len(s.text.split())
     stretch = 175 / spk.voice["rate"] if spk.synth == "espeak" else spk.voice["stretch"]
-    return 0.6 + 0.45 * words * stretch
+    a, b = _DURATION_FIT[spk.synth]
+    return a + b * words * stretch
 
 
 def plan(hours: float, seed: int) -> list[PlannedUtt]:
@@ -236,13 +240,20 @@ def build_corpus(out_dir: str | Path, hours: float, seed: int = 0, workers: int 
     errors: list[str] = []
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(todo), desc=f"synth {hours} h", unit="utt", disable=not progress)
-    if chunks:
+    def _collect(results: Iterable[tuple[list[dict], list[str]]]) -> None:
+        nonlocal errors
+        for recs, errs in results:
+            for r in recs:
+                done[r["id"]] = r
+            errors += errs
+            bar.update(len(recs) + len([e for e in errs if not e.startswith("festival batch")]))
+
+    if chunks and workers == 1:  # in-process: no pool start-up cost for small builds and resumes
+        _worker_init()
+        _collect(map(_run_chunk, chunks))
+    elif chunks:
         with get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
-            for recs, errs in pool.imap_unordered(_run_chunk, chunks):
-                for r in recs:
-                    done[r["id"]] = r
-                errors += errs
-                bar.update(len(recs) + len([e for e in errs if not e.startswith("festival batch")]))
+            _collect(pool.imap_unordered(_run_chunk, chunks))
     bar.close()
     if errors:
         warnings.warn(f"{len(errors)} utterances failed and were skipped (see summary.json); first: {errors[0]}")

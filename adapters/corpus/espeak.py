@@ -110,7 +110,46 @@ def available_variants() -> list[str]:
 
 
 def synth(text: str, voice: str, rate: int = 175, pitch: int = 50, pitch_range: int = 50) -> EspeakResult:
-    """Synthesise ``text`` with ``voice`` (e.g. ``"en-gb+f3"``); words/phonemes carry sample positions."""
+    """Synthesise ``text`` with ``voice`` (e.g. ``"en-gb+f3"``); words/phonemes carry sample positions.
+
+    espeak-ng keeps wave-generator state (pitch flutter phase, ...) across calls, so the same text
+    comes out a few samples different depending on what was spoken before. To make every utterance
+    a pure function of its inputs, synthesis runs in a child forked from the freshly initialised
+    process (copy-on-write: a few ms), which returns the result through a pipe.
+    """
+    init()
+    if not hasattr(os, "fork"):
+        return _synth_here(text, voice, rate, pitch, pitch_range)
+    import pickle
+
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: synthesise from the pristine state, send, exit without cleanup handlers
+        code = 0
+        try:
+            os.close(rfd)
+            try:
+                payload = pickle.dumps(("ok", _synth_here(text, voice, rate, pitch, pitch_range)))
+            except Exception as e:  # noqa: BLE001 - re-raised in the parent
+                payload = pickle.dumps(("err", e))
+            with os.fdopen(wfd, "wb") as f:
+                f.write(payload)
+        except BaseException:  # noqa: BLE001
+            code = 1
+        os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError(f"espeak-ng child process died synthesising {text!r}")
+    status, value = pickle.loads(data)
+    if status == "err":
+        raise value
+    return value
+
+
+def _synth_here(text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> EspeakResult:
     sr = init()
     lib = _State.lib
     if lib.espeak_SetVoiceByName(voice.encode()) != 0:

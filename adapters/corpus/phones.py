@@ -94,11 +94,17 @@ def segments_from_starts(starts: list[tuple[float, str]], end: float, synth: str
 
 def segments_from_ends(ends: list[tuple[str, float]], end: float, synth: str) -> list[list]:
     """``[(symbol, end_s), ...]`` (flite ``-psdur`` / festival Segment) -> segments covering ``[0, end]``."""
-    starts, t = [], 0.0
+    segs: list[list] = []
+    t = 0.0
     for sym, t1 in ends:
-        starts.append((t, sym))
+        lab = to_inventory(sym, synth)
+        if lab is None:
+            if segs:
+                segs[-1][1] = max(segs[-1][1], t1)
+        else:
+            segs.append([t, t1, lab])
         t = t1
-    return segments_from_starts(starts, end, synth)
+    return finalize(segs, end)
 
 
 def finalize(segs: list[list], end: float) -> list[list]:
