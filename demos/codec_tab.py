@@ -24,7 +24,7 @@ def codec_lab_tab(ctx: DemoContext) -> tuple:
             n_acoustic = gr.Slider(0, 8, value=8, step=1, label="Acoustic codebooks kept (bitrate)",
                                    info="fixed unless the codec decodes a truncated residual stream")
             run = gr.Button("Reconstruct", variant="primary")
-            metrics = gr.Markdown(elem_id="codec-metrics")
+            metrics = gr.Markdown(label="Metrics", elem_id="codec-metrics")
         with gr.Column(scale=2):
             with gr.Row():
                 audio_a = gr.Audio(label="A: original (codec sample rate)", interactive=False)

@@ -25,7 +25,7 @@ def _sampling_controls(ctx: DemoContext, seconds_label: str, seconds_default: fl
             top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p")
         with gr.Row():
             seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random; same seed + settings = same audio")
-            seconds = gr.Slider(1.0, ctx.limits.max_generate_seconds, value=seconds_default, step=0.5,
+            seconds = gr.Slider(0.5, ctx.limits.max_generate_seconds, value=seconds_default, step=0.5,
                                 label=seconds_label)
     return [temperature, top_k, top_p, seed, seconds]
 
@@ -51,7 +51,7 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
             text = gr.Textbox(label="Text", lines=4, max_length=ctx.limits.max_text_chars,
                               placeholder="Type what the model should say.",
                               value="The quick brown fox jumps over the lazy dog.")
-            voice = gr.Dropdown([DEFAULT_VOICE], value=DEFAULT_VOICE, label="Voice",
+            voice = gr.Dropdown([DEFAULT_VOICE], value=DEFAULT_VOICE, label="Voice", allow_custom_value=True,
                                 info="a bundled voice, or record / upload a reference clip below")
             reference = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath",
                                  label="Reference voice (optional, a few seconds; overrides the voice above)")
@@ -63,7 +63,7 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
             live = gr.Audio(label="Live (streamed while it is generated)", streaming=True, autoplay=True,
                             interactive=False, elem_id="tts-live")
             full = gr.Audio(label="Full take", interactive=False, buttons=["download"], elem_id="tts-full")
-            info = gr.Markdown(elem_id="tts-info")
+            info = gr.Markdown(label="Timing", elem_id="tts-info")
 
     @user_errors
     def on_tts(text_value, voice_name, ref_path, temperature, top_k, top_p, seed, max_seconds):
@@ -112,7 +112,7 @@ def asr_tab(ctx: DemoContext) -> None:
             go = gr.Button("Transcribe", variant="primary")
             transcript = gr.Textbox(label="Transcript", lines=3, interactive=False, elem_id="asr-transcript",
                                     buttons=["copy"])
-            info = gr.Markdown()
+            info = gr.Markdown(label="Timing")
         with gr.Column(scale=2):
             plot = gr.Plot(label="Semantic tokens under the spectrogram", show_label=False)
 
@@ -148,7 +148,7 @@ def continuation_tab(ctx: DemoContext) -> None:
                 cont = gr.Audio(label="Continuation", interactive=False, buttons=["download"], elem_id="cont-audio")
                 both = gr.Audio(label="Prompt + continuation", interactive=False, buttons=["download"])
             plot = gr.Plot(label="Prompt and continuation", show_label=False)
-            info = gr.Markdown()
+            info = gr.Markdown(label="Timing")
 
     @user_errors
     def on_continue(path, temperature, top_k, top_p, seed, seconds):
@@ -201,7 +201,7 @@ def dialogue_tab(ctx: DemoContext) -> None:
                 send = gr.Button("Send", variant="primary")
                 clear = gr.Button("New conversation")
             reply = gr.Audio(label="Reply", autoplay=True, interactive=False, elem_id="dialogue-reply")
-            latency = gr.Markdown(elem_classes="latency")
+            latency = gr.Markdown(label="Latency per stage", elem_classes="latency")
 
     @user_errors
     def on_turn(path, hist: list, messages: list):
