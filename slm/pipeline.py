@@ -209,7 +209,8 @@ class SpeechPipeline:
         return wav[:, round((a - c) * hop):]
 
     def _stream_frames(self, prompt: Tensor, sampling: Sampling, max_frames: int, v: Voice | None,
-                       gen: torch.Generator, history: tuple[list[int], list] = ((), ())) -> Iterator[Tensor]:
+                       gen: torch.Generator, history: tuple[list[int], list] = ((), ()),
+                       min_frames: int = 1) -> Iterator[Tensor]:
         """Generate frames after ``prompt`` and yield audio ``[1, n]`` every ``chunk_frames`` frames.
 
         ``history`` (codes, acoustic frames) is decoded as left context only (continuation)."""
@@ -229,7 +230,8 @@ class SpeechPipeline:
             wav = next(streamer).reshape(1, -1).float()
             return wav[:, round(wav.shape[-1] * (a - lo) / (b - lo)):]
 
-        for fr in generate_frames(self.lm, self.layout, prompt, self.head, sampling, max_frames, voice_vec, gen):
+        for fr in generate_frames(self.lm, self.layout, prompt, self.head, sampling, max_frames, voice_vec, gen,
+                                  min_frames):
             codes.append(fr.code)
             frames.append(fr.acoustic)
             if len(codes) - emitted >= self.chunk_frames:
