@@ -12,7 +12,7 @@ from codec.train.checkpointing import list_checkpoints, prune_checkpoints
 from codec.train.teacher_cache import write_item, write_meta
 
 SR = 16000
-DISC = dict(mpd_channels=[4, 8], stft_ffts=[256, 128], stft_channels=4, periods=[2, 3])
+DISC = {"mpd_channels": [4, 8], "stft_ffts": [256, 128], "stft_channels": 4, "periods": [2, 3]}
 
 
 def make_corpus(root, n=6, k=16, dim=16, seconds=(1.0, 1.6)):
@@ -25,9 +25,9 @@ def make_corpus(root, n=6, k=16, dim=16, seconds=(1.0, 1.6)):
         t = np.arange(num) / SR
         w = 0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 2 * t))
         sf.write(root / "wavs" / f"u{i}.wav", w.astype(np.float32), SR)
-        rows.append(dict(id=f"u{i}", path=f"wavs/u{i}.wav", text=f"tone number {i}", speaker="s",
-                         split="train" if i < n - 2 else "valid", duration=num / SR,
-                         words=[[0.0, 0.4, "tone"], [0.4, 0.8, "number"], [0.8, 1.0, str(i)]]))
+        rows.append({"id": f"u{i}", "path": f"wavs/u{i}.wav", "text": f"tone number {i}", "speaker": "s",
+                         "split": "train" if i < n - 2 else "valid", "duration": num / SR,
+                         "words": [[0.0, 0.4, "tone"], [0.4, 0.8, "number"], [0.8, 1.0, str(i)]]})
         write_item(root / "feats", f"u{i}", {"features": torch.randn(-(-num // 320), dim, generator=g).half()})
         write_item(root / "units", f"u{i}", {"units": torch.randint(0, k, (-(-num // 1280),), generator=g).int()})
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -46,10 +46,10 @@ def corpus(tmp_path_factory):
 
 
 def cfg_for(corpus, out, variant="rvq", **kw):
-    d = dict(model={"tiny": variant}, out_dir=str(out), manifest=str(corpus / "manifest.jsonl"), batch_size=2,
-             segment_seconds=0.64, steps=4, warmup_adv_steps=2, ckpt_every=2, keep_last=2, log_every=1,
-             sample_every=0, discriminator=DISC, teacher_features=str(corpus / "feats"),
-             teacher_units=str(corpus / "units"), teacher_centroids=str(corpus / "km.safetensors"))
+    d = {"model": {"tiny": variant}, "out_dir": str(out), "manifest": str(corpus / "manifest.jsonl"), "batch_size": 2,
+             "segment_seconds": 0.64, "steps": 4, "warmup_adv_steps": 2, "ckpt_every": 2, "keep_last": 2, "log_every": 1,
+             "sample_every": 0, "discriminator": DISC, "teacher_features": str(corpus / "feats"),
+             "teacher_units": str(corpus / "units"), "teacher_centroids": str(corpus / "km.safetensors")}
     if variant in ("rvq", "secousticodec"):
         d.update(teacher_units=None, teacher_centroids=None, teacher_features=None)
     d.update(kw)

@@ -16,6 +16,7 @@ class CodecTrainConfig:
     # inside the dict builds CodecConfig.tiny(variant) and applies the remaining keys on top.
     model: str | dict[str, Any] = "configs/codec/sac.yaml"
     out_dir: str = "runs/codec"
+    export_dir: str | None = None  # where the final EMA generator is saved (default: <out_dir>/final)
     # Data: the JSONL manifest; only rows of ``train_split`` are trained on.
     manifest: str = "data/synth2h/manifest.jsonl"
     train_split: str = "train"

@@ -42,7 +42,7 @@ class TrainLogger:
     def _writer(self):
         try:
             return self.acc.get_tracker("tensorboard", unwrap=True)
-        except Exception:  # no tensorboard tracker (e.g. tensorboard not installed): scalars only
+        except (ValueError, KeyError):  # no tensorboard tracker (e.g. tensorboard not installed): scalars only
             return None
 
     @torch.no_grad()

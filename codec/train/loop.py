@@ -230,7 +230,7 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
     seconds = elapsed0 + time.time() - t0
     export = None
     if accelerator.is_main_process and (step >= cfg.steps or stopped_early):
-        export = out_dir / "final"
+        export = Path(cfg.export_dir) if cfg.export_dir else out_dir / "final"
         m = _ema_export_model(ema, gen)
         m.save_pretrained(export, dtype=torch.float16 if cfg.export_fp16 else torch.float32)
         (export / "training.json").write_text(json.dumps(
