@@ -36,7 +36,7 @@ def _read_ffmpeg(path: Path, sample_rate: int) -> tuple[np.ndarray, int]:
                          "(expected a wav/flac/ogg file or ffmpeg on PATH)")
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-acodec", "pcm_f32le",
            "-ac", "1", "-ar", str(sample_rate), "-"]
-    res = subprocess.run(cmd, capture_output=True, timeout=600)
+    res = subprocess.run(cmd, capture_output=True, timeout=600, check=False)
     if res.returncode != 0:
         msg = res.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]
         raise AudioError(f"{path}: unreadable audio (soundfile and ffmpeg both failed: {msg[0]})")

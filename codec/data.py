@@ -18,9 +18,10 @@ import json
 import os
 import random
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,8 +56,7 @@ def write_manifest(path: str | Path, records: Iterable[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}) + "\n")
+        f.writelines(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}) + "\n" for r in records)
     os.replace(tmp, path)
 
 
@@ -109,7 +109,7 @@ class ManifestDataset(Dataset):
         if segment_seconds is not None and segment_seconds <= 0:
             raise ValueError(f"segment_seconds: expected > 0 or None, got {segment_seconds}")
         self.records, self.sample_rate, self.align_hop = recs, sample_rate, align_hop
-        self.segment = None if segment_seconds is None else int(round(segment_seconds * sample_rate))
+        self.segment = None if segment_seconds is None else round(segment_seconds * sample_rate)
         self.random_crop, self.seed, self.epoch, self.max_seconds = random_crop, seed, 0, max_seconds
         self.skipped = 0
         self.bad_ids: set[str] = set()
@@ -268,5 +268,14 @@ def hf_dataset_records(ds: Any, out_dir: str | Path, *, audio_column: str = "aud
     return recs
 
 
-__all__ = ["read_manifest", "write_manifest", "ManifestDataset", "Utterance", "Batch", "collate",
-           "libri_records", "hf_dataset_records", "resolve_path"]
+__all__ = [
+    "Batch",
+    "ManifestDataset",
+    "Utterance",
+    "collate",
+    "hf_dataset_records",
+    "libri_records",
+    "read_manifest",
+    "resolve_path",
+    "write_manifest",
+]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def check_corpus(out: Path) -> list[dict]:
         ph = r["phones"]
         assert ph[0][0] == 0.0 and ph[0][2] == "sil" and ph[-1][2] == "sil"
         assert abs(ph[-1][1] - r["duration"]) <= 0.010, (r["id"], ph[-1][1], r["duration"])
-        for (a0, a1, _), (b0, _, _) in zip(ph, ph[1:]):
+        for (a0, a1, _), (b0, _, _) in pairwise(ph):
             assert a1 == pytest.approx(b0, abs=1e-4) and a1 >= a0
         assert all(p[2] in phones.INVENTORY for p in ph)
         assert all(0 <= w0 <= w1 <= r["duration"] + 1e-4 for w0, w1, _ in r["words"])

@@ -38,9 +38,9 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -144,10 +144,10 @@ def plan(hours: float, seed: int) -> list[PlannedUtt]:
 
 
 def _worker_init() -> None:
+    espeak.start_zygote()  # before torch: keeps the per-utterance fork cheap
     import torch
 
     torch.set_num_threads(1)
-    espeak.init()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

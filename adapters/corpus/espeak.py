@@ -11,6 +11,7 @@ import ctypes
 import os
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -55,8 +56,8 @@ class EspeakResult:
 class _State:
     lib: ctypes.CDLL | None = None
     sample_rate = 0
-    chunks: list[np.ndarray] = []
-    events: list[tuple[int, int, str, int, int]] = []
+    chunks: ClassVar[list[np.ndarray]] = []
+    events: ClassVar[list[tuple[int, int, str, int, int]]] = []
     callback = None
 
 
@@ -117,6 +118,8 @@ def synth(text: str, voice: str, rate: int = 175, pitch: int = 50, pitch_range: 
     a pure function of its inputs, synthesis runs in a child forked from the freshly initialised
     process (copy-on-write: a few ms), which returns the result through a pipe.
     """
+    if _Zygote.pid:
+        return _Zygote.request((text, voice, rate, pitch, pitch_range))
     init()
     if not hasattr(os, "fork"):
         return _synth_here(text, voice, rate, pitch, pitch_range)
@@ -147,6 +150,84 @@ def synth(text: str, voice: str, rate: int = 175, pitch: int = 50, pitch_range: 
     if status == "err":
         raise value
     return value
+
+
+class _Zygote:
+    """A small process forked *before* torch is imported that forks once per utterance.
+
+    Forking a worker that holds torch costs ~50 ms of page-table copying per utterance; forking this
+    lean process costs a few ms. Requests and results travel as length-prefixed pickles over pipes.
+    """
+
+    pid = 0
+    req_w = res_r = -1
+
+    @classmethod
+    def request(cls, args: tuple) -> EspeakResult:
+        import pickle
+
+        _send(cls.req_w, pickle.dumps(args))
+        status, value = pickle.loads(_recv(cls.res_r))
+        if status == "err":
+            raise value
+        return value
+
+
+def _send(fd: int, data: bytes) -> None:
+    os.write(fd, len(data).to_bytes(8, "little"))
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _recv(fd: int) -> bytes:
+    def exact(n: int) -> bytes:
+        chunks, got = [], 0
+        while got < n:
+            b = os.read(fd, n - got)
+            if not b:
+                raise EOFError("espeak-ng helper process closed its pipe")
+            chunks.append(b)
+            got += len(b)
+        return b"".join(chunks)
+
+    return exact(int.from_bytes(exact(8), "little"))
+
+
+def start_zygote() -> None:
+    """Fork the helper (call early, before heavy imports); later `synth` calls go through it."""
+    if _Zygote.pid or not hasattr(os, "fork"):
+        return
+    import pickle
+
+    req_r, req_w = os.pipe()
+    res_r, res_w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(req_r)
+        os.close(res_w)
+        _Zygote.pid, _Zygote.req_w, _Zygote.res_r = pid, req_w, res_r
+        return
+    os.close(req_w)
+    os.close(res_r)
+    try:
+        init()
+        while True:
+            try:
+                args = pickle.loads(_recv(req_r))
+            except EOFError:
+                break
+            child = os.fork()
+            if child == 0:
+                try:
+                    payload = pickle.dumps(("ok", _synth_here(*args)))
+                except Exception as e:  # noqa: BLE001 - re-raised in the requesting process
+                    payload = pickle.dumps(("err", e))
+                _send(res_w, payload)
+                os._exit(0)
+            os.waitpid(child, 0)
+    finally:
+        os._exit(0)
 
 
 def _synth_here(text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> EspeakResult:

@@ -57,15 +57,16 @@ def synth_batch(jobs: list[FestivalJob]) -> list[tuple[np.ndarray, int, list[lis
                 f"(set! utt (Utterance Text {_quote(j.text)}))", "(utt.synth utt)",
                 f"(utt.save.wave utt {_quote(wav)} 'riff)",
                 f'(format t "UTT {i}\\n")',
-                "(mapcar (lambda (s) (format t \"SEG %s %f\\n\" (item.name s) (item.feat s \"end\"))) "
-                "(utt.relation.items utt 'Segment))",
-                "(mapcar (lambda (w) (format t \"WORD %s %f %f\\n\" (item.name w) (item.feat w \"word_start\") "
-                "(item.feat w \"word_end\"))) (utt.relation.items utt 'Word))",
+                ("(mapcar (lambda (s) (format t \"SEG %s %f\\n\" (item.name s) (item.feat s \"end\"))) "
+                 "(utt.relation.items utt 'Segment))"),
+                ("(mapcar (lambda (w) (format t \"WORD %s %f %f\\n\" (item.name w) (item.feat w \"word_start\") "
+                 "(item.feat w \"word_end\"))) (utt.relation.items utt 'Word))"),
             ]
         script = os.path.join(tmp, "batch.scm")
         with open(script, "w") as f:
             f.write("\n".join(lines) + "\n")
-        res = subprocess.run(["festival", "-b", script], capture_output=True, text=True, timeout=600)
+        res = subprocess.run(["festival", "-b", script], capture_output=True, text=True, timeout=600,
+                             check=False)
         parsed: dict[int, tuple[list, list]] = {}
         cur = None
         for line in res.stdout.splitlines():

@@ -39,7 +39,7 @@ def synth(text: str, voice: str, stretch: float = 1.0, f0: float | None = None
         if f0 is not None:
             cmd += ["--setf", f"int_f0_target_mean={f0}"]
         res = subprocess.run(cmd + ["-t", text, "-o", path, "-psdur"], capture_output=True, text=True,
-                             timeout=120)
+                             timeout=120, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"flite failed ({res.returncode}): {res.stderr.strip()[:200]}")
         audio, sr = sf.read(path, dtype="int16")
@@ -56,7 +56,8 @@ def _words(text: str, ends: list[tuple[str, float]]) -> list[list]:
     words = _WORD_RE.findall(text.lower())
     if not words:
         return []
-    out = subprocess.run(["t2p", ". ".join(words) + "."], capture_output=True, text=True).stdout.split()
+    out = subprocess.run(["t2p", ". ".join(words) + "."], capture_output=True, text=True,
+                         check=False).stdout.split()
     groups, cur = [], 0
     for p in out:
         if p == "pau":

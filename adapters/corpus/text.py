@@ -91,7 +91,7 @@ def split_sentences(entry: str) -> list[str]:
     lines = []
     for line in entry.splitlines():
         s = line.strip()
-        if not s or s.startswith("--") or s.startswith("- ") or "\b" in line:
+        if not s or s.startswith(("--", "- ")) or "\b" in line:
             continue
         if len(line) - len(line.lstrip()) >= 8:  # deeply indented: art, code, attributions
             continue
@@ -106,9 +106,9 @@ def clean(raw: str) -> str | None:
         return None
     if re.search(r"\b[A-Z]{2,}\b", raw) and not raw.isupper():  # acronyms: spoken unpredictably
         return None
-    if re.search(r"\d[^\d\s,.%$)]|[^\s$(]\d", raw.replace("st ", " ").replace("nd ", " ")):
-        if not re.fullmatch(r"[^\d]*((\$?\d[\d,.]*%?|\d+(st|nd|rd|th)s?|\d{4}s)[^\d]*)*", raw):
-            return None
+    if re.search(r"\d[^\d\s,.%$)]|[^\s$(]\d", raw.replace("st ", " ").replace("nd ", " ")) and (
+            not re.fullmatch(r"[^\d]*((\$?\d[\d,.]*%?|\d+(st|nd|rd|th)s?|\d{4}s)[^\d]*)*", raw)):
+        return None
     try:
         t = normalise(raw)
     except (ValueError, OverflowError, AttributeError):
