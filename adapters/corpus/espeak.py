@@ -258,21 +258,32 @@ def synth_aligned(text: str, voice: str, rate: int = 175, pitch: int = 50
                   ) -> tuple[np.ndarray, int, list[list], list[list]]:
     """Returns (int16 audio, sample rate, phones [[s, e, label]], words [[s, e, word]]) in seconds.
 
-    Word events are matched to the words of ``text`` in order (espeak's ``text_position`` drifts after
-    sentence ends); a word ends where its last non-silent phone ends. If the counts disagree,
-    ``words`` is empty.
+    Each word event is matched to the text word at (or just after) its ``text_position`` (which can
+    point at the space before a word after a sentence end). espeak-ng speaks some short words
+    together with their neighbour under one event ("to be", "self destruct"): such a group becomes
+    one entry whose word field holds the words joined by a space. A word ends where its last
+    non-silent phone ends.
     """
     r = synth(text, voice, rate=rate, pitch=pitch)
     sr, dur = r.sample_rate, len(r.audio) / r.sample_rate
     phones = segments_from_starts([(s / sr, p) for s, p in r.phonemes], dur, "espeak")
-    names = _WORD_RE.findall(text.lower())
+    spans = [(m.start(), m.end(), m.group(0)) for m in _WORD_RE.finditer(text.lower())]
+    first_of: dict[int, float] = {}  # text word index -> start time of the event that begins there
+    for sample, pos, _ in r.words:
+        k = next((i for i, (_, e, _) in enumerate(spans) if e > pos), None)
+        if k is not None and k not in first_of and (not first_of or k > max(first_of)):
+            first_of[k] = sample / sr
+    if not first_of:
+        return r.audio, sr, phones, []
+    heads = sorted(first_of)
+    heads[0] = 0  # words before the first event are spoken with it
+    times = [first_of[k] if k in first_of else first_of[min(first_of)] for k in heads] + [dur]
     words: list[list] = []
-    if len(names) == len(r.words):
-        starts = [s / sr for s, _, _ in r.words] + [dur]
-        for i, w in enumerate(names):
-            t0, t1 = starts[i], starts[i + 1]
-            inside = [p for p in phones if p[2] != "sil" and p[0] >= t0 - 1e-4 and p[1] <= t1 + 1e-4]
-            if inside:
-                t0, t1 = max(t0, inside[0][0]), inside[-1][1]
-            words.append([round(t0, 5), round(t1, 5), w])
+    for g, k in enumerate(heads):
+        stop = heads[g + 1] if g + 1 < len(heads) else len(spans)
+        t0, t1 = times[g], times[g + 1]
+        inside = [p for p in phones if p[2] != "sil" and p[0] >= t0 - 1e-4 and p[1] <= t1 + 1e-4]
+        if inside:
+            t0, t1 = max(t0, inside[0][0]), inside[-1][1]
+        words.append([round(t0, 5), round(t1, 5), " ".join(w for _, _, w in spans[k:stop])])
     return r.audio, sr, phones, words
