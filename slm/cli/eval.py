@@ -36,6 +36,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--probe-steps", type=int, default=400, help="CTC probe training steps (0: no probe)")
     s.set_defaults(func=_semantic)
 
+    for task, helptext in (("tts", ("TTS: Whisper WER per voice, speaker similarity to the prompt, DNSMOS, RTF, "
+                                   "time to first audio")),
+                           ("asr", "ASR-by-token: WER next to Whisper's WER on the same audio"),
+                           ("continue", ("continuation of a 3 s prompt: DNSMOS, speaker similarity, transcript "
+                                        "perplexity under the backbone"))):
+        t = sub.add_parser(task, help=helptext)
+        t.add_argument("model", help="speech-LM dir (SpeechPipeline.from_pretrained), or 'default'")
+        _common(t, f"eval_out/{task}")
+        t.add_argument("--seed", type=int, default=0, help="sampling seed (tts, continue)")
+        t.add_argument("--temperature", type=float, default=None)
+        t.add_argument("--seconds", type=float, default=3.0, help="continuation length (continue)")
+        t.set_defaults(func=_lm_task, task=task)
+
 
 def _split(args: argparse.Namespace) -> str | None:
     return None if args.split == "all" else args.split
@@ -68,4 +81,40 @@ def _semantic(args: argparse.Namespace) -> int:
     md = write_semantic_report(results, args.out)
     print(Path(md).read_text())
     print(f"wrote {md} and semantic_eval.json in {args.out}")
+    return 0
+
+
+def _lm_task(args: argparse.Namespace) -> int:
+    from slm.eval.codec_eval import Judges
+    from slm.eval.data import load_items
+    from slm.eval.lm_eval import eval_asr, eval_continue, eval_tts
+    from slm.eval.report import machine_info, markdown_table, write_json
+    from slm.pipeline import SpeechPipeline
+
+    pipe = SpeechPipeline.from_pretrained(args.model)
+    items = load_items(args.manifest, _split(args), args.limit, sample_rate=16000)
+    judges = Judges()
+    sampling = {"seed": args.seed} | ({} if args.temperature is None else {"temperature": args.temperature})
+    if args.task == "tts":
+        r = eval_tts(pipe, items, judges, **sampling)
+        rows = [{"voice": "all", **r}] + [{"voice": v, **x} for v, x in r["per_voice"].items()]
+        cols = [("voice", "voice", 0), ("wer", "WER", 3), ("spk_sim", "spk sim", 3), ("dnsmos_ovrl", "DNSMOS", 2),
+                ("rtf", "RTF", 3), ("first_audio_s", "first audio (s)", 2), ("n", "n", 0)]
+    elif args.task == "asr":
+        r = eval_asr(pipe, items, judges)
+        rows = [r]
+        cols = [("wer", "WER", 3), ("cer", "CER", 3), ("whisper_wer", "Whisper-base WER", 3), ("rtf", "RTF", 3),
+                ("n", "n", 0)]
+    else:
+        r = eval_continue(pipe, items, judges, seconds=args.seconds, **sampling)
+        rows = [r]
+        cols = [("dnsmos_ovrl", "DNSMOS", 2), ("spk_sim", "spk sim", 3), ("ppl", "transcript ppl", 1), ("n", "n", 0)]
+    r.update(model=str(args.model), manifest=str(args.manifest), split=args.split, machine=machine_info())
+    out = Path(args.out)
+    write_json(out / f"{args.task}_eval.json", r)
+    md = f"# Speech LM: {args.task}\n\nmodel {args.model}, {len(items)} items of {args.manifest} ({args.split})\n\n"
+    md += markdown_table(rows, cols) + "\n"
+    (out / f"{args.task}_eval.md").write_text(md)
+    print(md)
+    print(f"wrote {out / (args.task + '_eval.md')} and {args.task}_eval.json")
     return 0
