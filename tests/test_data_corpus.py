@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from itertools import pairwise
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def check_corpus(out: Path) -> list[dict]:
             assert a1 == pytest.approx(b0, abs=1e-4) and a1 >= a0
         assert all(p[2] in phones.INVENTORY for p in ph)
         assert all(0 <= w0 <= w1 <= r["duration"] + 1e-4 for w0, w1, _ in r["words"])
+        if r["words"]:  # word entries spell out the transcript, in order
+            assert " ".join(w for _, _, w in r["words"]).split() == re.findall(r"[a-z']+", r["text"])
     by = {s: [r for r in recs if r["split"] == s] for s in ("train", "valid", "test")}
     test_spk = {r["speaker"] for r in by["test"]}
     held = {s.id for s in speakers() if s.held_out}

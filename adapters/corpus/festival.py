@@ -77,7 +77,11 @@ def synth_batch(jobs: list[FestivalJob]) -> list[tuple[np.ndarray, int, list[lis
             elif cur is not None and len(parts) == 3 and parts[0] == "SEG":
                 parsed[cur][0].append((parts[1], float(parts[2])))
             elif cur is not None and len(parts) == 4 and parts[0] == "WORD":
-                parsed[cur][1].append([float(parts[2]), float(parts[3]), parts[1].lower()])
+                ws, w = parsed[cur][1], parts[1].lower()
+                if w.startswith("'") and ws:  # festival splits "elevator's" into "elevator" + "'s"
+                    ws[-1][1], ws[-1][2] = max(ws[-1][1], float(parts[3])), ws[-1][2] + w
+                else:
+                    ws.append([float(parts[2]), float(parts[3]), w])
         out = []
         for i in range(len(jobs)):
             wav = os.path.join(tmp, f"{i}.wav")
@@ -90,6 +94,7 @@ def synth_batch(jobs: list[FestivalJob]) -> list[tuple[np.ndarray, int, list[lis
             dur = len(audio) / sr
             ends, words = parsed[i]
             phones = segments_from_ends(ends, dur, "festival")
-            words = [[round(max(0.0, min(a, dur)), 5), round(max(0.0, min(b, dur)), 5), w] for a, b, w in words]
+            words = [[round(max(0.0, min(a, dur)), 5), round(max(0.0, min(max(a, b), dur)), 5), w]
+                     for a, b, w in words]
             out.append((audio, sr, phones, words))
         return out
