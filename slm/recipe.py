@@ -1,0 +1,378 @@
+"""The recipe from nothing to the bundled default model: named, resumable stages.
+
+``slm recipe default`` runs, in order::
+
+    synth     synthesise the phone-aligned corpus              slm data synth
+    real      the real-speech validation set                   slm data real
+    teacher   teacher features + k-means units                 slm codec teacher-cache / kmeans
+    codec     train the codec                                  slm codec train
+    tokenize  encode the corpus with the codec                 slm codec tokenize
+    lm        LoRA + acoustic-head training on the tokens      slm train (slm.recipe_steps lm-train)
+    eval      codec / semantic / TTS / ASR tables              slm eval codec|semantic (+ recipe_steps lm-eval)
+    export    fp16 bundle + model card in checkpoints/default  slm.recipe_steps export
+
+Every stage is a list of commands run as child processes (so each stage starts with fresh memory and
+its own thread count), then a check of its outputs. A finished stage writes
+``<work_dir>/stamps/<stage>.json`` (commands, wall and CPU seconds, outputs); a rerun skips a stage
+whose stamp exists and whose outputs are still complete. Settings come from one YAML file
+(``configs/recipe/default.yaml``, ``configs/recipe/tiny.yaml``); ``--set a.b=value`` overrides a key.
+Any stage's output may point at an existing directory (``corpus.dir``, ``codec.checkpoint``, ...):
+the stage then only runs its (resumable) command, which finds the work done.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STAGES = ("synth", "real", "teacher", "codec", "tokenize", "lm", "eval", "export")
+
+
+def load_settings(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The recipe YAML as a dict, with ``key.sub=value`` overrides (values parsed as YAML)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"recipe settings {p} not found: expected a YAML file like configs/recipe/default.yaml")
+    d = yaml.safe_load(p.read_text()) or {}
+    for o in overrides or []:
+        key, sep, value = o.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {o!r}: expected KEY.SUB=VALUE")
+        node = d
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = yaml.safe_load(value)
+    for k in ("work_dir", "corpus", "codec", "lm", "export"):
+        if k not in d:
+            raise ValueError(f"{p}: missing section {k!r}")
+    return d
+
+
+@dataclass
+class Recipe:
+    """Settings plus the paths every stage derives from them."""
+
+    s: dict[str, Any]
+    root: Path  # relative paths in the settings are relative to this (the repo root)
+
+    def path(self, p: str | Path) -> Path:
+        return Path(p) if Path(p).is_absolute() else self.root / p
+
+    @property
+    def work(self) -> Path:
+        return self.path(self.s["work_dir"])
+
+    @property
+    def threads(self) -> int:
+        return int(self.s.get("threads", 1))
+
+    @property
+    def corpus(self) -> Path:
+        return self.path(self.s["corpus"].get("dir") or self.work / "corpus")
+
+    @property
+    def manifest(self) -> Path:
+        return self.corpus / "manifest.jsonl"
+
+    @property
+    def real(self) -> Path:
+        return self.path((self.s.get("real") or {}).get("dir") or self.work / "real")
+
+    @property
+    def features(self) -> Path:
+        return self.path((self.s.get("teacher") or {}).get("features") or self.work / "teacher" / "features")
+
+    @property
+    def centroids(self) -> Path:
+        k = self.s.get("teacher", {}).get("k", 1024)
+        return self.path(self.s.get("teacher", {}).get("centroids") or self.work / "teacher" / f"kmeans{k}.safetensors")
+
+    @property
+    def units(self) -> Path:
+        return self.centroids.with_name(self.centroids.stem + ".units")
+
+    @property
+    def codec_run(self) -> Path:
+        return self.work / "codec"
+
+    @property
+    def codec(self) -> Path:
+        given = self.s["codec"].get("checkpoint")
+        return self.path(given) if given else self.codec_run / "final"
+
+    @property
+    def tokens(self) -> Path:
+        return self.path(self.s.get("tokenize", {}).get("dir") or self.work / "tokens")
+
+    @property
+    def lm_run(self) -> Path:
+        return self.work / "lm"
+
+    @property
+    def bundle(self) -> Path:
+        return self.lm_run / "final"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.work / "eval"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path(self.s["export"].get("dir", "checkpoints/default"))
+
+    def slm(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "slm", "--threads", str(self.threads), *args]
+
+    def step(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "slm.recipe_steps", *args]
+
+
+# ---- per-stage commands and output checks -----------------------------------------------------------------
+
+def _lines(p: Path) -> int:
+    return sum(1 for x in p.read_text().splitlines() if x.strip()) if p.is_file() else 0
+
+
+def _synth(r: Recipe) -> list[list[str]]:
+    c = r.s["corpus"]
+    return [r.slm("data", "synth", "--hours", str(c.get("hours", 2.0)), "--out", str(r.corpus),
+                  "--seed", str(c.get("seed", 0)), "--workers", str(c.get("workers", r.threads)))]
+
+
+def _synth_ok(r: Recipe) -> list[str]:
+    return [] if (r.corpus / "summary.json").is_file() and _lines(r.manifest) > 0 else [f"{r.manifest} (+summary.json)"]
+
+
+def _real(r: Recipe) -> list[list[str]]:
+    return [r.slm("data", "real", "--out", str(r.real))] if r.s.get("real", {}).get("enabled", True) else []
+
+
+def _real_ok(r: Recipe) -> list[str]:
+    if not r.s.get("real", {}).get("enabled", True):
+        return []
+    return [] if _lines(r.real / "manifest.jsonl") > 0 else [str(r.real / "manifest.jsonl")]
+
+
+def _teacher(r: Recipe) -> list[list[str]]:
+    t = r.s.get("teacher", {})
+    if not t.get("enabled", True):
+        return []
+    return [r.slm("codec", "teacher-cache", "--manifest", str(r.manifest), "--teacher", t.get("spec", "whisper-base-ct2"),
+                  "--out", str(r.features)),
+            r.slm("codec", "kmeans", "--features", str(r.features), "--k", str(t.get("k", 1024)),
+                  "--rate", str(t.get("rate", 12.5)), "--out", str(r.centroids), "--units-out", str(r.units),
+                  "--max-frames", str(t.get("max_frames", 200_000)))]
+
+
+def _teacher_ok(r: Recipe) -> list[str]:
+    if not r.s.get("teacher", {}).get("enabled", True):
+        return []
+    n = _lines(r.manifest)
+    missing = [str(p) for p in (r.features / "meta.json", r.centroids, r.units / "meta.json") if not p.exists()]
+    if not missing and len(list((r.units / "items").rglob("*.safetensors"))) < n:
+        missing.append(f"{r.units}/items (fewer than {n} utterances)")
+    return missing
+
+
+def codec_train_config(r: Recipe) -> dict[str, Any]:
+    """The `slm codec train` YAML the recipe writes: its settings plus the paths of earlier stages."""
+    c = r.s["codec"]
+    d = {"model": c.get("model", "configs/codec/sacodec.yaml"), **copy.deepcopy(c.get("train", {})),
+         "out_dir": str(r.codec_run), "manifest": str(r.manifest)}
+    if isinstance(d["model"], str):
+        d["model"] = str(r.path(d["model"]))
+    if r.s.get("teacher", {}).get("enabled", True):
+        d.update(teacher_features=str(r.features), teacher_units=str(r.units), teacher_centroids=str(r.centroids))
+    return d
+
+
+def _codec(r: Recipe) -> list[list[str]]:
+    if r.s["codec"].get("checkpoint"):
+        return []  # reused as given
+    import yaml
+
+    cfg = r.work / "codec_train.yaml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(yaml.safe_dump(codec_train_config(r), sort_keys=False))
+    cmd = r.slm("codec", "train", "--config", str(cfg), "--resume")
+    if r.s["codec"].get("max_minutes"):
+        cmd += ["--max-minutes", str(r.s["codec"]["max_minutes"])]
+    return [cmd]
+
+
+def _codec_ok(r: Recipe) -> list[str]:
+    return [] if (r.codec / "config.json").is_file() and (r.codec / "model.safetensors").is_file() else [str(r.codec)]
+
+
+def _tokenize(r: Recipe) -> list[list[str]]:
+    return [r.slm("codec", "tokenize", str(r.codec), "--manifest", str(r.manifest), "--out", str(r.tokens),
+                  "--workers", str(r.s.get("tokenize", {}).get("workers", r.threads)))]
+
+
+def _tokenize_ok(r: Recipe) -> list[str]:
+    n = _lines(r.manifest)
+    return [] if n and _lines(r.tokens / "index.jsonl") == n else [f"{r.tokens}/index.jsonl ({n} rows)"]
+
+
+def lm_train_config(r: Recipe) -> dict[str, Any]:
+    lm = r.s["lm"]
+    return {**copy.deepcopy(lm.get("train", {})), "codec": str(r.codec), "tokens": str(r.tokens),
+            "out_dir": str(r.lm_run), "backbone": lm.get("backbone", "smollm2-135m")}
+
+
+def _lm(r: Recipe) -> list[list[str]]:
+    import yaml
+
+    cfg = r.work / "lm_train.yaml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(yaml.safe_dump(lm_train_config(r), sort_keys=False))
+    return [r.step("lm-train", str(cfg), "--max-minutes", str(r.s["lm"].get("max_minutes", 0)),
+                   "--threads", str(r.threads))]
+
+
+def _lm_ok(r: Recipe) -> list[str]:
+    return [] if (r.bundle / "slm_config.json").is_file() else [str(r.bundle)]
+
+
+def _eval(r: Recipe) -> list[list[str]]:
+    e = r.s.get("eval", {})
+    tasks = e.get("tasks", ["codec", "semantic", "tts", "asr"])
+    limit, metrics = str(e.get("limit", 16)), ",".join(e.get("metrics", ["fidelity", "asr", "dnsmos", "speaker"]))
+    out = r.eval_dir
+    cmds = []
+    if "codec" in tasks:
+        cmds.append(r.slm("eval", "codec", str(r.codec), "--manifest", str(r.manifest), "--limit", limit,
+                          "--metrics", metrics, "--out", str(out / "codec")))
+        if r.s.get("real", {}).get("enabled", True) and e.get("real_limit", 0):
+            cmds.append(r.slm("eval", "codec", str(r.codec), "--manifest", str(r.real / "manifest.jsonl"),
+                              "--split", "all", "--limit", str(e["real_limit"]), "--metrics", metrics,
+                              "--out", str(out / "codec_real")))
+    if "semantic" in tasks:
+        cmds.append(r.slm("eval", "semantic", str(r.codec), "--manifest", str(r.manifest), "--limit", limit,
+                          "--probe-steps", str(e.get("probe_steps", 100)), "--train-limit",
+                          str(e.get("probe_train_limit", 200)), "--out", str(out / "semantic")))
+    lm_tasks = [t for t in tasks if t in ("tts", "asr")]
+    if lm_tasks:
+        cmds.append(r.step("lm-eval", str(r.bundle), "--manifest", str(r.manifest), "--limit", str(e.get("lm_limit", 8)),
+                           "--tasks", ",".join(lm_tasks), "--metrics", metrics, "--out", str(out / "lm"),
+                           "--threads", str(r.threads)))
+    return cmds
+
+
+def _eval_ok(r: Recipe) -> list[str]:
+    tasks = r.s.get("eval", {}).get("tasks", ["codec", "semantic", "tts", "asr"])
+    want = {"codec": "codec/codec_eval.json", "semantic": "semantic/semantic_eval.json", "tts": "lm/lm_eval.json",
+            "asr": "lm/lm_eval.json"}
+    return [str(r.eval_dir / want[t]) for t in tasks if t in want and not (r.eval_dir / want[t]).is_file()]
+
+
+def _export(r: Recipe) -> list[list[str]]:
+    return [r.step("export", str(r.bundle), str(r.export_dir), "--recipe-work", str(r.work),
+                   "--max-mb", str(r.s["export"].get("max_mb", 80)))]
+
+
+def _export_ok(r: Recipe) -> list[str]:
+    need = ("slm_config.json", "token_layout.json", "README.md", "codec/config.json")
+    return [str(r.export_dir / n) for n in need if not (r.export_dir / n).is_file()]
+
+
+@dataclass
+class Stage:
+    name: str
+    what: str
+    commands: Callable[[Recipe], list[list[str]]]
+    missing: Callable[[Recipe], list[str]]  # outputs not (yet) complete; [] = done
+
+
+STAGE_TABLE = {
+    "synth": Stage("synth", "synthesise the phone-aligned corpus", _synth, _synth_ok),
+    "real": Stage("real", "real-speech validation set (asterisk prompts)", _real, _real_ok),
+    "teacher": Stage("teacher", "teacher features + k-means units", _teacher, _teacher_ok),
+    "codec": Stage("codec", "train the codec", _codec, _codec_ok),
+    "tokenize": Stage("tokenize", "tokenise the corpus with the codec", _tokenize, _tokenize_ok),
+    "lm": Stage("lm", "train the LM (LoRA) + acoustic head", _lm, _lm_ok),
+    "eval": Stage("eval", "evaluate codec / semantic stream / TTS / ASR", _eval, _eval_ok),
+    "export": Stage("export", "fp16 bundle + model card", _export, _export_ok),
+}
+
+
+# ---- running -------------------------------------------------------------------------------------------
+
+@dataclass
+class StageResult:
+    name: str
+    skipped: bool
+    wall_s: float = 0.0
+    cpu_s: float = 0.0  # user+sys seconds of the stage's child processes
+    peak_rss_mb: float = 0.0
+
+
+def _stamp(r: Recipe, name: str) -> Path:
+    return r.work / "stamps" / f"{name}.json"
+
+
+def select_stages(from_stage: str | None = None, only: list[str] | None = None) -> list[str]:
+    for n in [from_stage, *(only or [])]:
+        if n is not None and n not in STAGES:
+            raise ValueError(f"unknown stage {n!r}: expected one of {', '.join(STAGES)}")
+    if only:
+        return [s for s in STAGES if s in only]
+    return list(STAGES[STAGES.index(from_stage):] if from_stage else STAGES)
+
+
+def run_stage(r: Recipe, name: str, force: bool = False, log=print) -> StageResult:
+    st = STAGE_TABLE[name]
+    stamp = _stamp(r, name)
+    if not force and stamp.is_file() and not st.missing(r):
+        prev = json.loads(stamp.read_text())
+        log(f"[{name}] done already ({prev.get('wall_s', 0):.0f} s wall when built) -> skip")
+        return StageResult(name, True)
+    log(f"[{name}] {st.what}")
+    t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cmds = st.commands(r)
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+           "PYTHONPATH": os.pathsep.join([str(r.root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    for cmd in cmds:
+        log(f"[{name}] $ {' '.join(cmd[1:] if cmd[0] == sys.executable else cmd)}")
+        c0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=str(r.root), env=env, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"stage {name!r}: command failed with exit code {proc.returncode}: {' '.join(cmd)}")
+        log(f"[{name}]   took {time.perf_counter() - c0:.1f} s")
+    missing = st.missing(r)
+    if missing:
+        raise RuntimeError(f"stage {name!r} ran but its outputs are incomplete: {missing}")
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = StageResult(name, False, time.perf_counter() - t0,
+                      (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), ru1.ru_maxrss / 1024)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"stage": name, "wall_s": round(res.wall_s, 1), "cpu_s": round(res.cpu_s, 1),
+                                 "peak_rss_mb": round(res.peak_rss_mb), "threads": r.threads,
+                                 "commands": [" ".join(c) for c in cmds],
+                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
+    log(f"[{name}] cost: {res.wall_s:.1f} s wall, {res.cpu_s:.1f} s CPU, peak child RSS {res.peak_rss_mb:.0f} MB")
+    return res
+
+
+def run_recipe(settings: dict[str, Any], root: str | Path = ".", from_stage: str | None = None,
+               only: list[str] | None = None, force: bool = False, log=print) -> list[StageResult]:
+    """Run the selected stages in order; returns what each did (skipped or its measured cost)."""
+    r = Recipe(settings, Path(root).resolve())
+    r.work.mkdir(parents=True, exist_ok=True)
+    (r.work / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    out = [run_stage(r, n, force=force, log=log) for n in select_stages(from_stage, only)]
+    total = sum(x.wall_s for x in out)
+    log(f"recipe: {sum(not x.skipped for x in out)} stage(s) ran, {sum(x.skipped for x in out)} skipped, "
+        f"{total:.0f} s wall")
+    return out

@@ -1,0 +1,177 @@
+"""Recipe steps that have no `slm` sub-command of their own: time-bounded LM training, TTS/ASR
+evaluation of a model dir, and the fp16 export of the bundled default.
+
+Run as ``python -m slm.recipe_steps {lm-train,lm-eval,export} ...`` (the recipe starts them as child
+processes; see ``slm.recipe``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+# ---- lm-train --------------------------------------------------------------------------------------------
+
+def lm_train_bounded(config: str | Path, max_minutes: float = 0.0, chunk: int | None = None) -> Path:
+    """``slm.train.train`` in resumable chunks of ``chunk`` steps until done or ``max_minutes`` pass.
+
+    When time runs out, the run is closed at its last checkpoint (the bundle is written with the steps
+    actually trained), so a CPU budget bounds the stage without losing the work. Writes
+    ``<out_dir>/recipe_train.json`` (planned vs trained steps, seconds)."""
+    from slm.train import TrainConfig, train
+
+    cfg = TrainConfig.from_yaml(config)
+    planned, chunk = cfg.steps, max(1, chunk or cfg.save_every)
+    cfg.save_every = min(cfg.save_every, chunk)  # every chunk ends on a checkpoint
+    out = Path(cfg.out_dir)
+    info_path = out / "recipe_train.json"
+    prev = json.loads(info_path.read_text()) if info_path.exists() else {}
+    t0, spent0 = time.perf_counter(), float(prev.get("seconds", 0.0))
+    stopped_by_time = False
+    while True:
+        final = train(cfg, stop_after=chunk)
+        if (final / "slm_config.json").exists():
+            break
+        spent = spent0 + time.perf_counter() - t0
+        if max_minutes and spent > max_minutes * 60:
+            step = json.loads((out / "checkpoints" / "latest" / "step.json").read_text())["step"]
+            print(f"lm-train: {spent / 60:.1f} min spent (budget {max_minutes}); closing the run at step {step}")
+            cfg.steps, stopped_by_time = step, True
+            final = train(cfg, stop_after=0)
+            break
+    step = json.loads((out / "checkpoints" / "latest" / "step.json").read_text())["step"]
+    info = {"steps_planned": planned, "steps_trained": step, "stopped_by_time": stopped_by_time,
+            "seconds": round(spent0 + time.perf_counter() - t0, 1), "max_minutes": max_minutes}
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    print(json.dumps(info))
+    return final
+
+
+# ---- lm-eval ---------------------------------------------------------------------------------------------
+
+def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tuple[str, ...] = ("tts", "asr"),
+            limit: int = 8, metrics: tuple[str, ...] = ("fidelity", "asr", "dnsmos", "speaker"),
+            max_seconds: float = 10.0, seed: int = 0) -> dict:
+    """TTS and ASR-by-token metrics of a model dir on the test split, next to the data's own floor."""
+    import numpy as np
+
+    from slm.eval.codec_eval import Judges
+    from slm.eval.data import load_items
+    from slm.eval.lm_eval import eval_asr, eval_tts, voice_prompts
+    from slm.pipeline import SpeechPipeline
+
+    pipe = SpeechPipeline.from_pretrained(bundle)
+    items = load_items(manifest, "test", limit)
+    judges = Judges(metrics=tuple(metrics))
+    res: dict = {"bundle": str(bundle), "manifest": str(manifest), "n": len(items)}
+    if "tts" in tasks:
+        res["tts"] = eval_tts(pipe, items, judges, max_seconds=max_seconds, seed=seed)
+        # floor: the corpus' own audio of the same sentences (speaker similarity: prompt vs original)
+        prompts = voice_prompts(items)
+        wavs = [it.wav[0].numpy() for it in items]
+        res["tts_floor"] = {
+            "spk_sim": float(np.mean([judges.spk(prompts[it.speaker].wav[0].numpy(), w, it.sample_rate)
+                                      for it, w in zip(items, wavs)])),
+            "dnsmos_ovrl": float(np.mean([judges.mos(w, it.sample_rate).ovrl for it, w in zip(items, wavs)]))}
+    if "asr" in tasks:
+        res["asr"] = eval_asr(pipe, items, judges)
+    o = Path(out)
+    o.mkdir(parents=True, exist_ok=True)
+    (o / "lm_eval.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+    for t in ("tts", "asr"):
+        if t in res:
+            print(t, json.dumps({k: v for k, v in res[t].items() if k not in ("items", "per_voice")}, default=float))
+    return res
+
+
+# ---- export ----------------------------------------------------------------------------------------------
+
+def _to_fp16(path: Path) -> None:
+    """Rewrite a safetensors file with floating tensors in fp16 (integer tensors and metadata kept)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    sd = {k: (v.half() if v.is_floating_point() and v.dtype != torch.float16 else v).contiguous() for k, v in sd.items()}
+    save_file(sd, str(path), metadata=meta)
+
+
+def dir_mb(d: Path) -> float:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) / 2**20
+
+
+def export_bundle(bundle: str | Path, dest: str | Path, recipe_work: str | Path | None = None,
+                  max_mb: float = 80.0) -> Path:
+    """Copy a model dir to ``dest`` with every float tensor in fp16; write the model card; check size."""
+    src, dst = Path(bundle), Path(dest)
+    if not (src / "slm_config.json").is_file():
+        raise FileNotFoundError(f"{src} is not a model dir (slm_config.json missing)")
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.tmp", "__pycache__"))
+    for f in tmp.rglob("*.safetensors"):
+        _to_fp16(f)
+    cfg_path = tmp / "codec" / "config.json"
+    if cfg_path.is_file():
+        c = json.loads(cfg_path.read_text())
+        c["dtype"] = "float16"
+        cfg_path.write_text(json.dumps(c, indent=2))
+    mb = dir_mb(tmp)
+    if mb > max_mb:
+        shutil.rmtree(tmp)
+        raise ValueError(f"exported bundle is {mb:.1f} MB, over the {max_mb} MB limit: shrink the LoRA rank, "
+                         "the acoustic head or the codec")
+    if recipe_work is not None:
+        from slm.recipe_card import write_model_card
+
+        write_model_card(tmp, Path(recipe_work), size_mb=mb)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    print(f"exported {src} -> {dst}: {dir_mb(dst):.1f} MB (fp16)")
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m slm.recipe_steps")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("lm-train")
+    t.add_argument("config")
+    t.add_argument("--max-minutes", type=float, default=0.0)
+    t.add_argument("--chunk", type=int, default=None)
+    t.add_argument("--threads", type=int, default=None)
+    e = sub.add_parser("lm-eval")
+    e.add_argument("bundle")
+    e.add_argument("--manifest", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--tasks", default="tts,asr")
+    e.add_argument("--limit", type=int, default=8)
+    e.add_argument("--metrics", default="fidelity,asr,dnsmos,speaker")
+    e.add_argument("--max-seconds", type=float, default=10.0)
+    e.add_argument("--threads", type=int, default=None)
+    x = sub.add_parser("export")
+    x.add_argument("bundle")
+    x.add_argument("dest")
+    x.add_argument("--recipe-work", default=None)
+    x.add_argument("--max-mb", type=float, default=80.0)
+    a = p.parse_args(argv)
+    if getattr(a, "threads", None):
+        from codec.runtime import set_threads
+
+        set_threads(a.threads)
+    if a.cmd == "lm-train":
+        lm_train_bounded(a.config, a.max_minutes, a.chunk)
+    elif a.cmd == "lm-eval":
+        lm_eval(a.bundle, a.manifest, a.out, tuple(a.tasks.split(",")), a.limit, tuple(a.metrics.split(",")),
+                a.max_seconds)
+    else:
+        export_bundle(a.bundle, a.dest, a.recipe_work, a.max_mb)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
