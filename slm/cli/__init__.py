@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "slm.cli.demo",
     "slm.cli.codec",
     "slm.cli.eval",
+    "slm.cli.recipe",
     "slm.cli.lm",
 ]
 
