@@ -25,7 +25,8 @@ def _sampling_controls(ctx: DemoContext, seconds_label: str, seconds_default: fl
             top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p")
         with gr.Row():
             seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random; same seed + settings = same audio")
-            seconds = gr.Slider(0.5, ctx.limits.max_generate_seconds, value=seconds_default, step=0.5,
+            seconds = gr.Slider(0.5, ctx.limits.max_generate_seconds, step=0.5,
+                                value=min(seconds_default, ctx.limits.max_generate_seconds),
                                 label=seconds_label)
     return [temperature, top_k, top_p, seed, seconds]
 
