@@ -141,8 +141,8 @@ class SpeechPipeline:
         head = AcousticHead.from_pretrained(d).to(device) if (d / "acoustic_head.json").exists() else None
         cpath = Path(cfg["codec"]) if Path(cfg["codec"]).is_absolute() else d / cfg["codec"]
         codec = _load_codec(cpath, cfg.get("codec_class"))
-        if hasattr(codec, "eval"):
-            codec.eval()
+        if isinstance(codec, torch.nn.Module):
+            codec.to(device).eval()
         voices = {}
         for f in sorted((d / "voices").glob("*.safetensors")) if (d / "voices").exists() else []:
             from safetensors import safe_open
@@ -197,6 +197,13 @@ class SpeechPipeline:
               else torch.zeros(1, 0, len(codes), dtype=torch.long))
         return CodecTokens(sem, ac, global_)
 
+    def _voice_vec(self, v: Voice | None) -> Tensor | None:
+        if self.head is None or v is None:
+            return None
+        dev = self.head.in_proj.weight.device
+        g = None if v.tokens.global_ is None else v.tokens.global_.to(dev)
+        return self.head.voice_vector(g, v.tokens.acoustic.to(dev))
+
     def _can_stream(self) -> bool:
         """Causal codecs stream exactly (``codec.stream_decode`` == ``decode``); others re-decode windows."""
         return hasattr(self.codec, "stream_decode") and bool(getattr(getattr(self.codec, "config", None), "causal", False))
@@ -204,7 +211,7 @@ class SpeechPipeline:
     def _window_decode(self, codes: list[int], frames: list, global_: Tensor | None, a: int, b: int) -> Tensor:
         """Non-causal codecs: audio of frames [a, b) decoded with `context_frames` of left context. ``[1, n]``."""
         c = max(0, a - self.context_frames)
-        wav = self.codec.decode(self._tokens(codes[c:b], frames[c:b], global_)).reshape(1, -1).float()
+        wav = self.codec.decode(self._tokens(codes[c:b], frames[c:b], global_)).reshape(1, -1).float().cpu()
         hop = wav.shape[-1] / (b - c)  # samples per semantic frame
         return wav[:, round((a - c) * hop):]
 
@@ -215,7 +222,7 @@ class SpeechPipeline:
 
         ``history`` (codes, acoustic frames) is decoded as left context only (continuation)."""
         g = v.tokens.global_ if v is not None else None
-        voice_vec = self.head.voice_vector(g, v.tokens.acoustic) if (self.head is not None and v is not None) else None
+        voice_vec = self._voice_vec(v)
         codes, frames = list(history[0]), list(history[1])
         start = emitted = len(codes)
         pending: list[CodecTokens] = []
@@ -227,7 +234,7 @@ class SpeechPipeline:
             # the first chunk of a continuation carries some of the prompt as decoder context
             lo = max(0, a - self.context_frames) if (a == start and start > 0) else a
             pending.append(self._tokens(codes[lo:b], frames[lo:b], g))
-            wav = next(streamer).reshape(1, -1).float()
+            wav = next(streamer).reshape(1, -1).float().cpu()
             return wav[:, round(wav.shape[-1] * (a - lo) / (b - lo)):]
 
         for fr in generate_frames(self.lm, self.layout, prompt, self.head, sampling, max_frames, voice_vec, gen,
@@ -248,8 +255,7 @@ class SpeechPipeline:
         """The codec tokens :meth:`tts` would decode, one :class:`CodecTokens` per sentence (same seed, same tokens)."""
         out = []
         for prompt, s, max_frames, v, gen in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed):
-            vv = self.head.voice_vector(v.tokens.global_, v.tokens.acoustic) if (self.head and v) else None
-            fr = list(generate_frames(self.lm, self.layout, prompt, self.head, s, max_frames, vv, gen))
+            fr = list(generate_frames(self.lm, self.layout, prompt, self.head, s, max_frames, self._voice_vec(v), gen))
             out.append(self._tokens([f.code for f in fr], [f.acoustic for f in fr], v.tokens.global_ if v else None))
         return out
 

@@ -9,6 +9,8 @@ def register(subparsers) -> None:
     t.add_argument("--config", required=True, help="YAML (see configs/lm/)")
     t.add_argument("--backbone", default=None, help="override: hub id, local dir or smollm2-135m")
     t.add_argument("--out-dir", default=None, help="override the config's out_dir")
+    t.add_argument("--codec", default=None, help="override the codec dir")
+    t.add_argument("--tokens", default=None, help="override the token dir (from `slm codec tokenize`)")
     t.add_argument("--steps", type=int, default=None, help="override the number of optimizer steps")
     t.add_argument("--stop-after", type=int, default=None, help="leave after N steps (resume later)")
     t.set_defaults(func=_train)
@@ -46,7 +48,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 def _train(args) -> int:
     from slm.train import TrainConfig, train
 
-    cfg = TrainConfig.from_yaml(args.config, backbone=args.backbone, out_dir=args.out_dir, steps=args.steps)
+    cfg = TrainConfig.from_yaml(args.config, backbone=args.backbone, out_dir=args.out_dir, steps=args.steps,
+                                codec=args.codec, tokens=args.tokens)
     final = train(cfg, stop_after=args.stop_after)
     print(f"model dir: {final}" if final.exists() else f"stopped; resume with the same command ({cfg.out_dir})")
     return 0
