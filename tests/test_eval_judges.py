@@ -89,6 +89,7 @@ def test_wer_normaliser():
         error_rates(["a"], [])
 
 
+@pytest.mark.slow
 def test_packed_asr_matches_per_clip(tmp_path):
     clips = [espeak_clip(s, tmp_path) for s in SENTENCES]
     asr = WhisperASR(cache=JudgeCache(str(tmp_path / "asr.sqlite")))

@@ -123,7 +123,7 @@ def reconstruct_all(codec: LoadedCodec, items: list[EvalItem]) -> tuple[list[np.
 def evaluate_codecs(checkpoints: list[str | Path], items: list[EvalItem], judges: Judges,
                     teacher: str | None = None) -> dict:
     """Ground-truth row + one row per checkpoint; returns ``{"rows", "per_synth", "items", "machine"}``."""
-    t0 = time.perf_counter()
+    t0, machine = time.perf_counter(), machine_info()  # threads as set for the run, before any library
     gt_per = score(items, [it.wav[0].numpy() for it in items], judges, reference=True)
     rows = [{"system": "ground truth", "variant": "-", "bitrate": items[0].sample_rate * 16, **summarise(gt_per)}]
     per_synth = {"ground truth": _by_synth(gt_per)}
@@ -137,7 +137,7 @@ def evaluate_codecs(checkpoints: list[str | Path], items: list[EvalItem], judges
                      "path": str(ckpt), "rtf": rtf, **summarise(per)})
         per_synth[name], per_item[name] = _by_synth(per), per
         del codec
-    return {"rows": rows, "per_synth": per_synth, "items": per_item, "machine": machine_info(),
+    return {"rows": rows, "per_synth": per_synth, "items": per_item, "machine": machine,
             "seconds": time.perf_counter() - t0, "metrics": list(judges.metrics),
             "audio_seconds": float(sum(it.wav.shape[-1] / it.sample_rate for it in items))}
 

@@ -73,7 +73,7 @@ def _probe_items(codes: list[np.ndarray], items: list[EvalItem]) -> list[tuple[t
 def evaluate_semantic(checkpoint: str | Path, train: list[EvalItem], test: list[EvalItem],
                       probe: ProbeConfig | None = None, teacher: str | None = None) -> dict:
     """Unit quality on ``test`` and the CTC probe (train on ``train``, phone error rate on ``test``)."""
-    t0 = time.perf_counter()
+    t0, machine = time.perf_counter(), machine_info()
     for it in train + test:
         if not it.phones:
             raise ValueError(f"item {it.id}: expected a 'phones' alignment in the manifest, got none")
@@ -93,7 +93,7 @@ def evaluate_semantic(checkpoint: str | Path, train: list[EvalItem], test: list[
             row.update(probe_per=res.per, probe_first_loss=res.first_loss, probe_last_loss=res.last_loss,
                        probe_steps=res.steps)
         rows.append(row)
-    return {"rows": rows, "machine": machine_info(), "seconds": time.perf_counter() - t0,
+    return {"rows": rows, "machine": machine, "seconds": time.perf_counter() - t0,
             "n_train": len(train), "n_test": len(test)}
 
 
