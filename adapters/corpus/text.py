@@ -113,7 +113,8 @@ def clean(raw: str) -> str | None:
         t = normalise(raw)
     except (ValueError, OverflowError, AttributeError):
         return None
-    if not _ALLOWED.match(t) or not re.search(r"[.!?]$", t):
+    # "news.groups", "d.c." or "ph.d." are read as "dot" or letter names: not what the text says
+    if not _ALLOWED.match(t) or not re.search(r"[.!?]$", t) or re.search(r"[a-z][.,:;!?][a-z']", t):
         return None
     n = len(t.split())
     if n < MIN_WORDS or n > MAX_WORDS or re.search(r"(^|\s)'|'(\s|$)|[,.;:!?-]{2,}", t):
