@@ -64,7 +64,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def tokenize_manifest(codec, manifest: str | Path, out_dir: str | Path, teacher=None) -> Path:
-    """Encode every row of a JSONL manifest (id, path, text, speaker, split) once; returns ``out_dir``."""
+    """Encode every row of a JSONL manifest (id, path, text, speaker, split) once; returns ``out_dir``.
+
+    ``teacher``: a loaded semantic teacher, needed only by codecs that encode with one (sac)."""
     from tqdm import tqdm
 
     from codec.audio import load_audio
@@ -80,7 +82,12 @@ def tokenize_manifest(codec, manifest: str | Path, out_dir: str | Path, teacher=
             wav = load_audio(resolve_path(row), codec.sample_rate)
             wav = wav.view(1, 1, -1) if wav.dim() < 3 else wav
             with torch.no_grad():
-                toks = codec.encode(wav, teacher=teacher) if teacher is not None else codec.encode(wav)
+                if getattr(codec, "needs_teacher_at_encode", False):
+                    from adapters.kmeans import teacher_batch_for
+
+                    toks = codec.encode(wav, teacher=teacher_batch_for(codec, teacher, wav))
+                else:
+                    toks = codec.encode(wav)
             toks.save(f.with_suffix(".tmp"), metadata={"id": str(row["id"])})
             f.with_suffix(".tmp").rename(f)
         index.append({"id": row["id"], "tokens": f.name, "text": row.get("text", ""),

@@ -108,7 +108,7 @@ class SpeechPipeline:
 
     def __init__(self, backbone, tokenizer, layout: TokenLayout, codec, head: AcousticHead | None = None,
                  voices: dict[str, Voice] | None = None, sampling: Sampling | None = None,
-                 chunk_frames: int = 12, context_frames: int = 8):
+                 chunk_frames: int = 12, context_frames: int = 8, teacher_spec: str = "whisper-base-ct2"):
         if codec.semantic_codebook_size != layout.n_semantic:
             raise ValueError(f"codec has {codec.semantic_codebook_size} semantic codes, layout {layout.n_semantic}")
         if codec.n_acoustic_codebooks and head is None:
@@ -117,6 +117,7 @@ class SpeechPipeline:
         self._voices = dict(voices or {})
         self.sampling = sampling or Sampling()
         self.chunk_frames, self.context_frames = chunk_frames, context_frames
+        self.teacher_spec, self._teacher = teacher_spec, None  # only for codecs that encode with a teacher
         self.lm.eval()
         if head is not None:
             head.eval()
@@ -150,7 +151,9 @@ class SpeechPipeline:
             with safe_open(str(f), "pt") as fh:
                 text = (fh.metadata() or {}).get("text", "")
             voices[f.stem] = Voice(f.stem, CodecTokens.load(f), text)
-        return cls(lm, bb.tokenizer, layout, codec, head, voices, Sampling(**cfg.get("sampling", {})))
+        info = cpath / "training.json"
+        spec = (json.loads(info.read_text()).get("teacher_spec") if info.exists() else None) or "whisper-base-ct2"
+        return cls(lm, bb.tokenizer, layout, codec, head, voices, Sampling(**cfg.get("sampling", {})), teacher_spec=spec)
 
     # ---- basics ---------------------------------------------------------------------------------------------
     @property
@@ -162,8 +165,16 @@ class SpeechPipeline:
 
     @torch.no_grad()
     def encode(self, wav: Tensor, sample_rate: int) -> CodecTokens:
+        """Audio -> codec tokens; codecs that encode with their teacher (sac) get its units."""
         wav = check_audio(wav, sample_rate, self.sample_rate)
-        return self.codec.encode(wav)
+        if not getattr(self.codec, "needs_teacher_at_encode", False):
+            return self.codec.encode(wav)
+        from adapters.kmeans import teacher_batch_for
+        from adapters.teachers import load_teacher
+
+        if self._teacher is None:
+            self._teacher = load_teacher(self.teacher_spec)
+        return self.codec.encode(wav, teacher=teacher_batch_for(self.codec, self._teacher, wav))
 
     def _voice(self, voice) -> Voice | None:
         if voice is None:

@@ -338,9 +338,9 @@ def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, 
     refs, hyps, rows = [], [], []
     for u in [u for u in utts if u.text.strip()][: cfg.eval_samples]:
         ids = generate_text(model.lm, asr_prompt(tokenizer, layout, u.semantic), layout.text_mask(
-            model.lm.get_input_embeddings().weight.shape[0]), {tokenizer.eos_token_id}, 60)
+            model.lm.get_input_embeddings().weight.shape[0]), {tokenizer.eos_token_id}, 40)
         hyp = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        wav = pipe.tts(u.text, temperature=0.8, max_seconds=8.0, seed=step)
+        wav = pipe.tts(u.text, temperature=0.8, max_seconds=4.0, seed=step)
         save_audio(d / f"{u.id}.wav", wav, pipe.sample_rate)
         refs.append(u.text)
         hyps.append(hyp)
@@ -393,7 +393,14 @@ def _tokenize(cfg: TrainConfig, codec, acc) -> str:
     key = hashlib.sha256(f"{Path(cfg.manifest).resolve()}|{Path(cfg.codec).resolve()}".encode()).hexdigest()[:12]
     d = Path(cache_dir()) / "lm_tokens" / key
     if acc.is_main_process:
-        tokenize_manifest(codec, cfg.manifest, d)
+        teacher = None
+        if getattr(codec, "needs_teacher_at_encode", False):
+            from adapters.teachers import load_teacher
+
+            info = Path(cfg.codec) / "training.json"
+            spec = (json.loads(info.read_text()).get("teacher_spec") if info.exists() else None) or "whisper-base-ct2"
+            teacher = load_teacher(spec)
+        tokenize_manifest(codec, cfg.manifest, d, teacher)
     acc.wait_for_everyone()
     return str(d)
 
