@@ -72,8 +72,11 @@ def _load_codec(path: str | Path, cls_name: str | None):
 
 def save_bundle(directory: str | Path, lm, layout: TokenLayout, head: AcousticHead | None, codec,
                 backbone: str, codec_path: str | None = None, voices: list[Voice] | None = None,
-                extra: dict | None = None) -> Path:
-    """Write a model dir. The codec is copied in (``save_pretrained``) unless ``codec_path`` is given."""
+                extra: dict | None = None, half: bool = False) -> Path:
+    """Write a model dir. The codec is copied in (``save_pretrained``) unless ``codec_path`` is given.
+
+    ``half``: store adapter, head (and codec) weights in fp16 (the bundled default must stay small);
+    they are cast back to the model's dtype on load."""
     from adapters.lora import save_adapter
 
     d = Path(directory)
@@ -83,8 +86,15 @@ def save_bundle(directory: str | Path, lm, layout: TokenLayout, head: AcousticHe
     if head is not None:
         head.save_pretrained(d)
     if codec_path is None and hasattr(codec, "save_pretrained"):
-        codec.save_pretrained(str(d / "codec"))
+        codec.save_pretrained(str(d / "codec"), **({"dtype": torch.float16} if half else {}))
         codec_path = "codec"
+    if half:
+        from safetensors.torch import load_file, save_file
+
+        for f in [d / "adapter" / "adapter_model.safetensors", d / "acoustic_head.safetensors"]:
+            if f.exists():
+                save_file({k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(f)).items()},
+                          str(f), metadata={"format": "pt"})
     for v in voices or []:
         (d / "voices").mkdir(exist_ok=True)
         v.tokens.save(d / "voices" / f"{v.name}.safetensors", metadata={"text": v.text})

@@ -47,11 +47,13 @@ class TrainConfig:
     eval_every: int = 50
     eval_batches: int = 4
     eval_samples: int = 2  # TTS/ASR samples written per evaluation (0 = none)
+    eval_tts_wer: bool = False  # also transcribe the TTS samples with the Whisper judge (adapters.judges)
     save_every: int = 50
     log_every: int = 5
     seed: int = 0
     max_utterances: int | None = None  # subset for quick runs
     valid_split: str = "valid"
+    save_half: bool = False  # fp16 weights in the final model dir (small bundles)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
@@ -297,7 +299,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     if acc.is_main_process:
         voices = _default_voices(utts, codec)
         save_bundle(final, lm, layout, head, codec, cfg.backbone, voices=voices,
-                    extra={"sampling": {}, "lora": cfg.lora, "trained_steps": step})
+                    extra={"sampling": {}, "lora": cfg.lora, "trained_steps": step}, half=cfg.save_half)
         writer.close()
     acc.wait_for_everyone()
     return final
@@ -335,7 +337,7 @@ def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, 
     d = Path(cfg.out_dir) / "samples" / f"step_{step:06d}"
     d.mkdir(parents=True, exist_ok=True)
     pipe = SpeechPipeline(model.lm, tokenizer, layout, codec, model.head)
-    refs, hyps, rows = [], [], []
+    refs, hyps, rows, wavs = [], [], [], []
     for u in [u for u in utts if u.text.strip()][: cfg.eval_samples]:
         ids = generate_text(model.lm, asr_prompt(tokenizer, layout, u.semantic), layout.text_mask(
             model.lm.get_input_embeddings().weight.shape[0]), {tokenizer.eos_token_id}, 40)
@@ -344,15 +346,20 @@ def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, 
         save_audio(d / f"{u.id}.wav", wav, pipe.sample_rate)
         refs.append(u.text)
         hyps.append(hyp)
+        wavs.append(wav[0].numpy())
         rows.append({"id": u.id, "text": u.text, "asr": hyp, "tts_seconds": wav.shape[-1] / pipe.sample_rate})
     (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     model.lm.train()
-    try:  # WER hook: the project's judges when installed
+    try:  # WER hooks: the project's judges when installed
         from adapters.judges.text import error_rates
-
-        return {"asr_wer": error_rates(refs, hyps).wer}
     except ImportError:
         return {}
+    res = {"asr_wer": error_rates(refs, hyps).wer}
+    if cfg.eval_tts_wer and wavs:
+        from adapters.judges.asr import WhisperASR
+
+        res["tts_wer"] = error_rates(refs, WhisperASR().transcribe(wavs, pipe.sample_rate)).wer
+    return res
 
 
 def _check_ranks_agree(acc, model: SpeechLM) -> None:

@@ -139,3 +139,15 @@ def test_bad_inputs(pipe):
 def test_split_sentences():
     parts = split_sentences("One. Two!  Three? " + "word " * 100, max_chars=50)
     assert parts[:3] == ["One.", "Two!", "Three?"] and all(len(p) <= 51 for p in parts)
+
+
+def test_half_bundle_round_trip(trained, pipe, tmp_path):
+    from slm.pipeline import save_bundle
+
+    d = save_bundle(tmp_path / "half", pipe.lm, pipe.layout, pipe.head, pipe.codec,
+                    trained[0].backbone, half=True)
+    small = SpeechPipeline.from_pretrained(d)
+    ids = torch.tensor([pipe.layout.special_id("tts"), 5, 6, pipe.layout.audio_start, pipe.layout.semantic_offset + 1])
+    full, half = _logits(pipe.lm, ids), _logits(small.lm, ids)
+    assert not torch.equal(full, half)  # weights really were rounded
+    torch.testing.assert_close(half, full, atol=2e-2, rtol=1e-2)
