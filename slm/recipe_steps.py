@@ -69,11 +69,13 @@ def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tu
     if "tts" in tasks:
         res["tts"] = eval_tts(pipe, items, judges, max_seconds=max_seconds, seed=seed)
         # floor: the corpus' own audio of the same sentences (speaker similarity: prompt vs original)
+        # (speaker similarity only where the prompt is another utterance of that speaker; nan if none is)
         prompts = voice_prompts(items)
         wavs = [it.wav[0].numpy() for it in items]
+        sims = [judges.spk(prompts[it.speaker].wav[0].numpy(), w, it.sample_rate)
+                for it, w in zip(items, wavs) if prompts[it.speaker].id != it.id]
         res["tts_floor"] = {
-            "spk_sim": float(np.mean([judges.spk(prompts[it.speaker].wav[0].numpy(), w, it.sample_rate)
-                                      for it, w in zip(items, wavs)])),
+            "spk_sim": float(np.mean(sims)) if sims else float("nan"), "spk_sim_pairs": len(sims),
             "dnsmos_ovrl": float(np.mean([judges.mos(w, it.sample_rate).ovrl for it, w in zip(items, wavs)]))}
     if "asr" in tasks:
         res["asr"] = eval_asr(pipe, items, judges)
