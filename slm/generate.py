@@ -79,9 +79,11 @@ def _penalise(logits: Tensor, recent: list[int], penalty: float) -> Tensor:
 
 
 def _pick(logits: Tensor, allowed: Tensor, s: Sampling, recent: list[int], gen: torch.Generator | None) -> int:
-    logits = logits[: allowed.numel()].masked_fill(~allowed[: logits.numel()].to(logits.device), float("-inf"))
+    """Sample among the ``allowed`` ids only (``[A]`` int64): gathering first makes top-k/top-p work on
+    ~1k audio ids instead of the whole ~50k vocabulary."""
     logits = _penalise(logits, recent[-s.repetition_window:], s.repetition_penalty)
-    return int(sample(logits[None], s.temperature, s.top_k, s.top_p, gen)[0])
+    sub = logits[allowed.to(logits.device)]
+    return int(allowed[int(sample(sub[None], s.temperature, s.top_k, s.top_p, gen)[0])])
 
 
 def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor, head: AcousticHead | None,
@@ -97,6 +99,7 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
     allowed = layout.audio_mask(vocab)
     early = allowed.clone()
     early[layout.audio_end] = False
+    allowed, early = allowed.nonzero().flatten(), early.nonzero().flatten()
     dec = Decoder(model, prompt)
     recent: list[int] = []
     for n in range(max_frames):
@@ -124,6 +127,7 @@ def generate_text(model: torch.nn.Module, prompt: Tensor, allowed: Tensor, stop_
     allowed = allowed.clone()
     for i in stop_ids:
         allowed[i] = True
+    allowed = allowed.nonzero().flatten()
     dec = Decoder(model, prompt)
     out: list[int] = []
     for n in range(max_new_tokens):
