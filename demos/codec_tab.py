@@ -20,6 +20,7 @@ def codec_lab_tab(ctx: DemoContext) -> tuple:
         with gr.Column(scale=1):
             audio_in = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Speech clip", elem_id="codec-input")
             codec_dd = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Codec checkpoint",
+                                   elem_id="codec-dd",
                                    info="codec checkpoints found under the codec folders (--codec-dir)")
             n_acoustic = gr.Slider(0, 8, value=8, step=1, label="Acoustic codebooks kept (bitrate)",
                                    info="fixed unless the codec decodes a truncated residual stream")

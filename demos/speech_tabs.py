@@ -213,7 +213,7 @@ def dialogue_tab(ctx: DemoContext) -> None:
                 {"role": "assistant", "content": turn.reply_text}][-2 * ctx.limits.max_dialogue_turns:]
         stages = " · ".join(f"{k} {v:.2f} s" for k, v in turn.latencies.items() if k != "total")
         messages = [*(messages or []),
-                    {"role": "user", "content": f"🎤 {turn.user_text or '(nothing recognised)'}"},
+                    {"role": "user", "content": turn.user_text or "(nothing recognised)"},
                     {"role": "assistant", "content": f"{turn.reply_text}\n\n<sub>{stages}</sub>"},
                     {"role": "assistant", "content": {"path": _wav_file(turn.reply_audio, p.sample_rate),
                                                       "mime_type": "audio/wav"}}]
