@@ -26,8 +26,8 @@ def make_corpus(root, n=6, k=16, dim=16, seconds=(1.0, 1.6)):
         w = 0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 2 * t))
         sf.write(root / "wavs" / f"u{i}.wav", w.astype(np.float32), SR)
         rows.append({"id": f"u{i}", "path": f"wavs/u{i}.wav", "text": f"tone number {i}", "speaker": "s",
-                         "split": "train" if i < n - 2 else "valid", "duration": num / SR,
-                         "words": [[0.0, 0.4, "tone"], [0.4, 0.8, "number"], [0.8, 1.0, str(i)]]})
+                     "split": "train" if i < n - 2 else "valid", "duration": num / SR,
+                     "words": [[0.0, 0.4, "tone"], [0.4, 0.8, "number"], [0.8, 1.0, str(i)]]})
         write_item(root / "feats", f"u{i}", {"features": torch.randn(-(-num // 320), dim, generator=g).half()})
         write_item(root / "units", f"u{i}", {"units": torch.randint(0, k, (-(-num // 1280),), generator=g).int()})
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -46,10 +46,11 @@ def corpus(tmp_path_factory):
 
 
 def cfg_for(corpus, out, variant="rvq", **kw):
-    d = {"model": {"tiny": variant}, "out_dir": str(out), "manifest": str(corpus / "manifest.jsonl"), "batch_size": 2,
-             "segment_seconds": 0.64, "steps": 4, "warmup_adv_steps": 2, "ckpt_every": 2, "keep_last": 2, "log_every": 1,
-             "sample_every": 0, "discriminator": DISC, "teacher_features": str(corpus / "feats"),
-             "teacher_units": str(corpus / "units"), "teacher_centroids": str(corpus / "km.safetensors")}
+    d = {"model": {"tiny": variant}, "out_dir": str(out), "manifest": str(corpus / "manifest.jsonl"),
+         "batch_size": 2, "segment_seconds": 0.64, "steps": 4, "warmup_adv_steps": 2, "ckpt_every": 2,
+         "keep_last": 2, "log_every": 1, "sample_every": 0, "discriminator": DISC,
+         "teacher_features": str(corpus / "feats"), "teacher_units": str(corpus / "units"),
+         "teacher_centroids": str(corpus / "km.safetensors")}
     if variant in ("rvq", "secousticodec"):
         d.update(teacher_units=None, teacher_centroids=None, teacher_features=None)
     d.update(kw)
@@ -75,7 +76,7 @@ def _state(run):
                                                           load_file(str(ck / "model_1.safetensors")).items()}}
 
 
-@pytest.mark.parametrize("variant", ["sac", "stacodec"])
+@pytest.mark.parametrize("variant", ["sac", pytest.param("stacodec", marks=pytest.mark.slow)])
 def test_exact_resume(corpus, tmp_path, variant):
     a = train(cfg_for(corpus, tmp_path / "a", variant, steps=4, warmup_adv_steps=1), progress=False)
     train(cfg_for(corpus, tmp_path / "b", variant, steps=2, warmup_adv_steps=1), progress=False)

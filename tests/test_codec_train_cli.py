@@ -36,6 +36,7 @@ def test_encode_decode_round_trip(ckpt, corpus, tmp_path):
     assert torch.allclose(wav, model.decode(t)[0].clamp(-1, 1), atol=1e-3)  # file == in-memory decode
 
 
+@pytest.mark.slow  # two spawned worker processes each import torch and load the codec
 def test_tokenize_manifest_two_workers(ckpt, corpus, tmp_path):
     out = tmp_path / "tok"
     assert main(["--threads", "1", "codec", "tokenize", str(ckpt), "--manifest", str(corpus / "manifest.jsonl"),
@@ -68,20 +69,20 @@ def test_teacher_cache_kmeans_and_sac_encode(corpus, tmp_path):
                  "--teacher", f"{hub}:1", "--out", str(feats)]) == 0
     meta = json.loads((feats / "meta.json").read_text())
     assert meta["frame_rate"] == 50.0 and meta["dim"] == 16 and len(list((feats / "items").iterdir())) == 4
-    km = tmp_path / "km"
+    km = tmp_path / "km-12.5hz"  # a dotted name keeps its dot
     assert main(["codec", "kmeans", "--features", str(feats), "--k", "4", "--rate", "12.5", "--out", str(km),
                  "--splits", "train,valid"]) == 0
-    assert json.loads((tmp_path / "km.json").read_text())["spec"] == f"{hub}:1"
+    assert json.loads((tmp_path / "km-12.5hz.json").read_text())["spec"] == f"{hub}:1"
     # a sac codec with those centroids encodes through the same teacher
     from safetensors.torch import load_file
 
     cfg = CodecConfig.tiny("sac")
     cfg.semantic_codebook_size = 4
     model = DualStreamCodec(cfg)
-    model.set_teacher_codebook(load_file(str(tmp_path / "km.safetensors"))["centroids"])
+    model.set_teacher_codebook(load_file(str(tmp_path / "km-12.5hz.safetensors"))["centroids"])
     model.save_pretrained(tmp_path / "sac")
     tok = tmp_path / "s.tokens.safetensors"
     assert main(["codec", "encode", str(tmp_path / "sac"), str(corpus / "wavs" / "u1.wav"), str(tok),
                  "--teacher", f"{hub}:1"]) == 0
-    units = load_file(str(tmp_path / "km.units" / "items" / "u1.safetensors"))["units"].long()
+    units = load_file(str(tmp_path / "km-12.5hz.units" / "items" / "u1.safetensors"))["units"].long()
     assert torch.equal(CodecTokens.load(tok).semantic[0, 0], units)  # semantic tokens = cached teacher units

@@ -61,7 +61,9 @@ def _build_model(cfg: CodecTrainConfig, out_dir: Path, rows: list[dict]):
                              "teacher_centroids (from `slm codec kmeans`)")
         from safetensors.torch import load_file
 
-        model.set_teacher_codebook(load_file(str(Path(cfg.teacher_centroids).with_suffix(".safetensors")))["centroids"])
+        path = str(cfg.teacher_centroids)
+        path = path if path.endswith(".safetensors") else path + ".safetensors"
+        model.set_teacher_codebook(load_file(path)["centroids"])
     if mcfg.variant == "secousticodec":
         from codec.text_encoder import TextTokenizer, train_text_tokenizer
 
@@ -127,6 +129,12 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
     rows = read_rows(cfg.manifest, cfg.train_split)
     model = _build_model(cfg, out_dir, rows)
     feats, units = _open_caches(cfg, model)
+    caches = [c for c in (feats, units) if c is not None]
+    kept = [r for r in rows if all(c.has(r["id"]) for c in caches)]
+    if len(kept) < len(rows):  # e.g. a corpus grown after its teacher cache was built
+        accelerator.print(f"note: {len(rows) - len(kept)} of {len(rows)} train utterances have no cached "
+                          "teacher features/units and are skipped (rerun teacher-cache / kmeans to add them)")
+    rows = kept
     if accelerator.is_main_process:
         model.config.to_yaml(out_dir / "codec_config.yaml")
     sr = model.sample_rate

@@ -142,7 +142,8 @@ def _kmeans(args: argparse.Namespace) -> int:
     splits = tuple(args.splits.split(",")) if args.splits else None
     km = fit_kmeans(args.features, args.k, args.rate, splits=splits, max_frames=args.max_frames)
     path = km.save(args.out)
-    units = cache_units(km, args.features, args.units_out or str(Path(args.out).with_suffix(".units")))
+    units_dir = args.units_out or str(path)[: -len(".safetensors")] + ".units"
+    units = cache_units(km, args.features, units_dir)
     print(json.dumps({"centroids": str(path), "units": str(units), **km.meta}, indent=2))
     return 0
 
