@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adapters.corpus.phones import PHONE_TO_ID
-from slm.eval.probe import ProbeConfig, greedy_decode, train_probe
+from slm.eval.probe import CTCProbe, ProbeConfig, greedy_decode, reverse_padded, train_probe
 from slm.eval.units import frame_labels, unit_quality
 
 
@@ -58,3 +58,15 @@ def test_greedy_decode_collapses_repeats_and_blanks():
     for t, k in enumerate([0, 0, 2, 0, 1, 1]):  # blank = 2
         logp[t, k] = 0.0
     assert greedy_decode(logp, 6, blank=2) == [0, 0, 1]
+
+
+def test_probe_output_does_not_depend_on_batch_padding():
+    x = torch.arange(10.0).view(2, 5, 1)
+    assert reverse_padded(x, torch.tensor([5, 3]))[..., 0].tolist() == [[4, 3, 2, 1, 0], [7, 6, 5, 8, 9]]
+    probe = CTCProbe(n_codes=32, n_labels=5, upsample=2, cfg=ProbeConfig(embed_dim=8, hidden=8)).eval()
+    long, short = torch.randint(0, 32, (7,)), torch.randint(0, 32, (4,))
+    batch = torch.stack([long, torch.cat([short, torch.zeros(3, dtype=torch.long)])])
+    with torch.no_grad():
+        both = probe(batch, torch.tensor([7, 4]))
+        alone = probe(short[None])
+    assert torch.allclose(both[1, :8], alone[0], atol=1e-6)

@@ -137,6 +137,10 @@ def evaluate_codecs(checkpoints: list[str | Path], items: list[EvalItem], judges
                      "path": str(ckpt), "rtf": rtf, **summarise(per)})
         per_synth[name], per_item[name] = _by_synth(per), per
         del codec
+    import torch
+
+    if torch.get_num_threads() != machine["threads"]:  # a library changed it mid-run: say so
+        machine["threads_at_end"] = torch.get_num_threads()
     return {"rows": rows, "per_synth": per_synth, "items": per_item, "machine": machine,
             "seconds": time.perf_counter() - t0, "metrics": list(judges.metrics),
             "audio_seconds": float(sum(it.wav.shape[-1] / it.sample_rate for it in items))}

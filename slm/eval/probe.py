@@ -2,9 +2,12 @@
 number of steps; its phone error rate on held-out speakers says how much linguistic content the
 tokens carry in a form a light model can read.
 
-Model: code embedding -> 2-layer BiLSTM -> linear over phones + blank. Token streams at 12.5 Hz
+Model: code embedding -> 2-layer BiLSTM -> linear over phones + blank. The backward direction is a
+second LSTM run on each sequence reversed within its own length: exact for padded batches, and ~20x
+faster on CPU than ``pack_padded_sequence``, whose backward pass is slow there. Token streams at 12.5 Hz
 carry fewer frames than phones (~12-15 phones/s), which CTC cannot emit, so each frame is repeated
-``upsample`` times (to >= 50 Hz) before the LSTM; the LSTM tells the copies apart by position.
+``upsample`` times (to >= 30 Hz, twice the phone rate) before the LSTM; the LSTM tells the copies
+apart by position.
 """
 from __future__ import annotations
 
@@ -20,13 +23,21 @@ from tqdm import tqdm
 @dataclass
 class ProbeConfig:
     embed_dim: int = 64
-    hidden: int = 128  # per direction; ~0.4 M parameters: a probe, not a recogniser of its own
+    hidden: int = 96  # per direction; ~0.3 M parameters: a probe, not a recogniser of its own
     layers: int = 2
-    steps: int = 400  # bounded: the probe compares token streams, it is not trained to convergence
-    batch_size: int = 16
+    steps: int = 300  # bounded: the probe compares token streams, it is not trained to convergence
+    batch_size: int = 8
     lr: float = 2e-3
-    min_rate: float = 50.0  # upsample frames to at least this rate (CTC needs T >= label length)
+    min_rate: float = 30.0  # upsample frames to at least this rate: CTC needs T >= phones (+ repeats)
     seed: int = 0
+
+
+def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse ``x [B, T, D]`` along time within each item's first ``lengths[b]`` frames (padding stays)."""
+    t = torch.arange(x.shape[1], device=x.device)[None].expand(x.shape[0], -1)  # [B, T]
+    rev = lengths[:, None].to(x.device) - 1 - t
+    idx = torch.where(rev >= 0, rev, t)
+    return x.gather(1, idx[..., None].expand_as(x))
 
 
 class CTCProbe(nn.Module):
@@ -34,7 +45,9 @@ class CTCProbe(nn.Module):
         super().__init__()
         self.upsample = upsample
         self.embed = nn.Embedding(n_codes, cfg.embed_dim)
-        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden, cfg.layers, batch_first=True, bidirectional=True)
+        dims = [cfg.embed_dim] + [2 * cfg.hidden] * (cfg.layers - 1)
+        self.fwd = nn.ModuleList(nn.LSTM(d, cfg.hidden, batch_first=True) for d in dims)
+        self.bwd = nn.ModuleList(nn.LSTM(d, cfg.hidden, batch_first=True) for d in dims)
         self.out = nn.Linear(2 * cfg.hidden, n_labels + 1)  # index n_labels is the CTC blank
 
     @property
@@ -43,15 +56,12 @@ class CTCProbe(nn.Module):
 
     def forward(self, codes: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``codes [B, T]`` (+ valid ``lengths [B]``) -> log-probs ``[B, T * upsample, n_labels + 1]``."""
-        x = self.embed(codes).repeat_interleave(self.upsample, dim=1)
-        if lengths is not None:  # packed, so the backward direction never starts inside the padding
-            x = nn.utils.rnn.pack_padded_sequence(x, lengths * self.upsample, batch_first=True,
-                                                  enforce_sorted=False)
-            h = nn.utils.rnn.pad_packed_sequence(self.lstm(x)[0], batch_first=True,
-                                                 total_length=codes.shape[1] * self.upsample)[0]
-        else:
-            h = self.lstm(x)[0]
-        return self.out(h).log_softmax(-1)
+        x = self.embed(codes).repeat_interleave(self.upsample, dim=1)  # [B, T*u, E]
+        lens = (torch.full((codes.shape[0],), codes.shape[1]) if lengths is None else lengths) * self.upsample
+        for f, b in zip(self.fwd, self.bwd):
+            back = reverse_padded(b(reverse_padded(x, lens))[0], lens)
+            x = torch.cat([f(x)[0], back], -1)  # [B, T*u, 2H]
+        return self.out(x).log_softmax(-1)
 
 
 @dataclass
