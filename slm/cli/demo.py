@@ -44,6 +44,14 @@ def run(args: argparse.Namespace) -> int:
     if args.model != "default" and not os.path.isdir(args.model):
         print(f"slm demo: --model expects a pipeline directory or 'default', got {args.model!r} (not a directory)")
         return 2
+    if args.model == "default" and not args.codec_only:
+        from slm.pipeline import default_model_dir
+
+        try:
+            default_model_dir()
+        except FileNotFoundError as e:  # fresh checkout: still useful, the codec lab needs no speech LM
+            print(f"slm demo: {e}\nslm demo: serving the codec lab only.")
+            args.codec_only = True
 
     def factory():
         import torch
