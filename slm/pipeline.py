@@ -289,7 +289,7 @@ class SpeechPipeline:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
         v = self._voice(voice)
         s = self._sampling(temperature, top_k, top_p)
-        gen = torch.Generator().manual_seed(int(torch.seed() if seed is None else seed))
+        gen = _generator(seed)
         max_frames = max(1, int(max_seconds * self.codec.semantic_rate))
         for sentence in split_sentences(text):
             ptext, pcodes = (v.text, v.tokens.semantic[0]) if (v is not None and v.text) else (None, None)
@@ -309,9 +309,15 @@ class SpeechPipeline:
         """Synthesize ``text`` -> ``[1, N]`` float audio at :attr:`sample_rate`."""
         return torch.cat(list(self.tts_stream(text, voice, **kw)), dim=-1)
 
+    def _encode_one(self, wav: Tensor, sample_rate: int) -> CodecTokens:
+        toks = self.encode(wav, sample_rate)
+        if toks.batch_size != 1:
+            raise ValueError(f"expected one clip ([N], [1, N] or [1, 1, N]), got a batch of {toks.batch_size}")
+        return toks
+
     @torch.no_grad()
     def asr(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200) -> str:
-        toks = self.encode(wav, sample_rate)
+        toks = self._encode_one(wav, sample_rate)
         prompt = asr_prompt(self.tokenizer, self.layout, toks.semantic[0, 0])
         vocab = self.lm.get_input_embeddings().weight.shape[0]
         ids = generate_text(self.lm, prompt, self.layout.text_mask(vocab), {self.tokenizer.eos_token_id}, max_new_tokens)
@@ -323,7 +329,7 @@ class SpeechPipeline:
         """Continue the speech in ``wav`` for up to ``seconds``; returns only the new audio ``[1, N]``."""
         if not seconds > 0:
             raise ValueError(f"seconds must be > 0, got {seconds}")
-        toks = self.encode(wav, sample_rate)[0]
+        toks = self._encode_one(wav, sample_rate)[0]
         codes = toks.semantic[0, 0]
         if codes.numel() < 2:
             raise ValueError(f"prompt too short: {codes.numel()} semantic frames, need at least 2")
@@ -331,7 +337,7 @@ class SpeechPipeline:
         from slm.acoustic_head import frames_from_acoustic
 
         frames = list(frames_from_acoustic(toks.acoustic[0], toks.ratio)) if toks.acoustic.shape[1] else [None] * codes.numel()
-        gen = torch.Generator().manual_seed(int(torch.seed() if seed is None else seed))
+        gen = _generator(seed)
         max_frames = max(1, int(seconds * self.codec.semantic_rate))
         chunks = self._stream_frames(continuation_prompt(self.layout, codes), self._sampling(temperature, top_k, top_p),
                                      max_frames, v, gen, (codes.tolist(), frames))
@@ -365,6 +371,14 @@ class SpeechPipeline:
         lat["tts"] = time.perf_counter() - t2
         lat["total"] = time.perf_counter() - t0
         return DialogueTurn(user, reply, audio, lat)
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    """A private generator: seeded for reproducible output, else drawn from torch's global RNG
+    (without reseeding it, unlike ``torch.seed()``)."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    return torch.Generator().manual_seed(int(seed))
 
 
 def _drain(queue: list) -> Iterator:

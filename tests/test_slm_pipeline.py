@@ -151,3 +151,17 @@ def test_half_bundle_round_trip(trained, pipe, tmp_path):
     full, half = _logits(pipe.lm, ids), _logits(small.lm, ids)
     assert not torch.equal(full, half)  # weights really were rounded
     torch.testing.assert_close(half, full, atol=2e-2, rtol=1e-2)
+
+
+def test_batch_audio_rejected_and_seeds(pipe):
+    sr = pipe.sample_rate
+    with pytest.raises(ValueError, match="one clip"):
+        pipe.asr(torch.zeros(2, 1, sr), sr)
+    a = pipe.tts("hello world", seed=5, max_seconds=1.0)
+    assert torch.equal(a, pipe.tts("hello world", seed=5, max_seconds=1.0))
+    torch.manual_seed(11)
+    pipe.tts("hello world", max_seconds=0.5)  # unseeded: must not reseed torch's global RNG
+    after = torch.rand(3)
+    torch.manual_seed(11)
+    torch.randint(0, 2**62, ())
+    assert torch.equal(after, torch.rand(3))
