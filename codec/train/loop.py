@@ -114,12 +114,14 @@ def _ema_export_model(ema: AveragedModel, model):
 def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> TrainResult:
     """Train (or continue training) the codec described by ``cfg``; export the EMA generator."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from tqdm import tqdm
 
     out_dir = Path(cfg.out_dir)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard",
                               step_scheduler_with_optimizer=False,
+                              # variants leave some heads unused on some steps (e.g. no teacher features)
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
                               project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir)))
     set_seed(cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,19 +198,7 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
             rl = recon(wav_hat, wav)
             losses.update({"mel/l1": rl["recon/mel"], "stft/sc": rl["recon/stft_sc"], "stft/mag": rl["recon/stft_mag"]})
         if step >= cfg.warmup_adv_steps:
-            with accelerator.autocast():
-                d_real = disc(wav)
-                d_loss = discriminator_loss(d_real.logits, disc(wav_hat.detach()).logits, cfg.adv_kind)
-            opt_d.zero_grad(set_to_none=True)
-            accelerator.backward(d_loss)
-            accelerator.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
-            opt_d.step()
-            sch_d.step()
-            with accelerator.autocast():
-                d_fake = disc(wav_hat)
-                losses["adv/gen"] = generator_adv_loss(d_fake.logits, cfg.adv_kind)
-                losses["adv/feat"] = feature_matching_loss(d_real.features, d_fake.features)
-            losses["disc/loss"] = d_loss.detach()
+            losses.update(_adversarial(accelerator, disc, opt_d, sch_d, wav, wav_hat, cfg))
         total = weighted_sum(losses, {k: weights.get(k, 1.0) for k in losses if not k.startswith("disc/")})
         opt_g.zero_grad(set_to_none=True)
         accelerator.backward(total)
@@ -247,6 +237,30 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
              "teacher_spec": (units or feats).meta.get("spec") if (units or feats) else None}, indent=2))
     accelerator.end_training()
     return TrainResult(step, seconds, dict(logger.last), export, out_dir)
+
+
+def _adversarial(accelerator, disc, opt_d, sch_d, wav, wav_hat, cfg: CodecTrainConfig) -> dict:
+    """One discriminator step, then the generator's adversarial + feature-matching terms.
+
+    Real and generated audio go through the discriminator in one concatenated batch: under DDP
+    each forward must be followed by its own backward (two forwards before one backward break the
+    gradient reducer), and per-item normalisation in the discriminator keeps this equal to two calls.
+    """
+    b = wav.shape[0]
+    with accelerator.autocast():
+        d = disc(torch.cat([wav, wav_hat.detach()]))
+        d_loss = discriminator_loss([x[:b] for x in d.logits], [x[b:] for x in d.logits], cfg.adv_kind)
+    opt_d.zero_grad(set_to_none=True)
+    accelerator.backward(d_loss)
+    accelerator.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
+    opt_d.step()
+    sch_d.step()
+    real_feats = [[f[:b].detach() for f in fs] for fs in d.features]
+    with accelerator.autocast():
+        d_fake = disc(wav_hat)
+        return {"adv/gen": generator_adv_loss(d_fake.logits, cfg.adv_kind),
+                "adv/feat": feature_matching_loss(real_feats, d_fake.features),
+                "disc/loss": d_loss.detach()}
 
 
 def _valid_batch(cfg: CodecTrainConfig, sr: int, seg: int, hop: int, feats, units):
