@@ -212,12 +212,12 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
         logger.add(losses, out.extras)
         bar.update(1)
         seconds = elapsed0 + time.time() - t0
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        over_time = cfg.max_minutes is not None and seconds > cfg.max_minutes * 60
+        if step % cfg.log_every == 0 or step == cfg.steps or over_time:
             bar.set_postfix(logger.postfix())
             logger.flush(step, lr=sch_g.get_last_lr()[0], seconds=seconds)
         if cfg.sample_every and step % cfg.sample_every == 0 and valid is not None:
             logger.samples(step, _ema_export_model(ema, gen), valid)
-        over_time = cfg.max_minutes is not None and seconds > cfg.max_minutes * 60
         if step % cfg.ckpt_every == 0 or step == cfg.steps or over_time:
             save_checkpoint(accelerator, out_dir, step, {"seconds": seconds}, cfg.keep_last)
         if over_time:
