@@ -50,7 +50,11 @@ def codec_lab_tab(ctx: DemoContext) -> tuple:
         codec = ctx.codecs.get(label)
         wav = load_audio_input(path, ctx.limits, codec.sample_rate, name="speech clip")
         t0 = time.perf_counter()
-        rec = reconstruct(codec, wav, n_acoustic=int(keep), encode=lambda x: ctx.codecs.encode(label, codec, x))
+        options = acoustic_options(codec)
+        # the slider may still show the previous codec's range (API callers, or a click that beat the
+        # dropdown's update): a count this codec cannot decode means "all codebooks"
+        keep = int(keep) if int(keep) in options else max(options)
+        rec = reconstruct(codec, wav, n_acoustic=keep, encode=lambda x: ctx.codecs.encode(label, codec, x))
         seconds = time.perf_counter() - t0
         scores = fidelity(wav, rec.audio, codec.sample_rate)
         label_b = f"{label} @ {rec.bitrate:,.0f} bps"

@@ -60,6 +60,9 @@ def test_continue_and_dialogue(client, clip):
 def test_codec_lab_reconstructs_with_metrics(client, clip):
     a, b, _spec, _tok, metrics = client.predict(clip, "codec/stacodec", 8, api_name="/codec")
     assert abs(_seconds(a) - _seconds(b)) < 1e-3 and "bitrate used" in metrics and "STOI" in metrics
+    # a codebook count the codec cannot decode (e.g. left over from another codec) falls back to all
+    *_, metrics = client.predict(clip, "codec/stacodec", 1, api_name="/codec")
+    assert "2 of 2 codebooks" in metrics
 
 
 def test_limits_come_back_as_messages(client, tmp_path):
