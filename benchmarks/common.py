@@ -58,12 +58,15 @@ def speech_clip(seconds: float = 5.0, sample_rate: int = 16000) -> np.ndarray:
 def time_it(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t)
-    return {"seconds_min": min(times), "seconds_median": float(np.median(times)), "repeats": repeats}
+        cpu.append(time.process_time() - c)
+    # CPU seconds (all threads of this process) are what a shared machine's load distorts least.
+    return {"seconds_min": min(times), "seconds_median": float(np.median(times)),
+            "cpu_seconds_median": float(np.median(cpu)), "repeats": repeats}
 
 
 def peak_rss_mb() -> float:
