@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -385,7 +386,8 @@ def _default_voices(utts: list[Utterance], codec, n: int = 4):
         ka = codec.n_acoustic_codebooks
         ac = acoustic_from_frames(u.acoustic, ka)[None] if ka else torch.zeros(1, 0, u.semantic.numel(), dtype=torch.long)
         g = None if u.global_ is None else u.global_[None]
-        out.append(Voice(f"{u.speaker or 'voice'}", CodecTokens(u.semantic.view(1, 1, -1), ac, g), u.text))
+        name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", u.speaker or "voice").strip("_") or "voice"  # file-name safe
+        out.append(Voice(name, CodecTokens(u.semantic.view(1, 1, -1), ac, g), u.text))
     return out
 
 
