@@ -4,11 +4,13 @@ For each utterance the script saves a RIFF wav and prints every ``Segment`` (nam
 ``Word`` (name, word_start, word_end). Voices: ``kal_diphone``, ``ked_diphone`` (radio phone set) and
 ``cmu_us_slt_arctic_hts`` (CMU lex), whichever are installed. Speed varies with ``Duration_Stretch``
 and pitch with ``int_lr_params`` (target_f0_mean) on the diphone voices; the HTS voice ignores both
-in festival 2.5, so it has one setting only.
+in festival 2.5, so it has one setting only. Words come from the Word relation (clitics such as
+"'s" joined to their word); when festival's words differ from the transcript's, ``words`` is empty.
 """
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from .phones import segments_from_ends
 
 VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
 VARIABLE = {"kal_diphone": True, "ked_diphone": True, "cmu_us_slt_arctic_hts": False}
+_WORD_RE = re.compile(r"[a-z']+")
 _VOICE_DIRS = ("/usr/share/festival/voices/english", "/usr/share/festival/voices/us")
 
 
@@ -96,5 +99,7 @@ def synth_batch(jobs: list[FestivalJob]) -> list[tuple[np.ndarray, int, list[lis
             phones = segments_from_ends(ends, dur, "festival")
             words = [[round(max(0.0, min(a, dur)), 5), round(max(0.0, min(max(a, b), dur)), 5), w]
                      for a, b, w in words]
+            if [w for _, _, w in words] != _WORD_RE.findall(jobs[i].text.lower()):
+                words = []  # festival tokenised differently ("enslav'd", letter strings): no word times
             out.append((audio, sr, phones, words))
         return out
