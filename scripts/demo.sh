@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
-# The README's main command. Runs the best end-to-end job that exists on the embedded defaults.
+# The README's main command: the Gradio demo on the bundled defaults (checkpoints/default for the
+# speech LM, checkpoints/codec/* for the codec lab), bound to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-if $PY -c "import demos.app" 2>/dev/null; then
-  exec $PY -m slm.cli demo "$@"
-fi
-echo "[demo] the Gradio demo has not landed yet; building a small synthetic corpus instead (see README)."
-exec $PY -m slm.cli data synth --hours 0.05 --out data/demo-corpus
+exec .venv/bin/python -m slm demo "$@"
