@@ -99,6 +99,7 @@ def main() -> None:
     dt = time.perf_counter() - t
     res["streaming_tts"] = {"seconds": dt, "tokens_per_s": n / dt, "rtf": dt / (samples / pipe.sample_rate),
                             "time_to_first_audio_s": first, "chunk_frames": pipe.chunk_frames,
+                            "first_chunk_frames": pipe.first_chunk_frames,
                             "audio_seconds": samples / pipe.sample_rate}
     print(json.dumps(res, indent=2))
     if args.out:

@@ -118,7 +118,8 @@ class SpeechPipeline:
 
     def __init__(self, backbone, tokenizer, layout: TokenLayout, codec, head: AcousticHead | None = None,
                  voices: dict[str, Voice] | None = None, sampling: Sampling | None = None,
-                 chunk_frames: int = 12, context_frames: int = 8, teacher_spec: str = "whisper-base-ct2"):
+                 chunk_frames: int = 12, context_frames: int = 8, teacher_spec: str = "whisper-base-ct2",
+                 first_chunk_frames: int = 4):
         if codec.semantic_codebook_size != layout.n_semantic:
             raise ValueError(f"codec has {codec.semantic_codebook_size} semantic codes, layout {layout.n_semantic}")
         if codec.n_acoustic_codebooks and head is None:
@@ -126,7 +127,8 @@ class SpeechPipeline:
         self.lm, self.tokenizer, self.layout, self.codec, self.head = backbone, tokenizer, layout, codec, head
         self._voices = dict(voices or {})
         self.sampling = sampling or Sampling()
-        self.chunk_frames, self.context_frames = chunk_frames, context_frames
+        # a short first chunk lowers time to first audio; later chunks are longer (fewer decode calls)
+        self.chunk_frames, self.context_frames, self.first_chunk_frames = chunk_frames, context_frames, first_chunk_frames
         self.teacher_spec, self._teacher = teacher_spec, None  # only for codecs that encode with a teacher
         self.lm.eval()
         if head is not None:
@@ -262,7 +264,7 @@ class SpeechPipeline:
                                   min_frames):
             codes.append(fr.code)
             frames.append(fr.acoustic)
-            if len(codes) - emitted >= self.chunk_frames:
+            if len(codes) - emitted >= (self.first_chunk_frames if emitted == start else self.chunk_frames):
                 yield emit(emitted, len(codes)).clamp(-1, 1)
                 emitted = len(codes)
         if len(codes) > emitted:
