@@ -7,7 +7,7 @@ import torch
 
 from adapters.corpus.phones import PHONE_TO_ID
 from slm.eval.probe import CTCProbe, ProbeConfig, greedy_decode, reverse_padded, train_probe
-from slm.eval.units import frame_labels, unit_quality
+from slm.eval.units import chance_pnmi, frame_labels, unit_quality
 
 
 def test_frame_labels_take_the_phone_at_each_frame_centre():
@@ -29,6 +29,9 @@ def test_pnmi_ground_truth_codes_is_one_and_random_codes_near_zero():
     assert rand.pnmi < 0.05
     split = unit_quality(phones, phones * 2 + rng.integers(0, 2, size=phones.size))  # each phone -> 2 codes
     assert split.pnmi == pytest.approx(1.0, abs=1e-9) and split.cluster_purity == pytest.approx(0.5, abs=0.01)
+    assert chance_pnmi(phones, phones) < 0.01  # shuffling destroys the perfect code's information
+    few = phones[:2000]  # few frames, many codes: the plug-in estimate is biased up, the floor shows it
+    assert chance_pnmi(few, rng.integers(0, 1024, size=few.size)) > 0.3
     with pytest.raises(ValueError, match="one code per phone"):
         unit_quality(phones[:10], phones[:9])
 

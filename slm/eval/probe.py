@@ -27,7 +27,7 @@ class ProbeConfig:
     layers: int = 2
     steps: int = 300  # bounded: the probe compares token streams, it is not trained to convergence
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 5e-3  # 2e-3 left the probe in CTC's all-blank phase for 200+ steps on 12.5 Hz codes
     min_rate: float = 30.0  # upsample frames to at least this rate: CTC needs T >= phones (+ repeats)
     seed: int = 0
 

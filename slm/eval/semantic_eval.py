@@ -18,7 +18,7 @@ from adapters.corpus.phones import INVENTORY, SIL
 from slm.eval.data import EvalItem, LoadedCodec
 from slm.eval.probe import ProbeConfig, train_probe
 from slm.eval.report import machine_info, markdown_table, write_json
-from slm.eval.units import frame_labels, unit_quality
+from slm.eval.units import chance_pnmi, frame_labels, unit_quality
 
 
 def teacher_units(codec: LoadedCodec, wav: torch.Tensor) -> torch.Tensor | None:
@@ -84,9 +84,10 @@ def evaluate_semantic(checkpoint: str | Path, train: list[EvalItem], test: list[
     rows = []
     for stream, codes in test_codes.items():
         phones = np.concatenate([frame_labels(it.phones, len(c), rates[stream]) for it, c in zip(test, codes)])
-        q = unit_quality(phones, np.concatenate(codes))
+        flat = np.concatenate(codes)
+        q = unit_quality(phones, flat)
         row = {"system": codec.name, "stream": stream, "rate_hz": rates[stream], "codebook": sizes[stream],
-               **q.as_dict()}
+               **q.as_dict(), "pnmi_chance": chance_pnmi(phones, flat)}
         if stream in train_codes:
             res = train_probe(_probe_items(train_codes[stream], train), _probe_items(codes, test),
                               n_codes=sizes[stream], n_labels=len(INVENTORY), frame_rate=rates[stream], cfg=probe)
@@ -99,6 +100,7 @@ def evaluate_semantic(checkpoint: str | Path, train: list[EvalItem], test: list[
 
 COLUMNS = [("system", "system", 0), ("stream", "stream", 0), ("rate_hz", "Hz", 1), ("codebook", "K", 0),
            ("phone_purity", "phone purity", 3), ("cluster_purity", "cluster purity", 3), ("pnmi", "PNMI", 3),
+           ("pnmi_chance", "PNMI chance", 3),
            ("probe_per", "probe PER", 3), ("n_codes_used", "codes used", 0), ("n_frames", "frames", 0)]
 
 
@@ -110,7 +112,8 @@ def write_semantic_report(results: list[dict], out_dir: str | Path) -> Path:
     secs = sum(r["seconds"] for r in results)
     n_train = results[0]["n_train"] if results else 0
     n_test = results[0]["n_test"] if results else 0
-    intro = (f"Phone purity / cluster purity / PNMI (HuBERT's definitions) on {n_test} test utterances; "
+    intro = (f"Phone purity / cluster purity / PNMI (HuBERT's definitions) on {n_test} test utterances "
+             "(PNMI chance: the same codes shuffled over frames, the estimator's floor at this size); "
             f"probe PER: CTC phone probe trained on frozen tokens of {n_train} train utterances, scored on the "
             f"held-out test speakers. {secs:.0f} s on {m['cpu']} ({m['threads']} threads).")
     text = ["# Semantic quality of token streams", "", intro, "", markdown_table(rows, COLUMNS), ""]
