@@ -65,7 +65,8 @@ def _codec(args: argparse.Namespace) -> int:
     result["manifest"], result["split"] = str(args.manifest), args.split
     md = write_codec_report(result, args.out)
     print(Path(md).read_text())
-    print(f"wrote {md}, codec_eval.json, codec_eval.png in {args.out}")
+    plot = ", codec_eval.png" if (Path(args.out) / "codec_eval.png").exists() and args.checkpoints else ""
+    print(f"wrote {md}, codec_eval.json{plot} in {args.out}")
     return 0
 
 
