@@ -106,9 +106,9 @@ def save_bundle(directory: str | Path, lm, layout: TokenLayout, head: AcousticHe
 
 def default_model_dir() -> Path:
     env = os.environ.get(DEFAULT_DIR_ENV)
-    d = Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints" / "slm" / "default"
+    d = Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints" / "default"
     if not (d / "slm_config.json").exists():
-        raise FileNotFoundError(f"no default speech-LM model at {d}; train one with `slm train --config ...` "
+        raise FileNotFoundError(f"no default speech-LM model at {d}; build it with `slm recipe default` "
                                 f"or set ${DEFAULT_DIR_ENV}")
     return d
 
