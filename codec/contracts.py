@@ -11,9 +11,10 @@ a teacher at encode time is handed one, and training reads teacher features/unit
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -56,11 +57,11 @@ class CodecTokens:
         ts, ta = self.semantic.shape[-1], self.acoustic.shape[-1]
         return max(1, ta // ts) if ts else 1
 
-    def to(self, device: torch.device | str) -> "CodecTokens":
+    def to(self, device: torch.device | str) -> CodecTokens:
         return CodecTokens(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
                               for f in fields(self)})
 
-    def __getitem__(self, i: int) -> "CodecTokens":
+    def __getitem__(self, i: int) -> CodecTokens:
         """Item ``i`` as a batch of one, trimmed to its valid length."""
         n = int(self.lengths[i]) if self.lengths is not None else self.semantic.shape[-1]
         r = self.ratio
@@ -83,7 +84,7 @@ class CodecTokens:
         save_file({k: v.cpu() for k, v in tensors.items()}, str(path), metadata=metadata or {})
 
     @classmethod
-    def load(cls, path: str | Path) -> "CodecTokens":
+    def load(cls, path: str | Path) -> CodecTokens:
         from safetensors.torch import load_file
 
         t = load_file(str(path))
