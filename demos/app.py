@@ -28,7 +28,7 @@ from demos.limits import DemoLimits, InputError
 
 log = logging.getLogger("dualstream.demo")
 
-DEFAULT_CODEC_DIRS = ("checkpoints/default/codec", "checkpoints/codec")  # bundled codec first
+DEFAULT_CODEC_DIRS = ("checkpoints/codec",)
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 # Every event that runs a model shares this concurrency group: the CPU is the bottleneck, so the
 # limit (DemoLimits.concurrency) must bound all of them together, not each endpoint separately.

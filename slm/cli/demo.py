@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ssl-keyfile", default=None)
     p.add_argument("--codec-dir", action="append", default=None,
                    help="folder searched for codec checkpoints for the codec lab (repeatable; "
-                        "default: the bundled checkpoints/default/codec and checkpoints/codec)")
+                        "default checkpoints/codec; the speech pipeline's own codec is always listed)")
     p.add_argument("--codec-only", action="store_true", help="serve the codec lab alone (no speech LM)")
     p.add_argument("--max-audio-seconds", type=float, default=None, help="longest accepted input clip")
     p.add_argument("--max-text-chars", type=int, default=None, help="longest accepted TTS text")
