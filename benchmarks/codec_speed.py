@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import machine, peak_rss_mb, print_table, run_worker, speech_clip, time_it
+from benchmarks.common import machine, peak_rss_mb, print_table, run_worker, speech_clip, time_it, write_json
 
 PEERS = ("mimi", "dac", "encodec")
 
@@ -129,11 +129,7 @@ def main() -> int:
         print(f"{k}: {v:.1f}x faster (wall), {cpu_ratios[k]:.1f}x (CPU time)")
     m = result["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['dtype']}, torch {m['torch']}")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+    write_json(args.out, result)
     return 0
 
 

@@ -96,3 +96,13 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
             continue
         print(" | ".join(format(r[k], f) if isinstance(r.get(k), (int, float)) else
                          ("–" if r.get(k) is None else str(r[k])) for k, _, f in columns))
+
+
+def write_json(path: str | None, result: dict) -> None:
+    """Save a benchmark result (with its machine record) as JSON; no-op without a path."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")

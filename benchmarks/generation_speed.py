@@ -10,14 +10,13 @@ this says what that costs. Full TTS (head + codec streaming) is in ``benchmarks/
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from benchmarks.common import machine, peak_rss_mb, print_table, time_it
+from benchmarks.common import machine, peak_rss_mb, print_table, time_it, write_json
 
 
 def _backbone(spec: str):
@@ -78,11 +77,7 @@ def main() -> int:
     m = result["machine"]
     print(f"ours / generate speed: {ratio:.2f}x; identical greedy tokens: {same}; backbone {args.backbone} "
           f"({result['params_m']:.0f}M); {m['cpu']}, {m['threads']} threads, {m['dtype']}, torch {m['torch']}")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+    write_json(args.out, result)
     return 0
 
 
