@@ -16,6 +16,17 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 
+def _conv_stack(convs: nn.ModuleList, post: nn.Module, h: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Leaky-ReLU conv stack + output conv; returns (logits [B, -1], every layer's features)."""
+    feats = []
+    for conv in convs:
+        h = F.leaky_relu(conv(h), 0.1)
+        feats.append(h)
+    h = post(h)
+    feats.append(h)
+    return h.flatten(1), feats
+
+
 @dataclass
 class DiscriminatorConfig:
     periods: tuple[int, ...] = (2, 3, 5, 7, 11)  # primes, so periods do not share sub-patterns (HiFi-GAN)
@@ -54,13 +65,7 @@ class PeriodDiscriminator(nn.Module):
         if pad:
             x = F.pad(x, (0, pad), mode="reflect" if pad < n else "constant")
         x = x.view(b, c, -1, self.period)  # [B, 1, N/p, p]
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _conv_stack(self.convs, self.post, x)
 
 
 class STFTDiscriminator(nn.Module):
@@ -84,13 +89,7 @@ class STFTDiscriminator(nn.Module):
         spec = torch.stft(x.squeeze(1).float(), self.n_fft, self.n_fft // 4, window=self.window,
                           return_complex=True)  # [B, F, T]
         h = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # [B, 2, T, F]
-        feats = []
-        for conv in self.convs:
-            h = F.leaky_relu(conv(h), 0.1)
-            feats.append(h)
-        h = self.post(h)
-        feats.append(h)
-        return h.flatten(1), feats
+        return _conv_stack(self.convs, self.post, h)
 
 
 class CodecDiscriminator(nn.Module):
