@@ -72,6 +72,11 @@ class CodecConfig:
     text_dim: int = 128
     text_layers: int = 2
     align_temperature: float = 0.1
+    # SACodec anchoring: the projector's cross-entropy against the teacher units uses logits
+    # -||p - c||^2 / T. T = 0 means sqrt(teacher_dim): Whisper-base centroids sit ~140-840 apart in
+    # squared distance, so this gives logit gaps of ~6-40 (dividing by teacher_dim instead left them
+    # at ~0.3-1.6, a flat softmax whose loss never moved, and the semantic stream collapsed).
+    anchor_temperature: float = 0.0
     # STACodec: semantic pre-distillation head (conv, so it stays causal-capable) and its masking.
     spd_blocks: int = 3
     spd_mask_prob: float = 0.5

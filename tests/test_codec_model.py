@@ -236,3 +236,41 @@ def test_sta_training_codes_are_teacher_units():
     assert torch.equal(out.tokens.semantic[:, 0], t.units)
     assert "semantic/spd_ce" in out.losses
     assert not make("stacodec").needs_teacher_codebook
+
+
+
+def test_sacodec_anchor_loss_rewards_the_teacher_centroid():
+    """At the teacher's scale (512-d, squared norms ~600) a projector output sitting on the teacher
+    unit's centroid must get a small anchor loss; a softmax temperature of teacher_dim gives a flat
+    loss there (the collapse this guards against)."""
+    g = torch.Generator().manual_seed(0)
+    cents = torch.randn(64, 512, generator=g) * 1.1
+    for temperature, ok in ((0.0, lambda x: x < 0.05), (512.0, lambda x: x > 0.5)):
+        m = make("sacodec", teacher_dim=512, semantic_codebook_size=64, anchor_temperature=temperature)
+        m.set_teacher_codebook(cents)
+        b = m.bottleneck
+        units = torch.randint(0, 64, (2, 5), generator=g)
+        logits = b.teacher_codebook.logits(cents[units]) / (temperature or 512 ** 0.5)
+        assert ok(float(F.cross_entropy(logits.transpose(1, 2), units)))
+
+
+def test_sacodec_anchoring_follows_teacher_units():
+    """Training on the anchor loss makes the semantic codes follow the teacher units (no collapse
+    onto a few codes)."""
+    torch.manual_seed(0)
+    m = make("sacodec", teacher_dim=512, semantic_codebook_size=32).train()
+    m.set_teacher_codebook(torch.randn(32, 512) * 1.1)
+    wav = torch.randn(4, 1, 6400) * 0.1
+    units = teacher_for(m, wav).units
+    feats = m.bottleneck.teacher_codebook.centroids[units].repeat_interleave(m.config.semantic_stride, 1)
+    t = TeacherBatch(features=feats + 0.3 * torch.randn_like(feats), units=units, feature_rate=50.0)
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+    for _ in range(150):
+        out = m(wav, t)
+        opt.zero_grad()
+        out.losses["semantic/anchor"].backward()
+        opt.step()
+    codes = m(wav, t).tokens.semantic[:, 0]
+    assert float(out.extras["anchor/accuracy"]) > 0.9
+    assert float((codes == units).float().mean()) > 0.9
+    assert codes.unique().numel() >= 0.9 * units.unique().numel()

@@ -117,19 +117,21 @@ class SACodecBottleneck(nn.Module):
         losses = dict(qa.losses)
         # Semantic anchoring: pull the projector to the teacher (features and/or units); without a
         # teacher, commit the projector to its own nearest centroid.
-        anchor = []
+        anchor, extras = [], {}
         if teacher is not None and teacher.features is not None:
             anchor.append(F.mse_loss(p, features_at(teacher, ts, self.cfg.semantic_rate, b)))
         units = units_at(teacher, ts, self.cfg.semantic_codebook_size, b)
         if units is not None:
-            logits = self.teacher_codebook.logits(p) / self.cfg.teacher_dim
+            temperature = self.cfg.anchor_temperature or self.cfg.teacher_dim ** 0.5
+            logits = self.teacher_codebook.logits(p) / temperature
             anchor.append(F.cross_entropy(logits.transpose(1, 2), units))
+            extras["anchor/accuracy"] = (idx == units).float().mean().detach()
         if not anchor:
             anchor.append(F.mse_loss(p, self.teacher_codebook.centroids[idx]))
         losses["semantic/anchor"] = sum(anchor)
-        extras = {"latent/semantic": s.detach(), "latent/acoustic": qa.z_q.detach(),
-                  "usage/semantic": usage(idx, self.cfg.semantic_codebook_size),
-                  "usage/acoustic": usage(qa.codes, self.cfg.acoustic_codebook_size)}
+        extras.update({"latent/semantic": s.detach(), "latent/acoustic": qa.z_q.detach(),
+                       "usage/semantic": usage(idx, self.cfg.semantic_codebook_size),
+                       "usage/acoustic": usage(qa.codes, self.cfg.acoustic_codebook_size)})
         return BottleneckOut(z, idx[:, None], qa.codes, losses=losses, extras=extras)
 
     def decode_latent(self, tokens: CodecTokens) -> Tensor:
