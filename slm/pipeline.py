@@ -119,7 +119,7 @@ class SpeechPipeline:
     def __init__(self, backbone, tokenizer, layout: TokenLayout, codec, head: AcousticHead | None = None,
                  voices: dict[str, Voice] | None = None, sampling: Sampling | None = None,
                  chunk_frames: int = 12, context_frames: int = 8, teacher_spec: str = "whisper-base-ct2",
-                 first_chunk_frames: int = 4):
+                 first_chunk_frames: int = 4, merge: bool = False):
         if codec.semantic_codebook_size != layout.n_semantic:
             raise ValueError(f"codec has {codec.semantic_codebook_size} semantic codes, layout {layout.n_semantic}")
         if codec.n_acoustic_codebooks and head is None:
@@ -131,12 +131,36 @@ class SpeechPipeline:
         self.chunk_frames, self.context_frames, self.first_chunk_frames = chunk_frames, context_frames, first_chunk_frames
         self.teacher_spec, self._teacher = teacher_spec, None  # only for codecs that encode with a teacher
         self.lm.eval()
+        # what generates speech/text tokens: `lm` itself, or its merged copy (see merge_for_inference)
+        self.infer_lm = self.lm
+        if merge:
+            self.merge_for_inference()
         if head is not None:
             head.eval()
 
+    def merge_for_inference(self) -> None:
+        """Generate with a plain copy of the backbone that has the LoRA adapter and the trained token rows
+        folded into its weights (the logits differ from the adapter's by float rounding only).
+
+        Why: peft's wrappers cost per step: every LoRA projection runs two extra matmuls, and the
+        trainable-token layer rebuilds the whole ~50k x 576 embedding (twice: tied input and output) on
+        every forward. Merged, SmolLM2-135M decodes ~2x faster. ``lm`` keeps the unmerged adapter so that
+        :meth:`chat` still gets the exact base model through ``disable_adapter`` (costs a second copy of
+        the weights: ~0.5 GB for SmolLM2-135M in fp32). No-op for models without an adapter."""
+        if not hasattr(self.lm, "merge_and_unload") or self.infer_lm is not self.lm:
+            return
+        import copy
+
+        merged = copy.deepcopy(self.lm).merge_and_unload().eval()
+        for p in merged.parameters():
+            p.requires_grad_(False)
+        self.infer_lm = merged
+
     @classmethod
     def from_pretrained(cls, path: str | Path = "default", device: str = "cpu", threads: int | None = None,
-                        backbone: str | None = None) -> SpeechPipeline:
+                        backbone: str | None = None, merge: bool = True) -> SpeechPipeline:
+        """Load a model dir. ``merge``: generate with the adapter merged into a copy of the backbone
+        (:meth:`merge_for_inference`, ~2x faster decoding); False keeps peft's wrappers (less memory)."""
         from adapters.backbones import extend_vocabulary, load_backbone
         from adapters.lora import load_adapter
         from codec.runtime import set_threads
@@ -165,7 +189,8 @@ class SpeechPipeline:
             voices[f.stem] = Voice(f.stem, CodecTokens.load(f), text)
         info = cpath / "training.json"
         spec = (json.loads(info.read_text()).get("teacher_spec") if info.exists() else None) or "whisper-base-ct2"
-        return cls(lm, bb.tokenizer, layout, codec, head, voices, Sampling(**cfg.get("sampling", {})), teacher_spec=spec)
+        return cls(lm, bb.tokenizer, layout, codec, head, voices, Sampling(**cfg.get("sampling", {})), teacher_spec=spec,
+                   merge=merge)
 
     # ---- basics ---------------------------------------------------------------------------------------------
     @property
@@ -260,7 +285,7 @@ class SpeechPipeline:
             wav = next(streamer).reshape(1, -1).float().cpu()
             return wav[:, round(wav.shape[-1] * (a - lo) / (b - lo)):]
 
-        for fr in generate_frames(self.lm, self.layout, prompt, self.head, sampling, max_frames, voice_vec, gen,
+        for fr in generate_frames(self.infer_lm, self.layout, prompt, self.head, sampling, max_frames, voice_vec, gen,
                                   min_frames):
             codes.append(fr.code)
             frames.append(fr.acoustic)
@@ -278,7 +303,7 @@ class SpeechPipeline:
         """The codec tokens :meth:`tts` would decode, one :class:`CodecTokens` per sentence (same seed, same tokens)."""
         out = []
         for prompt, s, max_frames, v, gen in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed):
-            fr = list(generate_frames(self.lm, self.layout, prompt, self.head, s, max_frames, self._voice_vec(v), gen))
+            fr = list(generate_frames(self.infer_lm, self.layout, prompt, self.head, s, max_frames, self._voice_vec(v), gen))
             out.append(self._tokens([f.code for f in fr], [f.acoustic for f in fr], v.tokens.global_ if v else None))
         return out
 
@@ -322,7 +347,7 @@ class SpeechPipeline:
         toks = self._encode_one(wav, sample_rate)
         prompt = asr_prompt(self.tokenizer, self.layout, toks.semantic[0, 0])
         vocab = self.lm.get_input_embeddings().weight.shape[0]
-        ids = generate_text(self.lm, prompt, self.layout.text_mask(vocab), {self.tokenizer.eos_token_id}, max_new_tokens)
+        ids = generate_text(self.infer_lm, prompt, self.layout.text_mask(vocab), {self.tokenizer.eos_token_id}, max_new_tokens)
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     @torch.no_grad()
