@@ -77,9 +77,24 @@ class CodecConfig:
     # squared distance, so this gives logit gaps of ~6-40 (dividing by teacher_dim instead left them
     # at ~0.3-1.6, a flat softmax whose loss never moved, and the semantic stream collapsed).
     anchor_temperature: float = 0.0
-    # STACodec: semantic pre-distillation head (conv, so it stays causal-capable) and its masking.
+    # STACodec: semantic pre-distillation (SPD) head, a pre-norm transformer over the pre-quantisation
+    # features at the semantic rate that predicts the teacher units (STACodec: 8 layers, width 768).
+    # At 12.5 Hz a head of 4 layers x 256 wide costs little next to the 50 Hz conv stacks, so the
+    # default codec stays far above real time on one CPU thread (DESIGN.md §8); the paper's size
+    # would multiply the encoder's cost for a head that only has to classify ~1000 units.
+    spd_layers: int = 4
+    spd_dim: int = 256
+    spd_heads: int = 4             # head width spd_dim / spd_heads = 64, rotary needs it even
+    spd_ff_ratio: int = 4          # feed-forward width = spd_ff_ratio * spd_dim (the usual 4x)
+    # Causal configs only: each SPD layer attends to itself and this many previous semantic frames.
+    # A bounded window keeps the receptive field finite (spd_layers * spd_context frames), so the
+    # chunked streamer recomputes a finite left context and still equals the offline pass; 8 frames
+    # = 0.64 s per layer at 12.5 Hz. Non-causal configs attend over the whole utterance (as STACodec).
+    spd_context: int = 8
+    spd_mask_prob: float = 0.5     # time/feature masking probability in training (STACodec: 0.5)
+    # Depth of the former convolutional SPD head; unused, kept so older config files still parse
+    # (checkpoints with that head are refused at load with a clear message).
     spd_blocks: int = 3
-    spd_mask_prob: float = 0.5
     sta_ema_decay: float = 0.99
     commitment_weight: float = 0.25
     loss_weights: dict[str, float] = field(default_factory=_default_loss_weights)
@@ -101,6 +116,15 @@ class CodecConfig:
             self.acoustic_codebook_size = self.semantic_codebook_size
         if self.n_acoustic_codebooks == 0:
             self.acoustic_codebook_size = 0
+        if self.variant == "stacodec":
+            if self.spd_layers < 1 or self.spd_heads < 1 or self.spd_dim % self.spd_heads \
+                    or (self.spd_dim // self.spd_heads) % 2:
+                raise ValueError("the SPD head needs spd_layers >= 1 and spd_dim divisible by spd_heads into "
+                                 f"even head widths (rotary), got spd_layers={self.spd_layers}, "
+                                 f"spd_dim={self.spd_dim}, spd_heads={self.spd_heads}")
+            if self.causal and self.spd_context < 1:
+                raise ValueError("a causal stacodec needs spd_context >= 1 (a bounded attention window keeps "
+                                 f"it streamable), got {self.spd_context}")
 
     # ---- derived quantities -------------------------------------------------------------------
     @property
@@ -181,6 +205,7 @@ class CodecConfig:
             dim=32, mlp_ratio=2, n_mels=24, encoder_blocks=1, encoder_low_blocks=1, decoder_blocks=1,
             teacher_dim=16, semantic_codebook_size=16, vae_dim=8, global_dim=8, text_dim=16,
             text_layers=1, text_vocab_size=40, spd_blocks=2, global_crop_s=0.5,
+            spd_layers=2, spd_dim=32, spd_heads=2, spd_ff_ratio=2, spd_context=4,
         )
         if variant == "secousticodec":
             base["fsq_levels"] = [3, 3, 3]

@@ -56,6 +56,10 @@ def load_pretrained(cls: type[DualStreamCodec], directory: str | Path, map_locat
         raise ValueError(f"{d} holds a {cfg.variant!r} codec, expected {variant!r}")
     model = cls(cfg)
     state = load_file(str(d / WEIGHTS_NAME), device=map_location)
+    if cfg.variant == "stacodec" and any(k.startswith("bottleneck.spd.blocks.") for k in state):
+        raise ValueError(f"{d}: this stacodec checkpoint has the former convolutional SPD head; the SPD head is "
+                         "now a transformer (spd_layers, spd_dim, spd_heads), so these weights cannot be "
+                         "loaded: retrain the codec (slm codec train --config configs/codec_train/stacodec.yaml)")
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     bad = [f"{k}: saved {list(state[k].shape)} vs model {list(own[k].shape)}"

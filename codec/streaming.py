@@ -34,8 +34,8 @@ def encoder_context_tokens(model: DualStreamCodec) -> int:
     s, k1 = c.semantic_stride, c.kernel_size - 1
     frames = (c.n_fft // c.hop_length - 1) + k1 * (1 + c.encoder_blocks) + (s - 1) + k1 * s * c.encoder_low_blocks
     frames += 2  # sacodec's residual activation conv (kernel 3)
-    if c.variant == "stacodec":
-        frames += k1 * s * c.spd_blocks
+    if c.variant == "stacodec":  # SPD transformer: each layer looks back spd_context semantic frames
+        frames += s * c.spd_layers * c.spd_context
     return math.ceil(frames / s) + 1
 
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from codec.config import CodecConfig
 from codec.contracts import CodecTokens
-from codec.modules.blocks import Downsample, EncoderOutput, PadConv1d, Upsample, conv_stack
+from codec.modules.blocks import Downsample, EncoderOutput, PadConv1d, Upsample
 from codec.modules.teacher import TeacherBatch, features_at, units_at
 from codec.quantizers import (
     AssignableRVQ,
@@ -139,15 +139,58 @@ class SACodecBottleneck(nn.Module):
         return s + self.ac_up(self.ac_out(self.vq.decode(tokens.acoustic)))
 
 
+def _rotary(x: Tensor) -> Tensor:
+    """Rotary position embedding of ``x [B, H, T, Dh]`` (positions 0..T-1, half-split pairs).
+
+    Angles in float64 so large positions keep their precision; scores then depend only on the
+    offset between two frames, which is what lets a streaming window (starting anywhere) match."""
+    t, dh = x.shape[-2], x.shape[-1]
+    inv = 10000.0 ** (-torch.arange(0, dh, 2, dtype=torch.float64, device=x.device) / dh)
+    ang = torch.arange(t, dtype=torch.float64, device=x.device)[:, None] * inv  # [T, Dh/2]
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., : dh // 2], x[..., dh // 2 :]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+
+class SPDLayer(nn.Module):
+    """Pre-norm transformer layer ``[B, T, D] -> [B, T, D]`` with rotary positions.
+
+    Hand-written rather than ``nn.TransformerEncoderLayer`` because that layer has no hook for
+    rotary embeddings, and relative (rotary) positions are what keep a causal head streamable: the
+    chunked streamer runs it on a window that starts at a different absolute frame than the offline
+    pass, and absolute (learned/sinusoidal) positions would change its output there."""
+
+    def __init__(self, dim: int, heads: int, ff_ratio: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_ratio * dim), nn.GELU(), nn.Linear(ff_ratio * dim, dim))
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(_rotary(q), _rotary(k), v, attn_mask=mask)  # [B, H, T, Dh]
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.ff(self.norm2(x))
+
+
 class SPDHead(nn.Module):
-    """STACodec's semantic pre-distillation head: predicts teacher units from pre-quantisation
-    features, with time/feature masking (p=0.5) in training, so inference needs no teacher."""
+    """STACodec's semantic pre-distillation head: a transformer that predicts teacher units from the
+    pre-quantisation features, with time/feature masking (p=0.5) in training, so inference needs no
+    teacher. Causal configs attend only to the last ``spd_context`` frames (streamable)."""
 
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
         self.p = cfg.spd_mask_prob
-        self.blocks = conv_stack(cfg, cfg.spd_blocks)
-        self.out = nn.Linear(cfg.dim, cfg.semantic_codebook_size)
+        self.causal, self.context = cfg.causal, cfg.spd_context
+        self.inp = nn.Linear(cfg.dim, cfg.spd_dim)
+        self.layers = nn.ModuleList(SPDLayer(cfg.spd_dim, cfg.spd_heads, cfg.spd_ff_ratio)
+                                    for _ in range(cfg.spd_layers))
+        self.norm = nn.LayerNorm(cfg.spd_dim)
+        self.out = nn.Linear(cfg.spd_dim, cfg.semantic_codebook_size)
 
     def _mask(self, h: Tensor) -> Tensor:
         b, d, t = h.shape
@@ -163,11 +206,31 @@ class SPDHead(nn.Module):
                 keep[i, s : s + w] = 0
         return h * keep
 
-    def forward(self, h: Tensor) -> Tensor:
-        """``h [B, D, Ts]`` -> logits ``[B, K, Ts]``."""
+    def attention_mask(self, t: int, lengths: Tensor | None, device: torch.device) -> Tensor | None:
+        """Boolean ``[B|1, 1, T, T]`` (True = may attend), or None for full attention.
+
+        Causal: frame i sees frames i - spd_context .. i (right padding is never seen, so ``lengths``
+        is not needed). Non-causal with ``lengths`` (valid frames per item of a zero-padded batch):
+        keys beyond an item's length are hidden, so its padding changes nothing in its valid frames;
+        every row keeps at least one key (no NaN rows)."""
+        if self.causal:
+            i = torch.arange(t, device=device)
+            off = i[:, None] - i[None, :]
+            return ((off >= 0) & (off <= self.context))[None, None]
+        if lengths is None:
+            return None
+        valid = torch.arange(t, device=device)[None] < lengths.to(device)[:, None].clamp(min=1)  # [B, T]
+        return valid[:, None, None, :]
+
+    def forward(self, h: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``h [B, D, Ts]`` (+ optional valid frames ``[B]``) -> logits ``[B, K, Ts]``."""
         if self.training and self.p > 0:
             h = self._mask(h)
-        return _t(self.out(_t(self.blocks(h))))
+        mask = self.attention_mask(h.shape[-1], lengths, h.device)
+        x = self.inp(_t(h))
+        for layer in self.layers:
+            x = layer(x, mask)
+        return _t(self.out(self.norm(x)))
 
 
 class RVQBottleneck(nn.Module):
@@ -189,13 +252,16 @@ class RVQBottleneck(nn.Module):
             self.distill_head = nn.Linear(cfg.dim, cfg.teacher_dim)
         self.up = _up(cfg, cfg.semantic_stride)
 
-    def forward(self, enc: EncoderOutput, teacher: TeacherBatch | None, text: list[str] | None) -> BottleneckOut:
+    def forward(self, enc: EncoderOutput, teacher: TeacherBatch | None, text: list[str] | None,
+                lengths: Tensor | None = None) -> BottleneckOut:
+        """``lengths``: valid semantic frames per item of a zero-padded batch; only the stacodec SPD
+        head reads it (its attention must not see the padding); the conv paths have no use for it."""
         h = enc.low
         b, _, ts = h.shape
         losses: dict[str, Tensor] = {}
         extras: dict[str, Tensor] = {}
         if self.cfg.variant == "stacodec":
-            logits = self.spd(h)
+            logits = self.spd(h, lengths)
             units = units_at(teacher, ts, self.cfg.semantic_codebook_size, b)
             if units is not None:
                 losses["semantic/spd_ce"] = F.cross_entropy(logits, units)
