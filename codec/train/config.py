@@ -52,6 +52,15 @@ class CodecTrainConfig:
     mixed_precision: str = "no"  # "bf16" halves step time on CPUs with AMX (DESIGN.md §8)
     seed: int = 0
     export_fp16: bool = True
+    # SecoustiCodec's "acoustic-constrained multi-stage optimisation" (arXiv 2508.02849 gives no stage
+    # details; our reading is documented in codec/modules/secousti.py). Steps [0, semantic_stage_step):
+    # acoustic stage (the decoder reads the continuous acoustic embedding, the token path learns to
+    # predict it, no text alignment); then the semantic stage (tokens + alignment, acoustic encoder and
+    # decoder frozen when semantic_stage_freeze); from joint_stage_step (0 = never) all trains.
+    # 0 = one stage from the first step (every other variant; the behaviour before stages existed).
+    semantic_stage_step: int = 0
+    joint_stage_step: int = 0
+    semantic_stage_freeze: bool = True
     # Trainer-side loss weights ("recon/*", "adv/*"); model-side ones come from the model config and
     # can be overridden here by name.
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -66,6 +75,11 @@ class CodecTrainConfig:
         if self.batch_size < 1 or self.steps < 1 or self.segment_seconds <= 0:
             raise ValueError("batch_size and steps must be >= 1 and segment_seconds > 0, got "
                              f"{self.batch_size}, {self.steps}, {self.segment_seconds}")
+        if self.semantic_stage_step < 0 or self.joint_stage_step < 0 or (
+                self.joint_stage_step and self.joint_stage_step <= self.semantic_stage_step):
+            raise ValueError("stage steps must be >= 0 with joint_stage_step after semantic_stage_step (or 0), "
+                             f"got semantic_stage_step={self.semantic_stage_step}, "
+                             f"joint_stage_step={self.joint_stage_step}")
         if isinstance(self.recon, dict):
             self.recon = _build(ReconstructionLossConfig, self.recon, "recon")
         if isinstance(self.discriminator, dict):

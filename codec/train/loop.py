@@ -32,6 +32,7 @@ from codec.losses import (
     generator_adv_loss,
     weighted_sum,
 )
+from codec.modules.secousti import apply_training_stage
 from codec.train.batches import StepBatches, collate_codec_batch, crop_hop, read_rows
 from codec.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from codec.train.config import CodecTrainConfig
@@ -183,6 +184,8 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
     disc.train()
     stopped_early = False
     for batch in loader:
+        # secousticodec's multi-stage schedule (a function of the step); no-op when both stage steps are 0
+        apply_training_stage(gen, step, cfg.semantic_stage_step, cfg.joint_stage_step, cfg.semantic_stage_freeze)
         wav = batch.wav.to(accelerator.device)
         teacher = batch.teacher
         if teacher is not None:
