@@ -112,3 +112,69 @@ def test_config_errors(corpus, tmp_path):
         CodecTrainConfig.from_dict({"stepz": 3})
     with pytest.raises(ValueError, match="teacher_units"):
         train(cfg_for(corpus, tmp_path / "x", "stacodec", teacher_units=None), progress=False)
+
+
+# ---- secousticodec: word-timed alignment in training, the multi-stage schedule ----------------------
+
+def _log(run):
+    return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_secousticodec_word_timed_training_lowers_loss(tmp_path):
+    one = make_corpus(tmp_path / "one", n=4, seconds=(0.5,))  # rows carry word times
+    r = train(cfg_for(one, tmp_path / "run", "secousticodec", steps=12, warmup_adv_steps=100, ckpt_every=100,
+                      lr=3e-3), progress=False)
+    log = _log(tmp_path / "run")
+    assert all(x["align/timed_items"] == 1.0 for x in log)  # every crop aligned by its word times
+    for key in ("mel/l1", "align/contrastive"):
+        first, last = log[0][key], np.mean([x[key] for x in log[-3:]])
+        assert last < first * 0.95, (key, first, last)
+    assert r.step == 12
+
+
+def test_secousticodec_untimed_rows_fall_back_to_even_spread(tmp_path):
+    c = make_corpus(tmp_path / "c", n=4)
+    rows = [json.loads(x) for x in (c / "manifest.jsonl").read_text().splitlines()]
+    (c / "manifest.jsonl").write_text("".join(json.dumps({**r, "words": []}) + "\n" for r in rows))
+    r = train(cfg_for(c, tmp_path / "run", "secousticodec", steps=2, warmup_adv_steps=100), progress=False)
+    assert all(x["align/timed_items"] == 0.0 for x in _log(tmp_path / "run")) and r.step == 2
+    assert np.isfinite(r.losses["align/contrastive"])
+
+
+def _acoustic_keys(state):
+    return [k for k in state if k.startswith(("decoder.", "encoder.inp.", "encoder.blocks."))]
+
+
+def test_secousticodec_stages_switch_paths_and_freeze_the_acoustic_side(corpus, tmp_path):
+    run = tmp_path / "st"
+    train(cfg_for(corpus, run, "secousticodec", steps=6, warmup_adv_steps=1, ckpt_every=2, keep_last=3,
+                  semantic_stage_step=2, joint_stage_step=4), progress=False)
+    log = _log(run)
+    assert [x["train/stage"] for x in log] == [1, 1, 2, 2, 3, 3]  # acoustic, semantic, joint
+    assert ["align/contrastive" in x for x in log] == [False, False, True, True, True, True]
+    assert all("acoustic/constraint" in x for x in log)
+    s2, s4, s6 = (load_file(str(p / "model.safetensors")) for p in list_checkpoints(run))
+    frozen = _acoustic_keys(s2)
+    assert frozen and all(torch.equal(s2[k], s4[k]) for k in frozen)  # semantic stage: acoustic side frozen
+    assert not all(torch.equal(s4[k], s6[k]) for k in frozen)  # joint stage: it trains again
+    assert not torch.equal(s2["bottleneck.vae.weight"], s4["bottleneck.vae.weight"])
+    with pytest.raises(ValueError, match="joint_stage_step"):
+        CodecTrainConfig.from_dict({"semantic_stage_step": 4, "joint_stage_step": 2})
+    with pytest.raises(ValueError, match="secousticodec's training stages"):
+        train(cfg_for(corpus, tmp_path / "rvq", "rvq", steps=1, semantic_stage_step=1), progress=False)
+
+
+def test_exact_resume_across_secousticodec_stage_boundaries(corpus, tmp_path):
+    kw = {"warmup_adv_steps": 1, "semantic_stage_step": 2, "joint_stage_step": 3}
+    a = train(cfg_for(corpus, tmp_path / "a", "secousticodec", steps=4, **kw), progress=False)
+    train(cfg_for(corpus, tmp_path / "b", "secousticodec", steps=1, **kw), progress=False)  # stopped in stage 1
+    b = train(cfg_for(corpus, tmp_path / "b", "secousticodec", steps=4, **kw), resume=True, progress=False)
+    assert a.step == b.step == 4
+    log_b = _log(tmp_path / "b")
+    assert [x["step"] for x in log_b] == [1, 2, 3, 4] and [x["train/stage"] for x in log_b] == [1, 1, 2, 3]
+    sa, sb = _state(tmp_path / "a"), _state(tmp_path / "b")
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    ea, eb = load_file(str(a.export_dir / "model.safetensors")), load_file(str(b.export_dir / "model.safetensors"))
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
