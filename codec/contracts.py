@@ -28,8 +28,11 @@ class CodecTokens:
     acoustic: ``[B, Ka, Ta]`` int64 codes, ``Ta == r * Ts``; ``Ka`` may be 0 (then ``[B, 0, Ta]``).
     global_:  optional utterance-level conditioning (SecoustiCodec's paralinguistic stream):
               ``[B, D]`` float vector or ``[B, G]`` int64 global tokens.
-    lengths:  optional ``[B]`` int64 number of valid *semantic* frames per item (the acoustic
-              stream has ``r`` times as many); ``None`` means every frame is valid.
+    lengths:  optional ``[B]`` int64 number of valid *semantic frames* per item (unit: semantic
+              frames, not samples; the acoustic stream has ``r`` times as many valid frames, the
+              audio ``lengths * semantic_hop`` samples). Frames past an item's length are padding of
+              a zero-padded batch. ``DualStreamCodec.encode`` always fills it (``Ts`` for every item
+              unless given per-item sample lengths); ``None`` means every frame is valid.
     """
 
     semantic: Tensor
@@ -46,6 +49,13 @@ class CodecTokens:
             raise ValueError(
                 f"batch mismatch: semantic has B={self.semantic.shape[0]}, acoustic B={self.acoustic.shape[0]}"
             )
+        if self.lengths is not None:
+            b, ts = self.semantic.shape[0], self.semantic.shape[-1]
+            if self.lengths.shape != (b,) or self.lengths.is_floating_point() or self.lengths.is_complex():
+                raise ValueError(f"lengths must be [B] = [{b}] integer semantic frame counts, got "
+                                 f"{self.lengths.dtype} of shape {tuple(self.lengths.shape)}")
+            if b and (int(self.lengths.min()) < 0 or int(self.lengths.max()) > ts):
+                raise ValueError(f"lengths must lie in 0..Ts = 0..{ts} semantic frames, got {self.lengths.tolist()}")
 
     @property
     def batch_size(self) -> int:

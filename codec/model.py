@@ -145,14 +145,34 @@ class DualStreamCodec(nn.Module):
         return F.pad(wav, (0, padded - n)).to(param.device), n
 
     def _bottleneck(self, wav: Tensor, teacher: TeacherBatch | None, text: list[str] | None,
-                    global_: Tensor | None = None):
+                    global_: Tensor | None = None, frames: Tensor | None = None):
         enc = self.encoder(wav)
         if isinstance(self.bottleneck, SecoustiBottleneck):
+            if frames is not None and global_ is None:  # each voice from its own frames, not the padding
+                s = self.config.semantic_stride
+                global_ = torch.cat([self.bottleneck.global_from_mel(enc.mel[i : i + 1, :, : int(f) * s])
+                                     for i, f in enumerate(frames)])
             return enc, self.bottleneck(enc, teacher, text, global_=global_)
         if text is not None:
             raise ValueError(f"text alignment is a secousticodec feature; the {self.config.variant!r} codec "
                              "takes no text")
+        if frames is not None and self.config.variant == "stacodec":  # SPD attention skips the padding
+            return enc, self.bottleneck(enc, teacher, text, lengths=frames)
         return enc, self.bottleneck(enc, teacher, text)
+
+    def _frames_of(self, lengths: Tensor | list[int], batch: int, n: int) -> Tensor:
+        """Validate per-item sample lengths ``[B]`` of a zero-padded batch of ``n`` samples and return
+        the valid semantic frames per item, ``ceil(length / semantic_hop)`` (int64 ``[B]``)."""
+        lengths = torch.as_tensor(lengths).cpu()
+        if lengths.dim() != 1 or lengths.shape[0] != batch:
+            raise ValueError(f"lengths must be [B] = [{batch}] sample counts, got shape {tuple(lengths.shape)}")
+        if lengths.is_floating_point() and not torch.equal(lengths, lengths.round()):
+            raise ValueError(f"lengths must be whole sample counts, got {lengths.tolist()}")
+        lengths = lengths.long()
+        if int(lengths.min()) < 1 or int(lengths.max()) > n:
+            raise ValueError(f"lengths must lie in 1..{n} (the batch has {n} samples per item), got "
+                             f"{lengths.tolist()}")
+        return (lengths + self.semantic_hop - 1) // self.semantic_hop
 
     def forward(self, wav: Tensor, teacher: TeacherBatch | None = None, text: list[str] | None = None,
                 sample_rate: int | None = None) -> CodecOutput:
@@ -164,15 +184,26 @@ class DualStreamCodec(nn.Module):
         return CodecOutput(wav_hat=wav_hat, tokens=tokens, losses=b.losses, extras=b.extras)
 
     @torch.no_grad()
-    def encode(self, wav: Tensor, teacher: TeacherBatch | None = None, sample_rate: int | None = None) -> CodecTokens:
-        """``wav [B, 1, N]`` (or ``[N]``, ``[1, N]``) -> :class:`CodecTokens` with ``Ts = ceil(N / semantic_hop)``."""
+    def encode(self, wav: Tensor, teacher: TeacherBatch | None = None, sample_rate: int | None = None,
+               lengths: Tensor | list[int] | None = None) -> CodecTokens:
+        """``wav [B, 1, N]`` (or ``[N]``, ``[1, N]``) -> :class:`CodecTokens` with ``Ts = ceil(N / semantic_hop)``.
+
+        ``lengths [B]``: valid samples per item of a zero-padded batch. The tokens' ``lengths`` are then
+        ``ceil(length / semantic_hop)`` semantic frames per item (all ``Ts`` without it); frames past an
+        item's length are padding. A causal codec gives each item exactly the codes it gets alone; a
+        non-causal one can differ in the last frames before the padding (its convs see the zeros
+        there; stacodec's SPD attention does not). secousticodec pools each voice from its own frames.
+        """
         if self.needs_teacher_at_encode and (teacher is None or teacher.units is None):
             raise ValueError("the 'sac' codec encodes with its teacher: encode(wav, teacher=TeacherBatch(units=...)) "
                              "with the teacher's k-means units [B, Ts] at the semantic rate "
                              f"({self.semantic_rate} Hz)")
-        x, _ = self._prepare(wav, sample_rate)
-        _, b = self._bottleneck(x, teacher, None)
-        return CodecTokens(semantic=b.semantic, acoustic=b.acoustic, global_=b.global_)
+        x, n = self._prepare(wav, sample_rate)
+        frames = None if lengths is None else self._frames_of(lengths, x.shape[0], n)
+        _, b = self._bottleneck(x, teacher, None, frames=None if frames is None else frames.to(x.device))
+        if frames is None:
+            frames = torch.full((x.shape[0],), b.semantic.shape[-1], dtype=torch.long)
+        return CodecTokens(semantic=b.semantic, acoustic=b.acoustic, global_=b.global_, lengths=frames.to(x.device))
 
     def _check_tokens(self, tokens: CodecTokens) -> None:
         c = self.config
@@ -192,10 +223,18 @@ class DualStreamCodec(nn.Module):
 
     @torch.no_grad()
     def decode(self, tokens: CodecTokens) -> Tensor:
-        """:class:`CodecTokens` -> ``wav [B, 1, Ts * semantic_hop]``."""
+        """:class:`CodecTokens` -> ``wav [B, 1, Ts * semantic_hop]``.
+
+        With ``tokens.lengths``, item i's audio is zero past ``lengths[i] * semantic_hop`` samples and
+        the batch is trimmed to the longest item (``max(lengths) * semantic_hop`` samples)."""
         self._check_tokens(tokens)
         tokens = tokens.to(next(self.parameters()).device)
-        return self.decoder(self.bottleneck.decode_latent(tokens))
+        wav = self.decoder(self.bottleneck.decode_latent(tokens))
+        if tokens.lengths is None:
+            return wav
+        n = tokens.lengths.long() * self.semantic_hop  # [B] valid samples
+        wav = wav[..., : int(n.max())]
+        return wav * (torch.arange(wav.shape[-1], device=wav.device)[None, None] < n[:, None, None])
 
     # ---- streaming and persistence live in their own modules -------------------------------------
     def stream_encode(self, chunks: Iterator[Tensor], reference: Tensor | None = None) -> Iterator[CodecTokens]:

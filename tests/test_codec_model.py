@@ -274,3 +274,72 @@ def test_sacodec_anchoring_follows_teacher_units():
     assert float(out.extras["anchor/accuracy"]) > 0.9
     assert float((codes == units).float().mean()) > 0.9
     assert codes.unique().numel() >= 0.9 * units.unique().numel()
+
+
+def test_spd_transformer_learns_units_from_content():
+    """The SPD head is a transformer: with positions it could memorise one fixed batch, so it is
+    trained on a few tone batches and must predict the units of a batch it never saw (chance 1/8)."""
+    from tests.test_codec_model_semantic import tone_batch
+
+    torch.manual_seed(0)
+    m = make("stacodec", semantic_codebook_size=8, acoustic_codebook_size=8)
+    assert isinstance(m.bottleneck.spd.layers[0], torch.nn.Module) and len(m.bottleneck.spd.layers) == 2
+    held_wav, held_units = tone_batch(m.semantic_hop, 8, 12, 4, seed=7)
+    m.eval()
+    assert (m.encode(held_wav).semantic[:, 0] == held_units).float().mean() < 0.4
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    m.train()
+    for i in range(60):
+        wav, units = tone_batch(m.semantic_hop, 8, 12, 4, seed=100 + i % 6)
+        loss = m(wav, TeacherBatch(units=units)).losses["semantic/spd_ce"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    assert (m.encode(held_wav).semantic[:, 0] == held_units).float().mean() > 0.9
+
+
+def test_streaming_equals_offline_causal_stacodec():
+    """A causal stacodec streams: the SPD attention looks back a bounded window with relative
+    (rotary) positions, so chunked encoding gives the offline codes; future audio changes nothing."""
+    m = make("stacodec", causal=True, spd_context=10).eval()  # SPD reach (2 x 10) > the convs' (12)
+    wav = torch.randn(1, 1, 40000) * 0.1
+    tok = m.encode(wav)
+    st = list(m.stream_encode(iter(torch.split(wav, [3000, 1280, 77, 20000, 15643], -1))))
+    assert torch.equal(torch.cat([s.semantic for s in st], -1), tok.semantic)
+    assert torch.equal(torch.cat([s.acoustic for s in st], -1), tok.acoustic)
+    changed = wav.clone()
+    changed[..., 30000:] = torch.randn(1, 1, 10000)
+    n = 30000 // m.semantic_hop
+    assert torch.equal(m.encode(changed).semantic[..., :n], tok.semantic[..., :n])
+    c = m.config.spd_context
+    mask = m.bottleneck.spd.attention_mask(c + 3, None, torch.device("cpu"))[0, 0]
+    assert mask.tril().equal(mask) and not mask[c + 2, 1] and mask[c + 2, 2] and mask[c + 2, c + 2]
+    # The head on a window that starts later gives the offline logits once past its reach (relative
+    # positions, bounded look-back), and the streamer's recomputed context covers that reach.
+    from codec.streaming import encoder_context_tokens
+
+    reach = m.config.spd_layers * c
+    h = torch.randn(1, m.config.dim, 3 * reach)
+    full, win = m.bottleneck.spd(h), m.bottleneck.spd(h[..., 7:])
+    assert torch.allclose(win[..., reach:], full[..., 7 + reach :], atol=1e-5)
+    assert not torch.allclose(win[..., :reach], full[..., 7 : 7 + reach], atol=1e-3)
+    assert encoder_context_tokens(m) > reach
+
+
+def test_spd_config_and_old_checkpoint_errors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    with pytest.raises(ValueError, match="spd_heads"):
+        CodecConfig(variant="stacodec", spd_dim=250, spd_heads=4)
+    with pytest.raises(ValueError, match="spd_context"):
+        CodecConfig(variant="stacodec", causal=True, spd_context=0)
+    CodecConfig(variant="rvq", spd_dim=250)  # only the stacodec path reads the SPD fields
+    m = make("stacodec")
+    m.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state = {k: v for k, v in state.items() if not k.startswith("bottleneck.spd.")}
+    state["bottleneck.spd.blocks.0.dw.weight"] = torch.zeros(32, 1, 7)  # the former conv head
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format_version": "1"})
+    with pytest.raises(ValueError, match="former convolutional SPD head"):
+        DualStreamCodec.from_pretrained(tmp_path)
