@@ -123,7 +123,28 @@ class AcousticHead(nn.Module):
     @torch.no_grad()
     def generate(self, h: Tensor, sem: Tensor, voice: Tensor | None = None, temperature: float = 0.8,
                  top_k: int = 50, generator: torch.Generator | None = None) -> Tensor:
-        """Sample a frame's codes: h ``[N, D]``, sem ``[N]`` -> ``[N, L]`` (greedy when temperature <= 0)."""
+        """Sample a frame's codes: h ``[N, D]``, sem ``[N]`` -> ``[N, L]`` (greedy when temperature <= 0).
+
+        Same inputs as the teacher-forced pass (:meth:`_inputs`), built incrementally: the conditioning
+        row once per frame, one code embedding per step, and the output projection (``dim`` x codebook,
+        the biggest matmul here) for the last position only."""
+        N, L = h.shape[0], self.cfg.frame_len
+        x0 = self.in_proj(h) + self.sem_emb(sem)
+        if voice is not None:
+            x0 = x0 + voice
+        x = (x0 + self.pos_emb[0])[:, None]  # [N, 1, dim]
+        codes = torch.empty(N, L, dtype=torch.long, device=h.device)
+        for i in range(L):
+            T = i + 1
+            y = self.blocks(x, mask=self.causal[:T, :T], is_causal=True)[:, -1]
+            codes[:, i] = sample(self.out(self.norm(y)).float(), temperature, top_k, 1.0, generator)
+            if T < L:
+                x = torch.cat([x, (self.code_emb(codes[:, i]) + self.pos_emb[T])[:, None]], dim=1)
+        return codes
+
+    def _generate_reference(self, h: Tensor, sem: Tensor, voice: Tensor | None = None, temperature: float = 0.8,
+                            top_k: int = 50, generator: torch.Generator | None = None) -> Tensor:
+        """The plain form of :meth:`generate` (whole prefix through :meth:`_run` every step); kept for tests."""
         N, L = h.shape[0], self.cfg.frame_len
         codes = torch.zeros(N, 0, dtype=torch.long, device=h.device)
         for _ in range(L):

@@ -165,3 +165,23 @@ def test_batch_audio_rejected_and_seeds(pipe):
     torch.manual_seed(11)
     torch.randint(0, 2**62, ())
     assert torch.equal(after, torch.rand(3))
+
+
+def test_merged_for_inference(trained, pipe):
+    """Generation runs on a plain merged copy; its logits equal the adapter's; `lm` keeps the adapter
+    (and its exact base model through disable_adapter, see test_dialogue_uses_base_model)."""
+    assert pipe.infer_lm is not pipe.lm and not hasattr(pipe.infer_lm, "peft_config")
+    assert not any(p.requires_grad for p in pipe.infer_lm.parameters())
+    lay = pipe.layout
+    ids = torch.tensor([lay.special_id("tts"), 5, 6, 7, lay.audio_start, lay.semantic_offset + 3, lay.semantic_offset + 9])
+    torch.testing.assert_close(_logits(pipe.infer_lm, ids), _logits(pipe.lm, ids), atol=1e-4, rtol=1e-4)
+    # the adapter's own model is untouched by merging (still wrapped, still different from its base)
+    with pipe.lm.disable_adapter():
+        base = _logits(pipe.lm, ids)
+    assert not torch.allclose(base, _logits(pipe.infer_lm, ids), atol=1e-4)
+    plain = SpeechPipeline.from_pretrained(trained[1], merge=False)
+    assert plain.infer_lm is plain.lm
+    # same seed, same tokens, merged or not (the tiny model's logits are far from ties)
+    a = [t.semantic for t in pipe.tts_tokens("hello world", seed=2, max_seconds=1.0)]
+    b = [t.semantic for t in plain.tts_tokens("hello world", seed=2, max_seconds=1.0)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))

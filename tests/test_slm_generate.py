@@ -1,0 +1,106 @@
+"""Decoding loop details (slm.generate, AcousticHead.generate): the fast paths compute what the plain
+ones compute."""
+import pytest
+import torch
+
+from slm.acoustic_head import AcousticHead, AcousticHeadConfig, sample
+from slm.generate import Decoder, Sampling, _output_rows, _pick, _positions, generate_frames, generate_text
+from slm.layout import TokenLayout
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return TokenLayout(base_vocab=500, n_semantic=64)
+
+
+def _full(model, ids):
+    with torch.no_grad():
+        out = model(input_ids=ids[None], output_hidden_states=True)
+    return out.logits[0, -1], out.hidden_states[-1][0, -1]
+
+
+def test_allowed_rows_logits_equal_full_projection(lm, layout):
+    allowed = layout.audio_mask(600).nonzero().flatten()
+    assert _output_rows(lm, allowed) is not None  # the small-set path is taken for a plain model
+    assert _output_rows(lm, torch.arange(590)) is None  # big sets use the full projection
+    prompt = torch.tensor([1, 2, 3, layout.audio_start])
+    dec = Decoder(lm, prompt, allowed)
+    logits, hidden = _full(lm, prompt)
+    assert dec.logits.shape == (allowed.numel(),)
+    torch.testing.assert_close(dec.logits, logits[allowed], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dec.hidden, hidden, atol=1e-6, rtol=1e-6)
+    dec.push(int(allowed[3]))  # and with the cache
+    logits, hidden = _full(lm, torch.cat([prompt, allowed[3:4]]))
+    torch.testing.assert_close(dec.logits, logits[allowed], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dec.hidden, hidden, atol=1e-6, rtol=1e-6)
+
+
+def _reference_pick(logits, allowed, s, recent, gen):
+    """The loop's original form: penalise over the whole vocabulary, then gather the allowed ids."""
+    logits = logits.clone()
+    window = recent[-s.repetition_window:]
+    if s.repetition_penalty != 1.0 and window:
+        idx = torch.tensor(sorted(set(window)))
+        v = logits[idx]
+        logits[idx] = torch.where(v > 0, v / s.repetition_penalty, v * s.repetition_penalty)
+    return int(allowed[int(sample(logits[allowed][None], s.temperature, s.top_k, s.top_p, gen)[0])])
+
+
+def test_pick_with_penalty_matches_full_vocabulary_reference():
+    torch.manual_seed(1)
+    full = torch.randn(600) * 3
+    allowed = torch.arange(500, 570)
+    pos = _positions(allowed, 600)
+    s = Sampling(temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.8)
+    recent = [501, 503, 503, 7, 560, 12]  # includes ids outside `allowed`
+    for seed in range(30):
+        a = _pick(full[allowed], allowed, pos, s, recent, torch.Generator().manual_seed(seed))
+        b = _reference_pick(full, allowed, s, recent, torch.Generator().manual_seed(seed))
+        assert a == b
+    # a subset of `allowed` (no <|audio_end|> before min_frames) equals sampling among those ids only
+    subset = torch.arange(0, 70, 2)
+    for seed in range(10):
+        a = _pick(full[allowed], allowed, pos, s, recent, torch.Generator().manual_seed(seed), subset)
+        b = _reference_pick(full, allowed[subset], s, recent, torch.Generator().manual_seed(seed))
+        assert a == b and a in allowed[subset].tolist()
+
+
+def test_generate_frames_fast_path_equals_full_path(lm, layout, monkeypatch):
+    import slm.generate as G
+
+    prompt = torch.tensor([1, 2, 3, layout.audio_start])
+    s = Sampling(temperature=1.0, top_k=10, top_p=0.95, repetition_penalty=1.3)
+    fast = [f.code for f in generate_frames(lm, layout, prompt, None, s, 12, generator=torch.Generator().manual_seed(4),
+                                            min_frames=5)]
+    monkeypatch.setattr(G, "_output_rows", lambda model, allowed: None)
+    plain = [f.code for f in generate_frames(lm, layout, prompt, None, s, 12, generator=torch.Generator().manual_seed(4),
+                                             min_frames=5)]
+    assert fast == plain and len(fast) >= 5 and all(0 <= c < layout.n_semantic for c in fast)
+    # text decoding is unchanged too (greedy): equals transformers' own greedy generate
+    ids = generate_text(lm, prompt[:3], torch.ones(600, dtype=torch.bool), set(), 8)
+    with torch.no_grad():
+        ref = lm.generate(prompt[None, :3], max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert ids == ref[0, 3:].tolist()
+
+
+def test_head_generate_equals_reference():
+    torch.manual_seed(0)
+    head = AcousticHead(AcousticHeadConfig(backbone_dim=24, n_semantic=16, codebook_size=40, n_codebooks=2, ratio=3,
+                                           dim=32, n_layers=2, n_heads=4)).eval()
+    h, sem, voice = torch.randn(3, 24), torch.tensor([1, 5, 9]), torch.randn(3, 32)
+    for seed in range(5):
+        for v in (None, voice):
+            a = head.generate(h, sem, v, 0.9, 8, torch.Generator().manual_seed(seed))
+            b = head._generate_reference(h, sem, v, 0.9, 8, torch.Generator().manual_seed(seed))
+            assert a.shape == (3, 6) and torch.equal(a, b)
+    assert torch.equal(head.generate(h, sem, None, 0.0), head._generate_reference(h, sem, None, 0.0))
