@@ -22,7 +22,7 @@ TEXT = ("The quick brown fox jumps over the lazy dog, and then it runs across th
         "towards the station where seven ships wait for the morning tide.")
 
 
-def machine(threads: int) -> dict:
+def machine(threads: int, dtype: str = "float32") -> dict:
     import torch
 
     cpu = platform.processor()
@@ -30,7 +30,7 @@ def machine(threads: int) -> dict:
         with open("/proc/cpuinfo") as f:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-            "python": platform.python_version(), "dtype": "float32",
+            "python": platform.python_version(), "dtype": dtype,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
 
 

@@ -1,21 +1,29 @@
 """TTS speed on CPU: our streaming loop (backbone + acoustic head + codec) vs plain ``model.generate``.
 
-Same backbone, same prompt, same number of semantic tokens, same threads, side by side in one run.
-Without ``--model`` the backbone is the embedded SmolLM2-135M with a fresh (zero-effect) LoRA and an
-untrained head/codec: speed does not depend on the weights' values.
+Same backbone, same prompt (the text with the pipeline's default voice, as ``pipe.tts`` builds it),
+same number of semantic tokens, same threads, side by side in one run; every row is the best of
+``--repeats`` runs (the best run is the one least disturbed by other work on a shared machine).
 
-    python benchmarks/tts_speed.py --threads 2 --frames 50
-    python benchmarks/tts_speed.py --model checkpoints/slm/smollm2_synth/final --threads 2
+Rows: ``model.generate`` (greedy, KV cache) on the backbone the pipeline generates with (the LoRA
+adapter merged in); our loop, LM only, on that merged backbone and on the unmerged peft model (what
+generation ran on before merging); full streaming TTS (LM + acoustic head per frame + codec decode
+per chunk) with its real-time factor and time to first audio; optionally the same in bfloat16.
+
+    python benchmarks/tts_speed.py --threads 2 --frames 50                 # the bundled default
+    python benchmarks/tts_speed.py --model untrained --threads 2            # random SmolLM2 stack
+    python benchmarks/tts_speed.py --out docs/results/tts_speed.json --md docs/results/tts_speed.md
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from benchmarks.common import machine, peak_rss_mb, write_json
 
 
 def _build(args):
@@ -29,9 +37,9 @@ def _build(args):
     from slm.layout import TokenLayout
     from slm.pipeline import SpeechPipeline
 
-    if args.model:
-        return SpeechPipeline.from_pretrained(args.model)
-    torch.manual_seed(0)
+    if args.model != "untrained":
+        return SpeechPipeline.from_pretrained(args.model)  # merges the adapter for inference
+    torch.manual_seed(0)  # speed does not depend on the weights' values
     codec = DualStreamCodec(CodecConfig.default(args.variant)).eval()
     bb = load_backbone(args.backbone)
     layout = TokenLayout.for_tokenizer(bb.tokenizer, codec.semantic_codebook_size)
@@ -42,70 +50,112 @@ def _build(args):
         head = AcousticHead(AcousticHeadConfig(bb.model.config.hidden_size, codec.semantic_codebook_size,
                                                codec.acoustic_codebook_size, codec.n_acoustic_codebooks,
                                                round(codec.acoustic_rate / codec.semantic_rate)))
-    return SpeechPipeline(lm, bb.tokenizer, layout, codec, head)
+    return SpeechPipeline(lm, bb.tokenizer, layout, codec, head, merge=True)
 
 
-def main() -> None:
+def _best(fn, repeats: int) -> dict:
+    """Run ``fn`` (returns a dict of extra figures) ``repeats`` times; keep the fastest run."""
+    best = None
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        extra = fn() or {}
+        row = {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c, **extra}
+        best = row if best is None or row["seconds"] < best["seconds"] else best
+    return best
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="a trained speech-LM dir (default: untrained SmolLM2 stack)")
-    ap.add_argument("--backbone", default="smollm2-135m")
-    ap.add_argument("--variant", default="sacodec", help="codec variant for the untrained stack")
+    ap.add_argument("--model", default="default", help="a speech-LM dir, 'default' (the bundled default) or "
+                                                       "'untrained' (random SmolLM2 stack, fresh LoRA)")
+    ap.add_argument("--backbone", default="smollm2-135m", help="backbone of the untrained stack")
+    ap.add_argument("--variant", default="sacodec", help="codec variant of the untrained stack")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--frames", type=int, default=50, help="semantic tokens to generate")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bf16", action="store_true", help="also time streaming TTS with a bfloat16 backbone + head")
+    ap.add_argument("--no-unmerged", action="store_true", help="skip the (slow) unmerged peft row")
     ap.add_argument("--text", default="The quick brown fox jumps over the lazy dog, twice.")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--md", default=None, help="write the printed markdown table here")
     args = ap.parse_args()
 
     import torch
 
     from codec.runtime import set_threads
     from slm.generate import Sampling, generate_frames
-    from slm.templates import tts_prompt
 
     set_threads(args.threads)
+    load_before = os.getloadavg()
     pipe = _build(args)
-    prompt = tts_prompt(pipe.tokenizer, pipe.layout, args.text)
+    prompt, _, _, voice, _ = next(pipe._tts_plan(args.text, None, None, None, None, 20.0, 0))
     n = args.frames
     s = Sampling(temperature=0.8, top_k=50, top_p=0.95)
     audio_s = n / pipe.codec.semantic_rate
-    res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
-           "dtype": "float32", "frames": n, "semantic_rate": pipe.codec.semantic_rate, "audio_seconds": audio_s,
-           "prompt_tokens": int(prompt.numel())}
-    # warm-up (first-call allocations, lazy inits)
-    list(generate_frames(pipe.lm, pipe.layout, prompt, pipe.head, s, 3, None, torch.Generator().manual_seed(0), 3))
+    lm, head = pipe.infer_lm, pipe.head
 
-    # 1. plain transformers generate, same number of new tokens, KV cache, greedy, no head, no codec
-    model = pipe.lm
-    t = time.perf_counter()
-    with torch.no_grad():
-        model.generate(input_ids=prompt[None], attention_mask=torch.ones(1, prompt.numel(), dtype=torch.long),
-                       max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pipe.tokenizer.eos_token_id)
-    dt = time.perf_counter() - t
-    res["hf_generate"] = {"seconds": dt, "tokens_per_s": n / dt, "rtf_lm_only": dt / audio_s}
+    def lm_only(model):
+        list(generate_frames(model, pipe.layout, prompt, None, s, n, None, torch.Generator().manual_seed(0), n))
 
-    # 2. our loop, semantic tokens only (no head): constrained vocab + sampling + cache
-    t = time.perf_counter()
-    list(generate_frames(pipe.lm, pipe.layout, prompt, None, s, n, None, torch.Generator().manual_seed(0), n))
-    dt = time.perf_counter() - t
-    res["our_loop_lm_only"] = {"seconds": dt, "tokens_per_s": n / dt, "rtf_lm_only": dt / audio_s}
+    def plain():
+        with torch.no_grad():
+            lm.generate(input_ids=prompt[None], attention_mask=torch.ones(1, prompt.numel(), dtype=torch.long),
+                        max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pipe.tokenizer.eos_token_id)
 
-    # 3. full streaming TTS: LM + acoustic head per frame + codec decode per chunk
-    t = time.perf_counter()
-    first, samples = None, 0
-    gen = torch.Generator().manual_seed(0)
-    for chunk in pipe._stream_frames(prompt, s, n, None, gen, min_frames=n):
-        first = first if first is not None else time.perf_counter() - t
-        samples += chunk.shape[-1]
-    dt = time.perf_counter() - t
-    res["streaming_tts"] = {"seconds": dt, "tokens_per_s": n / dt, "rtf": dt / (samples / pipe.sample_rate),
-                            "time_to_first_audio_s": first, "chunk_frames": pipe.chunk_frames,
-                            "first_chunk_frames": pipe.first_chunk_frames,
-                            "audio_seconds": samples / pipe.sample_rate}
-    print(json.dumps(res, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=2)
+    def streaming():
+        t = time.perf_counter()
+        first, samples = None, 0
+        for chunk in pipe._stream_frames(prompt, s, n, voice, torch.Generator().manual_seed(0), min_frames=n):
+            first = first if first is not None else time.perf_counter() - t
+            samples += chunk.shape[-1]
+        return {"time_to_first_audio_s": first, "audio_seconds": samples / pipe.sample_rate}
+
+    lm_only(lm)  # warm-up (first-call allocations, lazy inits)
+    rows = {"hf_generate": _best(plain, args.repeats), "our_loop_lm_only": _best(lambda: lm_only(lm), args.repeats)}
+    if not args.no_unmerged and pipe.lm is not lm:
+        rows["our_loop_lm_only_unmerged"] = _best(lambda: lm_only(pipe.lm), max(1, args.repeats - 1))
+    rows["streaming_tts"] = _best(streaming, args.repeats)
+    if args.bf16:
+        pipe.infer_lm = lm.to(torch.bfloat16)  # lm is the merged copy (or, without an adapter, the model itself)
+        if head is not None:
+            head.to(torch.bfloat16)
+        lm_only(pipe.infer_lm)
+        rows["streaming_tts_bf16"] = _best(streaming, args.repeats)
+    for r in rows.values():
+        r["tokens_per_s"] = n / r["seconds"]
+        r["rtf"] = r["seconds"] / r.get("audio_seconds", audio_s)  # LM-only rows: per second of audio it codes
+    base = rows["hf_generate"]["seconds"]
+    for r in rows.values():
+        r["speed_vs_hf_generate"] = base / r["seconds"]
+
+    res = {"benchmark": "tts speed", "model": args.model, "machine": machine(args.threads, "float32"),
+           "dtype": "float32" + (" (+ bfloat16 row)" if args.bf16 else ""), "frames": n,
+           "semantic_rate": pipe.codec.semantic_rate, "audio_seconds": audio_s, "prompt_tokens": int(prompt.numel()),
+           "chunk_frames": pipe.chunk_frames, "first_chunk_frames": pipe.first_chunk_frames,
+           "load_average_1m": [load_before[0], os.getloadavg()[0]], "peak_rss_mb": peak_rss_mb(), "rows": rows}
+    md = _markdown(res)
+    print(md)
+    write_json(args.out, res)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md + "\n")
+    return 0
+
+
+def _markdown(res: dict) -> str:
+    m = res["machine"]
+    head = (f"TTS speed, {res['model']}: {res['frames']} semantic tokens ({res['audio_seconds']:.1f} s of audio at "
+            f"{res['semantic_rate']:g} Hz), prompt {res['prompt_tokens']} tokens; {m['cpu']}, {m['threads']} threads, "
+            f"{res['dtype']}, torch {m['torch']}, OMP_WAIT_POLICY={m['omp_wait_policy'] or 'unset'}, load average "
+            f"(1 min) {res['load_average_1m'][0]:.1f} -> {res['load_average_1m'][1]:.1f}; best of repeats.")
+    lines = [head, "", "| row | tokens/s | seconds | CPU s | RTF | first audio s | vs model.generate |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in res["rows"].items():
+        first = r.get("time_to_first_audio_s")
+        lines.append(f"| {name} | {r['tokens_per_s']:.1f} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
+                     f"{r['rtf']:.2f} | {'–' if first is None else f'{first:.2f}'} | {r['speed_vs_hf_generate']:.2f}x |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
