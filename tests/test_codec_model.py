@@ -343,3 +343,5 @@ def test_spd_config_and_old_checkpoint_errors(tmp_path):
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format_version": "1"})
     with pytest.raises(ValueError, match="former convolutional SPD head"):
         DualStreamCodec.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="former convolutional SPD head"):  # e.g. a trainer's resume
+        make("stacodec").load_state_dict(state)

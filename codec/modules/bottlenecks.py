@@ -192,6 +192,14 @@ class SPDHead(nn.Module):
         self.norm = nn.LayerNorm(cfg.spd_dim)
         self.out = nn.Linear(cfg.spd_dim, cfg.semantic_codebook_size)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args, **kwargs) -> None:
+        # Any load path (save_pretrained dirs, a trainer's resume) meets weights of the former conv
+        # head as "<prefix>blocks.*": say so instead of listing missing and unexpected keys.
+        if any(k.startswith(prefix + "blocks.") for k in state_dict):
+            raise ValueError(f"these stacodec weights hold the former convolutional SPD head ({prefix}blocks.*); "
+                             "the SPD head is now a transformer (spd_layers, spd_dim, spd_heads): retrain the codec")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _mask(self, h: Tensor) -> Tensor:
         b, d, t = h.shape
         keep = torch.ones(b, d, t, device=h.device)
