@@ -120,6 +120,8 @@ class Codec(Protocol):
         ...
 
     def encode(self, wav: Tensor) -> CodecTokens:  # [B, 1, N] -> tokens
+        # DualStreamCodec.encode also takes lengths=[B] valid samples of a zero-padded batch and
+        # returns them as tokens.lengths in semantic frames; decode zeroes audio past them.
         ...
 
     def decode(self, tokens: CodecTokens) -> Tensor:  # tokens -> [B, 1, N']
