@@ -191,17 +191,21 @@ def acoustic_from_frames(frames: Tensor, n_codebooks: int) -> Tensor:
 
 def sample(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            generator: torch.Generator | None = None) -> Tensor:
-    """Sample ids from ``[N, V]`` logits (-inf entries are never picked). Greedy when temperature <= 0."""
+    """Sample ids from ``[N, V]`` logits (-inf entries are never picked). Greedy when temperature <= 0.
+
+    With ``top_k`` the draw runs over the k best candidates only (``topk`` returns them sorted, which
+    top-p needs too): the same distribution as masking the other V - k logits to -inf, without a
+    softmax, sort and random draw over all V (8192 acoustic codes per head step)."""
     if temperature <= 0:
         return logits.argmax(-1)
     logits = logits / temperature
+    idx = None
     if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits, idx = torch.topk(logits, top_k, dim=-1)
     if top_p < 1.0:
-        srt, idx = torch.sort(logits, descending=True, dim=-1)
-        cum = srt.softmax(-1).cumsum(-1)
-        drop = cum - srt.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, idx, drop), float("-inf"))
-    probs = logits.float().softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+        if idx is None:
+            logits, idx = torch.sort(logits, descending=True, dim=-1)
+        p = logits.float().softmax(-1)
+        logits = logits.masked_fill(p.cumsum(-1) - p > top_p, float("-inf"))  # smallest set reaching top_p
+    choice = torch.multinomial(logits.float().softmax(-1), 1, generator=generator)  # [N, 1]
+    return (choice if idx is None else idx.gather(-1, choice))[:, 0]

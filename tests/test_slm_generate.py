@@ -104,3 +104,17 @@ def test_head_generate_equals_reference():
             b = head._generate_reference(h, sem, v, 0.9, 8, torch.Generator().manual_seed(seed))
             assert a.shape == (3, 6) and torch.equal(a, b)
     assert torch.equal(head.generate(h, sem, None, 0.0), head._generate_reference(h, sem, None, 0.0))
+
+
+def test_sample_top_k_top_p_distribution():
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -1.0, float("-inf"), -0.5]])
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample(logits, 1.0, 3, 1.0, gen) for _ in range(3000)])[:, 0]
+    assert set(draws.tolist()) == {0, 1, 2}  # only the 3 best
+    want = logits[0, :3].softmax(-1)
+    torch.testing.assert_close(torch.bincount(draws, minlength=3).float() / 3000, want, atol=0.03, rtol=0)
+    # top-p: the smallest set whose mass reaches 0.6 is {0, 1} here (0.39 + 0.24 of the full softmax)
+    draws = torch.stack([sample(logits, 1.0, 0, 0.6, gen) for _ in range(500)])[:, 0]
+    assert set(draws.tolist()) == {0, 1}
+    assert set(sample(logits.expand(4, -1), 0.5, 5, 0.9, gen).tolist()) <= {0, 1, 2, 3, 4}
+    assert sample(logits, 0.0).item() == 0
