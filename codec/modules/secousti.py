@@ -250,7 +250,9 @@ def apply_training_stage(model: nn.Module, step: int, semantic_stage_step: int, 
                          freeze_acoustic: bool = True) -> str | None:
     """Put ``model`` (unwrapped) in the stage of 0-based ``step`` before that step's forward: set the
     bottleneck's stage and (un)freeze the acoustic side. A function of the step alone, so a resumed
-    run lands in the same stage. Returns the stage, or None (nothing done) without a schedule."""
+    run lands in the same stage. Returns the stage, or None (nothing done) without a schedule.
+    Frozen parameters get no gradient, so AdamW leaves them (and their moments) as they are; tested in
+    one process (under DDP they are unused parameters of ``find_unused_parameters=True``)."""
     if semantic_stage_step <= 0 and joint_stage_step <= 0:
         return None  # single stage: every variant trains exactly as without a schedule
     if model.config.variant != "secousticodec":
