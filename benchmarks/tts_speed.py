@@ -7,7 +7,8 @@ same number of semantic tokens, same threads, side by side in one run; every row
 Rows: ``model.generate`` (greedy, KV cache) on the backbone the pipeline generates with (the LoRA
 adapter merged in); our loop, LM only, on that merged backbone and on the unmerged peft model (what
 generation ran on before merging); full streaming TTS (LM + acoustic head per frame + codec decode
-per chunk) with its real-time factor and time to first audio; optionally the same in bfloat16.
+per chunk) with its real-time factor and time to first audio; optionally the same with int8 backbone
+weights (``--int8``, ``SpeechPipeline.from_pretrained(..., int8=True)``) and in bfloat16 (``--bf16``).
 
     python benchmarks/tts_speed.py --threads 2 --frames 50                 # the bundled default
     python benchmarks/tts_speed.py --model untrained --threads 2            # random SmolLM2 stack
@@ -16,6 +17,7 @@ per chunk) with its real-time factor and time to first audio; optionally the sam
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -74,6 +76,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=50, help="semantic tokens to generate")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="also time streaming TTS with a bfloat16 backbone + head")
+    ap.add_argument("--int8", action="store_true", help="also time streaming TTS with int8 backbone weights")
     ap.add_argument("--no-unmerged", action="store_true", help="skip the (slow) unmerged peft row")
     ap.add_argument("--text", default="The quick brown fox jumps over the lazy dog, twice.")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -115,6 +118,16 @@ def main() -> int:
     if not args.no_unmerged and pipe.lm is not lm:
         rows["our_loop_lm_only_unmerged"] = _best(lambda: lm_only(pipe.lm), max(1, args.repeats - 1))
     rows["streaming_tts"] = _best(streaming, args.repeats)
+    if args.int8:
+        from slm.generate import quantize_int8
+
+        pipe.infer_lm = lm8 = copy.deepcopy(lm)
+        quantize_int8(lm8)
+        lm_only(lm8)
+        rows["our_loop_lm_only_int8"] = _best(lambda: lm_only(lm8), args.repeats)
+        rows["streaming_tts_int8"] = _best(streaming, args.repeats)
+        pipe.infer_lm = lm
+        del lm8
     if args.bf16:
         pipe.infer_lm = lm.to(torch.bfloat16)  # lm is the merged copy (or, without an adapter, the model itself)
         if head is not None:
@@ -129,7 +142,7 @@ def main() -> int:
         r["speed_vs_hf_generate"] = base / r["seconds"]
 
     res = {"benchmark": "tts speed", "model": args.model, "machine": machine(args.threads, "float32"),
-           "dtype": "float32" + (" (+ bfloat16 row)" if args.bf16 else ""), "frames": n,
+           "dtype": "float32" + (" (+ int8-weight rows)" if args.int8 else "") + (" (+ bfloat16 row)" if args.bf16 else ""), "frames": n,
            "semantic_rate": pipe.codec.semantic_rate, "audio_seconds": audio_s, "prompt_tokens": int(prompt.numel()),
            "chunk_frames": pipe.chunk_frames, "first_chunk_frames": pipe.first_chunk_frames,
            "load_average_1m": [load_before[0], os.getloadavg()[0]], "peak_rss_mb": peak_rss_mb(), "rows": rows}

@@ -127,6 +127,68 @@ def _pick(logits: Tensor, allowed: Tensor, pos: Tensor, s: Sampling, recent: lis
     return int(allowed[int(sample(logits[None], s.temperature, s.top_k, s.top_p, gen)[0])])
 
 
+class Int8Linear(torch.nn.Module):
+    """Weight-only int8 form of an ``nn.Linear`` for batch-1 decoding on CPU (opt-in, approximate).
+
+    Decoding one token reads every weight once, so its time is mostly memory traffic: int8 weights
+    (symmetric, one scale per output row) with bf16 activations through torch's fused CPU kernel
+    (``torch._weight_int8pack_mm``) halve SmolLM2-135M's per-token matmul time here, where bf16 weights
+    alone are no faster than fp32. Many rows at once (the prompt) run on the kept fp32 weights: there
+    the int8 kernel is slower than fp32 GEMM, and prefill sets the time to first audio."""
+
+    def __init__(self, linear: torch.nn.Linear, max_rows: int = 8):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = (w.abs().amax(1).clamp_min(1e-12) / 127).to(torch.bfloat16)  # the kernel takes bf16 scales
+        self.register_buffer("qweight", torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+                             .contiguous(), persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
+        self.dense, self.max_rows = linear, max_rows
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows > self.max_rows or x.device.type != "cpu":
+            return self.dense(x)
+        y = torch._weight_int8pack_mm(x.reshape(rows, -1).to(torch.bfloat16), self.qweight, self.scale)
+        y = y.to(x.dtype).view(*x.shape[:-1], -1)
+        return y if self.dense.bias is None else y + self.dense.bias
+
+
+def quantize_int8(model: torch.nn.Module) -> int:
+    """Swap every ``nn.Linear`` of ``model``'s decoder body (not the output projection) for
+    :class:`Int8Linear`, in place; returns how many. For a copy used only to generate."""
+    if not hasattr(torch, "_weight_int8pack_mm"):
+        raise RuntimeError(f"int8 decoding needs torch._weight_int8pack_mm (torch {torch.__version__} lacks it)")
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model
+    targets = [(n, m) for n, m in body.named_modules() if type(m) is torch.nn.Linear]
+    for name, lin in targets:
+        parent, _, attr = name.rpartition(".")
+        setattr(body.get_submodule(parent) if parent else body, attr, Int8Linear(lin))
+    return len(targets)
+
+
+def inference_copy(lm: torch.nn.Module, int8: bool = False) -> torch.nn.Module:
+    """A plain copy of ``lm`` to generate with: a peft adapter (LoRA + trained token rows) merged into the
+    weights, no grads; ``int8``: its decoder linears swapped for :class:`Int8Linear`. Returns ``lm``
+    itself when there is nothing to do (no adapter, no int8).
+
+    Why merge: peft's wrappers cost per step: every LoRA projection runs two extra matmuls and the
+    trainable-token layer rebuilds the whole ~50k x 576 embedding on every forward (twice: tied input
+    and output); merged, SmolLM2-135M decodes ~2-3x faster. Logits differ by float rounding only."""
+    import copy
+
+    if not hasattr(lm, "merge_and_unload") and not int8:
+        return lm
+    out = copy.deepcopy(lm)
+    out = out.merge_and_unload() if hasattr(out, "merge_and_unload") else out
+    out.eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    if int8:
+        quantize_int8(out)
+    return out
+
+
 def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor, head: AcousticHead | None,
                     sampling: Sampling, max_frames: int, voice: Tensor | None = None,
                     generator: torch.Generator | None = None, min_frames: int = 1) -> Iterator[Frame]:

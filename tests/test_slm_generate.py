@@ -118,3 +118,27 @@ def test_sample_top_k_top_p_distribution():
     assert set(draws.tolist()) == {0, 1}
     assert set(sample(logits.expand(4, -1), 0.5, 5, 0.9, gen).tolist()) <= {0, 1, 2, 3, 4}
     assert sample(logits, 0.0).item() == 0
+
+
+def test_int8_inference_copy(lm, layout):
+    from slm.generate import Int8Linear, inference_copy
+
+    assert inference_copy(lm) is lm  # a plain model without int8: nothing to do
+    q = inference_copy(lm, int8=True)
+    assert q is not lm and type(lm.model.layers[0].mlp.up_proj) is torch.nn.Linear  # the original is untouched
+    assert sum(isinstance(m, Int8Linear) for m in q.modules()) == 2 * 7
+    ids = torch.tensor([1, 2, 3, layout.audio_start])
+    lin = q.model.layers[0].mlp.up_proj
+    x = torch.randn(1, 1, 32)
+    y = lin(x)  # one row: the int8 kernel, close to the fp32 result but not equal
+    assert not torch.equal(y, lin.dense(x))
+    torch.testing.assert_close(y, lin.dense(x), atol=0.02, rtol=0.02)
+    assert torch.equal(lin(x.expand(1, 20, 32)), lin.dense(x.expand(1, 20, 32)))  # many rows: fp32 weights
+    dec, ref = Decoder(q, ids), Decoder(lm, ids)
+    for t in (7, 9, 11):
+        dec.push(t)
+        ref.push(t)
+        torch.testing.assert_close(dec.logits, ref.logits, atol=0.05, rtol=0.05)
+    s = Sampling(temperature=0.8)
+    frames = list(generate_frames(q, layout, ids, None, s, 6, generator=torch.Generator().manual_seed(0)))
+    assert frames and all(0 <= f.code < layout.n_semantic for f in frames)

@@ -185,3 +185,7 @@ def test_merged_for_inference(trained, pipe):
     a = [t.semantic for t in pipe.tts_tokens("hello world", seed=2, max_seconds=1.0)]
     b = [t.semantic for t in plain.tts_tokens("hello world", seed=2, max_seconds=1.0)]
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    q = SpeechPipeline.from_pretrained(trained[1], int8=True)
+    assert q.infer_lm is not q.lm and hasattr(q.lm, "peft_config")
+    toks = q.tts_tokens("hello world", seed=2, max_seconds=1.0)
+    assert toks and all(t.semantic.max() < q.layout.n_semantic for t in toks)
