@@ -45,7 +45,9 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
                    "config": _read(work / "lm" / "train_config.json") or {},
                    "tts": {k: v for k, v in (lm.get("tts") or {}).items() if k not in ("items",)},
                    "tts_floor": lm.get("tts_floor") or {},
-                   "asr": {k: v for k, v in (lm.get("asr") or {}).items() if k != "items"}},
+                   "asr": {k: v for k, v in (lm.get("asr") or {}).items() if k != "items"},
+                   "continue": {k: v for k, v in (lm.get("continue") or {}).items() if k != "items"},
+                   "continue_floor": lm.get("continue_floor") or {}},
             "machine": codec_eval.get("machine") or {"cpu": platform.processor()}}
 
 
@@ -65,6 +67,15 @@ def _metric_table(m: dict[str, Any]) -> list[str]:
         ("TTS", "time to first audio (s)", tts.get("first_audio_s"), None, ""),
         ("ASR-by-token", "WER", asr.get("wer"), asr.get("whisper_wer"), "Whisper-base on the same audio"),
     ]
+    cont, cf = m["lm"].get("continue") or {}, m["lm"].get("continue_floor") or {}
+    if cont:
+        rest = f"the rest of the original after a {_f(cf.get('prompt_seconds'), 0)} s prompt"
+        rows += [
+            ("continuation", "DNSMOS OVRL", cont.get("dnsmos_ovrl"), cf.get("dnsmos_ovrl"), rest),
+            ("continuation", "speaker similarity to the prompt", cont.get("spk_sim"), cf.get("spk_sim"), rest),
+            ("continuation", "backbone perplexity of its transcript", cont.get("ppl"), cf.get("ppl"),
+             "perplexity of the reference text"),
+        ]
     out = ["| task | metric | this bundle | floor (corpus audio) | floor is |", "|---|---|---|---|---|"]
     out += [f"| {t} | {n} | {_f(v)} | {_f(f)} | {w} |" for t, n, v, f, w in rows]
     return out

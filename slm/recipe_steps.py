@@ -79,13 +79,35 @@ def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tu
             "dnsmos_ovrl": float(np.mean([judges.mos(w, it.sample_rate).ovrl for it, w in zip(items, wavs)]))}
     if "asr" in tasks:
         res["asr"] = eval_asr(pipe, items, judges)
+    if "continue" in tasks:
+        res["continue"], res["continue_floor"] = _continue_rows(pipe, items, judges, seed)
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
     (o / "lm_eval.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
-    for t in ("tts", "asr"):
+    for t in ("tts", "asr", "continue"):
         if t in res:
             print(t, json.dumps({k: v for k, v in res[t].items() if k not in ("items", "per_voice")}, default=float))
     return res
+
+
+def _continue_rows(pipe, items, judges, seed: int, prompt_s: float = 2.0, seconds: float = 2.0) -> tuple[dict, dict]:
+    """Continuation of each item's first ``prompt_s`` seconds, and its floor: the rest of the original
+    utterance (DNSMOS, speaker similarity to the prompt) and the perplexity of its reference text."""
+    import numpy as np
+
+    from slm.eval.lm_eval import backbone_perplexity, eval_continue
+
+    cont = eval_continue(pipe, items, judges, prompt_seconds=prompt_s, seconds=seconds, seed=seed)
+    floor = []
+    for it in items:
+        n = int(prompt_s * it.sample_rate)
+        wav = it.wav[0].numpy()
+        rest = wav[n:] if len(wav) - n >= it.sample_rate // 2 else wav  # short item: the whole utterance
+        floor.append({"dnsmos_ovrl": judges.mos(rest, it.sample_rate).ovrl,
+                      "spk_sim": judges.spk(wav[:n], rest, it.sample_rate),
+                      "ppl": backbone_perplexity(pipe.lm, pipe.tokenizer, it.text)})
+    mean = {k: float(np.nanmean([f[k] for f in floor])) if floor else float("nan") for k in ("dnsmos_ovrl", "spk_sim", "ppl")}
+    return cont, {**mean, "n": len(floor), "prompt_seconds": prompt_s, "seconds": seconds}
 
 
 # ---- export ----------------------------------------------------------------------------------------------
