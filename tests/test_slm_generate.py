@@ -31,8 +31,8 @@ def _full(model, ids):
 
 def test_allowed_rows_logits_equal_full_projection(lm, layout):
     allowed = layout.audio_mask(600).nonzero().flatten()
-    assert _output_rows(lm, allowed) is not None  # the small-set path is taken for a plain model
-    assert _output_rows(lm, torch.arange(590)) is None  # big sets use the full projection
+    assert not _output_rows(lm, allowed)[2]  # a small set: its rows only
+    assert _output_rows(lm, torch.arange(590))[2]  # big sets: the full projection, then gather
     prompt = torch.tensor([1, 2, 3, layout.audio_start])
     dec = Decoder(lm, prompt, allowed)
     logits, hidden = _full(lm, prompt)
@@ -120,25 +120,60 @@ def test_sample_top_k_top_p_distribution():
     assert sample(logits, 0.0).item() == 0
 
 
-def test_int8_inference_copy(lm, layout):
-    from slm.generate import Int8Linear, inference_copy
+def test_fused_step_matches_transformers(lm, layout):
+    from slm.generate import FusedStep, inference_copy
 
-    assert inference_copy(lm) is lm  # a plain model without int8: nothing to do
-    q = inference_copy(lm, int8=True)
-    assert q is not lm and type(lm.model.layers[0].mlp.up_proj) is torch.nn.Linear  # the original is untouched
-    assert sum(isinstance(m, Int8Linear) for m in q.modules()) == 2 * 7
-    ids = torch.tensor([1, 2, 3, layout.audio_start])
-    lin = q.model.layers[0].mlp.up_proj
-    x = torch.randn(1, 1, 32)
-    y = lin(x)  # one row: the int8 kernel, close to the fp32 result but not equal
-    assert not torch.equal(y, lin.dense(x))
-    torch.testing.assert_close(y, lin.dense(x), atol=0.02, rtol=0.02)
-    assert torch.equal(lin(x.expand(1, 20, 32)), lin.dense(x.expand(1, 20, 32)))  # many rows: fp32 weights
-    dec, ref = Decoder(q, ids), Decoder(lm, ids)
-    for t in (7, 9, 11):
+    fast = inference_copy(lm)
+    assert fast is not lm and isinstance(fast.fused_step, FusedStep) and not hasattr(lm, "fused_step")
+    for a, b in zip(lm.parameters(), fast.parameters(), strict=True):  # same values; the original untouched
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    allowed = layout.audio_mask(600).nonzero().flatten()
+    prompt = torch.tensor([1, 2, 3, layout.audio_start])
+    dec = Decoder(fast, prompt, allowed, max_new=5)
+    assert dec.fast is not None
+    seq = prompt.tolist()
+    for t in (510, 520, 530, 511):
         dec.push(t)
-        ref.push(t)
-        torch.testing.assert_close(dec.logits, ref.logits, atol=0.05, rtol=0.05)
+        seq.append(t)
+        logits, hidden = _full(lm, torch.tensor(seq))
+        torch.testing.assert_close(dec.hidden, hidden, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(dec.logits, logits[allowed], atol=1e-5, rtol=1e-5)
+    dec.push(512)
+    with pytest.raises(RuntimeError, match="full"):
+        dec.push(513)  # beyond prompt + max_new
+    s = Sampling(temperature=1.0, top_k=10, top_p=0.95, repetition_penalty=1.3)
+    a = [f.code for f in generate_frames(fast, layout, prompt, None, s, 10, generator=torch.Generator().manual_seed(3))]
+    b = [f.code for f in generate_frames(lm, layout, prompt, None, s, 10, generator=torch.Generator().manual_seed(3))]
+    assert a == b
+    # text: the whole-vocabulary projection then gather, also through the fused step
+    text = torch.ones(600, dtype=torch.bool)
+    assert generate_text(fast, prompt[:3], text, set(), 6) == generate_text(lm, prompt[:3], text, set(), 6)
+    assert not FusedStep.supports(torch.nn.Linear(2, 2))
+
+
+def test_int8(lm, layout):
+    import copy
+
+    from slm.generate import Int8Linear, inference_copy, quantize_int8
+
+    q = inference_copy(lm, int8=True)
+    assert all(isinstance(m, Int8Linear) for layer in q.fused_step.layers for m in layer if isinstance(m, torch.nn.Module))
+    assert type(q.model.layers[0].mlp.up_proj) is torch.nn.Linear  # the prompt runs on fp32 weights
+    lin = q.fused_step.layers[0][4]
+    x = torch.randn(1, 1, 32)
+    assert not torch.equal(lin(x), lin.dense(x))  # one row: the int8 kernel, close to fp32, not equal
+    torch.testing.assert_close(lin(x), lin.dense(x), atol=0.02, rtol=0.02)
+    assert torch.equal(lin(x.expand(1, 20, 32)), lin.dense(x.expand(1, 20, 32)))  # many rows: fp32 weights
+    # models without a fused step get Int8Linear in place of their own linears
+    plain = copy.deepcopy(lm)
+    assert quantize_int8(plain) == 2 * 7
+    ids = torch.tensor([1, 2, 3, layout.audio_start])
+    for model in (q, plain):
+        dec, ref = Decoder(model, ids, max_new=3), Decoder(lm, ids)
+        for t in (7, 9, 11):
+            dec.push(t)
+            ref.push(t)
+            torch.testing.assert_close(dec.logits, ref.logits, atol=0.05, rtol=0.05)
     s = Sampling(temperature=0.8)
     frames = list(generate_frames(q, layout, ids, None, s, 6, generator=torch.Generator().manual_seed(0)))
     assert frames and all(0 <= f.code < layout.n_semantic for f in frames)
