@@ -5,7 +5,8 @@ same number of semantic tokens, same threads, side by side in one run; every row
 ``--repeats`` runs (the best run is the one least disturbed by other work on a shared machine).
 
 Rows: ``model.generate`` (greedy, KV cache) on the backbone the pipeline generates with (the LoRA
-adapter merged in); our loop, LM only, on that merged backbone and on the unmerged peft model (what
+adapter merged in); our loop, LM only, on that merged backbone (one-token steps through
+``slm.generate.FusedStep``; and through transformers' forward) and on the unmerged peft model (what
 generation ran on before merging); full streaming TTS (LM + acoustic head per frame + codec decode
 per chunk) with its real-time factor and time to first audio; optionally the same with int8 backbone
 weights (``--int8``, ``SpeechPipeline.from_pretrained(..., int8=True)``) and in bfloat16 (``--bf16``).
@@ -17,7 +18,6 @@ weights (``--int8``, ``SpeechPipeline.from_pretrained(..., int8=True)``) and in 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -118,21 +118,29 @@ def main() -> int:
     if not args.no_unmerged and pipe.lm is not lm:
         rows["our_loop_lm_only_unmerged"] = _best(lambda: lm_only(pipe.lm), max(1, args.repeats - 1))
     rows["streaming_tts"] = _best(streaming, args.repeats)
+    if getattr(lm, "fused_step", None) is not None:  # the same merged model stepped by transformers' forward
+        fused = lm.fused_step
+        del lm.fused_step
+        rows["our_loop_lm_only_transformers_step"] = _best(lambda: lm_only(lm), max(1, args.repeats - 1))
+        lm.fused_step = fused
     if args.int8:
-        from slm.generate import quantize_int8
+        from slm.generate import inference_copy
 
-        pipe.infer_lm = lm8 = copy.deepcopy(lm)
-        quantize_int8(lm8)
+        pipe.infer_lm = lm8 = inference_copy(pipe.lm, int8=True)
         lm_only(lm8)
         rows["our_loop_lm_only_int8"] = _best(lambda: lm_only(lm8), args.repeats)
         rows["streaming_tts_int8"] = _best(streaming, args.repeats)
         pipe.infer_lm = lm
         del lm8
     if args.bf16:
-        pipe.infer_lm = lm.to(torch.bfloat16)  # lm is the merged copy (or, without an adapter, the model itself)
+        from slm.generate import FusedStep, inference_copy
+
+        pipe.infer_lm = lmb = inference_copy(pipe.lm).to(torch.bfloat16)
+        if FusedStep.supports(lmb):
+            lmb.fused_step = FusedStep(lmb)  # re-fused from the bf16 weights
         if head is not None:
             head.to(torch.bfloat16)
-        lm_only(pipe.infer_lm)
+        lm_only(lmb)
         rows["streaming_tts_bf16"] = _best(streaming, args.repeats)
     for r in rows.values():
         r["tokens_per_s"] = n / r["seconds"]
