@@ -1,8 +1,9 @@
 """Generation speed: our decoding loop (``slm.generate``: KV cache, per-span vocabulary mask, sampling)
 vs plain ``model.generate`` on the same backbone, same prompt, same number of greedy tokens, same threads.
 
-The loop pays for what ``generate`` does not do (a mask per step, hidden states for the acoustic head);
-this says what that costs. Full TTS (head + codec streaming) is in ``benchmarks/tts_speed.py``.
+The loop pays for what ``generate`` does not do (a mask per step, hidden states for the acoustic head)
+and saves what its one-token step (``slm.generate.FusedStep`` on Llama backbones) saves; this says
+what that nets. Full TTS (head + codec streaming) is in ``benchmarks/tts_speed.py``.
 
     python benchmarks/generation_speed.py --threads 1                         # tiny Llama config
     python benchmarks/generation_speed.py --backbone smollm2-135m --tokens 64 --out docs/results/generation_speed.json
@@ -37,7 +38,7 @@ def _backbone(spec: str):
 def main() -> int:
     import torch
 
-    from slm.generate import Sampling, generate_text
+    from slm.generate import Sampling, generate_text, inference_copy
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="tiny", help="'tiny' (Llama config), 'smollm2-135m', a hub id or dir")
@@ -54,7 +55,12 @@ def main() -> int:
     allowed = torch.ones(vocab, dtype=torch.bool)
     greedy = Sampling(temperature=0.0, top_k=0, top_p=1.0)
 
+    fast = inference_copy(model)  # what the pipeline generates with (Llama: one-token FusedStep)
+
     def ours():
+        return generate_text(fast, prompt, allowed, set(), args.tokens, greedy)
+
+    def ours_hf_step():
         return generate_text(model, prompt, allowed, set(), args.tokens, greedy)
 
     def plain():
@@ -65,7 +71,8 @@ def main() -> int:
 
     same = ours() == plain()[0, prompt.numel():].tolist()
     rows = []
-    for name, fn in (("slm.generate loop", ours), ("model.generate", plain)):
+    for name, fn in (("slm.generate loop", ours), ("model.generate", plain),
+                     ("slm.generate loop, transformers forward per step", ours_hf_step)):
         t = time_it(fn, args.repeats)
         rows.append({"name": name, **t, "tokens_per_s": args.tokens / t["seconds_median"]})
     ratio = rows[1]["seconds_median"] / rows[0]["seconds_median"]
