@@ -95,7 +95,7 @@ def main() -> int:
     n = args.frames
     s = Sampling(temperature=0.8, top_k=50, top_p=0.95)
     audio_s = n / pipe.codec.semantic_rate
-    lm, head = pipe.infer_lm, pipe.infer_head
+    lm, head = pipe.infer_lm, pipe.head
 
     def lm_only(model):
         list(generate_frames(model, pipe.layout, prompt, None, s, n, None, torch.Generator().manual_seed(0), n))
@@ -124,14 +124,13 @@ def main() -> int:
         rows["our_loop_lm_only_transformers_step"] = _best(lambda: lm_only(lm), max(1, args.repeats - 1))
         lm.fused_step = fused
     if args.int8:
-        from slm.generate import head_int8_copy, inference_copy
+        from slm.generate import inference_copy
 
-        pipe.infer_lm = lm8 = inference_copy(pipe.lm, int8=True)  # what from_pretrained(..., int8=True) runs
-        pipe.infer_head = None if head is None else head_int8_copy(head)
+        pipe.infer_lm = lm8 = inference_copy(pipe.lm, int8=True)
         lm_only(lm8)
         rows["our_loop_lm_only_int8"] = _best(lambda: lm_only(lm8), args.repeats)
         rows["streaming_tts_int8"] = _best(streaming, args.repeats)
-        pipe.infer_lm, pipe.infer_head = lm, head
+        pipe.infer_lm = lm
         del lm8
     if args.bf16:
         from slm.generate import FusedStep, inference_copy

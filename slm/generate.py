@@ -295,16 +295,6 @@ def inference_copy(lm: torch.nn.Module, int8: bool = False) -> torch.nn.Module:
     return out
 
 
-def head_int8_copy(head: AcousticHead) -> AcousticHead:
-    """A copy of ``head`` to generate with whose output layer (``dim`` x codebook, the biggest matrix the
-    head reads at every depth step) is an :class:`Int8Linear`. Inference only: never saved."""
-    import copy
-
-    out = copy.deepcopy(head).eval()
-    out.out = Int8Linear(out.out)
-    return out
-
-
 def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor, head: AcousticHead | None,
                     sampling: Sampling, max_frames: int, voice: Tensor | None = None,
                     generator: torch.Generator | None = None, min_frames: int = 1) -> Iterator[Frame]:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from codec.contracts import CodecTokens, check_audio
 from slm.acoustic_head import AcousticHead, acoustic_from_frames
-from slm.generate import Sampling, generate_frames, generate_text, head_int8_copy, inference_copy
+from slm.generate import Sampling, generate_frames, generate_text, inference_copy
 from slm.layout import TokenLayout
 from slm.templates import asr_prompt, continuation_prompt, tts_prompt
 
@@ -131,8 +131,8 @@ class SpeechPipeline:
         self.chunk_frames, self.context_frames, self.first_chunk_frames = chunk_frames, context_frames, first_chunk_frames
         self.teacher_spec, self._teacher = teacher_spec, None  # only for codecs that encode with a teacher
         self.lm.eval()
-        # what generates speech/text tokens: `lm`/`head` themselves, or copies (see merge_for_inference)
-        self.infer_lm, self.infer_head = self.lm, self.head
+        # what generates speech/text tokens: `lm` itself, or its merged copy (see merge_for_inference)
+        self.infer_lm = self.lm
         if merge or int8:
             self.merge_for_inference(int8)
         if head is not None:
@@ -140,15 +140,12 @@ class SpeechPipeline:
 
     def merge_for_inference(self, int8: bool = False) -> None:
         """Generate with :func:`slm.generate.inference_copy` of ``lm``: the LoRA adapter merged into a
-        plain copy (~2x faster decoding; ``int8``: int8 weights too, and in the acoustic head's output
-        layer: faster still, approximate). ``lm`` keeps the adapter, so :meth:`chat` still gets the exact
-        base model through ``disable_adapter`` (costs a second copy of the weights: ~0.5 GB for
-        SmolLM2-135M in fp32)."""
+        plain copy (~2x faster decoding; ``int8``: int8 weights too, faster still, approximate). ``lm``
+        keeps the adapter, so :meth:`chat` still gets the exact base model through ``disable_adapter``
+        (costs a second copy of the weights: ~0.5 GB for SmolLM2-135M in fp32)."""
         if self.infer_lm is not self.lm:
             raise RuntimeError("merge_for_inference was already applied")
         self.infer_lm = inference_copy(self.lm, int8)
-        if int8 and self.head is not None:
-            self.infer_head = head_int8_copy(self.head)
 
     @classmethod
     def from_pretrained(cls, path: str | Path = "default", device: str = "cpu", threads: int | None = None,
@@ -280,7 +277,7 @@ class SpeechPipeline:
             wav = next(streamer).reshape(1, -1).float().cpu()
             return wav[:, round(wav.shape[-1] * (a - lo) / (b - lo)):]
 
-        for fr in generate_frames(self.infer_lm, self.layout, prompt, self.infer_head, sampling, max_frames, voice_vec, gen,
+        for fr in generate_frames(self.infer_lm, self.layout, prompt, self.head, sampling, max_frames, voice_vec, gen,
                                   min_frames):
             codes.append(fr.code)
             frames.append(fr.acoustic)
@@ -298,7 +295,7 @@ class SpeechPipeline:
         """The codec tokens :meth:`tts` would decode, one :class:`CodecTokens` per sentence (same seed, same tokens)."""
         out = []
         for prompt, s, max_frames, v, gen in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed):
-            fr = list(generate_frames(self.infer_lm, self.layout, prompt, self.infer_head, s, max_frames, self._voice_vec(v), gen))
+            fr = list(generate_frames(self.infer_lm, self.layout, prompt, self.head, s, max_frames, self._voice_vec(v), gen))
             out.append(self._tokens([f.code for f in fr], [f.acoustic for f in fr], v.tokens.global_ if v else None))
         return out
 

@@ -177,18 +177,3 @@ def test_int8(lm, layout):
     s = Sampling(temperature=0.8)
     frames = list(generate_frames(q, layout, ids, None, s, 6, generator=torch.Generator().manual_seed(0)))
     assert frames and all(0 <= f.code < layout.n_semantic for f in frames)
-
-
-def test_head_int8_copy():
-    from slm.generate import Int8Linear, head_int8_copy
-
-    torch.manual_seed(0)
-    head = AcousticHead(AcousticHeadConfig(backbone_dim=24, n_semantic=16, codebook_size=64, n_codebooks=2, ratio=2,
-                                           dim=32, n_layers=2, n_heads=4)).eval()
-    q = head_int8_copy(head)
-    assert isinstance(q.out, Int8Linear) and type(head.out) is torch.nn.Linear
-    assert set(head.state_dict()) == set(AcousticHead(head.cfg).state_dict())  # the original keeps its keys
-    h, sem = torch.randn(2, 24), torch.tensor([1, 5])
-    y = torch.randn(2, 32)
-    torch.testing.assert_close(q.out(y), head.out(y), atol=0.03, rtol=0.03)
-    assert q.generate(h, sem, None, 0.8, 8, torch.Generator().manual_seed(0)).shape == (2, 4)
