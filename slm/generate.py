@@ -273,8 +273,8 @@ def quantize_int8(model: torch.nn.Module) -> int:
 
 def inference_copy(lm: torch.nn.Module, int8: bool = False) -> torch.nn.Module:
     """A plain copy of ``lm`` to generate with: a peft adapter (LoRA + trained token rows) merged into the
-    weights, no grads; ``int8``: its decoder linears swapped for :class:`Int8Linear`. Returns ``lm``
-    itself when there is nothing to do (no adapter, no int8).
+    weights, no grads, a :class:`FusedStep` attached for Llama backbones; ``int8``: int8 matmuls for
+    decoding (:class:`Int8Linear`). Returns ``lm`` itself when there is nothing to do.
 
     Why merge: peft's wrappers cost per step: every LoRA projection runs two extra matmuls and the
     trainable-token layer rebuilds the whole ~50k x 576 embedding on every forward (twice: tied input
