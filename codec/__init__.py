@@ -1,4 +1,10 @@
 """The dual-stream speech codec family (SAC, SACodec, SecoustiCodec, STACodec + baselines)."""
+import os
+
+# Before torch loads libgomp, which reads this once: on busy few-core machines OpenMP spin-waiting
+# makes two threads ~10x slower than one (DESIGN.md §8). A value set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from codec.contracts import Codec, CodecTokens, SemanticTeacher, check_audio
 
 __all__ = [

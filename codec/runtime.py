@@ -8,7 +8,9 @@ def set_threads(n: int | None = None) -> int:
     """Set torch intra-op threads to ``n`` (default: all cores) and return the value used.
 
     On busy 2-core machines OpenMP spin-waiting can make two threads ~10x slower than one;
-    ``OMP_WAIT_POLICY=PASSIVE`` (set here if unset, effective for threads started later) avoids it.
+    ``OMP_WAIT_POLICY=PASSIVE`` avoids it, but libgomp reads it only when torch is first imported, so
+    the package ``__init__`` files of codec/adapters/slm/demos set it before anything imports torch.
+    Setting it here only helps a process that imports torch after calling this.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
