@@ -49,6 +49,9 @@ class Batch:
     head_item: Tensor  # [B, T] index into `voices` of the example the frame belongs to (-1 elsewhere)
     voices: list[Tensor]  # per example: reference acoustic codes [Ka, Ta] for the head's voice vector
     globals_: list[Tensor | None]
+    # [B, T] index of each token's example within its row (0, 1, ...), -1 on padding: what the
+    # block-diagonal mask and the per-example positions are built from (slm.packing)
+    segment_ids: Tensor | None = None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -166,16 +169,21 @@ def make_examples(utts: list[Utterance], tokenizer, layout: TokenLayout, mix: Ta
     return out
 
 
-def pack(examples: list[tuple[Example, int]], max_len: int) -> list[list[tuple[Example, int]]]:
-    """Greedy first-fit packing into sequences of at most ``max_len`` tokens (examples longer are dropped).
+def pack(examples: list[tuple[Example, int]], max_len: int, one_per_row: bool = False
+         ) -> list[list[tuple[Example, int]]]:
+    """Greedy first-fit packing into rows of at most ``max_len`` tokens (examples longer are dropped).
 
-    Packed examples attend to each other (no block-diagonal mask): the common simplification of HF
-    trainers' ``packing=True``; every example starts with its task token, so boundaries are explicit."""
+    ``collate`` records where each example lies in its row (``Batch.segment_ids``), so that training can
+    keep packed examples apart (block-diagonal causal mask, positions from 0 per example: slm.packing).
+    ``one_per_row``: no packing, every example in a row of its own."""
     packs: list[list[tuple[Example, int]]] = []
     room: list[int] = []
     for item in examples:
         n = len(item[0])
         if n > max_len:
+            continue
+        if one_per_row:
+            packs.append([item])
             continue
         for k, r in enumerate(room):
             if n <= r:
@@ -199,12 +207,15 @@ def collate(packs: list[list[tuple[Example, int]]], utts: list[Utterance], pad_i
     hsem = torch.zeros(B, T, dtype=torch.long)
     hcodes = torch.full((B, T, max(L, 1)), IGNORE, dtype=torch.long)
     hitem = torch.full((B, T), -1, dtype=torch.long)
+    seg = torch.full((B, T), -1, dtype=torch.long)
     voices, globals_ = [], []
     for b, p in enumerate(packs):
         o = 0
-        for ex, ui in p:
+        for k, (ex, ui) in enumerate(p):
             n = len(ex)
             ids[b, o : o + n], labels[b, o : o + n], att[b, o : o + n] = ex.input_ids, ex.labels, 1
+            seg[b, o : o + n] = k
+            labels[b, o] = IGNORE  # never learn an example's first token from the previous example's last
             if ex.acoustic is not None and L:
                 ctx = ex.semantic_pos + o - 1  # the state that sampled each semantic token
                 hmask[b, ctx] = True
@@ -215,4 +226,4 @@ def collate(packs: list[list[tuple[Example, int]]], utts: list[Utterance], pad_i
                 voices.append(u.acoustic.reshape(1, 1, -1))  # reference codes of the same utterance
                 globals_.append(u.global_)
             o += n
-    return Batch(ids, labels, att, hmask, hsem, hcodes, hitem, voices, globals_)
+    return Batch(ids, labels, att, hmask, hsem, hcodes, hitem, voices, globals_, seg)

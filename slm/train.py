@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from slm.acoustic_head import AcousticHead, AcousticHeadConfig
 from slm.lm_data import Batch, TaskMix, Utterance, collate, load_tokens, make_examples, pack
+from slm.packing import check_packing, lm_inputs
 
 
 @dataclass
@@ -36,6 +37,9 @@ class TrainConfig:
     train_lm: bool = True  # False: freeze the LM (head-only stage after LM training)
     head_weight: float = 1.0  # loss = lm + head_weight * head (Moshi weights its depth stream similarly)
     max_len: int = 768  # tokens per packed sequence
+    # "block": several examples per row, each attending only to itself with positions from 0 (what it
+    # meets at inference; slm.packing); "concat": causal over the whole row (older runs); "none": one per row
+    packing: str = "block"
     batch_size: int = 2  # packed sequences per micro-batch per process
     grad_accum: int = 1
     lr: float = 2e-4  # LoRA + new token rows
@@ -67,18 +71,25 @@ class TrainConfig:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected some of {sorted(cls.__dataclass_fields__)}")
         return cls(**d)
 
+    def __post_init__(self):
+        check_packing(self.packing)
+
 
 class SpeechLM(nn.Module):
     """The LoRA backbone and the acoustic head as one module (so accelerate/DDP wraps both)."""
 
-    def __init__(self, lm: nn.Module, head: AcousticHead | None, head_weight: float, train_lm: bool):
+    def __init__(self, lm: nn.Module, head: AcousticHead | None, head_weight: float, train_lm: bool,
+                 packing: str = "block"):
         super().__init__()
         self.lm, self.head, self.head_weight, self.train_lm = lm, head, head_weight, train_lm
+        self.packing = check_packing(packing)
 
     def forward(self, b: Batch) -> dict[str, Tensor]:
+        # the head gathers hidden states at fixed row positions (b.head_mask): with "block" packing each of
+        # them is the state of its example alone, exactly as at inference
+        inputs = lm_inputs(self.lm, b.input_ids, b.attention_mask, b.segment_ids, self.packing)
         with torch.set_grad_enabled(self.train_lm and torch.is_grad_enabled()):
-            out = self.lm(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels,
-                          output_hidden_states=self.head is not None)
+            out = self.lm(**inputs, labels=b.labels, output_hidden_states=self.head is not None)
         losses = {"lm/loss": out.loss.float()}
         total = out.loss.float() if self.train_lm else out.loss.float().detach()
         if self.head is not None and b.head_mask.any():
@@ -115,7 +126,8 @@ class BatchSource:
     def _epoch_packs(self, epoch: int):
         if epoch != self._epoch:
             ex = make_examples(self.utts, self.tok, self.layout, self.mix, self.cfg.seed, epoch)
-            self._packs, self._epoch = pack(ex, self.cfg.max_len), epoch
+            self._packs = pack(ex, self.cfg.max_len, one_per_row=self.cfg.packing == "none")
+            self._epoch = epoch
             if not self._packs:
                 raise ValueError(f"no example fits max_len={self.cfg.max_len} tokens; raise max_len")
         return self._packs
@@ -235,7 +247,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     if not utts:
         raise ValueError(f"no 'train' utterances in {token_dir}")
     bb, layout, lm, head = build(cfg, codec)
-    model = SpeechLM(lm, head, cfg.head_weight, cfg.train_lm)
+    model = SpeechLM(lm, head, cfg.head_weight, cfg.train_lm, cfg.packing)
     frame_len = head.cfg.frame_len if head is not None else 0
     mix = TaskMix.from_dict(cfg.tasks)
     src = BatchSource(utts, bb.tokenizer, layout, mix, cfg, frame_len, acc.process_index, acc.num_processes)
