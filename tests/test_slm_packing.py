@@ -51,6 +51,12 @@ def test_collate_records_segments(setup):
     assert b.segment_ids[1, :n2].eq(0).all() and b.segment_ids[1, n2:].eq(-1).all()
     assert int(b.labels[0, n0]) == IGNORE  # B's first token is never a target of A's last state
     assert pack(ex, 10_000, one_per_row=True) == [[e] for e in ex]
+    # the head reads the state before each semantic token: always inside that token's own example
+    packed = _collate(setup, pack(ex, 4 * max(len(e) for e, _ in ex)))
+    pos = packed.head_mask.nonzero()
+    here, nxt = packed.segment_ids[pos[:, 0], pos[:, 1]], packed.segment_ids[pos[:, 0], pos[:, 1] + 1]
+    assert len(pos) and bool((here == nxt).all()) and bool((here >= 0).all())
+    assert int((packed.segment_ids.amax(-1) > 0).sum()) > 0  # some row really holds several examples
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
