@@ -29,11 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--beam", type=int, default=1, help="Whisper beam size (1 = greedy, fast; 5 = paper setting)")
     c.set_defaults(func=_codec)
 
-    s = sub.add_parser("semantic", help="phone purity, cluster purity, PNMI and a CTC probe per token stream")
+    s = sub.add_parser("semantic", help="phone purity, cluster purity, PNMI, a frame phone probe and a CTC "
+                       "probe per token stream")
     s.add_argument("checkpoints", nargs="+", help="codec dirs (save_pretrained)")
     _common(s, "eval_out/semantic")
-    s.add_argument("--train-limit", type=int, default=400, help="train utterances for the CTC probe")
-    s.add_argument("--probe-steps", type=int, default=400, help="CTC probe training steps (0: no probe)")
+    s.add_argument("--train-limit", type=int, default=400, help="train utterances for the probes")
+    s.add_argument("--probe-steps", type=int, default=400, help="CTC probe training steps (0: no CTC probe)")
+    s.add_argument("--frame-probe-steps", type=int, default=300, help="frame phone probe full-batch steps "
+                   "(each sees every train frame; 0: no frame probe)")
     s.set_defaults(func=_semantic)
 
     for task, helptext in (("tts", ("TTS: Whisper WER per voice, speaker similarity to the prompt, DNSMOS, RTF, "
@@ -72,13 +75,16 @@ def _codec(args: argparse.Namespace) -> int:
 
 def _semantic(args: argparse.Namespace) -> int:
     from slm.eval.data import load_items
-    from slm.eval.probe import ProbeConfig
+    from slm.eval.probe import FrameProbeConfig, ProbeConfig
     from slm.eval.semantic_eval import evaluate_semantic, write_semantic_report
 
     test = load_items(args.manifest, _split(args), args.limit)
-    train = load_items(args.manifest, "train", args.train_limit) if args.probe_steps > 0 else []
-    probe = ProbeConfig(steps=max(1, args.probe_steps))
-    results = [evaluate_semantic(c, train, test, probe=probe, teacher=args.teacher) for c in args.checkpoints]
+    any_probe = args.probe_steps > 0 or args.frame_probe_steps > 0
+    train = load_items(args.manifest, "train", args.train_limit) if any_probe else []
+    probe = ProbeConfig(steps=max(0, args.probe_steps))
+    frame_probe = FrameProbeConfig(steps=max(0, args.frame_probe_steps))
+    results = [evaluate_semantic(c, train, test, probe=probe, teacher=args.teacher, frame_probe=frame_probe)
+               for c in args.checkpoints]
     md = write_semantic_report(results, args.out)
     print(Path(md).read_text())
     print(f"wrote {md} and semantic_eval.json in {args.out}")
