@@ -154,3 +154,12 @@ def test_semantic_report_has_the_probe_columns(tmp_path, monkeypatch):
     assert rows["semantic"]["frame_acc"] > 0.95 > rows["acoustic"]["frame_acc"]
     for key in ("frame_chance", "probe_per", "probe_last_loss", "probe_empty"):
         assert key in rows["acoustic"]
+
+
+def test_ctc_probe_starts_at_the_label_prior():
+    rng = np.random.default_rng(0)
+    train, test = _synthetic_items(50, rng), _synthetic_items(5, rng)
+    cfg = {"embed_dim": 8, "hidden": 8, "layers": 1, "steps": 1, "batch_size": 50}
+    prior = train_probe(train, test, 16, 8, 12.5, ProbeConfig(**cfg), progress=False)
+    flat = train_probe(train, test, 16, 8, 12.5, ProbeConfig(**cfg, prior_init=False), progress=False)
+    assert prior.first_loss < 0.8 * flat.first_loss
