@@ -1,8 +1,12 @@
-"""ASR probe on frozen tokens (SUPERB-style): a small CTC phone recogniser trained for a bounded
-number of steps; its phone error rate on held-out speakers says how much linguistic content the
-tokens carry in a form a light model can read.
+"""Probes on frozen tokens: how much phone content the tokens carry in a form a light model can read.
 
-Model: code embedding -> 2-layer BiLSTM -> linear over phones + blank. The backward direction is a
+``train_frame_probe``: a frame phone classifier against the aligned phone at each frame's centre
+(accuracy on held-out speakers, next to majority-class chance); sample-efficient, the leading column.
+
+``train_probe``: the ASR probe of EVAL.md (SUPERB-style), a small CTC phone recogniser trained for a
+bounded number of steps; its phone error rate on held-out speakers.
+
+CTC model: code embedding -> 2-layer BiLSTM -> linear over phones + blank. The backward direction is a
 second LSTM run on each sequence reversed within its own length: exact for padded batches, and ~20x
 faster on CPU than ``pack_padded_sequence``, whose backward pass is slow there. Token streams at 12.5 Hz
 carry fewer frames than phones (~12-15 phones/s), which CTC cannot emit, so each frame is repeated
@@ -159,7 +163,7 @@ class FrameProbeConfig:
     anywhere in it or in a neighbour; the window is fixed in seconds so a 12.5 Hz and a 50 Hz stream
     see the same stretch of speech. Small and early-stopped, because codes from a 1024-8192 entry
     codebook seen on a few thousand frames are easy to memorise (a 64/128-wide probe reached 98-100%
-    train and ~30% held-out accuracy on the v2 codec's streams).
+    train and 26-37% held-out accuracy on the v2 codec's streams).
     """
     embed_dim: int = 16
     hidden: int = 64
