@@ -168,7 +168,7 @@ class FrameProbeConfig:
     embed_dim: int = 16
     hidden: int = 64
     context_s: float = 0.08  # frames within +-80 ms: +-1 at 12.5 Hz, +-4 at 50 Hz
-    steps: int = 200  # full-batch steps (at most): each is one pass over all train frames
+    steps: int = 300  # full-batch steps (at most): each is one pass over all train frames
     lr: float = 1e-2
     weight_decay: float = 1e-2
     dropout: float = 0.3
