@@ -112,7 +112,8 @@ def evaluate_semantic(checkpoint: str | Path, train: list[EvalItem], test: list[
                                        _frame_items(codes, test, rates[stream]), n_codes=sizes[stream],
                                        n_labels=len(INVENTORY), frame_rate=rates[stream], cfg=frame_probe)
                 row.update(frame_acc=fr.accuracy, frame_chance=fr.chance, frame_train_acc=fr.train_accuracy,
-                           frame_last_loss=fr.last_loss, frame_steps=fr.steps, frame_context=fr.context,
+                           frame_last_loss=fr.last_loss, frame_steps=fr.steps, frame_best_step=fr.best_step,
+                           frame_val_acc=fr.val_accuracy, frame_context=fr.context,
                            frame_context_ms=1000.0 * fr.context / rates[stream])
             if probe is None or probe.steps > 0:
                 res = train_probe(_probe_items(train_codes[stream], train), _probe_items(codes, test),
