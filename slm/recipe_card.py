@@ -97,8 +97,10 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
     lcfg, tts, asr = m["lm"]["config"], m["lm"]["tts"], m["lm"]["asr"]
     splits = corpus.get("splits", {})
     sem = [r for res in m["semantic"] for r in res.get("rows", [])]
-    sem_line = "; ".join(f"{r['stream']} stream: PNMI {_f(r.get('pnmi'))}, phone purity {_f(r.get('phone_purity'))}, "
-                         f"probe PER {_f(r.get('probe_per'))}" for r in sem) or "not run"
+    sem_line = "; ".join(f"{r['stream']} stream: PNMI {_f(r.get('pnmi_all', r.get('pnmi')))} (chance "
+                         f"{_f(r.get('pnmi_all_chance', r.get('pnmi_chance')))}), phone purity {_f(r.get('phone_purity'))}, "
+                         f"frame phone accuracy {_f(r.get('frame_acc'))} (majority {_f(r.get('frame_chance'))}), "
+                         f"CTC probe PER {_f(r.get('probe_per'))}" for r in sem) or "not run"
     lines = [
         "# dualstream-slm default bundle",
         "",
@@ -129,7 +131,8 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         (f"Real speech (asterisk prompts, one speaker): codec PESQ-wb {_f(m['codec']['real']['codec'].get('pesq_wb'))}, "
         f"STOI {_f(m['codec']['real']['codec'].get('stoi'))}, WER {_f(m['codec']['real']['codec'].get('wer'))} "
         f"(floor WER {_f(m['codec']['real']['floor'].get('wer'))})."),
-        f"Semantic stream against exact phone alignments: {sem_line}.",
+        (f"Token streams against exact phone alignments (PNMI over train+test frames; frame phone accuracy of a "
+         f"small probe on the held-out speakers): {sem_line}."),
         "",
         "## Data, steps, hardware",
         "",
@@ -154,7 +157,7 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         "",
         "## Known limits",
         "",
-        "This bundle was trained within a CPU budget of minutes per stage on a shared 2-core machine. Its",
+        "This bundle was trained within a CPU budget of about an hour per stage on a shared 2-core machine. Its",
         "quality is far from the targets of the seed papers and from the floors above; the table says by how much:",
         (f"TTS WER {_f(tts.get('wer'))} against a floor of {_f(asr.get('whisper_wer'))}, ASR-by-token WER {_f(asr.get('wer'))}, "
         f"codec PESQ-wb {_f(m['codec']['eval'].get('pesq_wb'))}. Treat it as a working, end-to-end default that"),
