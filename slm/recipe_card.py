@@ -165,6 +165,10 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         "The way to a good model is the same recipe with the full settings on a GPU (README, \"On a GPU\").",
         "- Trained on synthetic voices only; real speech is out of domain (see the real-speech codec row).",
         "- English only; sentences from a packaged public text (fortunes).",
+        *(["- Continuation perplexity is only comparable between transcripts of similar length and content: a short,",
+           "  generic transcript (a few common words) scores lower than the reference text of a real sentence, so a",
+           "  value below the floor does not mean a better continuation; read it with the DNSMOS and speaker rows."]
+          if m["lm"].get("continue") else []),
         "",
     ]
     (bundle / "README.md").write_text("\n".join(lines))
