@@ -204,7 +204,7 @@ class CodecConfig:
         base.update(
             dim=32, mlp_ratio=2, n_mels=24, encoder_blocks=1, encoder_low_blocks=1, decoder_blocks=1,
             teacher_dim=16, semantic_codebook_size=16, vae_dim=8, global_dim=8, text_dim=16,
-            text_layers=1, text_vocab_size=40, spd_blocks=2, global_crop_s=0.5,
+            text_layers=1, text_vocab_size=40, global_crop_s=0.5,
             spd_layers=2, spd_dim=32, spd_heads=2, spd_ff_ratio=2, spd_context=4,
         )
         if variant == "secousticodec":

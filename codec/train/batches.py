@@ -107,16 +107,6 @@ class StepBatches(Dataset):
         return CodecBatch(torch.stack(wavs), teacher, texts, ids, starts)
 
 
-def crop_text(row: dict, start_s: float, dur_s: float) -> str:
-    """The words spoken inside the crop (by word midpoints) when the manifest has word times,
-    else the whole transcript: a contrastive speech-text loss on a crop needs the crop's text."""
-    words = row.get("words") or []
-    if not words:
-        return row.get("text") or ""
-    end = start_s + dur_s
-    return " ".join(w for a, b, w in words if start_s <= (a + b) / 2 < end)
-
-
 def crop_words(row: dict, start_s: float, dur_s: float) -> TimedText | str:
     """The words overlapping the crop ``[start_s, start_s + dur_s)`` with times relative to the crop
     (cut at its edges), or the whole transcript when the row has no word times.
