@@ -128,7 +128,8 @@ class AcousticHead(nn.Module):
         The same inputs as the teacher-forced pass (:meth:`_inputs`), one position per step with the
         layers' keys/values kept (:func:`_layer_step`): nn.TransformerEncoder's per-call checks and the
         prefix recomputation cost more than the math at L <= 16 on CPU. Codes equal :meth:`_run`'s
-        (logits agree to float rounding; tests compare with :meth:`_generate_reference`)."""
+        (logits agree to float rounding; tests compare with the whole-prefix
+        form: :meth:`_run` over :meth:`_inputs` at every step)."""
         N, L = h.shape[0], self.cfg.frame_len
         x = self.in_proj(h) + self.sem_emb(sem)
         if voice is not None:
@@ -144,16 +145,6 @@ class AcousticHead(nn.Module):
             codes[:, i] = sample(self.out(self.norm(y[:, 0])).float(), temperature, top_k, 1.0, generator)
             if i + 1 < L:
                 x = self.code_emb(codes[:, i]) + self.pos_emb[i + 1]
-        return codes
-
-    def _generate_reference(self, h: Tensor, sem: Tensor, voice: Tensor | None = None, temperature: float = 0.8,
-                            top_k: int = 50, generator: torch.Generator | None = None) -> Tensor:
-        """The plain form of :meth:`generate` (whole prefix through :meth:`_run` every step); kept for tests."""
-        N, L = h.shape[0], self.cfg.frame_len
-        codes = torch.zeros(N, 0, dtype=torch.long, device=h.device)
-        for _ in range(L):
-            logits = self._run(self._inputs(h, sem, codes, voice))[:, -1].float()  # [N, C]
-            codes = torch.cat([codes, sample(logits, temperature, top_k, 1.0, generator)[:, None]], dim=1)
         return codes
 
     # ---- save / load ----------------------------------------------------------------------------------------
