@@ -51,6 +51,74 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
             "machine": codec_eval.get("machine") or {"cpu": platform.processor()}}
 
 
+def _curve(path: Path, keys: tuple[str, ...]) -> dict[str, tuple[list[int], list[float]]]:
+    """``{key: (steps, values)}`` from a JSON-lines training log; a step logged twice (a resumed chunk
+    re-logs the steps after its checkpoint) keeps its last value."""
+    rows: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            if isinstance(r.get("step"), int):
+                rows[r["step"]] = r
+    out = {}
+    for k in keys:
+        pts = [(s, float(r[k])) for s, r in sorted(rows.items()) if isinstance(r.get(k), (int, float))]
+        if pts:
+            out[k] = ([p[0] for p in pts], [p[1] for p in pts])
+    return out
+
+
+def plot_training(work: Path, png: Path) -> Path | None:
+    """Codec and LM training curves of a recipe build, from the logs their stages wrote (None if neither
+    log exists)."""
+    codec = _curve(work / "codec" / "log.jsonl", ("mel/l1", "anchor/accuracy", "loss/total"))
+    lm = _curve(work / "lm" / "train_log.jsonl", ("lm/loss", "head/loss", "lr"))
+    if not codec and not lm:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.6), dpi=90)
+    a1, a2 = fig.subplots(1, 2)
+    for k, style in (("mel/l1", "-"), ("loss/total", ":")):
+        if k in codec:
+            a1.plot(*codec[k], style, label=k)
+    a1.set_yscale("log")
+    a1.set(title="codec", xlabel="step", ylabel="loss")
+    if "anchor/accuracy" in codec:
+        t1 = a1.twinx()
+        t1.plot(*codec["anchor/accuracy"], color="tab:green", alpha=0.7, label="anchor/accuracy")
+        t1.set_ylabel("anchor accuracy")
+        t1.legend(loc="upper right", fontsize=8)
+    a1.legend(loc="upper left", fontsize=8)
+    for k in ("lm/loss", "head/loss"):
+        if k in lm:
+            a2.plot(*lm[k], label=k)
+    a2.set(title="speech LM (LoRA + acoustic head)", xlabel="step", ylabel="cross-entropy")
+    if "lr" in lm:
+        t2 = a2.twinx()
+        t2.plot(*lm["lr"], "--", color="gray", alpha=0.6, label="lr")
+        t2.set_ylabel("learning rate")
+        t2.legend(loc="center right", fontsize=8)
+    a2.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png)
+    return png
+
+
+def _segments(lt: dict[str, Any]) -> str:
+    """How a run extended by raising its step budget was trained, plan by plan ('' for a single plan)."""
+    seg = lt.get("segments") or []
+    if len(seg) < 2:
+        return ""
+    parts = [f"to step {x['steps_trained']} of a {x['steps_planned']}-step cosine schedule ({_f(x['seconds'], 0)} s)"
+             for x in seg]
+    return (f" Trained in {len(seg)} segments, each resuming the previous one's checkpoint with the schedule "
+            f"recomputed for its new total (a warm restart): {'; then '.join(parts)}.")
+
+
 def _metric_table(m: dict[str, Any]) -> list[str]:
     c, fl, tts, tf, asr = m["codec"]["eval"], m["codec"]["floor"], m["lm"]["tts"], m["lm"]["tts_floor"], m["lm"]["asr"]
     bps = c.get("bitrate")
@@ -91,6 +159,7 @@ def _cost_table(m: dict[str, Any]) -> list[str]:
 
 def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
     m = collect(work, bundle)
+    curves = plot_training(work, bundle / "training.png")
     m["size_mb"] = round(size_mb, 2)
     (bundle / "metrics.json").write_text(json.dumps(m, indent=2, default=str) + "\n")
     s, corpus, ct, lt = m["settings"], m["corpus"], m["codec"]["training"], m["lm"]["training"]
@@ -145,12 +214,16 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         (f"- LM: {lt.get('steps_trained', '-')} of {lt.get('steps_planned', '-')} planned steps "
         f"({_f(lt.get('seconds'), 0)} s{', stopped by the time budget' if lt.get('stopped_by_time') else ''}); "
         f"LoRA {lcfg.get('lora', {})}, {lcfg.get('batch_size', '-')} x {lcfg.get('max_len', '-')} tokens per step, "
-        f"lr {lcfg.get('lr', '-')} (head {lcfg.get('head_lr', '-')}), task mix {lcfg.get('tasks') or 'default'}."),
+        f"lr {lcfg.get('lr', '-')} (head {lcfg.get('head_lr', '-')}), task mix {lcfg.get('tasks') or 'default'}."
+        + _segments(lt)),
         (f"- Hardware: {m['machine'].get('cpu', 'CPU')}, 2 cores shared with other jobs, "
         f"{s.get('threads', '-')} torch thread(s); training dtype: LM autocast "
         f"{lcfg.get('mixed_precision', '-')}, codec {s.get('codec', {}).get('train', {}).get('mixed_precision', 'no')}; "
         "inference fp32 (weights stored fp16)."),
         "",
+        *(["![training curves](training.png)", "",
+           "Training curves (from the stages' logs): codec reconstruction loss and anchor accuracy; the LM's",
+           "text/semantic-token loss, the acoustic head's loss and the learning rate.", ""] if curves else []),
         "Stage costs (this build; stages reused from earlier builds show their original cost):",
         "",
         *_cost_table(m),

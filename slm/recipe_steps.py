@@ -14,12 +14,21 @@ from pathlib import Path
 
 # ---- lm-train --------------------------------------------------------------------------------------------
 
+def _final_steps(final: Path) -> int | None:
+    """Steps of the model dir ``final`` (None if there is none)."""
+    f = final / "slm_config.json"
+    return int(json.loads(f.read_text()).get("trained_steps", -1)) if f.is_file() else None
+
+
 def lm_train_bounded(config: str | Path, max_minutes: float = 0.0, chunk: int | None = None) -> Path:
     """``slm.train.train`` in resumable chunks of ``chunk`` steps until done or ``max_minutes`` pass.
 
     When time runs out, the run is closed at its last checkpoint (the bundle is written with the steps
-    actually trained), so a CPU budget bounds the stage without losing the work. Writes
-    ``<out_dir>/recipe_train.json`` (planned vs trained steps, seconds)."""
+    actually trained), so a CPU budget bounds the stage without losing the work. Raising ``steps`` in the
+    config of a finished (or time-closed) run extends it from its last checkpoint: the cosine schedule is
+    then recomputed for the new total (a warm restart) and the run's ``segments`` record each plan.
+    ``max_minutes`` counts the time of every segment. Writes ``<out_dir>/recipe_train.json``
+    (planned vs trained steps, seconds, segments)."""
     from slm.train import TrainConfig, train
 
     cfg = TrainConfig.from_yaml(config)
@@ -28,11 +37,26 @@ def lm_train_bounded(config: str | Path, max_minutes: float = 0.0, chunk: int | 
     out = Path(cfg.out_dir)
     info_path = out / "recipe_train.json"
     prev = json.loads(info_path.read_text()) if info_path.exists() else {}
-    t0, spent0 = time.perf_counter(), float(prev.get("seconds", 0.0))
+    segments = list(prev.get("segments") or ([{k: prev[k] for k in ("steps_planned", "steps_trained", "seconds")}]
+                                             if prev else []))
+    if segments and segments[-1]["steps_planned"] == planned:
+        segments.pop()  # the same plan, resumed: its segment is rewritten below
+    seg_start = sum(s["seconds"] for s in segments)
+    spent0 = float(prev.get("seconds", 0.0)) if prev else 0.0
+    final = out / "final"
+    done = _final_steps(final)
+    if done is not None:
+        out_of_time = prev.get("stopped_by_time_at") == planned and max_minutes and spent0 >= max_minutes * 60
+        if done >= planned or out_of_time:
+            print(f"lm-train: {final} is done ({done} steps); raise `steps` or --max-minutes to train on")
+            return final
+        print(f"lm-train: extending the run from step {done} to {planned}; {final} is rewritten when it ends")
+        shutil.rmtree(final)
+    t0 = time.perf_counter()
     stopped_by_time = False
     while True:
         final = train(cfg, stop_after=chunk)
-        if (final / "slm_config.json").exists():
+        if _final_steps(final) is not None:
             break
         spent = spent0 + time.perf_counter() - t0
         if max_minutes and spent > max_minutes * 60:
@@ -42,8 +66,12 @@ def lm_train_bounded(config: str | Path, max_minutes: float = 0.0, chunk: int | 
             final = train(cfg, stop_after=0)
             break
     step = json.loads((out / "checkpoints" / "latest" / "step.json").read_text())["step"]
+    seconds = round(spent0 + time.perf_counter() - t0, 1)
+    segments.append({"steps_planned": planned, "steps_trained": step, "seconds": round(seconds - seg_start, 1)})
     info = {"steps_planned": planned, "steps_trained": step, "stopped_by_time": stopped_by_time,
-            "seconds": round(spent0 + time.perf_counter() - t0, 1), "max_minutes": max_minutes}
+            "seconds": seconds, "max_minutes": max_minutes, "segments": segments}
+    if stopped_by_time:
+        info["stopped_by_time_at"] = planned
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info))
     return final

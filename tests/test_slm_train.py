@@ -61,6 +61,32 @@ def test_config_rejects_unknown_keys(tmp_path):
         TrainConfig.from_yaml(f)
 
 
+def test_bounded_training_extends_a_finished_run(tmp_path):
+    """Raising `steps` of a finished run trains on from its checkpoint, rewrites final/ and records both
+    plans; a rerun of a finished plan trains nothing."""
+    from dataclasses import asdict
+
+    import yaml
+
+    from slm.recipe_steps import lm_train_bounded
+
+    cfg = tiny_train_config(tmp_path, steps=2, save_every=2)
+    f = tmp_path / "cfg.yaml"
+    f.write_text(yaml.safe_dump(asdict(cfg)))
+    final = lm_train_bounded(f)
+    assert json.loads((final / "slm_config.json").read_text())["trained_steps"] == 2
+    f.write_text(yaml.safe_dump({**asdict(cfg), "steps": 4}))
+    final = lm_train_bounded(f)
+    assert json.loads((final / "slm_config.json").read_text())["trained_steps"] == 4
+    info = json.loads(Path(cfg.out_dir, "recipe_train.json").read_text())
+    assert [(s["steps_planned"], s["steps_trained"]) for s in info["segments"]] == [(2, 2), (4, 4)]
+    assert info["steps_trained"] == 4 and not info["stopped_by_time"]
+    n_logged = len(_log(cfg))
+    lm_train_bounded(f)  # done: nothing trains
+    assert len(_log(cfg)) == n_logged
+    assert [r["step"] for r in _log(cfg)] == [1, 2, 3, 4]
+
+
 @pytest.mark.slow
 def test_two_process_cpu_training(tmp_path):
     cfg = tiny_train_config(tmp_path, steps=3, save_every=3, batch_size=1)
