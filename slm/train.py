@@ -31,6 +31,10 @@ class TrainConfig:
     manifest: str = ""
     out_dir: str = "checkpoints/slm/run"
     backbone: str = "smollm2-135m"  # hub id, local dir, or the embedded default
+    # a speech-LM model dir ("default" = the bundled one) to fine-tune further: its LoRA adapter, new-token
+    # rows and acoustic head are the starting point (their settings replace `lora` / `head`); `codec` then
+    # defaults to the model's own codec, and the tokens must come from that codec
+    init_from: str = ""
     lora: dict = field(default_factory=dict)  # adapters.lora.LoraSettings fields
     head: dict = field(default_factory=dict)  # AcousticHeadConfig overrides (dim, n_layers, n_heads, ...)
     tasks: dict = field(default_factory=dict)  # TaskMix: tts / asr / continue ratios, prompt_prob
@@ -212,17 +216,70 @@ def build(cfg: TrainConfig, codec=None):
     bb = load_backbone(cfg.backbone)
     layout = TokenLayout.for_tokenizer(bb.tokenizer, codec.semantic_codebook_size)
     extend_vocabulary(bb.model, bb.tokenizer, layout)
-    lm = apply_lora(bb.model, LoraSettings(**cfg.lora), layout.new_ids())
+    if cfg.init_from:
+        lm, head = _init_from(cfg, bb, layout, codec)
+    else:
+        lm = apply_lora(bb.model, LoraSettings(**cfg.lora), layout.new_ids())
+        head = _new_head(cfg, bb, codec)
     if not cfg.train_lm:
         for p in lm.parameters():
             p.requires_grad_(False)
+    return bb, layout, lm, head
+
+
+def init_dir(cfg: TrainConfig) -> Path:
+    """The model dir named by ``cfg.init_from`` (``"default"``: the bundled model)."""
+    from slm.pipeline import default_model_dir
+
+    d = default_model_dir() if cfg.init_from == "default" else Path(cfg.init_from)
+    if not (d / "slm_config.json").is_file() or not (d / "adapter").is_dir():
+        raise FileNotFoundError(f"init_from: {d} is not a speech-LM model dir (slm_config.json or adapter/ missing)")
+    return d
+
+
+def _init_from(cfg: TrainConfig, bb, layout, codec):
+    """LoRA adapter (trainable) and acoustic head of an existing model dir, checked against this run."""
+    from adapters.lora import load_adapter
+    from slm.layout import TokenLayout
+
+    d = init_dir(cfg)
+    theirs = json.loads((d / "slm_config.json").read_text())
+    old = TokenLayout.load(d)
+    if (old.base_vocab, old.n_semantic, old.specials) != (layout.base_vocab, layout.n_semantic, layout.specials):
+        raise ValueError(
+            f"init_from {d}: its token layout (text vocab {old.base_vocab}, {old.n_semantic} semantic codes) does not "
+            f"match this run's (text vocab {layout.base_vocab}, {layout.n_semantic} codes): it was trained with "
+            f"backbone {theirs.get('backbone')!r} and another codec; use the same backbone and the model's own codec "
+            f"({d / 'codec'})")
+    try:
+        lm = load_adapter(bb.model, d / "adapter", trainable=True)
+    except RuntimeError as e:  # shape mismatch: same vocabulary, another backbone
+        raise ValueError(f"init_from {d}: its adapter does not fit backbone {cfg.backbone!r} (trained on "
+                         f"{theirs.get('backbone')!r}): {str(e).splitlines()[0]}") from e
+    for n, p in lm.named_parameters():  # fp16 bundles: train in fp32
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    head = None
+    if codec.n_acoustic_codebooks:
+        if not (d / "acoustic_head.json").is_file():
+            raise ValueError(f"init_from {d} has no acoustic head but codec {cfg.codec} has acoustic codebooks")
+        head = AcousticHead.from_pretrained(d).train()
+        want = (codec.acoustic_codebook_size, codec.n_acoustic_codebooks, codec.semantic_codebook_size)
+        have = (head.cfg.codebook_size, head.cfg.n_codebooks, head.cfg.n_semantic)
+        if want != have:
+            raise ValueError(f"init_from {d}: its acoustic head predicts {have[1]} x {have[0]} codes over "
+                             f"{have[2]} semantic ids, the codec has {want[1]} x {want[0]} over {want[2]}")
+    return lm, head
+
+
+def _new_head(cfg: TrainConfig, bb, codec) -> AcousticHead | None:
     head = None
     if codec.n_acoustic_codebooks:
         ratio = max(1, round(codec.acoustic_rate / codec.semantic_rate))
         hc = {"backbone_dim": bb.model.config.hidden_size, "n_semantic": codec.semantic_codebook_size,
               "codebook_size": codec.acoustic_codebook_size, "n_codebooks": codec.n_acoustic_codebooks, "ratio": ratio}
         head = AcousticHead(AcousticHeadConfig(**{**hc, **cfg.head}))
-    return bb, layout, lm, head
+    return head
 
 
 def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int | None = None) -> Path:
@@ -240,7 +297,8 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     acc = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision), cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
     out = Path(cfg.out_dir)
-    codec = codec if codec is not None else _load_codec(cfg.codec, None)
+    if codec is None:
+        codec = _load_codec(cfg.codec or (str(init_dir(cfg) / "codec") if cfg.init_from else ""), None)
     token_dir = cfg.tokens or _tokenize(cfg, codec, acc)
     utts = load_tokens(token_dir, split="train", limit=cfg.max_utterances)
     valid = load_tokens(token_dir, split=cfg.valid_split, limit=64)
@@ -312,7 +370,9 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     if acc.is_main_process:
         voices = _default_voices(utts, codec)
         save_bundle(final, lm, layout, head, codec, cfg.backbone, voices=voices,
-                    extra={"sampling": {}, "lora": cfg.lora, "trained_steps": step}, half=cfg.save_half)
+                    extra={"sampling": {}, "lora": _lora_info(lm), "trained_steps": step,
+                           **({"init_from": str(init_dir(cfg).resolve())} if cfg.init_from else {})},
+                    half=cfg.save_half)
         writer.close()
     acc.wait_for_everyone()
     return final
@@ -373,6 +433,12 @@ def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, 
 
         res["tts_wer"] = error_rates(refs, WhisperASR().transcribe(wavs, pipe.sample_rate)).wer
     return res
+
+
+def _lora_info(lm) -> dict:
+    """r / alpha / targets of the adapter actually trained (init_from runs keep the loaded adapter's)."""
+    pc = lm.peft_config["default"]
+    return {"r": pc.r, "alpha": pc.lora_alpha, "target_modules": sorted(pc.target_modules or [])}
 
 
 def _check_ranks_agree(acc, model: SpeechLM) -> None:

@@ -1,5 +1,7 @@
 """Speech LM end to end on a tiny backbone + tiny codec: save/load, merge, constrained decoding,
 streaming, dialogue with the adapter disabled, bad inputs."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -189,3 +191,16 @@ def test_merged_for_inference(trained, pipe):
     assert q.infer_lm is not q.lm and hasattr(q.lm, "peft_config")
     toks = q.tts_tokens("hello world", seed=2, max_seconds=1.0)
     assert toks and all(t.semantic.max() < q.layout.n_semantic for t in toks)
+
+
+def test_cli_lists_voices_without_loading_and_asks_for_missing_args(capsys):
+    from slm.cli import main
+    from tests._tiny_pipeline import tiny_pipeline_dir
+
+    d = tiny_pipeline_dir()
+    names = sorted(p.stem for p in Path(d, "voices").glob("*.safetensors"))
+    assert names
+    assert main(["tts", "--list-voices", "--model", d]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == names
+    with pytest.raises(SystemExit, match="--out"):
+        main(["tts", "hello", "--model", d])

@@ -61,6 +61,45 @@ def test_config_rejects_unknown_keys(tmp_path):
         TrainConfig.from_yaml(f)
 
 
+def test_init_from_fine_tunes_a_saved_model(tmp_path):
+    """`init_from` starts from a model dir's adapter and head (fp16 bundle included): same logits as the
+    saved model before any step, a lower first loss than a fresh start, and the codec defaults to its own."""
+    from slm.pipeline import SpeechPipeline
+    from slm.train import build
+
+    a = tiny_train_config(tmp_path / "a", steps=6, batch_size=4, save_every=100, save_half=True)
+    train(a, progress=False)
+    src = Path(a.out_dir, "final")
+    b = tiny_train_config(tmp_path / "b", steps=2, batch_size=4, save_every=100, init_from=str(src), codec="",
+                          lora={"r": 2, "alpha": 2})  # ignored: the loaded adapter's settings apply
+    pipe = SpeechPipeline.from_pretrained(src, merge=False)
+    _, layout, lm, head = build(b, pipe.codec)
+    ids = torch.tensor([[1, 2, layout.audio_start, layout.semantic_offset + 3, layout.semantic_offset + 5]])
+    with torch.no_grad():
+        assert torch.equal(lm.eval()(ids).logits, pipe.lm.eval()(ids).logits)
+    for (n, p), (_, q) in zip(head.state_dict().items(), pipe.head.state_dict().items()):
+        assert torch.equal(p, q), n
+    assert lm.peft_config["default"].r == 4 and any(p.requires_grad for p in lm.parameters())
+    train(b, progress=False)  # codec: the model's own (b.codec is empty)
+    assert _log(b)[0]["lm/loss"] < _log(a)[0]["lm/loss"] - 0.05
+    info = json.loads(Path(b.out_dir, "final", "slm_config.json").read_text())
+    assert info["init_from"] == str(src.resolve()) and info["lora"]["r"] == 4
+
+
+def test_init_from_rejects_a_model_of_another_codec(tmp_path):
+    from slm.train import build
+    from tests.test_slm_helpers import tiny_codec, tiny_codec_dir
+
+    a = tiny_train_config(tmp_path / "a", steps=1, save_every=100)
+    train(a, progress=False)
+    b = tiny_train_config(tmp_path / "b", "secousticodec", init_from=str(Path(a.out_dir, "final")),
+                          codec=tiny_codec_dir("secousticodec"))
+    with pytest.raises(ValueError, match="token layout"):
+        build(b, tiny_codec("secousticodec"))
+    with pytest.raises(FileNotFoundError, match="not a speech-LM model dir"):
+        build(tiny_train_config(tmp_path / "c", init_from=str(tmp_path)), tiny_codec())
+
+
 def test_bounded_training_extends_a_finished_run(tmp_path):
     """Raising `steps` of a finished run trains on from its checkpoint, rewrites final/ and records both
     plans; a rerun of a finished plan trains nothing."""

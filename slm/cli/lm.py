@@ -11,15 +11,19 @@ def register(subparsers) -> None:
     t.add_argument("--out-dir", default=None, help="override the config's out_dir")
     t.add_argument("--codec", default=None, help="override the codec dir")
     t.add_argument("--tokens", default=None, help="override the token dir (from `slm codec tokenize`)")
+    t.add_argument("--init-from", default=None,
+                   help="fine-tune a trained speech-LM dir further ('default': the bundled model): its adapter and "
+                        "head are the start, its codec the default codec")
     t.add_argument("--steps", type=int, default=None, help="override the number of optimizer steps")
     t.add_argument("--stop-after", type=int, default=None, help="leave after N steps (resume later)")
     t.set_defaults(func=_train)
 
     s = subparsers.add_parser("tts", help="text -> speech with a trained speech-LM dir")
-    s.add_argument("text")
+    s.add_argument("text", nargs="?")
     s.add_argument("--model", default="default")
-    s.add_argument("--out", required=True, help="output .wav")
+    s.add_argument("--out", help="output .wav")
     s.add_argument("--voice", default=None, help="voice name (see --list-voices) or a reference wav")
+    s.add_argument("--list-voices", action="store_true", help="print the model's bundled voices and exit")
     _sampling_args(s)
     s.add_argument("--max-seconds", type=float, default=20.0)
     s.set_defaults(func=_tts)
@@ -49,7 +53,7 @@ def _train(args) -> int:
     from slm.train import TrainConfig, train
 
     cfg = TrainConfig.from_yaml(args.config, backbone=args.backbone, out_dir=args.out_dir, steps=args.steps,
-                                codec=args.codec, tokens=args.tokens)
+                                codec=args.codec, tokens=args.tokens, init_from=args.init_from)
     final = train(cfg, stop_after=args.stop_after)
     print(f"model dir: {final}" if final.exists() else f"stopped; resume with the same command ({cfg.out_dir})")
     return 0
@@ -61,9 +65,31 @@ def _pipe(model: str):
     return SpeechPipeline.from_pretrained(model)
 
 
+def _list_voices(model: str) -> int:
+    """Voice names and transcripts from ``<model>/voices/`` (no model is loaded)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from slm.pipeline import default_model_dir
+
+    d = default_model_dir() if model == "default" else Path(model)
+    files = sorted((d / "voices").glob("*.safetensors"))
+    if not files:
+        print(f"{d} has no bundled voices; pass a reference wav as --voice")
+    for f in files:
+        with safe_open(str(f), "pt") as fh:
+            print(f"{f.stem}\t{(fh.metadata() or {}).get('text', '')}")
+    return 0
+
+
 def _tts(args) -> int:
     from codec.audio import save_audio
 
+    if args.list_voices:
+        return _list_voices(args.model)
+    if args.text is None or args.out is None:
+        raise SystemExit("slm tts: give the text and --out FILE.wav (or --list-voices)")
     pipe = _pipe(args.model)
     wav = pipe.tts(args.text, args.voice, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    max_seconds=args.max_seconds, seed=args.seed)
