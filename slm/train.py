@@ -251,6 +251,7 @@ def _init_from(cfg: TrainConfig, bb, layout, codec):
             f"match this run's (text vocab {layout.base_vocab}, {layout.n_semantic} codes): it was trained with "
             f"backbone {theirs.get('backbone')!r} and another codec; use the same backbone and the model's own codec "
             f"({d / 'codec'})")
+    _check_same_codec(d, codec)
     try:
         lm = load_adapter(bb.model, d / "adapter", trainable=True)
     except RuntimeError as e:  # shape mismatch: same vocabulary, another backbone
@@ -270,6 +271,25 @@ def _init_from(cfg: TrainConfig, bb, layout, codec):
             raise ValueError(f"init_from {d}: its acoustic head predicts {have[1]} x {have[0]} codes over "
                              f"{have[2]} semantic ids, the codec has {want[1]} x {want[0]} over {want[2]}")
     return lm, head
+
+
+def _check_same_codec(d: Path, codec) -> None:
+    """The run's codec must be the model's own (equal weights at fp16, the precision bundles store):
+    the semantic ids the adapter learned mean nothing under another codec."""
+    from slm.pipeline import _load_codec
+
+    theirs = json.loads((d / "slm_config.json").read_text())
+    cpath = Path(theirs["codec"]) if Path(theirs["codec"]).is_absolute() else d / theirs["codec"]
+    if not isinstance(codec, torch.nn.Module) or not cpath.is_dir():
+        return
+    ref = _load_codec(cpath, theirs.get("codec_class")).state_dict()
+    mine = codec.state_dict()
+    same = ref.keys() == mine.keys() and all(
+        ref[k].shape == mine[k].shape and torch.equal(ref[k].to(torch.float16), mine[k].to(torch.float16))
+        if ref[k].is_floating_point() else torch.equal(ref[k], mine[k]) for k in ref)
+    if not same:
+        raise ValueError(f"init_from {d}: the run's codec is not the model's own ({cpath}); its semantic tokens would "
+                         f"mean something else. Tokenise your data with {cpath} and leave `codec` empty")
 
 
 def _new_head(cfg: TrainConfig, bb, codec) -> AcousticHead | None:

@@ -96,6 +96,12 @@ def test_init_from_rejects_a_model_of_another_codec(tmp_path):
                           codec=tiny_codec_dir("secousticodec"))
     with pytest.raises(ValueError, match="token layout"):
         build(b, tiny_codec("secousticodec"))
+    c = tiny_train_config(tmp_path / "d", init_from=str(Path(a.out_dir, "final")))
+    other = tiny_codec()
+    with torch.no_grad():
+        next(p for p in other.parameters() if p.is_floating_point()).add_(1.0)
+    with pytest.raises(ValueError, match="not the model's own"):
+        build(c, other)  # same sizes, other weights: its tokens mean something else
     with pytest.raises(FileNotFoundError, match="not a speech-LM model dir"):
         build(tiny_train_config(tmp_path / "c", init_from=str(tmp_path)), tiny_codec())
 
