@@ -29,11 +29,21 @@ class Sampling:
     repetition_window: int = 32
     head_temperature: float = 0.7
     head_top_k: int = 50
+    # TTS length bound from the text: a sentence of n characters gets at most 0.5 + n * this many seconds
+    # (0 = only `max_seconds`). `slm train` writes twice the training data's median seconds per character
+    # into the model dir, above every training utterance's own length: it stops runaway speech, not speech.
+    max_seconds_per_char: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
+        if self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0 or self.max_seconds_per_char < 0:
             raise ValueError(f"bad sampling settings: top_k={self.top_k} (>=0), top_p={self.top_p} (0..1], "
-                             f"repetition_penalty={self.repetition_penalty} (>0)")
+                             f"repetition_penalty={self.repetition_penalty} (>0), "
+                             f"max_seconds_per_char={self.max_seconds_per_char} (>=0)")
+
+    def max_frames(self, text: str, max_seconds: float, rate: float) -> int:
+        """Frame budget of one sentence: ``max_seconds``, tightened by the text-length bound if set."""
+        sec = max_seconds if not self.max_seconds_per_char else min(max_seconds, 0.5 + self.max_seconds_per_char * len(text))
+        return max(1, int(sec * rate))
 
 
 @dataclass

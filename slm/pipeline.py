@@ -227,7 +227,7 @@ class SpeechPipeline:
         s = self.sampling
         return Sampling(s.temperature if temperature is None else temperature, s.top_k if top_k is None else top_k,
                         s.top_p if top_p is None else top_p, s.repetition_penalty, s.repetition_window,
-                        s.head_temperature, s.head_top_k)
+                        s.head_temperature, s.head_top_k, s.max_seconds_per_char)
 
     # ---- decoding frames to audio ---------------------------------------------------------------------------
     def _tokens(self, codes: list[int], frames: list, global_: Tensor | None) -> CodecTokens:
@@ -309,9 +309,9 @@ class SpeechPipeline:
         v = self._voice(voice)
         s = self._sampling(temperature, top_k, top_p)
         gen = _generator(seed)
-        max_frames = max(1, int(max_seconds * self.codec.semantic_rate))
         for sentence in split_sentences(text):
             ptext, pcodes = (v.text, v.tokens.semantic[0]) if (v is not None and v.text) else (None, None)
+            max_frames = s.max_frames(sentence, max_seconds, self.codec.semantic_rate)
             yield tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, max_frames, v, gen
 
     # ---- tasks ----------------------------------------------------------------------------------------------

@@ -390,7 +390,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     if acc.is_main_process:
         voices = _default_voices(utts, codec)
         save_bundle(final, lm, layout, head, codec, cfg.backbone, voices=voices,
-                    extra={"sampling": {}, "lora": _lora_info(lm), "trained_steps": step,
+                    extra={"sampling": length_bound(utts, codec), "lora": _lora_info(lm), "trained_steps": step,
                            **({"init_from": str(init_dir(cfg).resolve())} if cfg.init_from else {})},
                     half=cfg.save_half)
         writer.close()
@@ -453,6 +453,16 @@ def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, 
 
         res["tts_wer"] = error_rates(refs, WhisperASR().transcribe(wavs, pipe.sample_rate)).wer
     return res
+
+
+def length_bound(utts: list[Utterance], codec) -> dict:
+    """``{"max_seconds_per_char": 2 x the median seconds per character}`` of the training utterances
+    (see :class:`slm.generate.Sampling`); ``{}`` when they have no text."""
+    import statistics
+
+    rate = float(codec.semantic_rate)
+    r = [u.semantic.numel() / rate / len(u.text) for u in utts if u.text.strip()]
+    return {"max_seconds_per_char": round(2 * statistics.median(r), 4)} if r else {}
 
 
 def _lora_info(lm) -> dict:

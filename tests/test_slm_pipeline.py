@@ -204,3 +204,34 @@ def test_cli_lists_voices_without_loading_and_asks_for_missing_args(capsys):
     assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == names
     with pytest.raises(SystemExit, match="--out"):
         main(["tts", "hello", "--model", d])
+
+
+def test_tts_length_bound_from_text(trained, pipe):
+    """`slm train` writes a seconds-per-character bound (from its data) into the model dir; TTS never
+    runs past 0.5 s + that bound x the sentence's characters, and a tighter bound gives fewer frames."""
+    import json
+    from dataclasses import replace
+
+    from slm.generate import Sampling
+    from slm.lm_data import load_tokens
+    from slm.train import length_bound
+
+    cfg, final = trained
+    saved = json.loads((final / "slm_config.json").read_text())["sampling"]
+    assert saved == length_bound(load_tokens(cfg.tokens, split="train"), pipe.codec) and saved["max_seconds_per_char"] > 0
+    assert pipe.sampling.max_seconds_per_char == saved["max_seconds_per_char"]
+    rate = pipe.codec.semantic_rate
+    assert Sampling(max_seconds_per_char=0.1).max_frames("x" * 20, 20.0, rate) == int(2.5 * rate)
+    assert Sampling().max_frames("x" * 20, 20.0, rate) == int(20.0 * rate)
+    with pytest.raises(ValueError, match="max_seconds_per_char"):
+        Sampling(max_seconds_per_char=-1.0)
+    text = "hello there my friend"
+    old = pipe.sampling
+    try:
+        pipe.sampling = replace(old, max_seconds_per_char=0.0)
+        free = sum(t.semantic.shape[-1] for t in pipe.tts_tokens(text, seed=0, max_seconds=6.0))
+        pipe.sampling = replace(old, max_seconds_per_char=0.01)
+        bounded = sum(t.semantic.shape[-1] for t in pipe.tts_tokens(text, seed=0, max_seconds=6.0))
+    finally:
+        pipe.sampling = old
+    assert bounded <= int((0.5 + 0.01 * len(text)) * rate) < free
