@@ -86,6 +86,17 @@ class Recipe:
         return self.corpus / "manifest.jsonl"
 
     @property
+    def lm_corpus(self) -> Path | None:
+        """A larger corpus for the LM only (``lm_corpus.dir``), or None: the LM trains on ``corpus``."""
+        c = self.s.get("lm_corpus") or {}
+        return self.path(c["dir"]) if c.get("dir") else None
+
+    @property
+    def lm_manifest(self) -> Path:
+        """What the tokenize stage encodes: the LM corpus if there is one (evaluation stays on ``corpus``)."""
+        return (self.lm_corpus / "manifest.jsonl") if self.lm_corpus else self.manifest
+
+    @property
     def real(self) -> Path:
         return self.path((self.s.get("real") or {}).get("dir") or self.work / "real")
 
@@ -145,13 +156,17 @@ def _lines(p: Path) -> int:
 
 
 def _synth(r: Recipe) -> list[list[str]]:
-    c = r.s["corpus"]
-    return [r.slm("data", "synth", "--hours", str(c.get("hours", 2.0)), "--out", str(r.corpus),
-                  "--seed", str(c.get("seed", 0)), "--workers", str(c.get("workers", r.threads)))]
+    out = []
+    for c, d in ((r.s["corpus"], r.corpus), (r.s.get("lm_corpus") or {}, r.lm_corpus)):
+        if d is not None:
+            out.append(r.slm("data", "synth", "--hours", str(c.get("hours", 2.0)), "--out", str(d),
+                             "--seed", str(c.get("seed", 0)), "--workers", str(c.get("workers", r.threads))))
+    return out
 
 
 def _synth_ok(r: Recipe) -> list[str]:
-    return [] if (r.corpus / "summary.json").is_file() and _lines(r.manifest) > 0 else [f"{r.manifest} (+summary.json)"]
+    return [f"{d / 'manifest.jsonl'} (+summary.json)" for d in (r.corpus, r.lm_corpus)
+            if d is not None and not ((d / "summary.json").is_file() and _lines(d / "manifest.jsonl") > 0)]
 
 
 def _real(r: Recipe) -> list[list[str]]:
@@ -216,12 +231,12 @@ def _codec_ok(r: Recipe) -> list[str]:
 
 
 def _tokenize(r: Recipe) -> list[list[str]]:
-    return [r.slm("codec", "tokenize", str(r.codec), "--manifest", str(r.manifest), "--out", str(r.tokens),
+    return [r.slm("codec", "tokenize", str(r.codec), "--manifest", str(r.lm_manifest), "--out", str(r.tokens),
                   "--workers", str(r.s.get("tokenize", {}).get("workers", r.threads)))]
 
 
 def _tokenize_ok(r: Recipe) -> list[str]:
-    n = _lines(r.manifest)
+    n = _lines(r.lm_manifest)
     return [] if n and _lines(r.tokens / "index.jsonl") == n else [f"{r.tokens}/index.jsonl ({n} rows)"]
 
 

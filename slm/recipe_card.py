@@ -108,13 +108,27 @@ def plot_training(work: Path, png: Path) -> Path | None:
     return png
 
 
+def _token_summary(tokens: str | None) -> str:
+    """``<dir> (N train utterances, H h)`` of a token dir, from its index."""
+    if not tokens:
+        return "the recipe's tokens"
+    idx = Path(tokens) / "index.jsonl"
+    if not idx.is_file():
+        return str(tokens)
+    rows = [json.loads(x) for x in idx.read_text().splitlines() if x.strip()]
+    train = [r for r in rows if r.get("split", "train") == "train"]
+    hours = sum(float(r.get("duration") or 0.0) for r in train) / 3600
+    return f"{tokens} ({len(train)} train utterances" + (f", {hours:.1f} h)" if hours else ")")
+
+
 def _segments(lt: dict[str, Any]) -> str:
     """How a run extended by raising its step budget was trained, plan by plan ('' for a single plan)."""
     seg = lt.get("segments") or []
     if len(seg) < 2:
         return ""
-    parts = [f"to step {x['steps_trained']} of a {x['steps_planned']}-step cosine schedule ({_f(x['seconds'], 0)} s)"
-             for x in seg]
+    data = {x.get("tokens") for x in seg}
+    parts = [f"to step {x['steps_trained']} of a {x['steps_planned']}-step cosine schedule ({_f(x['seconds'], 0)} s"
+             + (f", on {_token_summary(x.get('tokens'))}" if len(data) > 1 else "") + ")" for x in seg]
     return (f" Trained in {len(seg)} segments, each resuming the previous one's checkpoint with the schedule "
             f"recomputed for its new total (a warm restart): {'; then '.join(parts)}.")
 

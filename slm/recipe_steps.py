@@ -67,7 +67,8 @@ def lm_train_bounded(config: str | Path, max_minutes: float = 0.0, chunk: int | 
             break
     step = json.loads((out / "checkpoints" / "latest" / "step.json").read_text())["step"]
     seconds = round(spent0 + time.perf_counter() - t0, 1)
-    segments.append({"steps_planned": planned, "steps_trained": step, "seconds": round(seconds - seg_start, 1)})
+    segments.append({"steps_planned": planned, "steps_trained": step, "seconds": round(seconds - seg_start, 1),
+                     "tokens": cfg.tokens or cfg.manifest})
     info = {"steps_planned": planned, "steps_trained": step, "stopped_by_time": stopped_by_time,
             "seconds": seconds, "max_minutes": max_minutes, "segments": segments}
     if stopped_by_time:

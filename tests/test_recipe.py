@@ -17,7 +17,7 @@ def test_shipped_settings_load_and_cover_every_stage():
         r = Recipe(s, ROOT)
         assert r.export_dir.name in ("default", "bundle") and r.threads >= 1
         cmds = recipe._synth(r) + recipe._tokenize(r)
-        assert cmds[0][3:6] == ["--threads", str(r.threads), "data"] and "tokenize" in cmds[1]
+        assert cmds[0][3:6] == ["--threads", str(r.threads), "data"] and "tokenize" in cmds[-1]
     d = load_settings(ROOT / "configs" / "recipe" / "default.yaml")
     assert d["export"]["dir"] == "checkpoints/default" and d["export"]["max_mb"] <= 80
     # the default LM codec: teacher-free encoding at 12.5 Hz
@@ -26,6 +26,23 @@ def test_shipped_settings_load_and_cover_every_stage():
     codec = yaml.safe_load((ROOT / d["codec"]["model"]).read_text())
     assert codec["variant"] == "sacodec" and 16000 / codec["hop_length"] / codec["semantic_stride"] == 12.5
     assert codec["semantic_codebook_size"] == d["teacher"]["k"]
+
+
+def test_lm_corpus_is_synthesised_and_tokenised_for_the_lm_only(tmp_path):
+    s = load_settings(ROOT / "configs" / "recipe" / "tiny.yaml", [f"work_dir={tmp_path}"])
+    r = Recipe(s, ROOT)
+    assert r.lm_corpus is None and r.lm_manifest == r.manifest and len(recipe._synth(r)) == 1
+    s = load_settings(ROOT / "configs" / "recipe" / "tiny.yaml",
+                      [f"work_dir={tmp_path}", f"lm_corpus.dir={tmp_path / 'big'}", "lm_corpus.hours=0.5"])
+    r = Recipe(s, ROOT)
+    synth = recipe._synth(r)
+    assert len(synth) == 2 and synth[1][synth[1].index("--out") + 1] == str(tmp_path / "big")
+    assert synth[1][synth[1].index("--hours") + 1] == "0.5"
+    tok = recipe._tokenize(r)[0]
+    assert tok[tok.index("--manifest") + 1] == str(tmp_path / "big" / "manifest.jsonl")
+    assert any("big" in m for m in recipe._synth_ok(r))  # not built yet: the stage is not done
+    ev = " ".join(" ".join(c) for c in recipe._eval(r))
+    assert "big" not in ev and str(r.manifest) in ev  # evaluation stays on the main corpus
 
 
 def test_overrides_and_bad_input(tmp_path):
@@ -88,3 +105,29 @@ def test_cli_lists_stages(tmp_path, capsys):
     assert main(["recipe", "tiny", "--set", f"work_dir={tmp_path}", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [x.split()[0] for x in lines] == list(STAGES) and all(" todo " in x for x in lines)
+
+
+def test_model_card_lists_training_segments_and_their_data(tmp_path):
+    from slm.recipe_card import _segments, plot_training
+
+    for name, n in (("small", 2), ("big", 5)):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"id": f"{name}{i}", "split": "train", "duration": 720.0} for i in range(n)] + [{"id": "t", "split": "test"}]
+        (d / "index.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    one = {"segments": [{"steps_planned": 600, "steps_trained": 375, "seconds": 3489.1, "tokens": str(tmp_path / "small")}]}
+    assert _segments(one) == ""
+    two = {"segments": one["segments"] + [{"steps_planned": 1250, "steps_trained": 1200, "seconds": 7000.0,
+                                           "tokens": str(tmp_path / "big")}]}
+    text = _segments(two)
+    assert "2 segments" in text and "to step 375 of a 600-step" in text and "to step 1200 of a 1250-step" in text
+    assert f"{tmp_path / 'small'} (2 train utterances, 0.4 h)" in text and "(5 train utterances, 1.0 h)" in text
+    # training curves from the stages' logs (a repeated step keeps its last value; a cut line is skipped)
+    work = tmp_path / "work"
+    (work / "lm").mkdir(parents=True)
+    assert plot_training(work, tmp_path / "none.png") is None
+    (work / "lm" / "train_log.jsonl").write_text(
+        "".join(json.dumps({"step": i, "lm/loss": 5.0 - i / 10, "head/loss": 6.0, "lr": 1e-4}) + "\n" for i in range(1, 9))
+        + '{"step": 9, "lm/lo')
+    png = plot_training(work, tmp_path / "curves.png")
+    assert png is not None and png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
