@@ -26,7 +26,8 @@ def lm_train_bounded(config: str | Path, max_minutes: float = 0.0, chunk: int | 
     When time runs out, the run is closed at its last checkpoint (the bundle is written with the steps
     actually trained), so a CPU budget bounds the stage without losing the work. Raising ``steps`` in the
     config of a finished (or time-closed) run extends it from its last checkpoint: the cosine schedule is
-    then recomputed for the new total (a warm restart) and the run's ``segments`` record each plan.
+    then recomputed for the new total (a warm restart) and the run's ``segments`` record each plan (and each
+    change of token dir: pointing a resumed run at more data starts a segment too).
     ``max_minutes`` counts the time of every segment. Writes ``<out_dir>/recipe_train.json``
     (planned vs trained steps, seconds, segments)."""
     from slm.train import TrainConfig, train
@@ -39,8 +40,9 @@ def lm_train_bounded(config: str | Path, max_minutes: float = 0.0, chunk: int | 
     prev = json.loads(info_path.read_text()) if info_path.exists() else {}
     segments = list(prev.get("segments") or ([{k: prev[k] for k in ("steps_planned", "steps_trained", "seconds")}]
                                              if prev else []))
-    if segments and segments[-1]["steps_planned"] == planned:
-        segments.pop()  # the same plan, resumed: its segment is rewritten below
+    data = cfg.tokens or cfg.manifest
+    if segments and segments[-1]["steps_planned"] == planned and segments[-1].get("tokens", data) == data:
+        segments.pop()  # the same plan on the same data, resumed: its segment is rewritten below
     seg_start = sum(s["seconds"] for s in segments)
     spent0 = float(prev.get("seconds", 0.0)) if prev else 0.0
     final = out / "final"
@@ -68,7 +70,7 @@ def lm_train_bounded(config: str | Path, max_minutes: float = 0.0, chunk: int | 
     step = json.loads((out / "checkpoints" / "latest" / "step.json").read_text())["step"]
     seconds = round(spent0 + time.perf_counter() - t0, 1)
     segments.append({"steps_planned": planned, "steps_trained": step, "seconds": round(seconds - seg_start, 1),
-                     "tokens": cfg.tokens or cfg.manifest})
+                     "tokens": data})
     info = {"steps_planned": planned, "steps_trained": step, "stopped_by_time": stopped_by_time,
             "seconds": seconds, "max_minutes": max_minutes, "segments": segments}
     if stopped_by_time:
