@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from slm.acoustic_head import AcousticHead, AcousticHeadConfig
 from slm.lm_data import Batch, TaskMix, Utterance, collate, load_tokens, make_examples, pack
@@ -83,10 +84,25 @@ class SpeechLM(nn.Module):
     """The LoRA backbone and the acoustic head as one module (so accelerate/DDP wraps both)."""
 
     def __init__(self, lm: nn.Module, head: AcousticHead | None, head_weight: float, train_lm: bool,
-                 packing: str = "block"):
+                 packing: str = "block", text_vocab: int | None = None):
         super().__init__()
         self.lm, self.head, self.head_weight, self.train_lm = lm, head, head_weight, train_lm
         self.packing = check_packing(packing)
+        self.text_vocab = text_vocab  # ids below it are text: lm/loss is also logged split into text / audio targets
+
+    @torch.no_grad()
+    def _split_loss(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """``lm/loss_text`` (ASR transcripts, prompts' text targets) and ``lm/loss_audio`` (semantic tokens and
+        span ends): the mean cross-entropy over each kind of target, so the ASR path's progress is visible
+        next to the TTS/continuation one. NaN for a kind the batch has none of."""
+        lab = labels[:, 1:]
+        keep = lab >= 0
+        tgt = lab[keep]
+        ce = F.cross_entropy(logits[:, :-1][keep].float(), tgt, reduction="none")  # only the scored positions
+        out = {}
+        for name, m in (("text", tgt < self.text_vocab), ("audio", tgt >= self.text_vocab)):
+            out[f"lm/loss_{name}"] = ce[m].mean() if m.any() else torch.tensor(float("nan"))
+        return out
 
     def forward(self, b: Batch) -> dict[str, Tensor]:
         # the head gathers hidden states at fixed row positions (b.head_mask): with "block" packing each of
@@ -95,6 +111,8 @@ class SpeechLM(nn.Module):
         with torch.set_grad_enabled(self.train_lm and torch.is_grad_enabled()):
             out = self.lm(**inputs, labels=b.labels, output_hidden_states=self.head is not None)
         losses = {"lm/loss": out.loss.float()}
+        if self.text_vocab is not None and out.logits is not None:
+            losses.update(self._split_loss(out.logits, b.labels))
         total = out.loss.float() if self.train_lm else out.loss.float().detach()
         if self.head is not None and b.head_mask.any():
             h = out.hidden_states[-1][b.head_mask]  # [N, D]
@@ -325,7 +343,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     if not utts:
         raise ValueError(f"no 'train' utterances in {token_dir}")
     bb, layout, lm, head = build(cfg, codec)
-    model = SpeechLM(lm, head, cfg.head_weight, cfg.train_lm, cfg.packing)
+    model = SpeechLM(lm, head, cfg.head_weight, cfg.train_lm, cfg.packing, text_vocab=layout.base_vocab)
     frame_len = head.cfg.frame_len if head is not None else 0
     mix = TaskMix.from_dict(cfg.tasks)
     src = BatchSource(utts, bb.tokenizer, layout, mix, cfg, frame_len, acc.process_index, acc.num_processes)

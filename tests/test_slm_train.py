@@ -157,3 +157,30 @@ def test_two_process_cpu_training(tmp_path):
     # two real ranks (one file each: printed lines of two processes can interleave on a shared stdout)
     assert [(tmp_path / f"world_{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]
     assert "ranks agree: 2 processes" in res.stdout  # train() compared the weights of both ranks
+
+
+def test_lm_loss_is_also_logged_split_into_text_and_audio_targets(tmp_path):
+    """lm/loss_text (transcripts) and lm/loss_audio (semantic tokens): together they are lm/loss."""
+    import math
+
+    from slm.train import BatchSource, SpeechLM, TaskMix, build
+    from tests.test_slm_helpers import tiny_codec
+
+    cfg = tiny_train_config(tmp_path, batch_size=4, tasks={"tts": 0.5, "asr": 0.5, "continue": 0.0})
+    bb, layout, lm, head = build(cfg, tiny_codec())
+    from slm.lm_data import load_tokens
+
+    src = BatchSource(load_tokens(cfg.tokens, split="train"), bb.tokenizer, layout, TaskMix.from_dict(cfg.tasks), cfg,
+                      head.cfg.frame_len)
+    b = src(0)
+    model = SpeechLM(lm, head, 1.0, True, cfg.packing, text_vocab=layout.base_vocab)
+    with torch.no_grad():
+        out = model(b)
+    lab = b.labels[:, 1:]
+    n_text = int(((lab >= 0) & (lab < layout.base_vocab)).sum())
+    n_audio = int((lab >= layout.base_vocab).sum())
+    assert n_text > 0 and n_audio > 0
+    mix = (n_text * out["lm/loss_text"] + n_audio * out["lm/loss_audio"]) / (n_text + n_audio)
+    assert math.isclose(float(mix), float(out["lm/loss"]), rel_tol=1e-4)
+    train(cfg, progress=False)
+    assert {"lm/loss_text", "lm/loss_audio"} <= set(_log(cfg)[0])
