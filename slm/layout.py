@@ -3,7 +3,8 @@
 The backbone's text vocabulary ``0..base_vocab-1`` is kept as is. Appended after it:
 
 * a contiguous block of semantic tokens ``<|s_0|>..<|s_{K-1}|>`` (ids ``semantic_offset + code``),
-* the task / span specials ``<|audio_start|> <|audio_end|> <|tts|> <|asr|> <|continue|>``.
+* the task / span specials ``<|audio_start|> <|audio_end|> <|tts|> <|asr|> <|continue|>`` and, in layouts
+  made since word-level interleaving exists, ``<|interleave|>``.
 
 Codes stay ``0..K-1`` inside ``codec``; this is the only place that adds or removes the offset
 (Spark-TTS / Llasa / GLM-4-Voice extend the vocabulary the same way). The layout is written to
@@ -22,6 +23,8 @@ from torch import Tensor
 LAYOUT_VERSION = 1
 LAYOUT_FILE = "token_layout.json"
 SPECIALS: tuple[str, ...] = ("<|audio_start|>", "<|audio_end|>", "<|tts|>", "<|asr|>", "<|continue|>")
+# added to new layouts; older model dirs without it load unchanged (their runs cannot use the task)
+OPTIONAL_SPECIALS: tuple[str, ...] = ("<|interleave|>",)
 
 
 def semantic_token(code: int) -> str:
@@ -127,7 +130,7 @@ class TokenLayout:
     @classmethod
     def for_tokenizer(cls, tokenizer, n_semantic: int) -> TokenLayout:
         """Layout for ``tokenizer`` (not yet extended) and a codec with ``n_semantic`` codes."""
-        return cls(base_vocab=len(tokenizer), n_semantic=int(n_semantic))
+        return cls(base_vocab=len(tokenizer), n_semantic=int(n_semantic), specials=SPECIALS + OPTIONAL_SPECIALS)
 
     def extend_tokenizer(self, tokenizer) -> None:
         """Add the new tokens to ``tokenizer`` in place and check they got the layout's ids."""

@@ -20,7 +20,7 @@ from torch import Tensor
 from codec.contracts import CodecTokens
 from slm.acoustic_head import frames_from_acoustic
 from slm.layout import TokenLayout
-from slm.templates import IGNORE, Example, asr_example, continuation_example, tts_example
+from slm.templates import IGNORE, Example, asr_example, continuation_example, interleave_example, tts_example
 
 INDEX = "index.jsonl"
 
@@ -34,6 +34,8 @@ class Utterance:
     semantic: Tensor  # [Ts]
     acoustic: Tensor  # [Ts, L] per-frame acoustic codes (L = r*Ka, may be 0)
     global_: Tensor | None = None  # [D] float or [G] int
+    words: list | None = None  # [(start_s, end_s, word), ...] from the manifest (the interleave task)
+    duration: float = 0.0  # seconds of audio the Ts frames cover (0 = unknown)
 
 
 @dataclass
@@ -94,7 +96,8 @@ def tokenize_manifest(codec, manifest: str | Path, out_dir: str | Path, teacher=
             toks.save(f.with_suffix(".tmp"), metadata={"id": str(row["id"])})
             f.with_suffix(".tmp").rename(f)
         index.append({"id": row["id"], "tokens": f.name, "text": row.get("text", ""),
-                      "speaker": row.get("speaker", ""), "split": row.get("split", "train")})
+                      "speaker": row.get("speaker", ""), "split": row.get("split", "train"),
+                      **{k: row[k] for k in ("duration", "words") if row.get(k)}})
     with open(out / INDEX, "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in index)
     return out
@@ -115,7 +118,8 @@ def load_tokens(token_dir: str | Path, split: str | None = None, limit: int | No
         g = None if t.global_ is None else t.global_[0]
         utts.append(Utterance(str(row["id"]), row.get("text", ""), str(row.get("speaker", "")),
                               row.get("split", "train"), t.semantic[0, 0],
-                              frames_from_acoustic(t.acoustic[0], t.ratio), g))
+                              frames_from_acoustic(t.acoustic[0], t.ratio), g,
+                              row.get("words") or None, float(row.get("duration") or 0.0)))
         if limit and len(utts) >= limit:
             break
     return utts
@@ -127,6 +131,10 @@ class TaskMix:
     asr: float = 0.2
     continue_: float = 0.2
     prompt_prob: float = 0.3  # TTS examples prefixed by another utterance of the same speaker (voice prompt)
+    # word-level text/speech interleaving (slm.templates.interleave_example): needs word times in the token
+    # index (`slm codec tokenize` copies the manifest's `words`) and a layout with <|interleave|>; an
+    # utterance without word times becomes a TTS example instead
+    interleave: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TaskMix:
@@ -143,11 +151,21 @@ def make_examples(utts: list[Utterance], tokenizer, layout: TokenLayout, mix: Ta
     by_spk: dict[str, list[int]] = {}
     for i, u in enumerate(utts):
         by_spk.setdefault(u.speaker, []).append(i)
-    tasks, weights = ["tts", "asr", "continue"], [mix.tts, mix.asr, mix.continue_]
+    tasks, weights = ["tts", "asr", "continue", "interleave"], [mix.tts, mix.asr, mix.continue_, mix.interleave]
+    if mix.interleave > 0 and "<|interleave|>" not in layout.specials:
+        raise ValueError("tasks.interleave > 0 but the token layout has no <|interleave|> (a model dir made "
+                         "before the task existed, e.g. through init_from): set interleave to 0")
     out = []
     for i, u in enumerate(utts):
         task = rng.choices(tasks, weights)[0]
         has_text = bool(u.text.strip())
+        if task == "interleave":
+            ex = interleave_example(tokenizer, layout, u.words or [], u.semantic, u.duration, rng,
+                                    u.acoustic if u.acoustic.shape[-1] else None)
+            if ex is not None:
+                out.append((ex, i))
+                continue
+            task = "tts"
         if task in ("tts", "asr") and not has_text:
             task = "continue"
         if task == "continue" and u.semantic.numel() < 2:

@@ -3,6 +3,9 @@
 * TTS:          ``<|tts|> text <|audio_start|> s.. <|audio_end|>``        loss on ``s.. <|audio_end|>``
 * ASR:          ``<|asr|> <|audio_start|> s.. <|audio_end|> text <eos>``  loss on ``text <eos>``
 * continuation: ``<|continue|> <|audio_start|> s..``                      loss on ``s..`` after the first one
+* interleaved:  ``<|interleave|> w.. <|audio_start|> s.. <|audio_end|> w.. ...``  loss on all after the task
+  token: one utterance cut at word boundaries into spans of 1-4 words, alternately given as text and as
+  the semantic tokens spoken over those words (word-level text/speech interleaving, after SpiritLM)
 
 Every builder returns a :class:`Example`; ``labels`` is ``-100`` wherever no loss is taken, so only the
 part the model generates at inference is learned. ``semantic_pos[i]`` is the position of the i-th
@@ -18,7 +21,7 @@ from torch import Tensor
 from slm.layout import TokenLayout
 
 IGNORE = -100
-TASKS = ("tts", "asr", "continue")
+TASKS = ("tts", "asr", "continue", "interleave")
 
 
 @dataclass
@@ -124,16 +127,61 @@ def continuation_prompt(layout: TokenLayout, codes: Tensor) -> Tensor:
     return continuation_example(layout, _semantic(codes)).input_ids
 
 
+def interleave_example(tokenizer, layout: TokenLayout, words: list, codes: Tensor, duration: float,
+                       rng, acoustic: Tensor | None = None, max_span: int = 4) -> Example | None:
+    """Word-level interleaving of one utterance: spans of 1..``max_span`` words, alternately as text and as
+    the semantic frames from the span's first word start to the next span's (the first span from 0, the
+    last to the end, so every frame is in exactly one span). ``words``: ``[(start_s, end_s, word), ...]``
+    as in the manifest; ``rng``: a ``random.Random`` (spans and the first modality). None when the
+    utterance has fewer than two words or the layout has no ``<|interleave|>``."""
+    if "<|interleave|>" not in layout.specials or len(words) < 2 or not duration > 0:
+        return None
+    codes = _semantic(codes)
+    n = codes.numel()
+    spans, i = [], 0
+    while i < len(words):
+        k = rng.randint(1, max_span)
+        spans.append(words[i : i + k])
+        i += k
+    cuts = [0] + [min(n, max(0, round(float(sp[0][0]) / duration * n))) for sp in spans[1:]] + [n]
+    cuts = [max(cuts[: j + 1]) for j in range(len(cuts))]  # monotone
+    sem_ids = layout.codes_to_ids(codes)
+    ids, labels, sem_pos, frames = [layout.special_id("interleave")], [IGNORE], [], []
+    speech = rng.random() < 0.5
+    for j, sp in enumerate(spans):
+        a, b = cuts[j], cuts[j + 1]
+        if speech and b > a:
+            chunk = [layout.audio_start] + sem_ids[a:b].tolist() + [layout.audio_end]
+            sem_pos += range(len(ids) + 1, len(ids) + 1 + b - a)
+            frames += range(a, b)
+        else:  # text (also a speech turn whose words got no frames)
+            chunk = tokenizer((" " if j else "") + " ".join(str(w[2]) for w in sp), add_special_tokens=False)["input_ids"]
+        ids += chunk
+        labels += chunk
+        speech = not speech
+    ac = acoustic[torch.tensor(frames, dtype=torch.long)] if acoustic is not None and frames else None
+    if acoustic is not None and acoustic.shape[0] != n:
+        raise ValueError(f"acoustic frames {acoustic.shape[0]} != semantic frames {n}")
+    return Example("interleave", torch.tensor(ids), torch.tensor(labels), torch.tensor(sem_pos, dtype=torch.long), ac)
+
+
 def parse(ids: Tensor, layout: TokenLayout, tokenizer) -> Parsed:
     """Recover task, text and semantic codes from a sequence built by this module (round trip)."""
     ids = torch.as_tensor(ids).long().flatten()
     if ids.numel() == 0:
         raise ValueError("cannot parse an empty sequence")
-    tasks = {layout.special_id(t): t for t in TASKS}
+    tasks = {layout.special_id(t): t for t in TASKS if f"<|{t}|>" in layout.specials}
     first = int(ids[0])
     if first not in tasks:
         raise ValueError(f"sequence must start with a task token {list(tasks)}, got id {first}")
     task = tasks[first]
+    if task == "interleave":  # text spans joined; the codes of every speech span in order
+        sem = layout.is_semantic(ids)
+        marks = (ids == layout.audio_start) | (ids == layout.audio_end) | sem
+        marks[0] = True
+        text = tokenizer.decode(ids[~marks].tolist(), skip_special_tokens=False).strip()
+        return Parsed(task, text, layout.ids_to_codes(ids[sem]),
+                      complete=int((ids == layout.audio_start).sum()) == int((ids == layout.audio_end).sum()))
     pos = (ids == layout.audio_start).nonzero().flatten()
     if pos.numel() != 1:
         raise ValueError(f"expected exactly one <|audio_start|>, found {pos.numel()}")

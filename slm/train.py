@@ -233,6 +233,8 @@ def build(cfg: TrainConfig, codec=None):
 
     bb = load_backbone(cfg.backbone)
     layout = TokenLayout.for_tokenizer(bb.tokenizer, codec.semantic_codebook_size)
+    if cfg.init_from:
+        layout = _init_layout(cfg, layout)
     extend_vocabulary(bb.model, bb.tokenizer, layout)
     if cfg.init_from:
         lm, head = _init_from(cfg, bb, layout, codec)
@@ -255,20 +257,29 @@ def init_dir(cfg: TrainConfig) -> Path:
     return d
 
 
-def _init_from(cfg: TrainConfig, bb, layout, codec):
-    """LoRA adapter (trainable) and acoustic head of an existing model dir, checked against this run."""
-    from adapters.lora import load_adapter
+def _init_layout(cfg: TrainConfig, layout):
+    """The saved model's layout (its specials: older model dirs lack newer optional ones), checked against
+    what this run's backbone and codec give."""
     from slm.layout import TokenLayout
 
     d = init_dir(cfg)
-    theirs = json.loads((d / "slm_config.json").read_text())
     old = TokenLayout.load(d)
-    if (old.base_vocab, old.n_semantic, old.specials) != (layout.base_vocab, layout.n_semantic, layout.specials):
+    if (old.base_vocab, old.n_semantic) != (layout.base_vocab, layout.n_semantic):
+        theirs = json.loads((d / "slm_config.json").read_text())
         raise ValueError(
             f"init_from {d}: its token layout (text vocab {old.base_vocab}, {old.n_semantic} semantic codes) does not "
             f"match this run's (text vocab {layout.base_vocab}, {layout.n_semantic} codes): it was trained with "
             f"backbone {theirs.get('backbone')!r} and another codec; use the same backbone and the model's own codec "
             f"({d / 'codec'})")
+    return TokenLayout(old.base_vocab, old.n_semantic, specials=old.specials, init=old.init, extra=old.extra)
+
+
+def _init_from(cfg: TrainConfig, bb, layout, codec):
+    """LoRA adapter (trainable) and acoustic head of an existing model dir, checked against this run."""
+    from adapters.lora import load_adapter
+
+    d = init_dir(cfg)
+    theirs = json.loads((d / "slm_config.json").read_text())
     _check_same_codec(d, codec)
     try:
         lm = load_adapter(bb.model, d / "adapter", trainable=True)

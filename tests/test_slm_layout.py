@@ -19,7 +19,9 @@ def tok_layout():
 
 def test_layout_ids_and_save_load(tmp_path, tok_layout):
     tok, layout = tok_layout
-    assert layout.vocab_size == len(tok) == 300 + 16 + 5
+    assert layout.vocab_size == len(tok) == 300 + 16 + 6  # 5 required specials + <|interleave|>
+    old = TokenLayout(300, 16)  # a layout saved before <|interleave|> existed: still valid, one id shorter
+    assert old.vocab_size == 321 and old.audio_end == layout.audio_end and "<|interleave|>" not in old.specials
     codes = torch.tensor([0, 5, 15])
     ids = layout.codes_to_ids(codes)
     assert ids.tolist() == [300, 305, 315]
