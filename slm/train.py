@@ -225,8 +225,10 @@ def load_checkpoint(d: Path, model: SpeechLM, opt, sched) -> int:
     return json.loads((d / "step.json").read_text())["step"]
 
 
-def build(cfg: TrainConfig, codec=None):
-    """Backbone + layout + LoRA + head for ``cfg`` (also used by tests)."""
+def build(cfg: TrainConfig, codec=None, run_layout=None):
+    """Backbone + layout + LoRA + head for ``cfg`` (also used by tests). ``run_layout``: the layout a run
+    started with (``<out_dir>/token_layout.json``): a resumed run keeps its specials even if the defaults
+    have changed since."""
     from adapters.backbones import extend_vocabulary, load_backbone
     from adapters.lora import LoraSettings, apply_lora
     from slm.layout import TokenLayout
@@ -235,6 +237,12 @@ def build(cfg: TrainConfig, codec=None):
     layout = TokenLayout.for_tokenizer(bb.tokenizer, codec.semantic_codebook_size)
     if cfg.init_from:
         layout = _init_layout(cfg, layout)
+    if run_layout is not None:
+        if (run_layout.base_vocab, run_layout.n_semantic) != (layout.base_vocab, layout.n_semantic):
+            raise ValueError(f"{cfg.out_dir} was started with another backbone or codec (text vocab "
+                             f"{run_layout.base_vocab}, {run_layout.n_semantic} codes; now {layout.base_vocab}, "
+                             f"{layout.n_semantic}): use a new out_dir")
+        layout = run_layout
     extend_vocabulary(bb.model, bb.tokenizer, layout)
     if cfg.init_from:
         lm, head = _init_from(cfg, bb, layout, codec)
@@ -353,7 +361,12 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     valid = load_tokens(token_dir, split=cfg.valid_split, limit=64)
     if not utts:
         raise ValueError(f"no 'train' utterances in {token_dir}")
-    bb, layout, lm, head = build(cfg, codec)
+    from slm.layout import LAYOUT_FILE, TokenLayout
+
+    saved = out / LAYOUT_FILE
+    bb, layout, lm, head = build(cfg, codec, TokenLayout.load(saved) if saved.is_file() else None)
+    if acc.is_main_process and not saved.is_file():
+        layout.save(out)
     model = SpeechLM(lm, head, cfg.head_weight, cfg.train_lm, cfg.packing, text_vocab=layout.base_vocab)
     frame_len = head.cfg.frame_len if head is not None else 0
     mix = TaskMix.from_dict(cfg.tasks)

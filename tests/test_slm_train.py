@@ -184,3 +184,20 @@ def test_lm_loss_is_also_logged_split_into_text_and_audio_targets(tmp_path):
     assert math.isclose(float(mix), float(out["lm/loss"]), rel_tol=1e-4)
     train(cfg, progress=False)
     assert {"lm/loss_text", "lm/loss_audio"} <= set(_log(cfg)[0])
+
+
+def test_a_run_keeps_the_layout_it_started_with(tmp_path):
+    """A run records its token layout; resuming (or extending) it keeps those specials even when the
+    defaults have changed since (here: a run begun before <|interleave|> existed)."""
+    from slm.layout import TokenLayout
+
+    cfg = tiny_train_config(tmp_path, steps=2, save_every=2)
+    first = train(tiny_train_config(tmp_path / "probe", steps=1, save_every=1), progress=False)
+    new = TokenLayout.load(first)
+    assert "<|interleave|>" in new.specials
+    TokenLayout(new.base_vocab, new.n_semantic).save(cfg.out_dir)  # the older default, 5 specials
+    train(cfg, progress=False)
+    assert "<|interleave|>" not in TokenLayout.load(Path(cfg.out_dir, "final")).specials
+    final = train(tiny_train_config(tmp_path, steps=4, save_every=2), progress=False)  # resumes from step 2
+    assert [r["step"] for r in _log(cfg)] == [1, 2, 3, 4]
+    assert TokenLayout.load(final).vocab_size == new.vocab_size - 1
