@@ -18,7 +18,7 @@ def test_extend_vocabulary_mean_rows_and_tied():
     extend_vocabulary(bb.model, bb.tokenizer, layout)
     w = bb.model.get_input_embeddings().weight
     assert w.shape[0] == layout.vocab_size == len(bb.tokenizer)
-    torch.testing.assert_close(w[layout.base_vocab:], mean.expand(21, -1))
+    torch.testing.assert_close(w[layout.base_vocab:], mean.expand(16 + len(layout.specials), -1))
     assert bb.model.get_output_embeddings().weight is w  # still tied
     layout.check_tokenizer(bb.tokenizer)
     # extending again is a no-op, and deterministic across loads
