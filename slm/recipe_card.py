@@ -47,7 +47,8 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
                    "tts_floor": lm.get("tts_floor") or {},
                    "asr": {k: v for k, v in (lm.get("asr") or {}).items() if k != "items"},
                    "continue": {k: v for k, v in (lm.get("continue") or {}).items() if k != "items"},
-                   "continue_floor": lm.get("continue_floor") or {}},
+                   "continue_floor": lm.get("continue_floor") or {},
+                   "conditioning": lm.get("conditioning") or {}},
             "machine": codec_eval.get("machine") or {"cpu": platform.processor()}}
 
 
@@ -158,6 +159,13 @@ def _metric_table(m: dict[str, Any]) -> list[str]:
             ("continuation", "backbone perplexity of its transcript", cont.get("ppl"), cf.get("ppl"),
              "perplexity of the reference text"),
         ]
+    cond = m["lm"].get("conditioning") or {}
+    for task, what, whose in (("tts", "semantic-token", "text"), ("asr", "transcript", "audio")):
+        c = cond.get(task)
+        if c:
+            rows.append(("conditioning", f"{task.upper()}: {what} loss gain from the item's own {whose} (nats/token)",
+                         c.get("gain"), None,
+                         f"own {_f(c.get('real'), 2)} vs another item's {_f(c.get('shuffled'), 2)}; ~0 = input ignored"))
     out = ["| task | metric | this bundle | floor (corpus audio) | floor is |", "|---|---|---|---|---|"]
     out += [f"| {t} | {n} | {_f(v)} | {_f(f)} | {w} |" for t, n, v, f, w in rows]
     return out

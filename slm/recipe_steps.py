@@ -112,10 +112,15 @@ def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tu
         res["asr"] = eval_asr(pipe, items, judges)
     if "continue" in tasks:
         res["continue"], res["continue_floor"] = _continue_rows(pipe, items, judges, seed)
+    if "conditioning" in tasks:  # does the LM use its input? (slm.eval.conditioning)
+        from slm.eval.conditioning import conditioning_gain
+
+        # forward passes only (no generation, no judges): cheap enough for more items than the other rows
+        res["conditioning"] = conditioning_gain(pipe, load_items(manifest, "test", max(limit, 16)))
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
     (o / "lm_eval.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
-    for t in ("tts", "asr", "continue"):
+    for t in ("tts", "asr", "continue", "conditioning"):
         if t in res:
             print(t, json.dumps({k: v for k, v in res[t].items() if k not in ("items", "per_voice")}, default=float))
     return res

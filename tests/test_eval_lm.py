@@ -87,3 +87,28 @@ def test_backbone_perplexity_is_exp_of_mean_nll():
     nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:])
     assert backbone_perplexity(pipe.lm, pipe.tokenizer, text) == pytest.approx(float(nll.exp()), rel=1e-4)
     assert np.isnan(backbone_perplexity(pipe.lm, pipe.tokenizer, "a"))
+
+
+def test_conditioning_gain_on_the_tiny_pipeline():
+    """Real vs shuffled conditioning: identical items give a gain of exactly 0; distinct ones a finite,
+    non-zero difference; fewer than two items with text is an error."""
+    from slm.eval.conditioning import conditioning_gain
+    from tests._tiny_pipeline import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    g = torch.Generator().manual_seed(0)
+    sr = pipe.sample_rate
+
+    def item(i, text):
+        return EvalItem(f"u{i}", (torch.randn(1, int(sr * (0.6 + 0.2 * i)), generator=g) * 0.1).clamp(-1, 1), sr,
+                        text, f"spk{i}", "test")
+
+    same = [item(0, "hello there friend")] * 3
+    res = conditioning_gain(pipe, same)
+    assert res["n"] == 3 and res["tts"]["gain"] == 0.0 and res["asr"]["gain"] == 0.0
+    res = conditioning_gain(pipe, [item(0, "hello there friend"), item(1, "a quiet lake at dawn"), item(2, "go")])
+    for task in ("tts", "asr"):
+        r = res[task]
+        assert all(np.isfinite(r[k]) for k in ("real", "shuffled", "gain")) and r["real"] > 0 and r["gain"] != 0.0
+    with pytest.raises(ValueError, match="at least 2"):
+        conditioning_gain(pipe, [item(0, "hello")])

@@ -64,7 +64,8 @@ def test_export_is_fp16_small_with_a_model_card_and_loads(built):
                 assert not t.is_floating_point() or t.dtype == torch.float16, (f, k, t.dtype)
     card = (b / "README.md").read_text()
     assert "| ASR-by-token | WER |" in card and "Known limits" in card and "sacodec" in card
-    assert "| continuation | DNSMOS OVRL |" in card
+    assert "| continuation | DNSMOS OVRL |" in card and "| conditioning | TTS: semantic-token loss gain" in card
+    assert "![training curves](training.png)" in card and (b / "training.png").stat().st_size > 5000
     pipe = SpeechPipeline.from_pretrained(b)
     wav = pipe.tts("hello there.", max_seconds=0.5, seed=0)
     assert wav.ndim == 2 and wav.shape[0] == 1 and torch.isfinite(wav).all()

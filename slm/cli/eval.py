@@ -43,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "time to first audio")),
                            ("asr", "ASR-by-token: WER next to Whisper's WER on the same audio"),
                            ("continue", ("continuation of a 3 s prompt: DNSMOS, speaker similarity, transcript "
-                                        "perplexity under the backbone"))):
+                                        "perplexity under the backbone")),
+                           ("conditioning", ("does the LM use its input? TTS/ASR target loss with each item's own "
+                                            "text/audio vs another item's"))):
         t = sub.add_parser(task, help=helptext)
         t.add_argument("model", help="speech-LM dir (SpeechPipeline.from_pretrained), or 'default'")
         _common(t, f"eval_out/{task}")
@@ -112,6 +114,14 @@ def _lm_task(args: argparse.Namespace) -> int:
         rows = [r]
         cols = [("wer", "WER", 3), ("cer", "CER", 3), ("whisper_wer", "Whisper-base WER", 3), ("rtf", "RTF", 3),
                 ("n", "n", 0)]
+    elif args.task == "conditioning":
+        from slm.eval.conditioning import conditioning_gain
+
+        c = conditioning_gain(pipe, items)
+        r = {"n": c["n"], **{f"{t}_{k}": c[t][k] for t in ("tts", "asr") for k in ("real", "shuffled", "gain")}}
+        rows = [{"task": t.upper(), **c[t], "n": c["n"]} for t in ("tts", "asr")]
+        cols = [("task", "task", 0), ("real", "loss, own input", 3), ("shuffled", "loss, another item's input", 3),
+                ("gain", "gain (nats/token)", 3), ("n", "n", 0)]
     else:
         r = eval_continue(pipe, items, judges, seconds=args.seconds, **sampling)
         rows = [r]

@@ -1,0 +1,64 @@
+"""Does the speech LM use what it is conditioned on?
+
+A model that has not learned the text <-> speech mapping can still lower its training loss a lot: as an
+unconditional language model of semantic tokens (TTS, continuation) and of English (ASR transcripts).
+This measures the part of the loss that comes from the conditioning, on held-out items:
+
+* TTS: cross-entropy of the semantic tokens given the item's own text, and given another item's text;
+* ASR: cross-entropy of the transcript given the item's own audio tokens, and given another item's.
+
+``gain = shuffled - real`` (nats per token): ~0 means the conditioning is ignored; a model that reads
+its input well gains several nats (the shuffled case then looks like noise to it). Items are paired by a
+fixed derangement, so the numbers are reproducible.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from slm.eval.data import EvalItem
+
+
+def _utterances(pipe, items: list[EvalItem]):
+    from slm.acoustic_head import frames_from_acoustic
+    from slm.lm_data import Utterance
+
+    out = []
+    for it in items:
+        t = pipe.encode(it.wav, it.sample_rate)
+        out.append(Utterance(it.id, it.text, it.speaker, "test", t.semantic[0, 0],
+                             frames_from_acoustic(t.acoustic[0], t.ratio), None if t.global_ is None else t.global_[0]))
+    return out
+
+
+@torch.no_grad()
+def conditioning_gain(pipe, items: list[EvalItem], max_len: int = 1024) -> dict:
+    """``{"tts": {"real", "shuffled", "gain"}, "asr": {...}, "n"}``: mean target cross-entropy (nats per
+    token) with each item's own conditioning and with another item's. Needs at least 2 items with text."""
+    from slm.train import BatchSource, SpeechLM, TaskMix, TrainConfig
+
+    utts = [u for u in _utterances(pipe, items) if u.text.strip()]
+    if len(utts) < 2:
+        raise ValueError(f"conditioning_gain needs at least 2 items with text, got {len(utts)}")
+    n = len(utts)
+    other = [(i + 1) % n for i in range(n)]  # a derangement: nobody keeps its own pairing
+    swapped = {
+        "tts": [dataclasses.replace(u, text=utts[j].text) for u, j in zip(utts, other)],
+        "asr": [dataclasses.replace(u, semantic=utts[j].semantic, acoustic=utts[j].acoustic) for u, j in zip(utts, other)],
+    }
+    model = SpeechLM(pipe.lm, pipe.head, 1.0, True, "none", text_vocab=pipe.layout.base_vocab).eval()
+    frame_len = pipe.head.cfg.frame_len if pipe.head is not None else 0
+    key = {"tts": "lm/loss_audio", "asr": "lm/loss_text"}
+    res: dict = {"n": n}
+    for task in ("tts", "asr"):
+        mix = {"tts": float(task == "tts"), "asr": float(task == "asr"), "continue": 0.0, "prompt_prob": 0.0}
+        cfg = TrainConfig(batch_size=1, max_len=max_len, tasks=mix, packing="none")
+        row = {}
+        for name, us in (("real", utts), ("shuffled", swapped[task])):
+            src = BatchSource(us, pipe.tokenizer, pipe.layout, TaskMix.from_dict(mix), cfg, frame_len)
+            vals = [float(model(src(i))[key[task]]) for i in range(src.per_epoch)]
+            row[name] = sum(vals) / len(vals)
+        row["gain"] = row["shuffled"] - row["real"]
+        res[task] = row
+    return res
