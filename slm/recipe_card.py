@@ -134,6 +134,19 @@ def _segments(lt: dict[str, Any]) -> str:
             f"recomputed for its new total (a warm restart): {'; then '.join(parts)}.")
 
 
+def _conditioning_limit(cond: dict[str, Any], small: float = 0.5) -> list[str]:
+    """A known-limits line when the LM barely uses its input (conditioning gain below ``small`` nats/token)."""
+    gains = {t: (cond.get(t) or {}).get("gain") for t in ("tts", "asr")}
+    low = {t: g for t, g in gains.items() if g is not None and g < small}
+    if not low:
+        return []
+    what = " and ".join(f"{t.upper()} {g:.2f}" for t, g in low.items())
+    return [f"- The LM barely uses its input yet (conditioning gain {what} nats/token, below {small}): most of its",
+            "  loss drop is the unconditional statistics of semantic tokens and of English, not the mapping between",
+            "  them. That is why TTS and ASR-by-token are poor while the losses look fine; more data and steps (or the",
+            "  `interleave` task) are the way on."]
+
+
 def _metric_table(m: dict[str, Any]) -> list[str]:
     c, fl, tts, tf, asr = m["codec"]["eval"], m["codec"]["floor"], m["lm"]["tts"], m["lm"]["tts_floor"], m["lm"]["asr"]
     bps = c.get("bitrate")
@@ -258,6 +271,7 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         f"codec PESQ-wb {_f(m['codec']['eval'].get('pesq_wb'))}. Treat it as a working, end-to-end default that"),
         "exercises every path (TTS, ASR, continuation, dialogue, streaming), not as a usable speech model.",
         "The way to a good model is the same recipe with the full settings on a GPU (README, \"On a GPU\").",
+        *_conditioning_limit(m["lm"].get("conditioning") or {}),
         "- Trained on synthetic voices only; real speech is out of domain (see the real-speech codec row).",
         "- English only; sentences from a packaged public text (fortunes).",
         *(["- Continuation perplexity is only comparable between transcripts of similar length and content: a short,",

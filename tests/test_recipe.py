@@ -131,3 +131,12 @@ def test_model_card_lists_training_segments_and_their_data(tmp_path):
         + '{"step": 9, "lm/lo')
     png = plot_training(work, tmp_path / "curves.png")
     assert png is not None and png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_model_card_flags_an_lm_that_ignores_its_input():
+    from slm.recipe_card import _conditioning_limit
+
+    assert _conditioning_limit({}) == []
+    assert _conditioning_limit({"tts": {"gain": 2.1}, "asr": {"gain": 1.5}}) == []
+    lines = _conditioning_limit({"tts": {"gain": 0.03}, "asr": {"gain": 0.9}})
+    assert "TTS 0.03" in lines[0] and "ASR" not in lines[0]
