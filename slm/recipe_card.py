@@ -114,6 +114,10 @@ def _token_summary(tokens: str | None) -> str:
     if not tokens:
         return "the recipe's tokens"
     idx = Path(tokens) / "index.jsonl"
+    try:  # relative to the repo root when it is inside it (no machine-specific absolute paths in the card)
+        tokens = str(Path(tokens).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        pass
     if not idx.is_file():
         return str(tokens)
     rows = [json.loads(x) for x in idx.read_text().splitlines() if x.strip()]
@@ -132,6 +136,11 @@ def _segments(lt: dict[str, Any]) -> str:
              + (f", on {_token_summary(x.get('tokens'))}" if len(data) > 1 else "") + ")" for x in seg]
     return (f" Trained in {len(seg)} segments, each resuming the previous one's checkpoint with the schedule "
             f"recomputed for its new total (a warm restart): {'; then '.join(parts)}.")
+
+
+def _hours(m: dict[str, Any], stage: str) -> str:
+    wall = (m["stage_costs"].get(stage) or {}).get("wall_s")
+    return f"{wall / 3600:.1f} h" if wall else "-"
 
 
 def _conditioning_limit(cond: dict[str, Any], small: float = 0.5) -> list[str]:
@@ -265,7 +274,8 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         "",
         "## Known limits",
         "",
-        "This bundle was trained within a CPU budget of about an hour per stage on a shared 2-core machine. Its",
+        (f"This bundle was trained on a shared 2-core CPU ({_hours(m, 'codec')} for the codec, {_hours(m, 'lm')} for "
+         "the LM; stage costs above). Its"),
         "quality is far from the targets of the seed papers and from the floors above; the table says by how much:",
         (f"TTS WER {_f(tts.get('wer'))} against a floor of {_f(asr.get('whisper_wer'))}, ASR-by-token WER {_f(asr.get('wer'))}, "
         f"codec PESQ-wb {_f(m['codec']['eval'].get('pesq_wb'))}. Treat it as a working, end-to-end default that"),
