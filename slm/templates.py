@@ -14,6 +14,7 @@ semantic token; the acoustic head reads the hidden state one position earlier (t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -138,13 +139,15 @@ def interleave_example(tokenizer, layout: TokenLayout, words: list, codes: Tenso
         return None
     codes = _semantic(codes)
     n = codes.numel()
+    if acoustic is not None and acoustic.shape[0] != n:
+        raise ValueError(f"acoustic frames {acoustic.shape[0]} != semantic frames {n}")
     spans, i = [], 0
     while i < len(words):
         k = rng.randint(1, max_span)
         spans.append(words[i : i + k])
         i += k
-    cuts = [0] + [min(n, max(0, round(float(sp[0][0]) / duration * n))) for sp in spans[1:]] + [n]
-    cuts = [max(cuts[: j + 1]) for j in range(len(cuts))]  # monotone
+    starts = [min(n, max(0, round(float(sp[0][0]) / duration * n))) for sp in spans[1:]]
+    cuts = list(accumulate([0, *starts, n], max))  # monotone
     sem_ids = layout.codes_to_ids(codes)
     ids, labels, sem_pos, frames = [layout.special_id("interleave")], [IGNORE], [], []
     speech = rng.random() < 0.5
@@ -160,8 +163,6 @@ def interleave_example(tokenizer, layout: TokenLayout, words: list, codes: Tenso
         labels += chunk
         speech = not speech
     ac = acoustic[torch.tensor(frames, dtype=torch.long)] if acoustic is not None and frames else None
-    if acoustic is not None and acoustic.shape[0] != n:
-        raise ValueError(f"acoustic frames {acoustic.shape[0]} != semantic frames {n}")
     return Example("interleave", torch.tensor(ids), torch.tensor(labels), torch.tensor(sem_pos, dtype=torch.long), ac)
 
 

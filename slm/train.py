@@ -279,7 +279,7 @@ def _init_layout(cfg: TrainConfig, layout):
             f"match this run's (text vocab {layout.base_vocab}, {layout.n_semantic} codes): it was trained with "
             f"backbone {theirs.get('backbone')!r} and another codec; use the same backbone and the model's own codec "
             f"({d / 'codec'})")
-    return TokenLayout(old.base_vocab, old.n_semantic, specials=old.specials, init=old.init, extra=old.extra)
+    return old
 
 
 def _init_from(cfg: TrainConfig, bb, layout, codec):
@@ -288,13 +288,13 @@ def _init_from(cfg: TrainConfig, bb, layout, codec):
 
     d = init_dir(cfg)
     theirs = json.loads((d / "slm_config.json").read_text())
-    _check_same_codec(d, codec)
+    _check_same_codec(d, theirs, codec)
     try:
         lm = load_adapter(bb.model, d / "adapter", trainable=True)
     except RuntimeError as e:  # shape mismatch: same vocabulary, another backbone
         raise ValueError(f"init_from {d}: its adapter does not fit backbone {cfg.backbone!r} (trained on "
                          f"{theirs.get('backbone')!r}): {str(e).splitlines()[0]}") from e
-    for n, p in lm.named_parameters():  # fp16 bundles: train in fp32
+    for p in lm.parameters():  # fp16 bundles: train in fp32
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     head = None
@@ -310,12 +310,11 @@ def _init_from(cfg: TrainConfig, bb, layout, codec):
     return lm, head
 
 
-def _check_same_codec(d: Path, codec) -> None:
+def _check_same_codec(d: Path, theirs: dict, codec) -> None:
     """The run's codec must be the model's own (equal weights at fp16, the precision bundles store):
-    the semantic ids the adapter learned mean nothing under another codec."""
+    the semantic ids the adapter learned mean nothing under another codec. ``theirs``: its slm_config."""
     from slm.pipeline import _load_codec
 
-    theirs = json.loads((d / "slm_config.json").read_text())
     cpath = Path(theirs["codec"]) if Path(theirs["codec"]).is_absolute() else d / theirs["codec"]
     if not isinstance(codec, torch.nn.Module) or not cpath.is_dir():
         return
