@@ -93,7 +93,8 @@ def plot_training(work: Path, png: Path) -> Path | None:
         t1.plot(*codec["anchor/accuracy"], color="tab:green", alpha=0.7, label="anchor/accuracy")
         t1.set_ylabel("anchor accuracy")
         t1.legend(loc="upper right", fontsize=8)
-    a1.legend(loc="upper left", fontsize=8)
+    if a1.lines:
+        a1.legend(loc="upper left", fontsize=8)
     for k in ("lm/loss", "head/loss"):
         if k in lm:
             a2.plot(*lm[k], label=k)
@@ -103,7 +104,8 @@ def plot_training(work: Path, png: Path) -> Path | None:
         t2.plot(*lm["lr"], "--", color="gray", alpha=0.6, label="lr")
         t2.set_ylabel("learning rate")
         t2.legend(loc="center right", fontsize=8)
-    a2.legend(loc="upper right", fontsize=8)
+    if a2.lines:
+        a2.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(png)
     return png

@@ -126,7 +126,7 @@ def test_interleaved_batch_trains_lm_and_head(setup, tmp_path):
     first = None
     for _ in range(6):
         out = model(b)
-        first = first if first is not None else float(out["loss"])
+        first = first if first is not None else float(out["loss"].detach())
         out["loss"].backward()
         opt.step()
         opt.zero_grad()
