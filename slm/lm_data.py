@@ -103,6 +103,15 @@ def tokenize_manifest(codec, manifest: str | Path, out_dir: str | Path, teacher=
     return out
 
 
+def utterance(uid: str, text: str, speaker: str, split: str, tokens: CodecTokens, **kw) -> Utterance:
+    """An :class:`Utterance` from one clip's codec tokens (batch of one); ``kw``: words, duration."""
+    t = tokens[0]
+    if t.semantic.shape[1] != 1:
+        raise ValueError(f"{uid}: the speech LM models one semantic codebook, got Ks={t.semantic.shape[1]}")
+    g = None if t.global_ is None else t.global_[0]
+    return Utterance(uid, text, speaker, split, t.semantic[0, 0], frames_from_acoustic(t.acoustic[0], t.ratio), g, **kw)
+
+
 def load_tokens(token_dir: str | Path, split: str | None = None, limit: int | None = None) -> list[Utterance]:
     d = Path(token_dir)
     if not (d / INDEX).exists():
@@ -112,14 +121,9 @@ def load_tokens(token_dir: str | Path, split: str | None = None, limit: int | No
         if split is not None and row.get("split", "train") != split:
             continue
         name = row.get("tokens") or row.get("token_path") or row.get("file") or f"{row['id']}.safetensors"
-        t = CodecTokens.load(d / name)[0]
-        if t.semantic.shape[1] != 1:
-            raise ValueError(f"{name}: the speech LM models one semantic codebook, got Ks={t.semantic.shape[1]}")
-        g = None if t.global_ is None else t.global_[0]
-        utts.append(Utterance(str(row["id"]), row.get("text", ""), str(row.get("speaker", "")),
-                              row.get("split", "train"), t.semantic[0, 0],
-                              frames_from_acoustic(t.acoustic[0], t.ratio), g,
-                              row.get("words") or None, float(row.get("duration") or 0.0)))
+        utts.append(utterance(str(row["id"]), row.get("text", ""), str(row.get("speaker", "")), row.get("split", "train"),
+                              CodecTokens.load(d / name), words=row.get("words") or None,
+                              duration=float(row.get("duration") or 0.0)))
         if limit and len(utts) >= limit:
             break
     return utts

@@ -104,6 +104,27 @@ def save_bundle(directory: str | Path, lm, layout: TokenLayout, head: AcousticHe
     return d
 
 
+def model_dir(path: str | Path) -> Path:
+    """``"default"`` -> :func:`default_model_dir`; anything else as a path."""
+    return default_model_dir() if str(path) == "default" else Path(path)
+
+
+def codec_dir(d: Path, cfg: dict) -> Path:
+    """The codec dir a model dir's ``slm_config.json`` (``cfg``) names: absolute, or relative to ``d``."""
+    return Path(cfg["codec"]) if Path(cfg["codec"]).is_absolute() else d / cfg["codec"]
+
+
+def voice_files(d: Path) -> list[tuple[str, Path, str]]:
+    """``(name, file, transcript)`` of every bundled voice in ``d/voices`` (the tokens are not read)."""
+    from safetensors import safe_open
+
+    out = []
+    for f in sorted((d / "voices").glob("*.safetensors")) if (d / "voices").is_dir() else []:
+        with safe_open(str(f), "pt") as fh:
+            out.append((f.stem, f, (fh.metadata() or {}).get("text", "")))
+    return out
+
+
 def default_model_dir() -> Path:
     env = os.environ.get(DEFAULT_DIR_ENV)
     d = Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints" / "default"
@@ -159,7 +180,7 @@ class SpeechPipeline:
 
         if threads:
             set_threads(threads)
-        d = default_model_dir() if str(path) == "default" else Path(path)
+        d = model_dir(path)
         if not (d / "slm_config.json").exists():
             raise FileNotFoundError(f"{d} is not a speech-LM model dir (slm_config.json missing)")
         cfg = json.loads((d / "slm_config.json").read_text())
@@ -168,17 +189,11 @@ class SpeechPipeline:
         extend_vocabulary(bb.model, bb.tokenizer, layout)
         lm = load_adapter(bb.model, d / "adapter").to(device)
         head = AcousticHead.from_pretrained(d).to(device) if (d / "acoustic_head.json").exists() else None
-        cpath = Path(cfg["codec"]) if Path(cfg["codec"]).is_absolute() else d / cfg["codec"]
+        cpath = codec_dir(d, cfg)
         codec = _load_codec(cpath, cfg.get("codec_class"))
         if isinstance(codec, torch.nn.Module):
             codec.to(device).eval()
-        voices = {}
-        for f in sorted((d / "voices").glob("*.safetensors")) if (d / "voices").exists() else []:
-            from safetensors import safe_open
-
-            with safe_open(str(f), "pt") as fh:
-                text = (fh.metadata() or {}).get("text", "")
-            voices[f.stem] = Voice(f.stem, CodecTokens.load(f), text)
+        voices = {name: Voice(name, CodecTokens.load(f), text) for name, f, text in voice_files(d)}
         info = cpath / "training.json"
         spec = (json.loads(info.read_text()).get("teacher_spec") if info.exists() else None) or "whisper-base-ct2"
         return cls(lm, bb.tokenizer, layout, codec, head, voices, Sampling(**cfg.get("sampling", {})), teacher_spec=spec,

@@ -257,12 +257,19 @@ def build(cfg: TrainConfig, codec=None, run_layout=None):
 
 def init_dir(cfg: TrainConfig) -> Path:
     """The model dir named by ``cfg.init_from`` (``"default"``: the bundled model)."""
-    from slm.pipeline import default_model_dir
+    from slm.pipeline import model_dir
 
-    d = default_model_dir() if cfg.init_from == "default" else Path(cfg.init_from)
+    d = model_dir(cfg.init_from)
     if not (d / "slm_config.json").is_file() or not (d / "adapter").is_dir():
         raise FileNotFoundError(f"init_from: {d} is not a speech-LM model dir (slm_config.json or adapter/ missing)")
     return d
+
+
+def _init_codec_dir(cfg: TrainConfig) -> Path:
+    from slm.pipeline import codec_dir
+
+    d = init_dir(cfg)
+    return codec_dir(d, json.loads((d / "slm_config.json").read_text()))
 
 
 def _init_layout(cfg: TrainConfig, layout):
@@ -313,9 +320,9 @@ def _init_from(cfg: TrainConfig, bb, layout, codec):
 def _check_same_codec(d: Path, theirs: dict, codec) -> None:
     """The run's codec must be the model's own (equal weights at fp16, the precision bundles store):
     the semantic ids the adapter learned mean nothing under another codec. ``theirs``: its slm_config."""
-    from slm.pipeline import _load_codec
+    from slm.pipeline import _load_codec, codec_dir
 
-    cpath = Path(theirs["codec"]) if Path(theirs["codec"]).is_absolute() else d / theirs["codec"]
+    cpath = codec_dir(d, theirs)
     if not isinstance(codec, torch.nn.Module) or not cpath.is_dir():
         return
     ref = _load_codec(cpath, theirs.get("codec_class")).state_dict()
@@ -354,7 +361,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     set_seed(cfg.seed)
     out = Path(cfg.out_dir)
     if codec is None:
-        codec = _load_codec(cfg.codec or (str(init_dir(cfg) / "codec") if cfg.init_from else ""), None)
+        codec = _load_codec(cfg.codec or (str(_init_codec_dir(cfg)) if cfg.init_from else ""), None)
     token_dir = cfg.tokens or _tokenize(cfg, codec, acc)
     utts = load_tokens(token_dir, split="train", limit=cfg.max_utterances)
     valid = load_tokens(token_dir, split=cfg.valid_split, limit=64)

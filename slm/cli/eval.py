@@ -102,7 +102,7 @@ def _lm_task(args: argparse.Namespace) -> int:
 
     pipe = SpeechPipeline.from_pretrained(args.model)
     items = load_items(args.manifest, _split(args), args.limit, sample_rate=16000)
-    judges = Judges()
+    judges = Judges() if args.task != "conditioning" else None  # conditioning: forward passes only, no judges
     sampling = {"seed": args.seed} | ({} if args.temperature is None else {"temperature": args.temperature})
     if args.task == "tts":
         r = eval_tts(pipe, items, judges, **sampling)

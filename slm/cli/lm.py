@@ -67,19 +67,14 @@ def _pipe(model: str):
 
 def _list_voices(model: str) -> int:
     """Voice names and transcripts from ``<model>/voices/`` (no model is loaded)."""
-    from pathlib import Path
+    from slm.pipeline import model_dir, voice_files
 
-    from safetensors import safe_open
-
-    from slm.pipeline import default_model_dir
-
-    d = default_model_dir() if model == "default" else Path(model)
-    files = sorted((d / "voices").glob("*.safetensors"))
-    if not files:
+    d = model_dir(model)
+    voices = voice_files(d)
+    if not voices:
         print(f"{d} has no bundled voices; pass a reference wav as --voice")
-    for f in files:
-        with safe_open(str(f), "pt") as fh:
-            print(f"{f.stem}\t{(fh.metadata() or {}).get('text', '')}")
+    for name, _, text in voices:
+        print(f"{name}\t{text}")
     return 0
 
 

@@ -21,15 +21,9 @@ from slm.eval.data import EvalItem
 
 
 def _utterances(pipe, items: list[EvalItem]):
-    from slm.acoustic_head import frames_from_acoustic
-    from slm.lm_data import Utterance
+    from slm.lm_data import utterance
 
-    out = []
-    for it in items:
-        t = pipe.encode(it.wav, it.sample_rate)
-        out.append(Utterance(it.id, it.text, it.speaker, "test", t.semantic[0, 0],
-                             frames_from_acoustic(t.acoustic[0], t.ratio), None if t.global_ is None else t.global_[0]))
-    return out
+    return [utterance(it.id, it.text, it.speaker, "test", pipe.encode(it.wav, it.sample_rate)) for it in items]
 
 
 @torch.no_grad()
