@@ -25,3 +25,30 @@ def cache_dir() -> str:
     d = os.environ.get("DUALSTREAM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dualstream-slm")
     os.makedirs(d, exist_ok=True)
     return d
+
+
+def destroy_process_group_at_exit() -> None:
+    """Tear down the torch.distributed process group (when one is up) at interpreter exit.
+
+    A gloo group left alive at exit keeps C++ worker threads that may still hold tensors; finalising
+    them while the interpreter is being torn down aborts the process (SIGABRT, "terminate called without an
+    active exception") at random, after training succeeded. An ``atexit`` handler runs while Python is
+    still whole. Registered once; a no-op when the caller already destroyed the group.
+    """
+    import atexit
+
+    global _EXIT_HOOK
+    if _EXIT_HOOK:
+        return
+    _EXIT_HOOK = True
+
+    def _destroy():
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    atexit.register(_destroy)
+
+
+_EXIT_HOOK = False
