@@ -2,7 +2,6 @@
 # (idempotent; seconds on a second run).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup demo test test-fast lint
 

@@ -31,7 +31,7 @@ def machine(threads: int, dtype: str = "float32") -> dict:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
             "python": platform.python_version(), "dtype": dtype,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "")}
 
 
 def speech_clip(seconds: float = 5.0, sample_rate: int = 16000) -> np.ndarray:
@@ -75,8 +75,10 @@ def peak_rss_mb() -> float:
 
 def run_worker(script: str, spec: dict, threads: int, timeout: float = 1800) -> dict:
     """Run ``script --worker JSON`` in a child process with ``threads`` threads; return its JSON row."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), TOKENIZERS_PARALLELISM="false",
+    from codec.runtime import omp_defaults
+
+    env = dict(omp_defaults(dict(os.environ)), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     res = subprocess.run([sys.executable, script, "--worker", json.dumps({**spec, "threads": threads})],
                          check=False, capture_output=True, text=True, env=env, timeout=timeout)

@@ -15,7 +15,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from codec.runtime import omp_defaults  # before torch loads: how OpenMP threads wait
+
+omp_defaults()
 
 from benchmarks.common import machine, peak_rss_mb, print_table, time_it, write_json
 

@@ -23,7 +23,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from codec.runtime import omp_defaults  # before torch loads: how OpenMP threads wait
+
+omp_defaults()
 
 from benchmarks.common import machine, peak_rss_mb, write_json
 
@@ -170,7 +172,8 @@ def _markdown(res: dict) -> str:
     m = res["machine"]
     head = (f"TTS speed, {res['model']}: {res['frames']} semantic tokens ({res['audio_seconds']:.1f} s of audio at "
             f"{res['semantic_rate']:g} Hz), prompt {res['prompt_tokens']} tokens; {m['cpu']}, {m['threads']} threads, "
-            f"{res['dtype']}, torch {m['torch']}, OMP_WAIT_POLICY={m['omp_wait_policy'] or 'unset'}, load average "
+            f"{res['dtype']}, torch {m['torch']}, OMP_WAIT_POLICY={m['omp_wait_policy'] or 'unset'} "
+            f"GOMP_SPINCOUNT={m.get('gomp_spincount') or 'unset'}, load average "
             f"(1 min) {res['load_average_1m'][0]:.1f} -> {res['load_average_1m'][1]:.1f}; best of repeats.")
     lines = [head, "", "| row | tokens/s | seconds | CPU s | RTF | first audio s | vs model.generate |",
              "|---|---|---|---|---|---|---|"]

@@ -1,9 +1,11 @@
 """The dual-stream speech codec family (SAC, SACodec, SecoustiCodec, STACodec + baselines)."""
-import os
 
-# Before torch loads libgomp, which reads this once: on busy few-core machines OpenMP spin-waiting
-# makes two threads ~10x slower than one (DESIGN.md §8). A value set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads libgomp, which reads them once: how OpenMP threads wait between parallel regions
+# (codec.runtime.OMP_DEFAULTS: a bounded spin; measured in README "Speed"). A
+# choice made by the user wins. codec.runtime imports nothing but os.
+from codec.runtime import omp_defaults
+
+omp_defaults()
 
 from codec.contracts import Codec, CodecTokens, SemanticTeacher, check_audio
 

@@ -1,18 +1,36 @@
-"""Process-wide runtime settings: thread counts chosen on purpose (DESIGN.md §8)."""
+"""Process-wide runtime settings: thread counts and OpenMP waiting chosen on purpose (DESIGN.md §8)."""
 from __future__ import annotations
 
 import os
+
+# How OpenMP threads wait between parallel regions, read once when torch loads libgomp. Measured on the
+# 2-core Xeon (one SmolLM2-135M decoding step, 2 threads; docs/results/omp_wait.md):
+#   policy                  idle box   other core busy
+#   libgomp default          26 ms      411 ms   (spins ~300k rounds: fights the other process)
+#   OMP_WAIT_POLICY=PASSIVE  43 ms       44 ms   (no spin: 2 threads no faster than 1, 39 ms)
+#   GOMP_SPINCOUNT=10000     26 ms       79 ms   (a bounded spin: the default's speed when idle)
+# PASSIVE stays for OpenMP runtimes other than libgomp; libgomp's GOMP_SPINCOUNT overrides it.
+OMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}
+
+
+def omp_defaults(environ=None) -> dict:
+    """Put :data:`OMP_DEFAULTS` into ``environ`` (default ``os.environ``) unless the user chose a waiting
+    policy (either variable set): then theirs is left whole. Returns ``environ``. The package
+    ``__init__`` files call it before anything imports torch; subprocess launchers pass it a copy."""
+    env = os.environ if environ is None else environ
+    if not any(k in env for k in OMP_DEFAULTS):
+        env.update(OMP_DEFAULTS)
+    return env
 
 
 def set_threads(n: int | None = None) -> int:
     """Set torch intra-op threads to ``n`` (default: all cores) and return the value used.
 
-    On busy 2-core machines OpenMP spin-waiting can make two threads ~10x slower than one;
-    ``OMP_WAIT_POLICY=PASSIVE`` avoids it, but libgomp reads it only when torch is first imported, so
-    the package ``__init__`` files of codec/adapters/slm/demos set it before anything imports torch.
-    Setting it here only helps a process that imports torch after calling this.
+    How the threads wait (:func:`omp_defaults`) is read only when torch is first imported, so the package
+    ``__init__`` files of codec/adapters/slm/demos set it before anything imports torch. Setting it here
+    only helps a process that imports torch after calling this.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    omp_defaults()
     import torch
 
     n = n or os.cpu_count() or 1

@@ -3,5 +3,4 @@
 # speech LM, checkpoints/codec/* for the codec lab), bound to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 exec .venv/bin/python -m slm demo "$@"

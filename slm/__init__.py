@@ -1,6 +1,7 @@
 """The speech LM: token layout, templates, acoustic head, training, generation, pipelines."""
-import os
 
-# Before torch loads libgomp, which reads this once: on busy few-core machines OpenMP spin-waiting
-# makes two threads ~10x slower than one (DESIGN.md §8). A value set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads libgomp, which reads them once: how OpenMP threads wait (codec.runtime). A choice
+# made by the user wins.
+from codec.runtime import omp_defaults  # codec/__init__ applies them first
+
+omp_defaults()

@@ -356,7 +356,9 @@ def run_stage(r: Recipe, name: str, force: bool = False, log=print) -> StageResu
     log(f"[{name}] {st.what}")
     t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     cmds = st.commands(r)
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    from codec.runtime import omp_defaults
+
+    env = {**omp_defaults(dict(os.environ)),
            "PYTHONPATH": os.pathsep.join([str(r.root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     for cmd in cmds:
         log(f"[{name}] $ {' '.join(cmd[1:] if cmd[0] == sys.executable else cmd)}")

@@ -30,9 +30,16 @@ def _utterances(pipe, items: list[EvalItem]):
 def conditioning_gain(pipe, items: list[EvalItem], max_len: int = 1024) -> dict:
     """``{"tts": {"real", "shuffled", "gain"}, "asr": {...}, "n"}``: mean target cross-entropy (nats per
     token) with each item's own conditioning and with another item's. Needs at least 2 items with text."""
+    return gain_on_utterances(pipe, _utterances(pipe, items), max_len)
+
+
+@torch.no_grad()
+def gain_on_utterances(pipe, utts, max_len: int = 1024) -> dict:
+    """:func:`conditioning_gain` on already tokenised :class:`slm.lm_data.Utterance` s (e.g. a token dir's
+    train split, to check that a run can fit the items it trained on)."""
     from slm.train import BatchSource, SpeechLM, TaskMix, TrainConfig
 
-    utts = [u for u in _utterances(pipe, items) if u.text.strip()]
+    utts = [u for u in utts if u.text.strip()]
     if len(utts) < 2:
         raise ValueError(f"conditioning_gain needs at least 2 items with text, got {len(utts)}")
     n = len(utts)
