@@ -6,9 +6,9 @@ import os
 # How OpenMP threads wait between parallel regions, read once when torch loads libgomp. Measured on the
 # 2-core Xeon (one SmolLM2-135M decoding step, 2 threads; docs/results/omp_wait.md):
 #   policy                  idle box   other core busy
-#   libgomp default          26 ms      411 ms   (spins ~300k rounds: fights the other process)
-#   OMP_WAIT_POLICY=PASSIVE  43 ms       44 ms   (no spin: 2 threads no faster than 1, 39 ms)
-#   GOMP_SPINCOUNT=10000     26 ms       79 ms   (a bounded spin: the default's speed when idle)
+#   libgomp default          26 ms      370 ms   (spins ~300k rounds: fights the other process)
+#   OMP_WAIT_POLICY=PASSIVE  42 ms       44 ms   (no spin: 2 threads no faster than 1 thread, 42 ms)
+#   GOMP_SPINCOUNT=10000     26 ms       81 ms   (a bounded spin: the default's speed when idle)
 # PASSIVE stays for OpenMP runtimes other than libgomp; libgomp's GOMP_SPINCOUNT overrides it.
 OMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}
 
