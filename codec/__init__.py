@@ -1,7 +1,7 @@
 """The dual-stream speech codec family (SAC, SACodec, SecoustiCodec, STACodec + baselines)."""
 
 # Before torch loads libgomp, which reads them once: how OpenMP threads wait between parallel regions
-# (codec.runtime.OMP_DEFAULTS: a bounded spin; measured in README "Speed"). A
+# (codec.runtime.OMP_DEFAULTS: a bounded spin; measured in the README, "TTS speed on CPU"). A
 # choice made by the user wins. codec.runtime imports nothing but os.
 from codec.runtime import omp_defaults
 

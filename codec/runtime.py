@@ -51,7 +51,8 @@ def destroy_process_group_at_exit() -> None:
     A gloo group left alive at exit keeps C++ worker threads that may still hold tensors; finalising
     them while the interpreter is being torn down aborts the process (SIGABRT, "terminate called without an
     active exception") at random, after training succeeded. An ``atexit`` handler runs while Python is
-    still whole. Registered once; a no-op when the caller already destroyed the group.
+    still whole. Registered once, by every training loop (a no-op at exit in a single process, or when the
+    caller already destroyed the group).
     """
     import atexit
 

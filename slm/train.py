@@ -358,10 +358,9 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
 
     # cpu=True when there is no GPU: accelerate then picks up torchrun ranks as MULTI_CPU (gloo)
     acc = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision), cpu=not torch.cuda.is_available())
-    if acc.num_processes > 1:
-        from codec.runtime import destroy_process_group_at_exit
+    from codec.runtime import destroy_process_group_at_exit
 
-        destroy_process_group_at_exit()
+    destroy_process_group_at_exit()  # torchrun / accelerate ranks: gloo torn down before interpreter exit
     set_seed(cfg.seed)
     out = Path(cfg.out_dir)
     if codec is None:

@@ -124,10 +124,9 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
                               # variants leave some heads unused on some steps (e.g. no teacher features)
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
                               project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir)))
-    if accelerator.num_processes > 1:
-        from codec.runtime import destroy_process_group_at_exit
+    from codec.runtime import destroy_process_group_at_exit
 
-        destroy_process_group_at_exit()
+    destroy_process_group_at_exit()  # torchrun / accelerate ranks: gloo torn down before interpreter exit
     set_seed(cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
