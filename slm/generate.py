@@ -33,17 +33,27 @@ class Sampling:
     # (0 = only `max_seconds`). `slm train` writes twice the training data's median seconds per character
     # into the model dir, above every training utterance's own length: it stops runaway speech, not speech.
     max_seconds_per_char: float = 0.0
+    # and at least n * this many seconds before <|audio_end|> may be sampled (0 = one frame). `slm train`
+    # writes half the training data's median, below every training utterance's own rate: it stops a model
+    # that ends a sentence after a frame or two, without padding real speech.
+    min_seconds_per_char: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0 or self.max_seconds_per_char < 0:
+        if (self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0 or self.max_seconds_per_char < 0
+                or self.min_seconds_per_char < 0):
             raise ValueError(f"bad sampling settings: top_k={self.top_k} (>=0), top_p={self.top_p} (0..1], "
                              f"repetition_penalty={self.repetition_penalty} (>0), "
-                             f"max_seconds_per_char={self.max_seconds_per_char} (>=0)")
+                             f"max_seconds_per_char={self.max_seconds_per_char} (>=0), "
+                             f"min_seconds_per_char={self.min_seconds_per_char} (>=0)")
 
     def max_frames(self, text: str, max_seconds: float, rate: float) -> int:
         """Frame budget of one sentence: ``max_seconds``, tightened by the text-length bound if set."""
         sec = max_seconds if not self.max_seconds_per_char else min(max_seconds, 0.5 + self.max_seconds_per_char * len(text))
         return max(1, int(sec * rate))
+
+    def min_frames(self, text: str, rate: float, max_frames: int) -> int:
+        """Frames one sentence gets before it may end: the text-length lower bound, within ``max_frames``."""
+        return max(1, min(max_frames, int(self.min_seconds_per_char * len(text) * rate)))
 
 
 @dataclass

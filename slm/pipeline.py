@@ -12,6 +12,7 @@ writes, see :func:`save_bundle`) holds::
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -239,10 +240,8 @@ class SpeechPipeline:
                          f"tensor at {self.sample_rate} Hz, or CodecTokens")
 
     def _sampling(self, temperature, top_k, top_p) -> Sampling:
-        s = self.sampling
-        return Sampling(s.temperature if temperature is None else temperature, s.top_k if top_k is None else top_k,
-                        s.top_p if top_p is None else top_p, s.repetition_penalty, s.repetition_window,
-                        s.head_temperature, s.head_top_k, s.max_seconds_per_char)
+        given = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        return dataclasses.replace(self.sampling, **{k: v for k, v in given.items() if v is not None})
 
     # ---- decoding frames to audio ---------------------------------------------------------------------------
     def _tokens(self, codes: list[int], frames: list, global_: Tensor | None) -> CodecTokens:
@@ -309,8 +308,8 @@ class SpeechPipeline:
                    top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None) -> list[CodecTokens]:
         """The codec tokens :meth:`tts` would decode, one :class:`CodecTokens` per sentence (same seed, same tokens)."""
         out = []
-        for prompt, s, max_frames, v, gen in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed):
-            fr = list(generate_frames(self.infer_lm, self.layout, prompt, self.head, s, max_frames, self._voice_vec(v), gen))
+        for prompt, s, (lo, hi), v, gen in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed):
+            fr = list(generate_frames(self.infer_lm, self.layout, prompt, self.head, s, hi, self._voice_vec(v), gen, lo))
             out.append(self._tokens([f.code for f in fr], [f.acoustic for f in fr], v.tokens.global_ if v else None))
         return out
 
@@ -326,8 +325,9 @@ class SpeechPipeline:
         gen = _generator(seed)
         for sentence in split_sentences(text):
             ptext, pcodes = (v.text, v.tokens.semantic[0]) if (v is not None and v.text) else (None, None)
-            max_frames = s.max_frames(sentence, max_seconds, self.codec.semantic_rate)
-            yield tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, max_frames, v, gen
+            rate = self.codec.semantic_rate
+            hi = s.max_frames(sentence, max_seconds, rate)
+            yield tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, (s.min_frames(sentence, rate, hi), hi), v, gen
 
     # ---- tasks ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -336,8 +336,8 @@ class SpeechPipeline:
         """Audio chunks ``[1, n]`` as they are generated; they concatenate exactly to :meth:`tts`.
 
         Long text is split into sentences (each bounded by ``max_seconds``), generated one after another."""
-        for prompt, s, max_frames, v, gen in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed):
-            yield from self._stream_frames(prompt, s, max_frames, v, gen)
+        for prompt, s, (lo, hi), v, gen in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed):
+            yield from self._stream_frames(prompt, s, hi, v, gen, min_frames=lo)
 
     def tts(self, text: str, voice=None, **kw) -> Tensor:
         """Synthesize ``text`` -> ``[1, N]`` float audio at :attr:`sample_rate`."""

@@ -507,13 +507,16 @@ def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, 
 
 
 def length_bound(utts: list[Utterance], codec) -> dict:
-    """``{"max_seconds_per_char": 2 x the median seconds per character}`` of the training utterances
-    (see :class:`slm.generate.Sampling`); ``{}`` when they have no text."""
+    """``{"max_seconds_per_char": 2 x, "min_seconds_per_char": 0.5 x the median seconds per character}`` of
+    the training utterances (see :class:`slm.generate.Sampling`); ``{}`` when they have no text."""
     import statistics
 
     rate = float(codec.semantic_rate)
     r = [u.semantic.numel() / rate / len(u.text) for u in utts if u.text.strip()]
-    return {"max_seconds_per_char": round(2 * statistics.median(r), 4)} if r else {}
+    if not r:
+        return {}
+    med = statistics.median(r)
+    return {"max_seconds_per_char": round(2 * med, 4), "min_seconds_per_char": round(0.5 * med, 4)}
 
 
 def _lora_info(lm) -> dict:

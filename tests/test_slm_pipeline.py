@@ -225,6 +225,14 @@ def test_tts_length_bound_from_text(trained, pipe):
     assert Sampling().max_frames("x" * 20, 20.0, rate) == int(20.0 * rate)
     with pytest.raises(ValueError, match="max_seconds_per_char"):
         Sampling(max_seconds_per_char=-1.0)
+    # the lower bound: half the median, so no training utterance is shorter than it
+    assert saved["min_seconds_per_char"] == pytest.approx(saved["max_seconds_per_char"] / 4, abs=1e-4)
+    assert pipe.sampling.min_seconds_per_char == saved["min_seconds_per_char"]
+    assert Sampling(min_seconds_per_char=0.1).min_frames("x" * 20, rate, 1000) == int(2.0 * rate)
+    assert Sampling(min_seconds_per_char=0.1).min_frames("x" * 20, rate, 3) == 3  # within the upper bound
+    assert Sampling().min_frames("x" * 20, rate, 1000) == 1
+    with pytest.raises(ValueError, match="min_seconds_per_char"):
+        Sampling(min_seconds_per_char=-1.0)
     text = "hello there my friend"
     old = pipe.sampling
     try:
@@ -235,3 +243,15 @@ def test_tts_length_bound_from_text(trained, pipe):
     finally:
         pipe.sampling = old
     assert bounded <= int((0.5 + 0.01 * len(text)) * rate) < free
+    # a lower bound keeps every sentence at least that long (both from tts_tokens and the streaming path)
+    try:
+        pipe.sampling = replace(old, max_seconds_per_char=0.0, min_seconds_per_char=0.2)
+        floor = int(0.2 * len(text) * rate)
+        assert floor > 1
+        for seed in range(3):
+            n = sum(t.semantic.shape[-1] for t in pipe.tts_tokens(text, seed=seed, max_seconds=6.0))
+            assert n >= floor
+            wav = pipe.tts(text, seed=seed, max_seconds=6.0)
+            assert wav.shape[-1] >= floor * pipe.sample_rate / rate - 1
+    finally:
+        pipe.sampling = old
