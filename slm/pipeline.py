@@ -323,9 +323,9 @@ class SpeechPipeline:
         v = self._voice(voice)
         s = self._sampling(temperature, top_k, top_p)
         gen = _generator(seed)
+        rate = self.codec.semantic_rate
+        ptext, pcodes = (v.text, v.tokens.semantic[0]) if (v is not None and v.text) else (None, None)
         for sentence in split_sentences(text):
-            ptext, pcodes = (v.text, v.tokens.semantic[0]) if (v is not None and v.text) else (None, None)
-            rate = self.codec.semantic_rate
             hi = s.max_frames(sentence, max_seconds, rate)
             yield tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, (s.min_frames(sentence, rate, hi), hi), v, gen
 
