@@ -93,7 +93,7 @@ def main() -> int:
     set_threads(args.threads)
     load_before = os.getloadavg()
     pipe = _build(args)
-    prompt, _, _, voice, _ = next(pipe._tts_plan(args.text, None, None, None, None, 20.0, 0))
+    prompt, _, _, voice, _, _ = next(pipe._tts_plan(args.text, None, None, None, None, 20.0, 0, False))
     n = args.frames
     s = Sampling(temperature=0.8, top_k=50, top_p=0.95)
     audio_s = n / pipe.codec.semantic_rate

@@ -51,6 +51,12 @@ class Sampling:
         sec = max_seconds if not self.max_seconds_per_char else min(max_seconds, 0.5 + self.max_seconds_per_char * len(text))
         return max(1, int(sec * rate))
 
+    def word_frames(self, words: list[str], rate: float) -> int:
+        """Aligned TTS: most frames one word may get: the longest word's characters at the upper bound
+        (0.15 s per character where none is set) plus 0.5 s for a pause."""
+        per_char = self.max_seconds_per_char or 0.15
+        return max(2, int((0.5 + per_char * max(len(w) for w in words)) * rate))
+
     def min_frames(self, text: str, rate: float, max_frames: int) -> int:
         """Frames one sentence gets before it may end: the text-length lower bound, within ``max_frames``."""
         return max(1, min(max_frames, int(self.min_seconds_per_char * len(text) * rate)))
@@ -317,21 +323,56 @@ def inference_copy(lm: torch.nn.Module, int8: bool = False) -> torch.nn.Module:
 
 def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor, head: AcousticHead | None,
                     sampling: Sampling, max_frames: int, voice: Tensor | None = None,
-                    generator: torch.Generator | None = None, min_frames: int = 1) -> Iterator[Frame]:
+                    generator: torch.Generator | None = None, min_frames: int = 1,
+                    words: list[list[int]] | None = None, max_word_frames: int | None = None) -> Iterator[Frame]:
     """Generate semantic frames after ``prompt`` (which ends inside an audio span) until
     ``<|audio_end|>`` or ``max_frames``; the head turns each frame into acoustic codes on the fly.
 
-    Only semantic tokens and ``<|audio_end|>`` can be sampled (``<|audio_end|>`` not before ``min_frames``)."""
+    Only semantic tokens and ``<|audio_end|>`` can be sampled (``<|audio_end|>`` not before ``min_frames``).
+
+    ``words`` (token ids of each word): aligned TTS (slm.templates.tts_aligned_example). The first word is
+    fed after the prompt; then at each step the model chooses between another frame of the current word
+    and the first token of the next one (the rest of that word is fed, not sampled); ``<|audio_end|>``
+    only after the last word. Every word gets at least one frame and at most ``max_word_frames`` (then
+    the next word is fed, or the sentence ends)."""
     if max_frames <= 0:
         raise ValueError(f"max_frames must be > 0, got {max_frames}")
     vocab = model.get_input_embeddings().weight.shape[0]
-    allowed = layout.audio_mask(vocab).nonzero().flatten()
-    early = (allowed != layout.audio_end).nonzero().flatten()  # positions in `allowed` without <|audio_end|>
+    mask = layout.audio_mask(vocab)
+    if words is not None:
+        if not words or not all(words):
+            raise ValueError(f"words must be a non-empty list of non-empty token-id lists, got {words!r}")
+        if len(words) > 1:
+            mask[torch.tensor([w[0] for w in words[1:]])] = True
+        prompt = torch.cat([prompt.cpu(), torch.tensor(words[0], dtype=torch.long)])
+    allowed = mask.nonzero().flatten()
     pos = _positions(allowed, vocab)
-    dec = Decoder(model, prompt, allowed, max_new=max_frames)
+    early = (allowed != layout.audio_end).nonzero().flatten()  # positions in `allowed` without <|audio_end|>
+    sem = layout.is_semantic(allowed).nonzero().flatten()
+    cap = max_word_frames or max_frames
+    dec = Decoder(model, prompt, allowed, max_new=max_frames + sum(len(w) for w in (words or [[]])[1:]))
     recent: list[int] = []
+    k, in_word = 0, 0  # current word, its frames so far
     for n in range(max_frames):
-        tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, early if n < min_frames else None)
+        subset = early if n < min_frames else None
+        if words is not None:
+            last = k == len(words) - 1
+            if in_word >= cap:  # this word has had its frames: on to the next one, or the end
+                if last:
+                    return
+                tok = words[k + 1][0]
+            else:
+                extra = [] if in_word == 0 else ([int(pos[layout.audio_end])] if last and n >= min_frames
+                                                 else [] if last else [int(pos[words[k + 1][0]])])
+                subset = torch.cat([sem, torch.tensor(extra, dtype=torch.long)]) if extra else sem
+                tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, subset)
+            if not last and tok == words[k + 1][0]:
+                k, in_word = k + 1, 0
+                for t in words[k]:
+                    dec.push(t)
+                tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, sem)  # its first frame
+        else:
+            tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, subset)
         if tok == layout.audio_end:
             return
         code = tok - layout.semantic_offset
@@ -342,6 +383,7 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
                                      sampling.head_top_k, generator)[0]
         yield Frame(code, acoustic, dec.hidden)
         recent.append(tok)
+        in_word += 1
         if n + 1 < max_frames:
             dec.push(tok)
 

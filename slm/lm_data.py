@@ -20,7 +20,8 @@ from torch import Tensor
 from codec.contracts import CodecTokens
 from slm.acoustic_head import frames_from_acoustic
 from slm.layout import TokenLayout
-from slm.templates import IGNORE, Example, asr_example, continuation_example, interleave_example, tts_example
+from slm.templates import (IGNORE, Example, asr_example, continuation_example, interleave_example, tts_aligned_example,
+                           tts_example)
 
 INDEX = "index.jsonl"
 
@@ -139,6 +140,10 @@ class TaskMix:
     # index (`slm codec tokenize` copies the manifest's `words`) and a layout with <|interleave|>; an
     # utterance without word times becomes a TTS example instead
     interleave: float = 0.0
+    # share of TTS examples in the aligned form (slm.templates.tts_aligned_example: each word's text before
+    # its frames); needs word times like `interleave`. A model trained with it speaks in that form
+    # (slm_config.json "tts_aligned"); the plain form stays in the mix so both work
+    tts_aligned: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TaskMix:
@@ -176,12 +181,13 @@ def make_examples(utts: list[Utterance], tokenizer, layout: TokenLayout, mix: Ta
             continue
         ac = u.acoustic if u.acoustic.shape[-1] else None
         if task == "tts":
-            ex = None
             mates = [j for j in by_spk.get(u.speaker, []) if j != i and utts[j].text.strip()]
-            if mates and u.speaker and rng.random() < mix.prompt_prob:
-                p = utts[rng.choice(mates)]
-                ex = tts_example(tokenizer, layout, u.text, u.semantic, ac, p.text, p.semantic)
-            ex = ex or tts_example(tokenizer, layout, u.text, u.semantic, ac)
+            p = utts[rng.choice(mates)] if mates and u.speaker and rng.random() < mix.prompt_prob else None
+            pt, pc = (p.text, p.semantic) if p is not None else (None, None)
+            ex = None
+            if mix.tts_aligned > 0 and rng.random() < mix.tts_aligned:
+                ex = tts_aligned_example(tokenizer, layout, u.text, u.words or [], u.semantic, u.duration, ac, pt, pc)
+            ex = ex or tts_example(tokenizer, layout, u.text, u.semantic, ac, pt, pc)
         elif task == "asr":
             ex = asr_example(tokenizer, layout, u.semantic, u.text, ac)
         else:

@@ -29,7 +29,7 @@ from codec.contracts import CodecTokens, check_audio
 from slm.acoustic_head import AcousticHead, acoustic_from_frames
 from slm.generate import Sampling, generate_frames, generate_text, inference_copy
 from slm.layout import TokenLayout
-from slm.templates import asr_prompt, continuation_prompt, tts_prompt
+from slm.templates import asr_prompt, continuation_prompt, split_words, tts_prompt, word_ids
 
 BUNDLE_VERSION = 1
 MAX_TEXT_CHARS = 5000  # beyond this, split the text yourself: a bound against accidental endless input
@@ -141,7 +141,7 @@ class SpeechPipeline:
     def __init__(self, backbone, tokenizer, layout: TokenLayout, codec, head: AcousticHead | None = None,
                  voices: dict[str, Voice] | None = None, sampling: Sampling | None = None,
                  chunk_frames: int = 12, context_frames: int = 8, teacher_spec: str = "whisper-base-ct2",
-                 first_chunk_frames: int = 4, merge: bool = False, int8: bool = False):
+                 first_chunk_frames: int = 4, merge: bool = False, int8: bool = False, tts_aligned: bool = False):
         if codec.semantic_codebook_size != layout.n_semantic:
             raise ValueError(f"codec has {codec.semantic_codebook_size} semantic codes, layout {layout.n_semantic}")
         if codec.n_acoustic_codebooks and head is None:
@@ -149,6 +149,9 @@ class SpeechPipeline:
         self.lm, self.tokenizer, self.layout, self.codec, self.head = backbone, tokenizer, layout, codec, head
         self._voices = dict(voices or {})
         self.sampling = sampling or Sampling()
+        # TTS in the aligned form (each word fed before its frames, slm.templates.tts_aligned_example):
+        # the default of models trained with it (slm_config.json "tts_aligned"); `aligned=` per call
+        self.tts_aligned = tts_aligned
         # a short first chunk lowers time to first audio; later chunks are longer (fewer decode calls)
         self.chunk_frames, self.context_frames, self.first_chunk_frames = chunk_frames, context_frames, first_chunk_frames
         self.teacher_spec, self._teacher = teacher_spec, None  # only for codecs that encode with a teacher
@@ -198,7 +201,7 @@ class SpeechPipeline:
         info = cpath / "training.json"
         spec = (json.loads(info.read_text()).get("teacher_spec") if info.exists() else None) or "whisper-base-ct2"
         return cls(lm, bb.tokenizer, layout, codec, head, voices, Sampling(**cfg.get("sampling", {})), teacher_spec=spec,
-                   merge=merge, int8=int8)
+                   merge=merge, int8=int8, tts_aligned=bool(cfg.get("tts_aligned", False)))
 
     # ---- basics ---------------------------------------------------------------------------------------------
     @property
@@ -271,10 +274,11 @@ class SpeechPipeline:
 
     def _stream_frames(self, prompt: Tensor, sampling: Sampling, max_frames: int, v: Voice | None,
                        gen: torch.Generator, history: tuple[list[int], list] = ((), ()),
-                       min_frames: int = 1) -> Iterator[Tensor]:
+                       **gen_kw) -> Iterator[Tensor]:
         """Generate frames after ``prompt`` and yield audio ``[1, n]`` every ``chunk_frames`` frames.
 
-        ``history`` (codes, acoustic frames) is decoded as left context only (continuation)."""
+        ``history`` (codes, acoustic frames) is decoded as left context only (continuation); ``gen_kw``:
+        ``min_frames`` / ``words`` / ``max_word_frames`` of :func:`generate_frames`."""
         g = v.tokens.global_ if v is not None else None
         voice_vec = self._voice_vec(v)
         codes, frames = list(history[0]), list(history[1])
@@ -292,7 +296,7 @@ class SpeechPipeline:
             return wav[:, round(wav.shape[-1] * (a - lo) / (b - lo)):]
 
         for fr in generate_frames(self.infer_lm, self.layout, prompt, self.head, sampling, max_frames, voice_vec, gen,
-                                  min_frames):
+                                  **gen_kw):
             codes.append(fr.code)
             frames.append(fr.acoustic)
             if len(codes) - emitted >= (self.first_chunk_frames if emitted == start else self.chunk_frames):
@@ -305,21 +309,25 @@ class SpeechPipeline:
 
     @torch.no_grad()
     def tts_tokens(self, text: str, voice=None, *, temperature: float | None = None, top_k: int | None = None,
-                   top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None) -> list[CodecTokens]:
+                   top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None,
+                   aligned: bool | None = None) -> list[CodecTokens]:
         """The codec tokens :meth:`tts` would decode, one :class:`CodecTokens` per sentence (same seed, same tokens)."""
         out = []
-        for prompt, s, (lo, hi), v, gen in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed):
-            fr = list(generate_frames(self.infer_lm, self.layout, prompt, self.head, s, hi, self._voice_vec(v), gen, lo))
+        for prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed,
+                                                        aligned):
+            fr = list(generate_frames(self.infer_lm, self.layout, prompt, self.head, s, hi, self._voice_vec(v), gen, **kw))
             out.append(self._tokens([f.code for f in fr], [f.acoustic for f in fr], v.tokens.global_ if v else None))
         return out
 
-    def _tts_plan(self, text, voice, temperature, top_k, top_p, max_seconds, seed):
+    def _tts_plan(self, text, voice, temperature, top_k, top_p, max_seconds, seed, aligned):
+        """Per sentence: (prompt, sampling, max frames, voice, generator, the rest of generate_frames' arguments)."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text must be a non-empty string, got {text!r}")
         if len(text) > MAX_TEXT_CHARS:
             raise ValueError(f"text has {len(text)} characters; at most {MAX_TEXT_CHARS} per call")
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+        aligned = self.tts_aligned if aligned is None else bool(aligned)
         v = self._voice(voice)
         s = self._sampling(temperature, top_k, top_p)
         gen = _generator(seed)
@@ -327,17 +335,25 @@ class SpeechPipeline:
         ptext, pcodes = (v.text, v.tokens.semantic[0]) if (v is not None and v.text) else (None, None)
         for sentence in split_sentences(text):
             hi = s.max_frames(sentence, max_seconds, rate)
-            yield tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, (s.min_frames(sentence, rate, hi), hi), v, gen
+            kw = {"min_frames": s.min_frames(sentence, rate, hi)}
+            words = split_words(sentence) if aligned else []
+            if words:  # a sentence with no word characters ("...", "?!") is spoken in the plain form
+                kw |= {"words": word_ids(self.tokenizer, words), "max_word_frames": s.word_frames(words, rate)}
+            yield tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, hi, v, gen, kw
 
     # ---- tasks ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def tts_stream(self, text: str, voice=None, *, temperature: float | None = None, top_k: int | None = None,
-                   top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None) -> Iterator[Tensor]:
+                   top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None,
+                   aligned: bool | None = None) -> Iterator[Tensor]:
         """Audio chunks ``[1, n]`` as they are generated; they concatenate exactly to :meth:`tts`.
 
-        Long text is split into sentences (each bounded by ``max_seconds``), generated one after another."""
-        for prompt, s, (lo, hi), v, gen in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed):
-            yield from self._stream_frames(prompt, s, hi, v, gen, min_frames=lo)
+        Long text is split into sentences (each bounded by ``max_seconds``), generated one after another.
+        ``aligned``: feed each word before its frames (the default of a model trained that way, see
+        :attr:`tts_aligned`); False speaks the plain form from the whole sentence."""
+        for prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed,
+                                                        aligned):
+            yield from self._stream_frames(prompt, s, hi, v, gen, **kw)
 
     def tts(self, text: str, voice=None, **kw) -> Tensor:
         """Synthesize ``text`` -> ``[1, N]`` float audio at :attr:`sample_rate`."""

@@ -2,6 +2,10 @@
 
 * TTS:          ``<|tts|> text <|audio_start|> s.. <|audio_end|>``        loss on ``s.. <|audio_end|>``
 * ASR:          ``<|asr|> <|audio_start|> s.. <|audio_end|> text <eos>``  loss on ``text <eos>``
+* aligned TTS:  ``<|tts|> text <|audio_start|> w1 s.. w2 s.. <|audio_end|>``  loss on ``s..``, on the first
+  token of ``w2..`` (when to move to the next word) and ``<|audio_end|>``: the TTS task with each word's
+  text placed before the frames spoken over it (word times from the manifest; after ELLA-V), so the model
+  maps the word it just read to its frames instead of learning a whole-sentence alignment
 * continuation: ``<|continue|> <|audio_start|> s..``                      loss on ``s..`` after the first one
 * interleaved:  ``<|interleave|> w.. <|audio_start|> s.. <|audio_end|> w.. ...``  loss on all after the task
   token: one utterance cut at word boundaries into spans of 1-4 words, alternately given as text and as
@@ -13,6 +17,7 @@ semantic token; the acoustic head reads the hidden state one position earlier (t
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from itertools import accumulate
 
@@ -22,6 +27,7 @@ from torch import Tensor
 from slm.layout import TokenLayout
 
 IGNORE = -100
+_WORD_RE = re.compile(r"[a-z0-9']+")
 TASKS = ("tts", "asr", "continue", "interleave")
 
 
@@ -98,6 +104,63 @@ def tts_prompt(tokenizer, layout: TokenLayout, text: str, prompt_text: str | Non
     """The prefix fed to generation for TTS: everything up to (and with) the prompt codes. ``[T]``."""
     ex = tts_example(tokenizer, layout, text, torch.zeros(0, dtype=torch.long), None, prompt_text, prompt_codes)
     return ex.input_ids[:-1]  # drop <|audio_end|>
+
+
+def word_ids(tokenizer, words: list[str]) -> list[list[int]]:
+    """Token ids of each word as it is spoken inside an aligned TTS span (a leading space, as mid-text)."""
+    out = [tokenizer(" " + str(w).strip(), add_special_tokens=False)["input_ids"] for w in words]
+    if not words or not all(out):
+        raise ValueError(f"aligned TTS needs non-empty words, got {words!r}")
+    return out
+
+
+def split_words(text: str) -> list[str]:
+    """The words of a sentence as the corpus' word times name them: lower case, no punctuation, hyphens
+    split (the manifest's ``words``; ``"seventy-six"`` -> ``seventy``, ``six``)."""
+    return _WORD_RE.findall(text.lower())
+
+
+def word_frames(words: list, n: int, duration: float) -> list[int]:
+    """``cuts`` (``len(words) + 1``): word ``k`` owns frames ``[cuts[k], cuts[k+1])``, the first from 0 and the
+    last to ``n``; a word starts at the frame of its start time, moved just enough that every word gets
+    at least one frame (needs ``n >= len(words)``)."""
+    m = len(words)
+    if n < m:
+        raise ValueError(f"{m} words need at least {m} frames, got {n}")
+    cuts = [0]
+    for k in range(1, m):
+        cuts.append(min(max(round(float(words[k][0]) / duration * n), cuts[-1] + 1), n - (m - k)))
+    return cuts + [n]
+
+
+def tts_aligned_example(tokenizer, layout: TokenLayout, text: str, words: list, codes: Tensor, duration: float,
+                        acoustic: Tensor | None = None, prompt_text: str | None = None,
+                        prompt_codes: Tensor | None = None) -> Example | None:
+    """``<|tts|> [prompt_text] text <|audio_start|> [prompt s..] w1 s.. w2 s.. <|audio_end|>``: TTS with each
+    word's tokens before the frames spoken over it. ``words``: ``[(start_s, end_s, word), ...]`` (manifest);
+    a manifest entry may hold several words. None when there are no word times or fewer frames than words."""
+    codes = _semantic(codes)
+    n = codes.numel()
+    if not words or not duration > 0 or n < len(words):
+        return None
+    if acoustic is not None and acoustic.shape[0] != n:
+        raise ValueError(f"acoustic frames {acoustic.shape[0]} != semantic frames {n}")
+    head = [layout.special_id("tts")] + (_text_ids(tokenizer, prompt_text) if prompt_text else [])
+    head += _text_ids(tokenizer, text) + [layout.audio_start]
+    pc = layout.codes_to_ids(_semantic(prompt_codes)).tolist() if prompt_codes is not None else []
+    ids, labels = head + pc, [IGNORE] * (len(head) + len(pc))
+    sem = layout.codes_to_ids(codes).tolist()
+    cuts, pos = word_frames(words, n, duration), []
+    for k, w in enumerate(word_ids(tokenizer, [w[2] for w in words])):
+        ids += w
+        labels += ([w[0]] if k else [IGNORE]) + [IGNORE] * (len(w) - 1)  # learn only when to move on
+        a, b = cuts[k], cuts[k + 1]
+        pos += range(len(ids), len(ids) + b - a)
+        ids += sem[a:b]
+        labels += sem[a:b]
+    ids.append(layout.audio_end)
+    labels.append(layout.audio_end)
+    return Example("tts", torch.tensor(ids), torch.tensor(labels), torch.tensor(pos, dtype=torch.long), acoustic)
 
 
 def asr_example(tokenizer, layout: TokenLayout, codes: Tensor, text: str, acoustic: Tensor | None = None) -> Example:
@@ -189,7 +252,12 @@ def parse(ids: Tensor, layout: TokenLayout, tokenizer) -> Parsed:
     a = int(pos[0])
     ends = (ids == layout.audio_end).nonzero().flatten()
     b = int(ends[0]) if ends.numel() else ids.numel()
-    codes = layout.ids_to_codes(ids[a + 1 : b])
+    span, extra = ids[a + 1 : b], {}
+    sem = layout.is_semantic(span)
+    if task == "tts" and not bool(sem.all()):  # aligned TTS: the words inside the span
+        extra = {"words": tokenizer.decode(span[~sem].tolist(), skip_special_tokens=False).strip()}
+        span = span[sem]
+    codes = layout.ids_to_codes(span)
     if task == "tts":
         text_ids = ids[1:a]
     elif task == "asr":
@@ -201,4 +269,4 @@ def parse(ids: Tensor, layout: TokenLayout, tokenizer) -> Parsed:
     if not bool(layout.is_text(text_ids).all()):
         raise ValueError("non-text token inside a text span")
     text = tokenizer.decode(text_ids.tolist(), skip_special_tokens=False).strip()
-    return Parsed(task, text, codes, complete=bool(ends.numel()))
+    return Parsed(task, text, codes, complete=bool(ends.numel()), extra=extra)

@@ -442,6 +442,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
         voices = _default_voices(utts, codec)
         save_bundle(final, lm, layout, head, codec, cfg.backbone, voices=voices,
                     extra={"sampling": length_bound(utts, codec), "lora": _lora_info(lm), "trained_steps": step,
+                           **({"tts_aligned": True} if speaks_aligned(cfg, utts) else {}),
                            **({"init_from": str(init_dir(cfg).resolve())} if cfg.init_from else {})},
                     half=cfg.save_half)
         writer.close()
@@ -480,7 +481,7 @@ def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, 
 
     d = Path(cfg.out_dir) / "samples" / f"step_{step:06d}"
     d.mkdir(parents=True, exist_ok=True)
-    pipe = SpeechPipeline(model.lm, tokenizer, layout, codec, model.head)
+    pipe = SpeechPipeline(model.lm, tokenizer, layout, codec, model.head, tts_aligned=speaks_aligned(cfg, utts))
     refs, hyps, rows, wavs = [], [], [], []
     for u in [u for u in utts if u.text.strip()][: cfg.eval_samples]:
         ids = generate_text(model.lm, asr_prompt(tokenizer, layout, u.semantic), layout.text_mask(
@@ -504,6 +505,12 @@ def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, 
 
         res["tts_wer"] = error_rates(refs, WhisperASR().transcribe(wavs, pipe.sample_rate)).wer
     return res
+
+
+def speaks_aligned(cfg: TrainConfig, utts: list[Utterance]) -> bool:
+    """Whether the run trains TTS in the aligned form (a share of it, and word times to build it from):
+    then its model dir says so, and its pipeline speaks that way by default."""
+    return TaskMix.from_dict(cfg.tasks).tts_aligned > 0 and any(u.words for u in utts)
 
 
 def length_bound(utts: list[Utterance], codec) -> dict:

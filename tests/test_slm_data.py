@@ -132,3 +132,107 @@ def test_interleaved_batch_trains_lm_and_head(setup, tmp_path):
         opt.zero_grad()
     assert torch.isfinite(out["lm/loss_text"]) and torch.isfinite(out["lm/loss_audio"])
     assert float(model(b)["loss"]) < first
+
+
+def test_word_frames_gives_every_word_frames_in_order():
+    from slm.templates import word_frames
+
+    words = [[0.0, 0.3, "a"], [0.4, 0.9, "b"], [1.0, 1.6, "c"]]
+    assert word_frames(words, 20, 2.0) == [0, 4, 10, 20]  # starts at 0.4 s and 1.0 s of 2 s over 20 frames
+    # word times squeezed together (or past the end) still give each word at least one frame
+    assert word_frames([[0, 0, "a"], [0, 0, "b"], [5, 5, "c"]], 3, 1.0) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="at least 3 frames"):
+        word_frames(words, 2, 2.0)
+
+
+def test_tts_aligned_example_puts_each_word_before_its_frames(setup):
+    from slm.templates import parse, tts_aligned_example, word_frames, word_ids
+
+    tok, layout, utts = setup
+    u = _with_words(max(utts, key=lambda x: len(x.text.split())))
+    ex = tts_aligned_example(tok, layout, u.text, u.words, u.semantic, u.duration, u.acoustic)
+    ids, labels = ex.input_ids, ex.labels
+    a, b = int((ids == layout.audio_start).nonzero()[0]), int((ids == layout.audio_end).nonzero()[0])
+    assert b == len(ids) - 1 and ex.task == "tts"
+    sem = layout.is_semantic(ids)
+    assert torch.equal(sem.nonzero().flatten(), ex.semantic_pos) and torch.equal(ex.acoustic, u.acoustic)
+    assert torch.equal(layout.ids_to_codes(ids[sem]), u.semantic)
+    # inside the span: word k's tokens, then exactly the frames word_frames gives it
+    cuts, span, p = word_frames(u.words, u.semantic.numel(), u.duration), ids[a + 1 : b].tolist(), 0
+    for k, w in enumerate(word_ids(tok, [w[2] for w in u.words])):
+        assert span[p : p + len(w)] == w
+        assert labels[a + 1 + p] == (w[0] if k else IGNORE)  # learned: when to move on to word k (not word 1)
+        assert bool((labels[a + 2 + p : a + 1 + p + len(w)] == IGNORE).all())  # the rest of a word is fed
+        p += len(w)
+        n = cuts[k + 1] - cuts[k]
+        assert n >= 1 and bool(layout.is_semantic(torch.tensor(span[p : p + n])).all()) and labels[a + 1 + p] == ids[a + 1 + p]
+        p += n
+    assert p == len(span) and labels[b] == layout.audio_end and bool((labels[: a + 1] == IGNORE).all())
+    parsed = parse(ids, layout, tok)
+    assert parsed.text == u.text and torch.equal(parsed.codes, u.semantic)
+    assert parsed.extra["words"] == " ".join(w[2] for w in u.words)
+    # with a voice prompt its codes come first, unaligned and not learned
+    pr = utts[0]
+    ex2 = tts_aligned_example(tok, layout, u.text, u.words, u.semantic, u.duration, None, pr.text, pr.semantic)
+    a2 = int((ex2.input_ids == layout.audio_start).nonzero()[0])
+    n = pr.semantic.numel()
+    assert torch.equal(layout.ids_to_codes(ex2.input_ids[a2 + 1 : a2 + 1 + n]), pr.semantic)
+    assert bool((ex2.labels[: a2 + 1 + n] == IGNORE).all()) and ex2.semantic_pos.numel() == u.semantic.numel()
+    # no word times, or fewer frames than words: no aligned example
+    assert tts_aligned_example(tok, layout, u.text, [], u.semantic, u.duration) is None
+    assert tts_aligned_example(tok, layout, u.text, u.words, u.semantic[: len(u.words) - 1], u.duration) is None
+
+
+def test_tts_aligned_share_of_the_task_mix(setup):
+    tok, layout, utts = setup
+    with_words = [_with_words(u) for u in utts]
+
+    def aligned(ex):
+        ids = ex.input_ids
+        a, b = int((ids == layout.audio_start).nonzero()[0]), int((ids == layout.audio_end).nonzero()[0])
+        return bool(layout.is_text(ids[a + 1 : b]).any())
+
+    mix = TaskMix(tts=1, asr=0, continue_=0, prompt_prob=0, tts_aligned=1)
+    assert all(aligned(e) for e, _ in make_examples(with_words, tok, layout, mix, seed=0, epoch=0))
+    # without word times the plain form; with tts_aligned=0 the data are those of before the option existed
+    assert not any(aligned(e) for e, _ in make_examples(utts, tok, layout, mix, seed=0, epoch=0))
+    plain = TaskMix(tts=1, asr=0, continue_=0)
+    a = make_examples(with_words, tok, layout, plain, seed=1, epoch=0)
+    b = make_examples(utts, tok, layout, plain, seed=1, epoch=0)
+    assert [(torch.equal(x.input_ids, y.input_ids), i) for (x, i), (y, _) in zip(a, b)] == [(True, i) for _, i in a]
+    half = make_examples(with_words * 20, tok, layout, TaskMix(tts=1, asr=0, continue_=0, tts_aligned=0.5), 0, 0)
+    share = sum(aligned(e) for e, _ in half) / len(half)
+    assert 0.3 < share < 0.7
+
+
+def test_aligned_tts_batch_trains_and_the_model_dir_flag(setup, tmp_path):
+    from slm.train import BatchSource, SpeechLM, build, speaks_aligned
+    from tests.test_slm_helpers import tiny_codec, tiny_train_config
+
+    _, _, utts = setup
+    cfg = tiny_train_config(tmp_path, batch_size=2, tasks={"tts": 1, "asr": 0, "continue": 0, "tts_aligned": 1})
+    timed = [_with_words(u) for u in utts]
+    assert speaks_aligned(cfg, timed) and not speaks_aligned(cfg, utts)  # no word times: nothing aligned learned
+    assert not speaks_aligned(tiny_train_config(tmp_path), timed)
+    bb, layout, lm, head = build(cfg, tiny_codec())
+    b = BatchSource(timed, bb.tokenizer, layout, TaskMix.from_dict(cfg.tasks), cfg, head.cfg.frame_len)(0)
+    # text tokens inside audio spans carry labels (when to move on to the next word), and the head still
+    # reads the state before every semantic token
+    inside = torch.zeros_like(b.input_ids, dtype=torch.bool)
+    for r in range(b.input_ids.shape[0]):
+        open_ = False
+        for t in range(b.input_ids.shape[1]):
+            i = int(b.input_ids[r, t])
+            open_ = (open_ or i == layout.audio_start) and i != layout.audio_end
+            inside[r, t] = open_ and i < layout.base_vocab
+    assert bool((b.labels[inside] != IGNORE).any()) and bool((b.labels[inside] == IGNORE).any())
+    nxt = b.input_ids[:, 1:][b.head_mask[:, :-1]]
+    assert bool(layout.is_semantic(nxt).all())
+    model = SpeechLM(lm, head, 1.0, True, cfg.packing, text_vocab=layout.base_vocab)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = float(model(b)["loss"].detach())
+    for _ in range(6):
+        model(b)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+    assert float(model(b)["loss"].detach()) < first

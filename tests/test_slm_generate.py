@@ -187,3 +187,69 @@ def test_int8(lm, layout):
     s = Sampling(temperature=0.8)
     frames = list(generate_frames(q, layout, ids, None, s, 6, generator=torch.Generator().manual_seed(0)))
     assert frames and all(0 <= f.code < layout.n_semantic for f in frames)
+
+
+def _aligned_run(model, layout, words, cap, seed, max_frames=60, monkeypatch=None):
+    import slm.generate as G
+
+    seen = []
+
+    class Recording(G.Decoder):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            seen.append(self)
+
+    monkeypatch.setattr(G, "Decoder", Recording)
+    prompt = torch.tensor([1, 2, 3, layout.audio_start])
+    s = Sampling(temperature=1.0, top_k=0, top_p=1.0)
+    frames = list(generate_frames(model, layout, prompt, None, s, max_frames, generator=torch.Generator().manual_seed(seed),
+                                  words=words, max_word_frames=cap))
+    return frames, seen[0].ids[len(prompt):]
+
+
+def _spans(ids, layout):
+    """Split the ids after the prompt into (text run, frame count) pairs."""
+    out = []
+    for t in ids:
+        if layout.is_semantic(torch.tensor(t)):
+            out[-1][1] += 1
+        elif not out or out[-1][1]:
+            out.append([[t], 0])
+        else:
+            out[-1][0].append(t)
+    return out
+
+
+def test_aligned_generation_feeds_every_word_in_order(lm, layout, monkeypatch):
+    words = [[7, 8], [9], [10, 11, 12], [13]]
+    for cap, seed in [(1, 0), (3, 1), (5, 2), (5, 3)]:
+        frames, ids = _aligned_run(lm, layout, words, cap, seed, monkeypatch=monkeypatch)
+        spans = _spans(ids, layout)
+        # the words, whole and in order, each followed by 1..cap frames; no other text in the span
+        assert [t for t, _ in spans] == words
+        # the last frame is yielded but not fed (nothing follows it), so count it on the last span
+        counts = [n for _, n in spans[:-1]] + [len(frames) - sum(n for _, n in spans[:-1])]
+        assert all(1 <= n <= cap for n in counts), counts
+        assert all(0 <= f.code < layout.n_semantic for f in frames)
+        if cap == 1:
+            assert len(frames) == len(words)
+
+
+def test_aligned_generation_moves_on_when_the_model_says_so(lm, layout, monkeypatch):
+    import slm.generate as G
+
+    words = [[7], [9, 9], [10], [13]]
+    pick = G._pick
+
+    def eager(logits, allowed, pos, s, recent, gen, subset=None):
+        """Choose to move on (next word, or <|audio_end|> after the last) whenever that is allowed."""
+        other = [int(i) for i in (subset if subset is not None else range(allowed.numel()))
+                 if not layout.is_semantic(allowed[int(i)])]
+        return int(allowed[other[0]]) if other else pick(logits, allowed, pos, s, recent, gen, subset)
+
+    monkeypatch.setattr(G, "_pick", eager)
+    frames, ids = _aligned_run(lm, layout, words, 8, 0, monkeypatch=monkeypatch)
+    # one frame per word (a word must have one before the model may leave it), then the end
+    assert len(frames) == len(words) and [t for t, _ in _spans(ids, layout)] == words
+    with pytest.raises(ValueError, match="non-empty"):
+        next(generate_frames(lm, layout, torch.tensor([1, layout.audio_start]), None, Sampling(), 5, words=[[7], []]))

@@ -255,3 +255,39 @@ def test_tts_length_bound_from_text(trained, pipe):
             assert wav.shape[-1] >= floor * pipe.sample_rate / rate - 1
     finally:
         pipe.sampling = old
+
+
+def test_aligned_tts_streams_and_follows_the_model_flag(trained, pipe, tmp_path):
+    """Aligned TTS (each word fed before its frames): streaming equals offline, every word gets its frames
+    within the per-word cap, and a model dir whose slm_config.json says "tts_aligned" speaks that way."""
+    import json
+    import shutil
+
+    from slm.templates import split_words
+
+    assert pipe.tts_aligned is False  # the tiny run has no word times: plain form
+    text = "the cat sat on the mat. hello world!"
+    chunks = list(pipe.tts_stream(text, seed=5, max_seconds=3.0, aligned=True))
+    full = pipe.tts(text, seed=5, max_seconds=3.0, aligned=True)
+    assert torch.equal(torch.cat(chunks, -1), full)
+    toks = pipe.tts_tokens(text, seed=5, max_seconds=3.0, aligned=True)
+    offline = torch.cat([pipe.codec.decode(t).reshape(1, -1).clamp(-1, 1) for t in toks], -1)
+    torch.testing.assert_close(full, offline, atol=1e-5, rtol=0)
+    rate = pipe.codec.semantic_rate
+    for sentence, t in zip(split_sentences(text), toks):
+        words = split_words(sentence)
+        cap = pipe.sampling.word_frames(words, rate)
+        assert len(words) <= t.semantic.shape[-1] <= min(len(words) * cap, pipe.sampling.max_frames(sentence, 3.0, rate))
+    assert split_words("Seventy-six trombones, O'Brien!") == ["seventy", "six", "trombones", "o'brien"]
+    assert pipe.tts_tokens("?!", seed=0, aligned=True)  # no words: the plain form
+    d = tmp_path / "aligned"
+    shutil.copytree(trained[1], d)
+    cfg = json.loads((d / "slm_config.json").read_text())
+    (d / "slm_config.json").write_text(json.dumps({**cfg, "tts_aligned": True}))
+    p2 = SpeechPipeline.from_pretrained(d)
+    assert p2.tts_aligned is True
+    a = p2.tts_tokens(text, seed=5, max_seconds=3.0)
+    assert all(torch.equal(x.semantic, y.semantic) for x, y in zip(a, toks))
+    plain = p2.tts_tokens(text, seed=5, max_seconds=3.0, aligned=False)
+    ref = pipe.tts_tokens(text, seed=5, max_seconds=3.0)
+    assert all(torch.equal(x.semantic, y.semantic) for x, y in zip(plain, ref))
