@@ -20,8 +20,15 @@ from torch import Tensor
 from codec.contracts import CodecTokens
 from slm.acoustic_head import frames_from_acoustic
 from slm.layout import TokenLayout
-from slm.templates import (IGNORE, Example, asr_example, continuation_example, interleave_example, tts_aligned_example,
-                           tts_example)
+from slm.templates import (
+    IGNORE,
+    Example,
+    asr_example,
+    continuation_example,
+    interleave_example,
+    tts_aligned_example,
+    tts_example,
+)
 
 INDEX = "index.jsonl"
 
