@@ -1,6 +1,8 @@
 """Speech-LM task metrics through a stand-in pipeline (real espeak speech, real judges, tiny backbone)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -110,5 +112,18 @@ def test_conditioning_gain_on_the_tiny_pipeline():
     for task in ("tts", "asr"):
         r = res[task]
         assert all(np.isfinite(r[k]) for k in ("real", "shuffled", "gain")) and r["real"] > 0 and r["gain"] != 0.0
+    assert "tts_aligned" not in res  # no word times
+    # with word times: the aligned form too, its swap putting another item's words at these times
+    timed = []
+    for i, text in enumerate(["hello there friend", "a quiet lake at dawn", "go"]):
+        it = item(i, text)
+        dur = it.wav.shape[-1] / sr
+        ws = text.split()
+        timed.append(dataclasses.replace(it, words=[[k * dur / len(ws), (k + 1) * dur / len(ws), w] for k, w in enumerate(ws)]))
+    both = conditioning_gain(pipe, timed)
+    r = both["tts_aligned"]
+    assert r["real"] != both["tts"]["real"]  # the words inside the span change what the frames are scored on
+    assert all(np.isfinite(r[k]) for k in ("real", "shuffled", "gain")) and r["gain"] != 0.0
+    assert conditioning_gain(pipe, [timed[0]] * 3)["tts_aligned"]["gain"] == 0.0
     with pytest.raises(ValueError, match="at least 2"):
         conditioning_gain(pipe, [item(0, "hello")])

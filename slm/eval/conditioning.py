@@ -5,7 +5,9 @@ unconditional language model of semantic tokens (TTS, continuation) and of Engli
 This measures the part of the loss that comes from the conditioning, on held-out items:
 
 * TTS: cross-entropy of the semantic tokens given the item's own text, and given another item's text;
-* ASR: cross-entropy of the transcript given the item's own audio tokens, and given another item's.
+* ASR: cross-entropy of the transcript given the item's own audio tokens, and given another item's;
+* aligned TTS (items with word times): cross-entropy of the semantic tokens with each word's own text fed
+  before its frames, and with another item's words in those places (same timing, other words).
 
 ``gain = shuffled - real`` (nats per token): ~0 means the conditioning is ignored; a model that reads
 its input well gains several nats (the shuffled case then looks like noise to it). Items are paired by a
@@ -23,7 +25,8 @@ from slm.eval.data import EvalItem
 def _utterances(pipe, items: list[EvalItem]):
     from slm.lm_data import utterance
 
-    return [utterance(it.id, it.text, it.speaker, "test", pipe.encode(it.wav, it.sample_rate)) for it in items]
+    return [utterance(it.id, it.text, it.speaker, "test", pipe.encode(it.wav, it.sample_rate), words=it.words or None,
+                      duration=it.wav.shape[-1] / it.sample_rate) for it in items]
 
 
 @torch.no_grad()
@@ -48,12 +51,21 @@ def gain_on_utterances(pipe, utts, max_len: int = 1024) -> dict:
         "tts": [dataclasses.replace(u, text=utts[j].text) for u, j in zip(utts, other)],
         "asr": [dataclasses.replace(u, semantic=utts[j].semantic, acoustic=utts[j].acoustic) for u, j in zip(utts, other)],
     }
+    tasks = ["tts", "asr"]
+    if all(u.words for u in utts):  # aligned TTS: another item's words (cycled) at this item's word times
+        tasks.append("tts_aligned")
+        swapped["tts_aligned"] = []
+        for u, j in zip(utts, other):
+            w = [str(x[2]) for x in utts[j].words]
+            words = [[a, b, w[k % len(w)]] for k, (a, b, _) in enumerate(u.words)]
+            swapped["tts_aligned"].append(dataclasses.replace(u, words=words, text=" ".join(x[2] for x in words)))
     model = SpeechLM(pipe.lm, pipe.head, 1.0, True, "none", text_vocab=pipe.layout.base_vocab).eval()
     frame_len = pipe.head.cfg.frame_len if pipe.head is not None else 0
-    key = {"tts": "lm/loss_audio", "asr": "lm/loss_text"}
+    key = {"tts": "lm/loss_audio", "asr": "lm/loss_text", "tts_aligned": "lm/loss_audio"}
     res: dict = {"n": n}
-    for task in ("tts", "asr"):
-        mix = {"tts": float(task == "tts"), "asr": float(task == "asr"), "continue": 0.0, "prompt_prob": 0.0}
+    for task in tasks:
+        mix = {"tts": float(task != "asr"), "asr": float(task == "asr"), "continue": 0.0, "prompt_prob": 0.0,
+               "tts_aligned": float(task == "tts_aligned")}
         cfg = TrainConfig(batch_size=1, max_len=max_len, tasks=mix, packing="none")
         row = {}
         for name, us in (("real", utts), ("shuffled", swapped[task])):

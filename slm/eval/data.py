@@ -18,6 +18,7 @@ class EvalItem:
     speaker: str
     synth: str
     phones: list = field(default_factory=list)
+    words: list = field(default_factory=list)  # [(start_s, end_s, word), ...] where the manifest has them
 
 
 def load_items(manifest: str | Path, split: str | None = "test", limit: int | None = None,
@@ -48,7 +49,8 @@ def load_items(manifest: str | Path, split: str | None = "test", limit: int | No
         recs = picked
     return [EvalItem(id=str(r["id"]), wav=load_audio(resolve_path(r), sample_rate), sample_rate=sample_rate,
                      text=str(r.get("text", "")), speaker=str(r.get("speaker", "")),
-                     synth=str(r.get("synth", "real")), phones=r.get("phones") or [])
+                     synth=str(r.get("synth", "real")), phones=r.get("phones") or [],
+                     words=r.get("words") or [])
             for r in recs]
 
 
