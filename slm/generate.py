@@ -51,11 +51,11 @@ class Sampling:
         sec = max_seconds if not self.max_seconds_per_char else min(max_seconds, 0.5 + self.max_seconds_per_char * len(text))
         return max(1, int(sec * rate))
 
-    def word_frames(self, words: list[str], rate: float) -> int:
-        """Aligned TTS: most frames one word may get: the longest word's characters at the upper bound
-        (0.15 s per character where none is set) plus 0.5 s for a pause."""
+    def word_caps(self, words: list[str], rate: float) -> list[int]:
+        """Aligned TTS: most frames each word may get: its characters at the upper bound (0.15 s per
+        character where none is set) plus 0.25 s for a pause after it; at least 2."""
         per_char = self.max_seconds_per_char or 0.15
-        return max(2, int((0.5 + per_char * max(len(w) for w in words)) * rate))
+        return [max(2, int((0.25 + per_char * len(w)) * rate)) for w in words]
 
     def min_frames(self, text: str, rate: float, max_frames: int) -> int:
         """Frames one sentence gets before it may end: the text-length lower bound, within ``max_frames``."""
@@ -324,7 +324,8 @@ def inference_copy(lm: torch.nn.Module, int8: bool = False) -> torch.nn.Module:
 def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor, head: AcousticHead | None,
                     sampling: Sampling, max_frames: int, voice: Tensor | None = None,
                     generator: torch.Generator | None = None, min_frames: int = 1,
-                    words: list[list[int]] | None = None, max_word_frames: int | None = None) -> Iterator[Frame]:
+                    words: list[list[int]] | None = None,
+                    max_word_frames: int | list[int] | None = None) -> Iterator[Frame]:
     """Generate semantic frames after ``prompt`` (which ends inside an audio span) until
     ``<|audio_end|>`` or ``max_frames``; the head turns each frame into acoustic codes on the fly.
 
@@ -333,8 +334,8 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
     ``words`` (token ids of each word): aligned TTS (slm.templates.tts_aligned_example). The first word is
     fed after the prompt; then at each step the model chooses between another frame of the current word
     and the first token of the next one (the rest of that word is fed, not sampled); ``<|audio_end|>``
-    only after the last word. Every word gets at least one frame and at most ``max_word_frames`` (then
-    the next word is fed, or the sentence ends)."""
+    only after the last word. Every word gets at least one frame and at most ``max_word_frames`` (one
+    number for all, or one per word; then the next word is fed, or the sentence ends)."""
     if max_frames <= 0:
         raise ValueError(f"max_frames must be > 0, got {max_frames}")
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -349,7 +350,10 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
     pos = _positions(allowed, vocab)
     early = (allowed != layout.audio_end).nonzero().flatten()  # positions in `allowed` without <|audio_end|>
     sem = layout.is_semantic(allowed).nonzero().flatten()
-    cap = max_word_frames or max_frames
+    caps = (list(max_word_frames) if isinstance(max_word_frames, (list, tuple))
+            else [max_word_frames or max_frames] * len(words or []))
+    if words is not None and len(caps) != len(words):
+        raise ValueError(f"max_word_frames has {len(caps)} entries for {len(words)} words")
     dec = Decoder(model, prompt, allowed, max_new=max_frames + sum(len(w) for w in (words or [[]])[1:]))
     recent: list[int] = []
     k, in_word = 0, 0  # current word, its frames so far
@@ -357,7 +361,7 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
         subset = early if n < min_frames else None
         if words is not None:
             last = k == len(words) - 1
-            if in_word >= cap:  # this word has had its frames: on to the next one, or the end
+            if in_word >= caps[k]:  # this word has had its frames: on to the next one, or the end
                 if last:
                     return
                 tok = words[k + 1][0]

@@ -338,7 +338,7 @@ class SpeechPipeline:
             kw = {"min_frames": s.min_frames(sentence, rate, hi)}
             words = split_words(sentence) if aligned else []
             if words:  # a sentence with no word characters ("...", "?!") is spoken in the plain form
-                kw |= {"words": word_ids(self.tokenizer, words), "max_word_frames": s.word_frames(words, rate)}
+                kw |= {"words": word_ids(self.tokenizer, words), "max_word_frames": s.word_caps(words, rate)}
             yield tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, hi, v, gen, kw
 
     # ---- tasks ----------------------------------------------------------------------------------------------

@@ -233,6 +233,13 @@ def test_aligned_generation_feeds_every_word_in_order(lm, layout, monkeypatch):
         assert all(0 <= f.code < layout.n_semantic for f in frames)
         if cap == 1:
             assert len(frames) == len(words)
+    # one cap per word
+    frames, ids = _aligned_run(lm, layout, words, [1, 2, 1, 3], 0, monkeypatch=monkeypatch)
+    counts = [n for _, n in _spans(ids, layout)]
+    counts[-1] = len(frames) - sum(counts[:-1])
+    assert all(1 <= n <= c for n, c in zip(counts, [1, 2, 1, 3])) and counts[0] == counts[2] == 1
+    with pytest.raises(ValueError, match="4 words"):
+        _aligned_run(lm, layout, words, [1, 2], 0, monkeypatch=monkeypatch)
 
 
 def test_aligned_generation_moves_on_when_the_model_says_so(lm, layout, monkeypatch):

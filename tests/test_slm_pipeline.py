@@ -276,8 +276,9 @@ def test_aligned_tts_streams_and_follows_the_model_flag(trained, pipe, tmp_path)
     rate = pipe.codec.semantic_rate
     for sentence, t in zip(split_sentences(text), toks):
         words = split_words(sentence)
-        cap = pipe.sampling.word_frames(words, rate)
-        assert len(words) <= t.semantic.shape[-1] <= min(len(words) * cap, pipe.sampling.max_frames(sentence, 3.0, rate))
+        caps = pipe.sampling.word_caps(words, rate)
+        assert len(caps) == len(words) and all(c >= 2 for c in caps) and caps[words.index(max(words, key=len))] == max(caps)
+        assert len(words) <= t.semantic.shape[-1] <= min(sum(caps), pipe.sampling.max_frames(sentence, 3.0, rate))
     assert split_words("Seventy-six trombones, O'Brien!") == ["seventy", "six", "trombones", "o'brien"]
     assert pipe.tts_tokens("?!", seed=0, aligned=True)  # no words: the plain form
     d = tmp_path / "aligned"
