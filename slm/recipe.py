@@ -8,6 +8,7 @@
     codec     train the codec                                  slm codec train
     tokenize  encode the corpus with the codec                 slm codec tokenize
     lm        LoRA + acoustic-head training on the tokens      slm train (slm.recipe_steps lm-train)
+              (+ ``lm_finetune:``, a second run from that model, e.g. the aligned TTS form)
     eval      codec / semantic / TTS / ASR tables              slm eval codec|semantic (+ recipe_steps lm-eval)
     export    fp16 bundle + model card in checkpoints/default  slm.recipe_steps export
 
@@ -131,8 +132,18 @@ class Recipe:
         return self.work / "lm"
 
     @property
+    def lm_finetune(self) -> dict[str, Any] | None:
+        """Settings of the optional second LM run (``lm_finetune:``), None when there is none."""
+        ft = self.s.get("lm_finetune")
+        return ft if ft and ft.get("enabled", True) else None
+
+    @property
+    def lm_ft_run(self) -> Path:
+        return self.work / "lm_ft"
+
+    @property
     def bundle(self) -> Path:
-        return self.lm_run / "final"
+        return (self.lm_ft_run if self.lm_finetune else self.lm_run) / "final"
 
     @property
     def eval_dir(self) -> Path:
@@ -246,18 +257,33 @@ def lm_train_config(r: Recipe) -> dict[str, Any]:
             "out_dir": str(r.lm_run), "backbone": lm.get("backbone", "smollm2-135m")}
 
 
+def lm_finetune_config(r: Recipe) -> dict[str, Any]:
+    """The second LM run: the first one's settings with ``lm_finetune.train`` on top, starting from its
+    model (``init_from``: adapter, new-token rows and head; the model's own codec)."""
+    base = {k: v for k, v in lm_train_config(r).items() if k not in ("codec", "lora", "head")}
+    return {**base, **copy.deepcopy((r.lm_finetune or {}).get("train", {})),
+            "init_from": str(r.lm_run / "final"), "out_dir": str(r.lm_ft_run)}
+
+
 def _lm(r: Recipe) -> list[list[str]]:
     import yaml
 
-    cfg = r.work / "lm_train.yaml"
-    cfg.parent.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(yaml.safe_dump(lm_train_config(r), sort_keys=False))
-    return [r.step("lm-train", str(cfg), "--max-minutes", str(r.s["lm"].get("max_minutes", 0)),
-                   "--threads", str(r.threads))]
+    cmds = []
+    for name, cfg, run in (("lm_train.yaml", lm_train_config, r.s["lm"]), ("lm_ft_train.yaml", lm_finetune_config,
+                                                                             r.lm_finetune)):
+        if run is None:
+            continue
+        path = r.work / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(cfg(r), sort_keys=False))
+        cmds.append(r.step("lm-train", str(path), "--max-minutes", str(run.get("max_minutes", 0)),
+                           "--threads", str(r.threads)))
+    return cmds
 
 
 def _lm_ok(r: Recipe) -> list[str]:
-    return [] if (r.bundle / "slm_config.json").is_file() else [str(r.bundle)]
+    need = [r.lm_run / "final", r.bundle]
+    return [str(d) for d in dict.fromkeys(need) if not (d / "slm_config.json").is_file()]
 
 
 def _eval(r: Recipe) -> list[list[str]]:

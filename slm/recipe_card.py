@@ -43,6 +43,8 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
             "semantic": _read(work / "eval" / "semantic" / "semantic_eval.json") or [],
             "lm": {"training": _read(work / "lm" / "recipe_train.json") or {},
                    "config": _read(work / "lm" / "train_config.json") or {},
+                   "finetune": {"training": _read(work / "lm_ft" / "recipe_train.json") or {},
+                                "config": _read(work / "lm_ft" / "train_config.json") or {}},
                    "tts": {k: v for k, v in (lm.get("tts") or {}).items() if k not in ("items",)},
                    "tts_floor": lm.get("tts_floor") or {},
                    "asr": {k: v for k, v in (lm.get("asr") or {}).items() if k != "items"},
@@ -77,6 +79,12 @@ def plot_training(work: Path, png: Path) -> Path | None:
     log exists)."""
     codec = _curve(work / "codec" / "log.jsonl", ("mel/l1", "anchor/accuracy", "loss/total"))
     lm = _curve(work / "lm" / "train_log.jsonl", ("lm/loss", "head/loss", "lr"))
+    ft = _curve(work / "lm_ft" / "train_log.jsonl", ("lm/loss", "head/loss", "lr"))
+    if ft:  # the second LM run, drawn after the first one's last step
+        off = max((xs[-1] for xs, _ in lm.values() if xs), default=0)
+        for k, (xs, ys) in ft.items():
+            a, b = lm.get(k, ([], []))
+            lm[k] = (a + [off + x for x in xs], b + ys)
     if not codec and not lm:
         return None
     from matplotlib.figure import Figure
@@ -99,6 +107,9 @@ def plot_training(work: Path, png: Path) -> Path | None:
         if k in lm:
             a2.plot(*lm[k], label=k)
     a2.set(title="speech LM (LoRA + acoustic head)", xlabel="step", ylabel="cross-entropy")
+    if ft and off:
+        a2.axvline(off, color="gray", lw=0.8, ls=":")
+        a2.annotate("fine-tune", (off, 0.98), xycoords=("data", "axes fraction"), fontsize=8, va="top")
     if "lr" in lm:
         t2 = a2.twinx()
         t2.plot(*lm["lr"], "--", color="gray", alpha=0.6, label="lr")
@@ -140,6 +151,20 @@ def _segments(lt: dict[str, Any]) -> str:
             f"recomputed for its new total (a warm restart): {'; then '.join(parts)}.")
 
 
+def _finetune_line(ft: dict[str, Any]) -> list[str]:
+    """The card's line for the second LM run (``lm_finetune``), none when the build had none."""
+    t, c = ft.get("training") or {}, ft.get("config") or {}
+    if not c:
+        return []
+    form = (" The aligned TTS form (each word's text before its frames) is the model's default way of speaking."
+            if (c.get("tasks") or {}).get("tts_aligned") else "")
+    return [(f"- LM fine-tune (a second run from the LM above: its adapter, new-token rows and head): "
+            f"{t.get('steps_trained', '-')} of {t.get('steps_planned', c.get('steps', '-'))} planned steps "
+            f"({_f(t.get('seconds'), 0)} s{', stopped by the time budget' if t.get('stopped_by_time') else ''}), "
+            f"lr {c.get('lr', '-')} (head {c.get('head_lr', '-')}), task mix {c.get('tasks') or 'default'}, "
+            f"on {_token_summary(c.get('tokens'))}.{form}")]
+
+
 def _hours(m: dict[str, Any], stage: str) -> str:
     wall = (m["stage_costs"].get(stage) or {}).get("wall_s")
     return f"{wall / 3600:.1f} h" if wall else "-"
@@ -147,15 +172,15 @@ def _hours(m: dict[str, Any], stage: str) -> str:
 
 def _conditioning_limit(cond: dict[str, Any], small: float = 0.5) -> list[str]:
     """A known-limits line when the LM barely uses its input (conditioning gain below ``small`` nats/token)."""
-    gains = {t: (cond.get(t) or {}).get("gain") for t in ("tts", "asr")}
+    gains = {t: (cond.get(t) or {}).get("gain") for t in ("tts", "tts_aligned", "asr")}
     low = {t: g for t, g in gains.items() if g is not None and g < small}
     if not low:
         return []
-    what = " and ".join(f"{t.upper()} {g:.2f}" for t, g in low.items())
+    what = ", ".join(f"{'aligned TTS' if t == 'tts_aligned' else t.upper()} {g:.2f}" for t, g in low.items())
     return [f"- The LM barely uses its input yet (conditioning gain {what} nats/token, below {small}): most of its",
             "  loss drop is the unconditional statistics of semantic tokens and of English, not the mapping between",
-            "  them. That is why TTS and ASR-by-token are poor while the losses look fine; more data and steps (or the",
-            "  `interleave` task) are the way on."]
+            "  them. That is why TTS and ASR-by-token are poor while the losses look fine; more data and steps are",
+            "  the way on (the aligned TTS form, `tasks.tts_aligned`, makes the TTS mapping local and faster to learn)."]
 
 
 def _metric_table(m: dict[str, Any]) -> list[str]:
@@ -184,10 +209,12 @@ def _metric_table(m: dict[str, Any]) -> list[str]:
              "perplexity of the reference text"),
         ]
     cond = m["lm"].get("conditioning") or {}
-    for task, what, whose in (("tts", "semantic-token", "text"), ("asr", "transcript", "audio")):
+    for task, what, whose in (("tts", "semantic-token", "text"), ("tts_aligned", "semantic-token", "words"),
+                              ("asr", "transcript", "audio")):
         c = cond.get(task)
         if c:
-            rows.append(("conditioning", f"{task.upper()}: {what} loss gain from the item's own {whose} (nats/token)",
+            name = "aligned TTS" if task == "tts_aligned" else task.upper()
+            rows.append(("conditioning", f"{name}: {what} loss gain from the item's own {whose} (nats/token)",
                          c.get("gain"), None,
                          f"own {_f(c.get('real'), 2)} vs another item's {_f(c.get('shuffled'), 2)}; ~0 = input ignored"))
     out = ["| task | metric | this bundle | floor (corpus audio) | floor is |", "|---|---|---|---|---|"]
@@ -262,6 +289,7 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         f"LoRA {lcfg.get('lora', {})}, {lcfg.get('batch_size', '-')} x {lcfg.get('max_len', '-')} tokens per step, "
         f"lr {lcfg.get('lr', '-')} (head {lcfg.get('head_lr', '-')}), task mix {lcfg.get('tasks') or 'default'}."
         + _segments(lt)),
+        *_finetune_line(m["lm"]["finetune"]),
         (f"- Hardware: {m['machine'].get('cpu', 'CPU')}, 2 cores shared with other jobs, "
         f"{s.get('threads', '-')} torch thread(s); training dtype: LM autocast "
         f"{lcfg.get('mixed_precision', '-')}, codec {s.get('codec', {}).get('train', {}).get('mixed_precision', 'no')}; "

@@ -33,6 +33,9 @@ def test_every_stage_ran_and_produced_its_outputs(built):
     assert (work / "real" / "manifest.jsonl").stat().st_size > 0
     assert (work / "teacher" / "kmeans16.safetensors").exists() and (work / "codec" / "final" / "config.json").exists()
     assert (work / "lm" / "final" / "slm_config.json").exists()
+    # the fine-tune run starts from that model and is what gets evaluated and exported
+    ft = json.loads((work / "lm_ft" / "final" / "slm_config.json").read_text())
+    assert ft["tts_aligned"] is True and Path(ft["init_from"]) == (work / "lm" / "final").resolve()
     lm_eval = json.loads((work / "eval" / "lm" / "lm_eval.json").read_text())
     assert {"tts", "asr", "tts_floor"} <= set(lm_eval) and 0 <= lm_eval["asr"]["wer"]
     for stage in ("synth", "codec", "lm", "eval"):
