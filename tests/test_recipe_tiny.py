@@ -68,6 +68,8 @@ def test_export_is_fp16_small_with_a_model_card_and_loads(built):
     card = (b / "README.md").read_text()
     assert "| ASR-by-token | WER |" in card and "Known limits" in card and "sacodec" in card
     assert "| continuation | DNSMOS OVRL |" in card and "| conditioning | TTS: semantic-token loss gain" in card
+    assert "- LM fine-tune (a second run from the LM above" in card and "aligned TTS form" in card
+    assert "| conditioning | aligned TTS: semantic-token loss gain" in card
     assert "![training curves](training.png)" in card and (b / "training.png").stat().st_size > 5000
     pipe = SpeechPipeline.from_pretrained(b)
     wav = pipe.tts("hello there.", max_seconds=0.5, seed=0)

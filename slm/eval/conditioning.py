@@ -51,13 +51,14 @@ def gain_on_utterances(pipe, utts, max_len: int = 1024) -> dict:
         "tts": [dataclasses.replace(u, text=utts[j].text) for u, j in zip(utts, other)],
         "asr": [dataclasses.replace(u, semantic=utts[j].semantic, acoustic=utts[j].acoustic) for u, j in zip(utts, other)],
     }
-    tasks = ["tts", "asr"]
-    if all(u.words for u in utts):  # aligned TTS: another item's words (cycled) at this item's word times
+    tasks, items = ["tts", "asr"], {"tts": utts, "asr": utts}
+    timed = [u for u in utts if u.words]
+    if len(timed) >= 2:  # aligned TTS (items with word times): another item's words (cycled) at these times
         tasks.append("tts_aligned")
-        swapped["tts_aligned"] = []
-        for u, j in zip(utts, other):
-            w = [str(x[2]) for x in utts[j].words]
-            words = [[a, b, w[k % len(w)]] for k, (a, b, _) in enumerate(u.words)]
+        items["tts_aligned"], swapped["tts_aligned"] = timed, []
+        for k, u in enumerate(timed):
+            w = [str(x[2]) for x in timed[(k + 1) % len(timed)].words]
+            words = [[a, b, w[i % len(w)]] for i, (a, b, _) in enumerate(u.words)]
             swapped["tts_aligned"].append(dataclasses.replace(u, words=words, text=" ".join(x[2] for x in words)))
     model = SpeechLM(pipe.lm, pipe.head, 1.0, True, "none", text_vocab=pipe.layout.base_vocab).eval()
     frame_len = pipe.head.cfg.frame_len if pipe.head is not None else 0
@@ -68,10 +69,12 @@ def gain_on_utterances(pipe, utts, max_len: int = 1024) -> dict:
                "tts_aligned": float(task == "tts_aligned")}
         cfg = TrainConfig(batch_size=1, max_len=max_len, tasks=mix, packing="none")
         row = {}
-        for name, us in (("real", utts), ("shuffled", swapped[task])):
+        for name, us in (("real", items[task]), ("shuffled", swapped[task])):
             src = BatchSource(us, pipe.tokenizer, pipe.layout, TaskMix.from_dict(mix), cfg, frame_len)
             vals = [float(model(src(i))[key[task]]) for i in range(src.per_epoch)]
             row[name] = sum(vals) / len(vals)
         row["gain"] = row["shuffled"] - row["real"]
+        if task == "tts_aligned":
+            row["n"] = len(timed)  # the items with word times
         res[task] = row
     return res
