@@ -70,6 +70,13 @@ def test_cli_tts_and_asr(tmp_path):
     assert main(["--threads", "1", "tts", "hello world", "--model", str(final), "--out", str(out),
                  "--seed", "0", "--max-seconds", "1"]) == 0
     assert out.exists() and out.stat().st_size > 44
+    # the aligned form on request (the same seed and text; a different way of generating, so other audio)
+    al = tmp_path / "a.wav"
+    assert main(["--threads", "1", "tts", "hello world", "--model", str(final), "--out", str(al), "--seed", "0",
+                 "--max-seconds", "1", "--aligned"]) == 0
+    assert al.exists() and al.read_bytes() != out.read_bytes()
+    with pytest.raises(SystemExit):
+        main(["tts", "hello", "--model", str(final), "--out", str(al), "--aligned", "--plain"])
     assert main(["--threads", "1", "asr", str(out), "--model", str(final)]) == 0
     cont = tmp_path / "c.wav"
     assert main(["--threads", "1", "continue", str(out), "--model", str(final), "--seconds", "0.5",

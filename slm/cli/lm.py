@@ -26,6 +26,10 @@ def register(subparsers) -> None:
     s.add_argument("--list-voices", action="store_true", help="print the model's bundled voices and exit")
     _sampling_args(s)
     s.add_argument("--max-seconds", type=float, default=20.0)
+    form = s.add_mutually_exclusive_group()
+    form.add_argument("--aligned", dest="aligned", action="store_true", default=None,
+                      help="feed each word before its frames (the default of models trained with tts_aligned)")
+    form.add_argument("--plain", dest="aligned", action="store_false", help="speak from the whole sentence only")
     s.set_defaults(func=_tts)
 
     a = subparsers.add_parser("asr", help="speech -> text by the speech LM")
@@ -87,7 +91,7 @@ def _tts(args) -> int:
         raise SystemExit("slm tts: give the text and --out FILE.wav (or --list-voices)")
     pipe = _pipe(args.model)
     wav = pipe.tts(args.text, args.voice, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   max_seconds=args.max_seconds, seed=args.seed)
+                   max_seconds=args.max_seconds, seed=args.seed, aligned=args.aligned)
     save_audio(args.out, wav, pipe.sample_rate)
     print(f"{args.out}: {wav.shape[-1] / pipe.sample_rate:.2f} s")
     return 0
