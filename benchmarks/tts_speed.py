@@ -8,7 +8,8 @@ Rows: ``model.generate`` (greedy, KV cache) on the backbone the pipeline generat
 adapter merged in); our loop, LM only, on that merged backbone (one-token steps through
 ``slm.generate.FusedStep``; and through transformers' forward) and on the unmerged peft model (what
 generation ran on before merging); full streaming TTS (LM + acoustic head per frame + codec decode
-per chunk) with its real-time factor and time to first audio; optionally the same with int8 backbone
+per chunk) with its real-time factor and time to first audio; optionally the aligned TTS form
+(``--aligned``: the text's words fed before their frames, as many frames as the model makes), int8 backbone
 weights (``--int8``, ``SpeechPipeline.from_pretrained(..., int8=True)``) and in bfloat16 (``--bf16``).
 
     python benchmarks/tts_speed.py --threads 2 --frames 50                 # the bundled default
@@ -79,6 +80,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="also time streaming TTS with a bfloat16 backbone + head")
     ap.add_argument("--int8", action="store_true", help="also time streaming TTS with int8 backbone weights")
+    ap.add_argument("--aligned", action="store_true", help="also time streaming TTS in the aligned form (the text's "
+                                                          "words fed before their frames; its own length)")
     ap.add_argument("--no-unmerged", action="store_true", help="skip the (slow) unmerged peft row")
     ap.add_argument("--text", default="The quick brown fox jumps over the lazy dog, twice.")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -115,9 +118,23 @@ def main() -> int:
             samples += chunk.shape[-1]
         return {"time_to_first_audio_s": first, "audio_seconds": samples / pipe.sample_rate}
 
+    def streaming_aligned():
+        """The aligned TTS form (each word fed before its frames): the model chooses how many frames, so
+        its RTF counts the audio it made; the word tokens are extra decoding steps that make no audio."""
+        ap_, sa, hi, v, _, kw = next(pipe._tts_plan(args.text, None, 0.8, 50, 0.95, 20.0, 0, True))
+        t = time.perf_counter()
+        first, samples = None, 0
+        for chunk in pipe._stream_frames(ap_, sa, hi, v, torch.Generator().manual_seed(0), **kw):
+            first = first if first is not None else time.perf_counter() - t
+            samples += chunk.shape[-1]
+        sec = samples / pipe.sample_rate
+        return {"time_to_first_audio_s": first, "audio_seconds": sec, "frames": round(sec * pipe.codec.semantic_rate)}
+
     lm_only(lm)  # warm-up (first-call allocations, lazy inits)
     rows = {"hf_generate": _best(plain, args.repeats), "our_loop_lm_only": _best(lambda: lm_only(lm), args.repeats)}
     rows["streaming_tts"] = _best(streaming, args.repeats)
+    if args.aligned:
+        rows["streaming_tts_aligned"] = _best(streaming_aligned, args.repeats)
     if not args.no_unmerged and pipe.lm is not lm:  # what generation ran on before merging
         rows["our_loop_lm_only_unmerged"] = _best(lambda: lm_only(pipe.lm), max(1, args.repeats - 1))
         pipe.infer_lm = pipe.lm
@@ -148,7 +165,7 @@ def main() -> int:
         lm_only(lmb)
         rows["streaming_tts_bf16"] = _best(streaming, args.repeats)
     for r in rows.values():
-        r["tokens_per_s"] = n / r["seconds"]
+        r["tokens_per_s"] = r.get("frames", n) / r["seconds"]
         r["rtf"] = r["seconds"] / r.get("audio_seconds", audio_s)  # LM-only rows: per second of audio it codes
     base = rows["hf_generate"]["seconds"]
     for r in rows.values():
