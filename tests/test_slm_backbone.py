@@ -78,6 +78,7 @@ def test_cli_tts_and_asr(tmp_path):
     with pytest.raises(SystemExit):
         main(["tts", "hello", "--model", str(final), "--out", str(al), "--aligned", "--plain"])
     assert main(["--threads", "1", "asr", str(out), "--model", str(final)]) == 0
+    assert main(["--threads", "1", "asr", str(out), "--model", str(final), "--int8"]) == 0
     cont = tmp_path / "c.wav"
     assert main(["--threads", "1", "continue", str(out), "--model", str(final), "--seconds", "0.5",
                  "--out", str(cont)]) == 0

@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="folder searched for codec checkpoints for the codec lab (repeatable; "
                         "default checkpoints/codec; the speech pipeline's own codec is always listed)")
     p.add_argument("--codec-only", action="store_true", help="serve the codec lab alone (no speech LM)")
+    p.add_argument("--int8", action="store_true",
+                   help="decode with int8 backbone weights (faster on CPU, approximate; README 'TTS speed on CPU')")
     p.add_argument("--max-audio-seconds", type=float, default=None, help="longest accepted input clip")
     p.add_argument("--max-text-chars", type=int, default=None, help="longest accepted TTS text")
     p.add_argument("--max-upload-mb", type=float, default=None, help="largest accepted upload")
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
         from slm.pipeline import SpeechPipeline
 
-        return SpeechPipeline.from_pretrained(args.model, device="cpu", threads=torch.get_num_threads())
+        return SpeechPipeline.from_pretrained(args.model, device="cpu", threads=torch.get_num_threads(), int8=args.int8)
 
     app = build_app(None if args.codec_only else factory, codec_dirs=args.codec_dir or list(DEFAULT_CODEC_DIRS),
                     limits=limits)
