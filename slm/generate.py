@@ -354,29 +354,25 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
             else [max_word_frames or max_frames] * len(words or []))
     if words is not None and len(caps) != len(words):
         raise ValueError(f"max_word_frames has {len(caps)} entries for {len(words)} words")
+    # per word: the frames or its way out (the next word's first token; <|audio_end|> after the last)
+    leave = [w[0] for w in (words or [])[1:]] + [layout.audio_end]
+    or_leave = [torch.cat([sem, pos[t : t + 1]]) for t in leave[: len(words or [])]]
     dec = Decoder(model, prompt, allowed, max_new=max_frames + sum(len(w) for w in (words or [[]])[1:]))
     recent: list[int] = []
     k, in_word = 0, 0  # current word, its frames so far
     for n in range(max_frames):
-        subset = early if n < min_frames else None
-        if words is not None:
-            last = k == len(words) - 1
-            if in_word >= caps[k]:  # this word has had its frames: on to the next one, or the end
-                if last:
-                    return
-                tok = words[k + 1][0]
-            else:
-                extra = [] if in_word == 0 else ([int(pos[layout.audio_end])] if last and n >= min_frames
-                                                 else [] if last else [int(pos[words[k + 1][0]])])
-                subset = torch.cat([sem, torch.tensor(extra, dtype=torch.long)]) if extra else sem
-                tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, subset)
-            if not last and tok == words[k + 1][0]:
-                k, in_word = k + 1, 0
-                for t in words[k]:
-                    dec.push(t)
-                tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, sem)  # its first frame
-        else:
-            tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, subset)
+        if words is None:
+            tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, early if n < min_frames else None)
+        elif in_word >= caps[k]:  # this word has had its frames: on to the next one, or the end
+            tok = leave[k]
+        else:  # a word gets one frame before it may be left, and the last one not before min_frames
+            stay = in_word == 0 or (k == len(words) - 1 and n < min_frames)
+            tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, sem if stay else or_leave[k])
+        if words is not None and tok == leave[k] and tok != layout.audio_end:
+            k, in_word = k + 1, 0
+            for t in words[k]:
+                dec.push(t)
+            tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, sem)  # its first frame
         if tok == layout.audio_end:
             return
         code = tok - layout.semantic_offset
