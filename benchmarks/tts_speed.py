@@ -110,31 +110,27 @@ def main() -> int:
             lm.generate(input_ids=prompt[None], attention_mask=torch.ones(1, prompt.numel(), dtype=torch.long),
                         max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pipe.tokenizer.eos_token_id)
 
-    def streaming():
+    def streaming(aligned: bool = False):
+        """Full streaming TTS of ``n`` frames; ``aligned``: the aligned form (the text's words fed before their
+        frames) as long as the model makes it, its RTF counting the audio it made (the word tokens are extra
+        decoding steps that make no audio)."""
+        p, sa, hi, v, kw = prompt, s, n, voice, {"min_frames": n}
+        if aligned:
+            p, sa, hi, v, _, kw = next(pipe._tts_plan(args.text, None, 0.8, 50, 0.95, 20.0, 0, True))
         t = time.perf_counter()
         first, samples = None, 0
-        for chunk in pipe._stream_frames(prompt, s, n, voice, torch.Generator().manual_seed(0), min_frames=n):
-            first = first if first is not None else time.perf_counter() - t
-            samples += chunk.shape[-1]
-        return {"time_to_first_audio_s": first, "audio_seconds": samples / pipe.sample_rate}
-
-    def streaming_aligned():
-        """The aligned TTS form (each word fed before its frames): the model chooses how many frames, so
-        its RTF counts the audio it made; the word tokens are extra decoding steps that make no audio."""
-        ap_, sa, hi, v, _, kw = next(pipe._tts_plan(args.text, None, 0.8, 50, 0.95, 20.0, 0, True))
-        t = time.perf_counter()
-        first, samples = None, 0
-        for chunk in pipe._stream_frames(ap_, sa, hi, v, torch.Generator().manual_seed(0), **kw):
+        for chunk in pipe._stream_frames(p, sa, hi, v, torch.Generator().manual_seed(0), **kw):
             first = first if first is not None else time.perf_counter() - t
             samples += chunk.shape[-1]
         sec = samples / pipe.sample_rate
-        return {"time_to_first_audio_s": first, "audio_seconds": sec, "frames": round(sec * pipe.codec.semantic_rate)}
+        return {"time_to_first_audio_s": first, "audio_seconds": sec,
+                **({"frames": round(sec * pipe.codec.semantic_rate)} if aligned else {})}
 
     lm_only(lm)  # warm-up (first-call allocations, lazy inits)
     rows = {"hf_generate": _best(plain, args.repeats), "our_loop_lm_only": _best(lambda: lm_only(lm), args.repeats)}
     rows["streaming_tts"] = _best(streaming, args.repeats)
     if args.aligned:
-        rows["streaming_tts_aligned"] = _best(streaming_aligned, args.repeats)
+        rows["streaming_tts_aligned"] = _best(lambda: streaming(aligned=True), args.repeats)
     if not args.no_unmerged and pipe.lm is not lm:  # what generation ran on before merging
         rows["our_loop_lm_only_unmerged"] = _best(lambda: lm_only(pipe.lm), max(1, args.repeats - 1))
         pipe.infer_lm = pipe.lm
@@ -153,7 +149,7 @@ def main() -> int:
         rows["our_loop_lm_only_int8"] = _best(lambda: lm_only(lm8), args.repeats)
         rows["streaming_tts_int8"] = _best(streaming, args.repeats)
         if args.aligned:
-            rows["streaming_tts_aligned_int8"] = _best(streaming_aligned, args.repeats)
+            rows["streaming_tts_aligned_int8"] = _best(lambda: streaming(aligned=True), args.repeats)
         pipe.infer_lm = lm
         del lm8
     if args.bf16:
