@@ -368,6 +368,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     token_dir = cfg.tokens or _tokenize(cfg, codec, acc)
     utts = load_tokens(token_dir, split="train", limit=cfg.max_utterances)
     valid = load_tokens(token_dir, split=cfg.valid_split, limit=64)
+    aligned = speaks_aligned(cfg, utts)
     if not utts:
         raise ValueError(f"no 'train' utterances in {token_dir}")
     from slm.layout import LAYOUT_FILE, TokenLayout
@@ -426,7 +427,8 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
             with open(out / "train_log.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **logs}) + "\n")
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            evaluate(acc, wrapped, model, valid or utts[:8], bb.tokenizer, layout, codec, cfg, step, writer, frame_len)
+            evaluate(acc, wrapped, model, valid or utts[:8], bb.tokenizer, layout, codec, cfg, step, writer, frame_len,
+                     aligned)
         if acc.is_main_process and (step % cfg.save_every == 0 or step in (cfg.steps, stop)):
             save_checkpoint(ckpt, model, opt, sched, step)
         acc.wait_for_everyone()
@@ -442,7 +444,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
         voices = _default_voices(utts, codec)
         save_bundle(final, lm, layout, head, codec, cfg.backbone, voices=voices,
                     extra={"sampling": length_bound(utts, codec), "lora": _lora_info(lm), "trained_steps": step,
-                           **({"tts_aligned": True} if speaks_aligned(cfg, utts) else {}),
+                           **({"tts_aligned": True} if aligned else {}),
                            **({"init_from": str(init_dir(cfg).resolve())} if cfg.init_from else {})},
                     half=cfg.save_half)
         writer.close()
@@ -452,8 +454,9 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
 
 @torch.no_grad()
 def evaluate(acc, wrapped, model: SpeechLM, utts: list[Utterance], tokenizer, layout, codec, cfg: TrainConfig,
-             step: int, writer, frame_len: int) -> dict[str, float]:
-    """Held-out losses (fixed data) and, on the main process, a few ASR / TTS samples written to disk."""
+             step: int, writer, frame_len: int, aligned: bool = False) -> dict[str, float]:
+    """Held-out losses (fixed data) and, on the main process, a few ASR / TTS samples written to disk
+    (TTS in the aligned form when ``aligned``: how the model dir will speak, :func:`speaks_aligned`)."""
     wrapped.eval()
     src = BatchSource(utts, tokenizer, layout, TaskMix.from_dict(cfg.tasks), cfg, frame_len)
     n = min(cfg.eval_batches, src.per_epoch)
@@ -463,7 +466,7 @@ def evaluate(acc, wrapped, model: SpeechLM, utts: list[Utterance], tokenizer, la
             for k, v in wrapped(_batch_to(src(i), acc.device)).items():
                 res[k] = res.get(k, 0.0) + float(v) / n
     if acc.is_main_process and cfg.eval_samples:
-        res.update(_samples(model, utts, tokenizer, layout, codec, cfg, step))
+        res.update(_samples(model, utts, tokenizer, layout, codec, cfg, step, aligned))
     if writer is not None:
         for k, v in res.items():
             writer.add_scalar(f"valid/{k}", v, step)
@@ -473,7 +476,8 @@ def evaluate(acc, wrapped, model: SpeechLM, utts: list[Utterance], tokenizer, la
     return res
 
 
-def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, step: int) -> dict[str, float]:
+def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, step: int,
+             aligned: bool = False) -> dict[str, float]:
     from codec.audio import save_audio
     from slm.generate import generate_text
     from slm.pipeline import SpeechPipeline
@@ -481,7 +485,7 @@ def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, 
 
     d = Path(cfg.out_dir) / "samples" / f"step_{step:06d}"
     d.mkdir(parents=True, exist_ok=True)
-    pipe = SpeechPipeline(model.lm, tokenizer, layout, codec, model.head, tts_aligned=speaks_aligned(cfg, utts))
+    pipe = SpeechPipeline(model.lm, tokenizer, layout, codec, model.head, tts_aligned=aligned)
     refs, hyps, rows, wavs = [], [], [], []
     for u in [u for u in utts if u.text.strip()][: cfg.eval_samples]:
         ids = generate_text(model.lm, asr_prompt(tokenizer, layout, u.semantic), layout.text_mask(
