@@ -170,13 +170,16 @@ def _hours(m: dict[str, Any], stage: str) -> str:
     return f"{wall / 3600:.1f} h" if wall else "-"
 
 
+_GAIN_NAMES = {"tts": "TTS", "tts_aligned": "aligned TTS", "asr": "ASR"}  # conditioning rows, as the card names them
+
+
 def _conditioning_limit(cond: dict[str, Any], small: float = 0.5) -> list[str]:
     """A known-limits line when the LM barely uses its input (conditioning gain below ``small`` nats/token)."""
-    gains = {t: (cond.get(t) or {}).get("gain") for t in ("tts", "tts_aligned", "asr")}
+    gains = {t: (cond.get(t) or {}).get("gain") for t in _GAIN_NAMES}
     low = {t: g for t, g in gains.items() if g is not None and g < small}
     if not low:
         return []
-    what = ", ".join(f"{'aligned TTS' if t == 'tts_aligned' else t.upper()} {g:.2f}" for t, g in low.items())
+    what = ", ".join(f"{_GAIN_NAMES[t]} {g:.2f}" for t, g in low.items())
     out = [f"- The LM barely uses its input yet (conditioning gain {what} nats/token, below {small}): most of its",
            "  loss drop is the unconditional statistics of semantic tokens and of English, not the mapping between",
            "  them. That is why TTS and ASR-by-token are poor while the losses look fine; more data and steps are",
@@ -219,8 +222,7 @@ def _metric_table(m: dict[str, Any]) -> list[str]:
                               ("asr", "transcript", "audio")):
         c = cond.get(task)
         if c:
-            name = "aligned TTS" if task == "tts_aligned" else task.upper()
-            rows.append(("conditioning", f"{name}: {what} loss gain from the item's own {whose} (nats/token)",
+            rows.append(("conditioning", f"{_GAIN_NAMES[task]}: {what} loss gain from the item's own {whose} (nats/token)",
                          c.get("gain"), None,
                          f"own {_f(c.get('real'), 2)} vs another item's {_f(c.get('shuffled'), 2)}; ~0 = input ignored"))
     out = ["| task | metric | this bundle | floor (corpus audio) | floor is |", "|---|---|---|---|---|"]
