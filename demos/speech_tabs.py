@@ -45,6 +45,11 @@ def _rtf_line(seconds_audio: float, seconds_compute: float, first_chunk: float |
 
 
 # ---- text to speech ------------------------------------------------------------------------------
+# the TTS form (SpeechPipeline.tts(aligned=...)): the model's own default, or one of the two asked for
+TTS_FORMS = {"model default": None, "aligned": True, "plain": False}
+DEFAULT_FORM = "model default"
+
+
 def tts_tab(ctx: DemoContext) -> gr.Dropdown:
     """Returns the voice dropdown: the app fills it from ``pipeline.voices()`` on page load."""
     with gr.Row():
@@ -57,6 +62,8 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
             reference = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath",
                                  label="Reference voice (optional, a few seconds; overrides the voice above)")
             controls = _sampling_controls(ctx, "Max seconds", 8.0)
+            form = gr.Radio(list(TTS_FORMS), value=DEFAULT_FORM, label="How to speak",
+                            info="aligned: each word fed right before its frames; plain: from the whole sentence")
             with gr.Row():
                 go = gr.Button("Speak", variant="primary")
                 stop = gr.Button("Stop")
@@ -67,11 +74,14 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
             info = gr.Markdown(label="Timing", elem_id="tts-info")
 
     @user_errors
-    def on_tts(text_value, voice_name, ref_path, temperature, top_k, top_p, seed, max_seconds):
+    def on_tts(text_value, voice_name, ref_path, temperature, top_k, top_p, seed, max_seconds, form_value=DEFAULT_FORM):
         text_value = check_text(text_value, ctx.limits)
         p = ctx.pipeline.get()
         voice_arg = _voice_arg(ctx, p, voice_name, ref_path)
         kwargs = _sampling_kwargs(temperature, top_k, top_p, seed)
+        if form_value not in TTS_FORMS:
+            raise InputError(f"unknown TTS form {form_value!r}: expected one of {list(TTS_FORMS)}")
+        kwargs["aligned"] = TTS_FORMS[form_value]
         chunks, t0, first = [], time.perf_counter(), None
         for chunk in p.tts_stream(text_value, voice_arg, max_seconds=float(max_seconds), **kwargs):
             if chunk.numel() == 0:
@@ -85,7 +95,7 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
         yield gr.skip(), to_gradio_audio(wav, p.sample_rate), _rtf_line(
             wav.shape[-1] / p.sample_rate, time.perf_counter() - t0, first)
 
-    event = go.click(on_tts, [text, voice, reference, *controls], [live, full, info], api_name="tts",
+    event = go.click(on_tts, [text, voice, reference, *controls, form], [live, full, info], api_name="tts",
               concurrency_id=MODELS)
     stop.click(None, None, None, cancels=[event], api_visibility="private")
     return voice

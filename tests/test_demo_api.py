@@ -39,6 +39,10 @@ def test_tts_returns_a_wav_and_timing(client):
     _, full, info = client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, api_name="/tts")
     assert os.path.isfile(full) and 0 < _seconds(full) <= 1.0 + 1.0  # max_seconds + one decode chunk
     assert "real time" in info
+    # the TTS form: the model's default (above, the tiny model's plain form) or one asked for
+    _, plain, _ = client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, "plain", api_name="/tts")
+    _, aligned, _ = client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, "aligned", api_name="/tts")
+    assert open(plain, "rb").read() == open(full, "rb").read() != open(aligned, "rb").read()
 
 
 def test_asr_returns_text_and_token_plot(client, clip):
