@@ -45,8 +45,9 @@ def _rtf_line(seconds_audio: float, seconds_compute: float, first_chunk: float |
 
 
 # ---- text to speech ------------------------------------------------------------------------------
-# the TTS form (SpeechPipeline.tts(aligned=...)): the model's own default, or one of the two asked for
+# the TTS / ASR form (SpeechPipeline.tts / asr(aligned=...)): the model's own default, or one of the two asked for
 TTS_FORMS = {"model default": None, "aligned": True, "plain": False}
+ASR_FORMS = TTS_FORMS
 DEFAULT_FORM = "model default"
 
 
@@ -120,6 +121,9 @@ def asr_tab(ctx: DemoContext) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             audio = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath", label="Speech", elem_id="asr-input")
+            form = gr.Radio(list(ASR_FORMS), value=DEFAULT_FORM, label="How to transcribe",
+                            info="aligned: each word written right after its frames, shown as it comes; "
+                                 "plain: the transcript after the whole clip")
             go = gr.Button("Transcribe", variant="primary")
             transcript = gr.Textbox(label="Transcript", lines=3, interactive=False, elem_id="asr-transcript",
                                     buttons=["copy"])
@@ -128,19 +132,29 @@ def asr_tab(ctx: DemoContext) -> None:
             plot = gr.Plot(label="Semantic tokens under the spectrogram", show_label=False)
 
     @user_errors
-    def on_asr(path):
+    def on_asr(path, form_value=DEFAULT_FORM):
+        if form_value not in ASR_FORMS:
+            raise InputError(f"unknown ASR form {form_value!r}: expected one of {list(ASR_FORMS)}")
         p = ctx.pipeline.get()
         wav = load_audio_input(path, ctx.limits, p.sample_rate, name="speech")
+        aligned = ASR_FORMS[form_value]
+        aligned = p.asr_aligned if aligned is None else aligned
         t0 = time.perf_counter()
-        text = p.asr(wav, p.sample_rate)
+        text = ""
+        if aligned:  # words as they are written
+            for text in p.asr_stream(wav, p.sample_rate):
+                yield text, gr.skip(), "transcribing..."
+        else:
+            text = p.asr(wav, p.sample_rate, aligned=False)
         spent = time.perf_counter() - t0
         tokens = p.encode(wav, p.sample_rate)
         fig = tokens_over_spectrogram(wav, p.sample_rate, tokens.semantic[0], p.codec.semantic_rate)
         n = tokens.semantic.shape[-1]
-        return (text.strip() or "(no words recognised)", fig,
-                f"{wav.shape[-1] / p.sample_rate:.2f} s -> {n} semantic tokens; transcribed in {spent:.2f} s")
+        yield (text.strip() or "(no words recognised)", fig,
+               (f"{wav.shape[-1] / p.sample_rate:.2f} s -> {n} semantic tokens; transcribed in {spent:.2f} s "
+                f"({'aligned' if aligned else 'plain'} form)"))
 
-    go.click(on_asr, audio, [transcript, plot, info], api_name="asr",
+    go.click(on_asr, [audio, form], [transcript, plot, info], api_name="asr",
               concurrency_id=MODELS)
 
 

@@ -409,3 +409,56 @@ def generate_text(model: torch.nn.Module, prompt: Tensor, allowed: Tensor, stop_
         if n + 1 < max_new_tokens:
             dec.push(tok)
     return out
+
+
+def transcribe_aligned(model: torch.nn.Module, layout: TokenLayout, codes: Tensor, max_new_tokens: int = 200,
+                       max_word_tokens: int = 8, threshold: float = 0.5) -> Iterator[list[int]]:
+    """Aligned ASR (slm.templates.asr_aligned_example): feed the semantic frames one by one and, after each,
+    let the model write a word when it puts more than ``threshold`` of its probability on text rather than
+    on the next frame; yields each word's text ids as soon as it is written (a streaming transcript).
+
+    A word is greedy text tokens until the model turns back to frames (at most ``max_word_tokens``). After
+    the last frame the words still owed come out, text against ``<|audio_end|>`` (there a yielded chunk
+    may hold several words). ``max_new_tokens`` bounds all text."""
+    codes = torch.as_tensor(codes).long().flatten()
+    if codes.numel() == 0:
+        raise ValueError("aligned ASR needs at least one semantic frame")
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    ids = layout.codes_to_ids(codes).tolist()
+    text_end, off, k = layout.base_vocab, layout.semantic_offset, layout.n_semantic
+    prompt = torch.tensor([layout.special_id("asr"), layout.audio_start, ids[0]])
+    dec = Decoder(model, prompt, None, need_hidden=False, max_new=len(ids) + max_new_tokens)
+    logit_t = float(torch.logit(torch.tensor(threshold)))
+    budget = max_new_tokens
+
+    def text_wins(others: Tensor) -> bool:
+        lg = dec.logits
+        return float(torch.logsumexp(lg[:text_end], 0) - torch.logsumexp(others, 0)) > logit_t
+
+    def word(others) -> list[int]:
+        nonlocal budget
+        out: list[int] = []
+        while budget > 0 and len(out) < max_word_tokens and (not out or text_wins(others(dec.logits))):
+            tok = int(dec.logits[:text_end].argmax())
+            out.append(tok)
+            budget -= 1
+            dec.push(tok)
+        return out
+
+    def not_text(lg: Tensor) -> Tensor:
+        return torch.cat([lg[off : off + k], lg[layout.audio_end : layout.audio_end + 1]])
+
+    def only_end(lg: Tensor) -> Tensor:
+        return lg[layout.audio_end : layout.audio_end + 1]
+
+    for t in range(1, len(ids) + 1):
+        last = t == len(ids)
+        others = only_end if last else not_text  # no more frames: the owed words, until <|audio_end|>
+        while budget > 0 and text_wins(others(dec.logits)):
+            yield word(others)
+            if not last:
+                break  # one word per frame, as in training
+        if last or budget <= 0:
+            return
+        dec.push(ids[t])

@@ -23,6 +23,7 @@ from slm.layout import TokenLayout
 from slm.templates import (
     IGNORE,
     Example,
+    asr_aligned_example,
     asr_example,
     continuation_example,
     interleave_example,
@@ -151,6 +152,10 @@ class TaskMix:
     # its frames); needs word times like `interleave`. A model trained with it speaks in that form
     # (slm_config.json "tts_aligned"); the plain form stays in the mix so both work
     tts_aligned: float = 0.0
+    # share of ASR examples in the aligned form (slm.templates.asr_aligned_example: each word's text right
+    # after its frames; a streaming transcript); needs word times. A model trained with it transcribes in
+    # that form (slm_config.json "asr_aligned")
+    asr_aligned: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TaskMix:
@@ -196,7 +201,10 @@ def make_examples(utts: list[Utterance], tokenizer, layout: TokenLayout, mix: Ta
                 ex = tts_aligned_example(tokenizer, layout, u.text, u.words or [], u.semantic, u.duration, ac, pt, pc)
             ex = ex or tts_example(tokenizer, layout, u.text, u.semantic, ac, pt, pc)
         elif task == "asr":
-            ex = asr_example(tokenizer, layout, u.semantic, u.text, ac)
+            ex = None
+            if mix.asr_aligned > 0 and rng.random() < mix.asr_aligned:
+                ex = asr_aligned_example(tokenizer, layout, u.words or [], u.semantic, u.duration, ac)
+            ex = ex or asr_example(tokenizer, layout, u.semantic, u.text, ac)
         else:
             ex = continuation_example(layout, u.semantic, ac)
         out.append((ex, i))

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from codec.contracts import CodecTokens, check_audio
 from slm.acoustic_head import AcousticHead, acoustic_from_frames
-from slm.generate import Sampling, generate_frames, generate_text, inference_copy
+from slm.generate import Sampling, generate_frames, generate_text, inference_copy, transcribe_aligned
 from slm.layout import TokenLayout
 from slm.templates import asr_prompt, continuation_prompt, split_words, tts_prompt, word_ids
 
@@ -141,7 +141,8 @@ class SpeechPipeline:
     def __init__(self, backbone, tokenizer, layout: TokenLayout, codec, head: AcousticHead | None = None,
                  voices: dict[str, Voice] | None = None, sampling: Sampling | None = None,
                  chunk_frames: int = 12, context_frames: int = 8, teacher_spec: str = "whisper-base-ct2",
-                 first_chunk_frames: int = 4, merge: bool = False, int8: bool = False, tts_aligned: bool = False):
+                 first_chunk_frames: int = 4, merge: bool = False, int8: bool = False, tts_aligned: bool = False,
+                 asr_aligned: bool = False):
         if codec.semantic_codebook_size != layout.n_semantic:
             raise ValueError(f"codec has {codec.semantic_codebook_size} semantic codes, layout {layout.n_semantic}")
         if codec.n_acoustic_codebooks and head is None:
@@ -152,6 +153,9 @@ class SpeechPipeline:
         # TTS in the aligned form (each word fed before its frames, slm.templates.tts_aligned_example):
         # the default of models trained with it (slm_config.json "tts_aligned"); `aligned=` per call
         self.tts_aligned = tts_aligned
+        # ASR in the aligned form (each word right after its frames, slm.templates.asr_aligned_example): the
+        # default of models trained with it (slm_config.json "asr_aligned"); `aligned=` per call
+        self.asr_aligned = asr_aligned
         # a short first chunk lowers time to first audio; later chunks are longer (fewer decode calls)
         self.chunk_frames, self.context_frames, self.first_chunk_frames = chunk_frames, context_frames, first_chunk_frames
         self.teacher_spec, self._teacher = teacher_spec, None  # only for codecs that encode with a teacher
@@ -201,7 +205,8 @@ class SpeechPipeline:
         info = cpath / "training.json"
         spec = (json.loads(info.read_text()).get("teacher_spec") if info.exists() else None) or "whisper-base-ct2"
         return cls(lm, bb.tokenizer, layout, codec, head, voices, Sampling(**cfg.get("sampling", {})), teacher_spec=spec,
-                   merge=merge, int8=int8, tts_aligned=bool(cfg.get("tts_aligned", False)))
+                   merge=merge, int8=int8, tts_aligned=bool(cfg.get("tts_aligned", False)),
+                   asr_aligned=bool(cfg.get("asr_aligned", False)))
 
     # ---- basics ---------------------------------------------------------------------------------------------
     @property
@@ -366,11 +371,33 @@ class SpeechPipeline:
         return toks
 
     @torch.no_grad()
-    def asr(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200) -> str:
-        toks = self._encode_one(wav, sample_rate)
-        prompt = asr_prompt(self.tokenizer, self.layout, toks.semantic[0, 0])
-        vocab = self.lm.get_input_embeddings().weight.shape[0]
-        ids = generate_text(self.infer_lm, prompt, self.layout.text_mask(vocab), {self.tokenizer.eos_token_id}, max_new_tokens)
+    def asr(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200, aligned: bool | None = None) -> str:
+        """Transcribe ``wav``. ``aligned``: the streaming form, each word written right after its frames (the
+        default of a model trained that way, see :attr:`asr_aligned`); False: the whole transcript after
+        the whole audio."""
+        return self.asr_tokens(self._encode_one(wav, sample_rate).semantic[0, 0], max_new_tokens, aligned)
+
+    def asr_stream(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200) -> Iterator[str]:
+        """Aligned ASR as it goes: the transcript so far, once per word written (needs a model trained
+        with the aligned ASR form to make sense; any model runs)."""
+        codes = self._encode_one(wav, sample_rate).semantic[0, 0]
+        ids: list[int] = []
+        with torch.no_grad():
+            for w in transcribe_aligned(self.infer_lm, self.layout, codes, max_new_tokens):
+                ids += w
+                yield self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def asr_tokens(self, codes: Tensor, max_new_tokens: int = 200, aligned: bool | None = None) -> str:
+        """:meth:`asr` on semantic codes ``[Ts]`` (from this pipeline's codec)."""
+        aligned = self.asr_aligned if aligned is None else bool(aligned)
+        if aligned:
+            ids = [t for w in transcribe_aligned(self.infer_lm, self.layout, codes, max_new_tokens) for t in w]
+        else:
+            prompt = asr_prompt(self.tokenizer, self.layout, codes)
+            vocab = self.lm.get_input_embeddings().weight.shape[0]
+            ids = generate_text(self.infer_lm, prompt, self.layout.text_mask(vocab), {self.tokenizer.eos_token_id},
+                                max_new_tokens)
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     @torch.no_grad()

@@ -8,7 +8,7 @@
     codec     train the codec                                  slm codec train
     tokenize  encode the corpus with the codec                 slm codec tokenize
     lm        LoRA + acoustic-head training on the tokens      slm train (slm.recipe_steps lm-train)
-              (+ ``lm_finetune:``, a second run from that model, e.g. the aligned TTS form)
+              (+ ``lm_finetune:``, more runs, each from the model before it: the aligned TTS / ASR forms)
     eval      codec / semantic / TTS / ASR tables              slm eval codec|semantic (+ recipe_steps lm-eval)
     export    fp16 bundle + model card in checkpoints/default  slm.recipe_steps export
 
@@ -132,18 +132,23 @@ class Recipe:
         return self.work / "lm"
 
     @property
-    def lm_finetune(self) -> dict[str, Any] | None:
-        """Settings of the optional second LM run (``lm_finetune:``), None when there is none."""
-        ft = self.s.get("lm_finetune")
-        return ft if ft and ft.get("enabled", True) else None
+    def lm_finetunes(self) -> list[dict[str, Any]]:
+        """Settings of the optional further LM runs (``lm_finetune:``, one mapping or a list of them), each
+        starting from the model of the run before it; disabled entries (``enabled: false``) left out."""
+        ft = self.s.get("lm_finetune") or []
+        runs = [ft] if isinstance(ft, dict) else list(ft)
+        if not all(isinstance(x, dict) for x in runs):
+            raise ValueError(f"lm_finetune must be a mapping or a list of mappings, got {ft!r}")
+        return [x for x in runs if x.get("enabled", True)]
 
-    @property
-    def lm_ft_run(self) -> Path:
-        return self.work / "lm_ft"
+    def lm_ft_run(self, i: int = 0) -> Path:
+        """Run dir of the i-th fine-tune: ``lm_ft``, ``lm_ft2``, ..."""
+        return self.work / ("lm_ft" if i == 0 else f"lm_ft{i + 1}")
 
     @property
     def bundle(self) -> Path:
-        return (self.lm_ft_run if self.lm_finetune else self.lm_run) / "final"
+        n = len(self.lm_finetunes)
+        return (self.lm_ft_run(n - 1) if n else self.lm_run) / "final"
 
     @property
     def eval_dir(self) -> Path:
@@ -257,32 +262,34 @@ def lm_train_config(r: Recipe) -> dict[str, Any]:
             "out_dir": str(r.lm_run), "backbone": lm.get("backbone", "smollm2-135m")}
 
 
-def lm_finetune_config(r: Recipe) -> dict[str, Any]:
-    """The second LM run: the first one's settings with ``lm_finetune.train`` on top, starting from its
-    model (``init_from``: adapter, new-token rows and head; the model's own codec)."""
-    base = {k: v for k, v in lm_train_config(r).items() if k not in ("codec", "lora", "head")}
-    return {**base, **copy.deepcopy((r.lm_finetune or {}).get("train", {})),
-            "init_from": str(r.lm_run / "final"), "out_dir": str(r.lm_ft_run)}
+def lm_finetune_config(r: Recipe, i: int = 0) -> dict[str, Any]:
+    """The i-th fine-tune run: the first LM run's settings with the ``train`` of fine-tunes 0..i on top (in
+    order), starting from the model of the run before it (``init_from``: adapter, new-token rows and head;
+    the model's own codec)."""
+    cfg = {k: v for k, v in lm_train_config(r).items() if k not in ("codec", "lora", "head")}
+    for run in r.lm_finetunes[: i + 1]:
+        cfg.update(copy.deepcopy(run.get("train", {})))
+    prev = r.lm_ft_run(i - 1) if i else r.lm_run
+    return {**cfg, "init_from": str(prev / "final"), "out_dir": str(r.lm_ft_run(i))}
 
 
 def _lm(r: Recipe) -> list[list[str]]:
     import yaml
 
+    runs = [("lm_train.yaml", lm_train_config(r), r.s["lm"])]
+    runs += [(f"{r.lm_ft_run(i).name}_train.yaml", lm_finetune_config(r, i), run) for i, run in enumerate(r.lm_finetunes)]
     cmds = []
-    for name, cfg, run in (("lm_train.yaml", lm_train_config, r.s["lm"]), ("lm_ft_train.yaml", lm_finetune_config,
-                                                                             r.lm_finetune)):
-        if run is None:
-            continue
+    for name, cfg, run in runs:
         path = r.work / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(cfg(r), sort_keys=False))
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         cmds.append(r.step("lm-train", str(path), "--max-minutes", str(run.get("max_minutes", 0)),
                            "--threads", str(r.threads)))
     return cmds
 
 
 def _lm_ok(r: Recipe) -> list[str]:
-    need = [r.lm_run / "final", r.bundle]
+    need = [r.lm_run / "final"] + [r.lm_ft_run(i) / "final" for i in range(len(r.lm_finetunes))]
     return [str(d) for d in dict.fromkeys(need) if not (d / "slm_config.json").is_file()]
 
 

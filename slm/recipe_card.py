@@ -43,15 +43,25 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
             "semantic": _read(work / "eval" / "semantic" / "semantic_eval.json") or [],
             "lm": {"training": _read(work / "lm" / "recipe_train.json") or {},
                    "config": _read(work / "lm" / "train_config.json") or {},
-                   "finetune": {"training": _read(work / "lm_ft" / "recipe_train.json") or {},
-                                "config": _read(work / "lm_ft" / "train_config.json") or {}},
+                   "finetune": [{"training": _read(d / "recipe_train.json") or {},
+                                 "config": _read(d / "train_config.json") or {}} for d in _ft_dirs(work)],
                    "tts": {k: v for k, v in (lm.get("tts") or {}).items() if k not in ("items",)},
                    "tts_floor": lm.get("tts_floor") or {},
                    "asr": {k: v for k, v in (lm.get("asr") or {}).items() if k != "items"},
+                   "asr_plain": {k: v for k, v in (lm.get("asr_plain") or {}).items() if k != "items"},
                    "continue": {k: v for k, v in (lm.get("continue") or {}).items() if k != "items"},
                    "continue_floor": lm.get("continue_floor") or {},
                    "conditioning": lm.get("conditioning") or {}},
             "machine": codec_eval.get("machine") or {"cpu": platform.processor()}}
+
+
+def _ft_dirs(work: Path) -> list[Path]:
+    """The fine-tune runs of a build, in order (``lm_ft``, ``lm_ft2``, ...; recipe.Recipe.lm_ft_run)."""
+    out, i = [], 0
+    while (d := work / ("lm_ft" if i == 0 else f"lm_ft{i + 1}")).is_dir():
+        out.append(d)
+        i += 1
+    return out
 
 
 def _curve(path: Path, keys: tuple[str, ...]) -> dict[str, tuple[list[int], list[float]]]:
@@ -79,9 +89,12 @@ def plot_training(work: Path, png: Path) -> Path | None:
     log exists)."""
     codec = _curve(work / "codec" / "log.jsonl", ("mel/l1", "anchor/accuracy", "loss/total"))
     lm = _curve(work / "lm" / "train_log.jsonl", ("lm/loss", "head/loss", "lr"))
-    ft = _curve(work / "lm_ft" / "train_log.jsonl", ("lm/loss", "head/loss", "lr"))
-    if ft:  # the second LM run, drawn after the first one's last step
+    starts = []  # where each fine-tune run begins on the LM axis
+    for d in _ft_dirs(work):  # the fine-tune runs, each drawn after the last step of the one before
+        ft = _curve(d / "train_log.jsonl", ("lm/loss", "head/loss", "lr"))
         off = max((xs[-1] for xs, _ in lm.values() if xs), default=0)
+        if ft and off:
+            starts.append(off)
         for k, (xs, ys) in ft.items():
             a, b = lm.get(k, ([], []))
             lm[k] = (a + [off + x for x in xs], b + ys)
@@ -107,9 +120,10 @@ def plot_training(work: Path, png: Path) -> Path | None:
         if k in lm:
             a2.plot(*lm[k], label=k)
     a2.set(title="speech LM (LoRA + acoustic head)", xlabel="step", ylabel="cross-entropy")
-    if ft and off:
+    for i, off in enumerate(starts):
         a2.axvline(off, color="gray", lw=0.8, ls=":")
-        a2.annotate(" fine-tune", (off, 0.02), xycoords=("data", "axes fraction"), fontsize=8, va="bottom")
+        a2.annotate(f" fine-tune {i + 1}" if len(starts) > 1 else " fine-tune", (off, 0.02),
+                    xycoords=("data", "axes fraction"), fontsize=8, va="bottom")
     if "lr" in lm:
         t2 = a2.twinx()
         t2.plot(*lm["lr"], "--", color="gray", alpha=0.6, label="lr")
@@ -151,18 +165,28 @@ def _segments(lt: dict[str, Any]) -> str:
             f"recomputed for its new total (a warm restart): {'; then '.join(parts)}.")
 
 
-def _finetune_line(ft: dict[str, Any]) -> list[str]:
-    """The card's line for the second LM run (``lm_finetune``), none when the build had none."""
-    t, c = ft.get("training") or {}, ft.get("config") or {}
-    if not c:
-        return []
-    form = (" The aligned TTS form (each word's text before its frames) is the model's default way of speaking."
-            if (c.get("tasks") or {}).get("tts_aligned") else "")
-    return [(f"- LM fine-tune (a second run from the LM above: its adapter, new-token rows and head): "
-            f"{t.get('steps_trained', '-')} of {t.get('steps_planned', c.get('steps', '-'))} planned steps "
-            f"({_f(t.get('seconds'), 0)} s{', stopped by the time budget' if t.get('stopped_by_time') else ''}), "
-            f"lr {c.get('lr', '-')} (head {c.get('head_lr', '-')}), task mix {c.get('tasks') or 'default'}, "
-            f"on {_token_summary(c.get('tokens'))}.{form}")]
+def _finetune_lines(fts: list[dict[str, Any]]) -> list[str]:
+    """The card's line per fine-tune run (``lm_finetune``), none when the build had none."""
+    out = []
+    for i, ft in enumerate(fts):
+        t, c = ft.get("training") or {}, ft.get("config") or {}
+        if not c:
+            continue
+        tasks = c.get("tasks") or {}
+        forms = tuple(f for f, key in (("TTS", "tts_aligned"), ("ASR", "asr_aligned")) if tasks.get(key))
+        form = {("TTS",): " The aligned TTS form (each word's text before its frames) is the model's default way "
+                          "of speaking.",
+                ("ASR",): " The aligned ASR form (each word's text after its frames) is the model's default way "
+                          "of transcribing.",
+                ("TTS", "ASR"): " The aligned TTS and ASR forms (each word's text before / after its frames) are "
+                                "the model's defaults."}.get(forms, "")
+        whose = "the LM above" if i == 0 else "the fine-tune above"
+        out.append(f"- LM fine-tune {i + 1} (a run from {whose}: its adapter, new-token rows and head): "
+                   f"{t.get('steps_trained', '-')} of {t.get('steps_planned', c.get('steps', '-'))} planned steps "
+                   f"({_f(t.get('seconds'), 0)} s{', stopped by the time budget' if t.get('stopped_by_time') else ''}), "
+                   f"lr {c.get('lr', '-')} (head {c.get('head_lr', '-')}), task mix {tasks or 'default'}, "
+                   f"on {_token_summary(c.get('tokens'))}.{form}")
+    return out
 
 
 def _hours(m: dict[str, Any], stage: str) -> str:
@@ -170,7 +194,7 @@ def _hours(m: dict[str, Any], stage: str) -> str:
     return f"{wall / 3600:.1f} h" if wall else "-"
 
 
-_GAIN_NAMES = {"tts": "TTS", "tts_aligned": "aligned TTS", "asr": "ASR"}  # conditioning rows, as the card names them
+_GAIN_NAMES = {"tts": "TTS", "tts_aligned": "aligned TTS", "asr": "ASR", "asr_aligned": "aligned ASR"}  # conditioning rows, as the card names them
 
 
 def _conditioning_limit(cond: dict[str, Any], small: float = 0.5) -> list[str]:
@@ -206,8 +230,13 @@ def _metric_table(m: dict[str, Any]) -> list[str]:
         ("TTS", "DNSMOS OVRL", tts.get("dnsmos_ovrl"), tf.get("dnsmos_ovrl"), "the corpus audio"),
         ("TTS", "RTF (generation s / audio s)", tts.get("rtf"), None, "< 1 is real time"),
         ("TTS", "time to first audio (s)", tts.get("first_audio_s"), None, ""),
-        ("ASR-by-token", "WER", asr.get("wer"), asr.get("whisper_wer"), "Whisper-base on the same audio"),
+        ("ASR-by-token", "WER" + (" (aligned form)" if asr.get("form") == "aligned" else ""),
+         asr.get("wer"), asr.get("whisper_wer"), "Whisper-base on the same audio"),
     ]
+    plain = m["lm"].get("asr_plain") or {}
+    if plain:
+        rows.append(("ASR-by-token", "WER (plain form)", plain.get("wer"), plain.get("whisper_wer"),
+                     "Whisper-base on the same audio"))
     cont, cf = m["lm"].get("continue") or {}, m["lm"].get("continue_floor") or {}
     if cont:
         rest = f"the rest of the original after a {_f(cf.get('prompt_seconds'), 0)} s prompt"
@@ -219,7 +248,7 @@ def _metric_table(m: dict[str, Any]) -> list[str]:
         ]
     cond = m["lm"].get("conditioning") or {}
     for task, what, whose in (("tts", "semantic-token", "text"), ("tts_aligned", "semantic-token", "words"),
-                              ("asr", "transcript", "audio")):
+                              ("asr", "transcript", "audio"), ("asr_aligned", "word", "audio")):
         c = cond.get(task)
         if c:
             rows.append(("conditioning", f"{_GAIN_NAMES[task]}: {what} loss gain from the item's own {whose} (nats/token)",
@@ -297,7 +326,7 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         f"LoRA {lcfg.get('lora', {})}, {lcfg.get('batch_size', '-')} x {lcfg.get('max_len', '-')} tokens per step, "
         f"lr {lcfg.get('lr', '-')} (head {lcfg.get('head_lr', '-')}), task mix {lcfg.get('tasks') or 'default'}."
         + _segments(lt)),
-        *_finetune_line(m["lm"]["finetune"]),
+        *_finetune_lines(m["lm"]["finetune"]),
         (f"- Hardware: {m['machine'].get('cpu', 'CPU')}, 2 cores shared with other jobs, "
         f"{s.get('threads', '-')} torch thread(s); training dtype: LM autocast "
         f"{lcfg.get('mixed_precision', '-')}, codec {s.get('codec', {}).get('train', {}).get('mixed_precision', 'no')}; "

@@ -110,6 +110,8 @@ def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tu
             "dnsmos_ovrl": float(np.mean([judges.mos(w, it.sample_rate).ovrl for it, w in zip(items, wavs)]))}
     if "asr" in tasks:
         res["asr"] = eval_asr(pipe, items, judges)
+        if pipe.asr_aligned:  # the plain form of the same model, for comparison
+            res["asr_plain"] = eval_asr(pipe, items, judges, aligned=False)
     if "continue" in tasks:
         res["continue"], res["continue_floor"] = _continue_rows(pipe, items, judges, seed)
     if "conditioning" in tasks:  # does the LM use its input? (slm.eval.conditioning)
@@ -120,7 +122,7 @@ def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tu
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
     (o / "lm_eval.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
-    for t in ("tts", "asr", "continue", "conditioning"):
+    for t in ("tts", "asr", "asr_plain", "continue", "conditioning"):
         if t in res:
             print(t, json.dumps({k: v for k, v in res[t].items() if k not in ("items", "per_voice")}, default=float))
     return res

@@ -6,6 +6,10 @@
   token of ``w2..`` (when to move to the next word) and ``<|audio_end|>``: the TTS task with each word's
   text placed before the frames spoken over it (word times from the manifest; after ELLA-V), so the model
   maps the word it just read to its frames instead of learning a whole-sentence alignment
+* aligned ASR:  ``<|asr|> <|audio_start|> s.. w1 s.. w2 .. wN <|audio_end|>``  loss on ``w..``, on the frames
+  after the first and ``<|audio_end|>``: ASR with each word's text right after the frames spoken over it, so a
+  word is read from the few frames just before it and the transcript streams out as the audio comes in (the
+  model tells a word's end by putting its mass on text rather than on the next frame)
 * continuation: ``<|continue|> <|audio_start|> s..``                      loss on ``s..`` after the first one
 * interleaved:  ``<|interleave|> w.. <|audio_start|> s.. <|audio_end|> w.. ...``  loss on all after the task
   token: one utterance cut at word boundaries into spans of 1-4 words, alternately given as text and as
@@ -172,6 +176,34 @@ def asr_example(tokenizer, layout: TokenLayout, codes: Tensor, text: str, acoust
                   len(head), len(sem), acoustic)
 
 
+def asr_aligned_example(tokenizer, layout: TokenLayout, words: list, codes: Tensor, duration: float,
+                        acoustic: Tensor | None = None) -> Example | None:
+    """``<|asr|> <|audio_start|> s.. w1 s.. w2 .. s.. wN <|audio_end|>``: ASR with each word's tokens right after
+    the frames it owns (:func:`word_frames`: from its start to the next word's; the last to the end).
+    ``words``: ``[(start_s, end_s, word), ...]`` (manifest). None when there are no word times or fewer
+    frames than words."""
+    codes = _semantic(codes)
+    n = codes.numel()
+    if not words or not duration > 0 or n < len(words):
+        return None
+    if acoustic is not None and acoustic.shape[0] != n:
+        raise ValueError(f"acoustic frames {acoustic.shape[0]} != semantic frames {n}")
+    ids = [layout.special_id("asr"), layout.audio_start]
+    labels = [IGNORE] * len(ids)
+    sem = layout.codes_to_ids(codes).tolist()
+    cuts, pos = word_frames(words, n, duration), []
+    for k, w in enumerate(word_ids(tokenizer, [w[2] for w in words])):
+        a, b = cuts[k], cuts[k + 1]
+        pos += range(len(ids), len(ids) + b - a)
+        ids += sem[a:b]
+        labels += ([IGNORE] if a == 0 else [sem[a]]) + sem[a + 1 : b]  # the first frame has nothing before it
+        ids += w
+        labels += w
+    ids.append(layout.audio_end)
+    labels.append(layout.audio_end)
+    return Example("asr", torch.tensor(ids), torch.tensor(labels), torch.tensor(pos, dtype=torch.long), acoustic)
+
+
 def asr_prompt(tokenizer, layout: TokenLayout, codes: Tensor) -> Tensor:
     sem = layout.codes_to_ids(_semantic(codes))
     return torch.cat([torch.tensor([layout.special_id("asr"), layout.audio_start]), sem,
@@ -254,7 +286,7 @@ def parse(ids: Tensor, layout: TokenLayout, tokenizer) -> Parsed:
     b = int(ends[0]) if ends.numel() else ids.numel()
     span, extra = ids[a + 1 : b], {}
     sem = layout.is_semantic(span)
-    if task == "tts" and not bool(sem.all()):  # aligned TTS: the words inside the span
+    if task in ("tts", "asr") and not bool(sem.all()):  # aligned TTS / ASR: the words inside the span
         extra = {"words": tokenizer.decode(span[~sem].tolist(), skip_special_tokens=False).strip()}
         span = span[sem]
     codes = layout.ids_to_codes(span)
@@ -269,4 +301,6 @@ def parse(ids: Tensor, layout: TokenLayout, tokenizer) -> Parsed:
     if not bool(layout.is_text(text_ids).all()):
         raise ValueError("non-text token inside a text span")
     text = tokenizer.decode(text_ids.tolist(), skip_special_tokens=False).strip()
+    if task == "asr" and not text and extra:  # aligned ASR: the transcript is the words of the span
+        text = extra["words"]
     return Parsed(task, text, codes, complete=bool(ends.numel()), extra=extra)

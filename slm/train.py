@@ -369,6 +369,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     utts = load_tokens(token_dir, split="train", limit=cfg.max_utterances)
     valid = load_tokens(token_dir, split=cfg.valid_split, limit=64)
     aligned = speaks_aligned(cfg, utts)
+    asr_aligned = transcribes_aligned(cfg, utts)
     if not utts:
         raise ValueError(f"no 'train' utterances in {token_dir}")
     from slm.layout import LAYOUT_FILE, TokenLayout
@@ -428,7 +429,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
                 f.write(json.dumps({"step": step, **logs}) + "\n")
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             evaluate(acc, wrapped, model, valid or utts[:8], bb.tokenizer, layout, codec, cfg, step, writer, frame_len,
-                     aligned)
+                     aligned, asr_aligned)
         if acc.is_main_process and (step % cfg.save_every == 0 or step in (cfg.steps, stop)):
             save_checkpoint(ckpt, model, opt, sched, step)
         acc.wait_for_everyone()
@@ -445,6 +446,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
         save_bundle(final, lm, layout, head, codec, cfg.backbone, voices=voices,
                     extra={"sampling": length_bound(utts, codec), "lora": _lora_info(lm), "trained_steps": step,
                            **({"tts_aligned": True} if aligned else {}),
+                           **({"asr_aligned": True} if asr_aligned else {}),
                            **({"init_from": str(init_dir(cfg).resolve())} if cfg.init_from else {})},
                     half=cfg.save_half)
         writer.close()
@@ -454,9 +456,10 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
 
 @torch.no_grad()
 def evaluate(acc, wrapped, model: SpeechLM, utts: list[Utterance], tokenizer, layout, codec, cfg: TrainConfig,
-             step: int, writer, frame_len: int, aligned: bool = False) -> dict[str, float]:
+             step: int, writer, frame_len: int, aligned: bool = False, asr_aligned: bool = False) -> dict[str, float]:
     """Held-out losses (fixed data) and, on the main process, a few ASR / TTS samples written to disk
-    (TTS in the aligned form when ``aligned``: how the model dir will speak, :func:`speaks_aligned`)."""
+    (TTS / ASR in the aligned forms when ``aligned`` / ``asr_aligned``: how the model dir will speak and
+    transcribe, :func:`speaks_aligned`, :func:`transcribes_aligned`)."""
     wrapped.eval()
     src = BatchSource(utts, tokenizer, layout, TaskMix.from_dict(cfg.tasks), cfg, frame_len)
     n = min(cfg.eval_batches, src.per_epoch)
@@ -466,7 +469,7 @@ def evaluate(acc, wrapped, model: SpeechLM, utts: list[Utterance], tokenizer, la
             for k, v in wrapped(_batch_to(src(i), acc.device)).items():
                 res[k] = res.get(k, 0.0) + float(v) / n
     if acc.is_main_process and cfg.eval_samples:
-        res.update(_samples(model, utts, tokenizer, layout, codec, cfg, step, aligned))
+        res.update(_samples(model, utts, tokenizer, layout, codec, cfg, step, aligned, asr_aligned))
     if writer is not None:
         for k, v in res.items():
             writer.add_scalar(f"valid/{k}", v, step)
@@ -477,20 +480,16 @@ def evaluate(acc, wrapped, model: SpeechLM, utts: list[Utterance], tokenizer, la
 
 
 def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, step: int,
-             aligned: bool = False) -> dict[str, float]:
+             aligned: bool = False, asr_aligned: bool = False) -> dict[str, float]:
     from codec.audio import save_audio
-    from slm.generate import generate_text
     from slm.pipeline import SpeechPipeline
-    from slm.templates import asr_prompt
 
     d = Path(cfg.out_dir) / "samples" / f"step_{step:06d}"
     d.mkdir(parents=True, exist_ok=True)
-    pipe = SpeechPipeline(model.lm, tokenizer, layout, codec, model.head, tts_aligned=aligned)
+    pipe = SpeechPipeline(model.lm, tokenizer, layout, codec, model.head, tts_aligned=aligned, asr_aligned=asr_aligned)
     refs, hyps, rows, wavs = [], [], [], []
     for u in [u for u in utts if u.text.strip()][: cfg.eval_samples]:
-        ids = generate_text(model.lm, asr_prompt(tokenizer, layout, u.semantic), layout.text_mask(
-            model.lm.get_input_embeddings().weight.shape[0]), {tokenizer.eos_token_id}, 40)
-        hyp = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        hyp = pipe.asr_tokens(u.semantic, 40)
         wav = pipe.tts(u.text, temperature=0.8, max_seconds=4.0, seed=step)
         save_audio(d / f"{u.id}.wav", wav, pipe.sample_rate)
         refs.append(u.text)
@@ -515,6 +514,11 @@ def speaks_aligned(cfg: TrainConfig, utts: list[Utterance]) -> bool:
     """Whether the run trains TTS in the aligned form (a share of it, and word times to build it from):
     then its model dir says so, and its pipeline speaks that way by default."""
     return TaskMix.from_dict(cfg.tasks).tts_aligned > 0 and any(u.words for u in utts)
+
+
+def transcribes_aligned(cfg: TrainConfig, utts: list[Utterance]) -> bool:
+    """Whether the run trains ASR in the aligned form (as :func:`speaks_aligned` for TTS)."""
+    return TaskMix.from_dict(cfg.tasks).asr_aligned > 0 and any(u.words for u in utts)
 
 
 def length_bound(utts: list[Utterance], codec) -> dict:

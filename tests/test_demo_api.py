@@ -42,13 +42,19 @@ def test_tts_returns_a_wav_and_timing(client):
     # the TTS form: the model's default (above, the tiny model's plain form) or one asked for
     _, plain, _ = client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, "plain", api_name="/tts")
     _, aligned, _ = client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, "aligned", api_name="/tts")
-    assert open(plain, "rb").read() == open(full, "rb").read() != open(aligned, "rb").read()
+    from pathlib import Path
+
+    assert Path(plain).read_bytes() == Path(full).read_bytes() != Path(aligned).read_bytes()
 
 
 def test_asr_returns_text_and_token_plot(client, clip):
     text, plot, info = client.predict(clip, api_name="/asr")
     assert isinstance(text, str) and text  # random weights: arbitrary words, but never empty
-    assert plot and "semantic tokens" in info
+    assert plot and "semantic tokens" in info and "plain form" in info  # the tiny model's default
+    # the aligned form streams words; its last message is the whole transcript, with the plot
+    text2, plot2, info2 = client.predict(clip, "aligned", api_name="/asr")
+    assert isinstance(text2, str) and text2 and plot2 and "aligned form" in info2
+    assert client.predict(clip, "plain", api_name="/asr")[0] == text
 
 
 def test_continue_and_dialogue(client, clip):

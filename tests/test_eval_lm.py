@@ -112,7 +112,7 @@ def test_conditioning_gain_on_the_tiny_pipeline():
     for task in ("tts", "asr"):
         r = res[task]
         assert all(np.isfinite(r[k]) for k in ("real", "shuffled", "gain")) and r["real"] > 0 and r["gain"] != 0.0
-    assert "tts_aligned" not in res  # no word times
+    assert "tts_aligned" not in res and "asr_aligned" not in res  # no word times
     # with word times: the aligned form too, its swap putting another item's words at these times
     timed = []
     for i, text in enumerate(["hello there friend", "a quiet lake at dawn", "go"]):
@@ -124,6 +124,11 @@ def test_conditioning_gain_on_the_tiny_pipeline():
     r = both["tts_aligned"]
     assert r["real"] != both["tts"]["real"]  # the words inside the span change what the frames are scored on
     assert all(np.isfinite(r[k]) for k in ("real", "shuffled", "gain")) and r["gain"] != 0.0
-    assert conditioning_gain(pipe, [timed[0]] * 3)["tts_aligned"]["gain"] == 0.0
+    # aligned ASR: the words scored after their own frames vs after another item's
+    a = both["asr_aligned"]
+    assert a["n"] >= 2 and a["real"] != both["asr"]["real"] and a["gain"] != 0.0
+    assert all(np.isfinite(a[k]) for k in ("real", "shuffled", "gain"))
+    same_t = conditioning_gain(pipe, [timed[0]] * 3)
+    assert same_t["tts_aligned"]["gain"] == 0.0 and same_t["asr_aligned"]["gain"] == 0.0
     with pytest.raises(ValueError, match="at least 2"):
         conditioning_gain(pipe, [item(0, "hello")])

@@ -140,3 +140,29 @@ def test_model_card_flags_an_lm_that_ignores_its_input():
     assert _conditioning_limit({"tts": {"gain": 2.1}, "asr": {"gain": 1.5}}) == []
     lines = _conditioning_limit({"tts": {"gain": 0.03}, "asr": {"gain": 0.9}})
     assert "TTS 0.03" in lines[0] and "ASR" not in lines[0]
+
+
+def test_lm_finetunes_chain_each_from_the_model_before(tmp_path):
+    import yaml
+
+    s = load_settings(ROOT / "configs" / "recipe" / "tiny.yaml", [f"work_dir={tmp_path}"])
+    s["lm_finetune"] = [{"max_minutes": 3, "train": {"steps": 5, "lr": 0.001}},
+                        {"enabled": False, "train": {"steps": 99}},
+                        {"train": {"tasks": {"asr": 1.0, "asr_aligned": 1.0}}}]
+    r = Recipe(s, ROOT)
+    assert len(r.lm_finetunes) == 2 and r.bundle == tmp_path / "lm_ft2" / "final"
+    cmds = recipe._lm(r)
+    assert len(cmds) == 3 and cmds[1][cmds[1].index("--max-minutes") + 1] == "3"
+    first, second = (yaml.safe_load((tmp_path / n).read_text()) for n in ("lm_ft_train.yaml", "lm_ft2_train.yaml"))
+    assert first["init_from"] == str(tmp_path / "lm" / "final") and first["out_dir"] == str(tmp_path / "lm_ft")
+    assert second["init_from"] == str(tmp_path / "lm_ft" / "final") and second["out_dir"] == str(tmp_path / "lm_ft2")
+    # settings accumulate along the chain: the second run keeps the first one's steps and lr, not the disabled 99
+    assert second["steps"] == 5 and second["lr"] == 0.001 and second["tasks"] == {"asr": 1.0, "asr_aligned": 1.0}
+    assert "codec" not in second and "lora" not in second  # the model's own codec and adapter shape
+    assert set(recipe._lm_ok(r)) == {str(tmp_path / d / "final") for d in ("lm", "lm_ft", "lm_ft2")}
+    # one mapping is one run (the old form), none is the first LM alone
+    r1 = Recipe({**s, "lm_finetune": {"train": {"steps": 2}}}, ROOT)
+    assert r1.bundle == tmp_path / "lm_ft" / "final" and len(recipe._lm(r1)) == 2
+    assert Recipe({**s, "lm_finetune": None}, ROOT).bundle == tmp_path / "lm" / "final"
+    with pytest.raises(ValueError, match="mapping"):
+        _ = Recipe({**s, "lm_finetune": ["steps=3"]}, ROOT).lm_finetunes

@@ -33,11 +33,18 @@ def test_every_stage_ran_and_produced_its_outputs(built):
     assert (work / "real" / "manifest.jsonl").stat().st_size > 0
     assert (work / "teacher" / "kmeans16.safetensors").exists() and (work / "codec" / "final" / "config.json").exists()
     assert (work / "lm" / "final" / "slm_config.json").exists()
-    # the fine-tune run starts from that model and is what gets evaluated and exported
+    # the fine-tune runs each start from the model before them; the last is what gets evaluated and exported
     ft = json.loads((work / "lm_ft" / "final" / "slm_config.json").read_text())
-    assert ft["tts_aligned"] is True and Path(ft["init_from"]) == (work / "lm" / "final").resolve()
+    assert ft["tts_aligned"] is True and "asr_aligned" not in ft
+    assert Path(ft["init_from"]) == (work / "lm" / "final").resolve()
+    ft2 = json.loads((work / "lm_ft2" / "final" / "slm_config.json").read_text())
+    assert ft2["tts_aligned"] is True and ft2["asr_aligned"] is True
+    assert Path(ft2["init_from"]) == (work / "lm_ft" / "final").resolve()
+    assert json.loads((work / "lm_ft2" / "train_config.json").read_text())["steps"] == 2  # fine-tune 1's, inherited
     lm_eval = json.loads((work / "eval" / "lm" / "lm_eval.json").read_text())
-    assert {"tts", "asr", "tts_floor"} <= set(lm_eval) and 0 <= lm_eval["asr"]["wer"]
+    assert {"tts", "asr", "asr_plain", "tts_floor"} <= set(lm_eval) and 0 <= lm_eval["asr"]["wer"]
+    assert lm_eval["asr"]["form"] == "aligned" and lm_eval["asr_plain"]["form"] == "plain"
+    assert Path(lm_eval["bundle"]).resolve() == (work / "lm_ft2" / "final").resolve()
     for stage in ("synth", "codec", "lm", "eval"):
         stamp = json.loads((work / "stamps" / f"{stage}.json").read_text())
         assert stamp["wall_s"] > 0 and stamp["commands"]
@@ -66,10 +73,13 @@ def test_export_is_fp16_small_with_a_model_card_and_loads(built):
                 t = fh.get_tensor(k)
                 assert not t.is_floating_point() or t.dtype == torch.float16, (f, k, t.dtype)
     card = (b / "README.md").read_text()
-    assert "| ASR-by-token | WER |" in card and "Known limits" in card and "sacodec" in card
+    assert "| ASR-by-token | WER (aligned form) |" in card and "| ASR-by-token | WER (plain form) |" in card
+    assert "Known limits" in card and "sacodec" in card
     assert "| continuation | DNSMOS OVRL |" in card and "| conditioning | TTS: semantic-token loss gain" in card
-    assert "- LM fine-tune (a second run from the LM above" in card and "aligned TTS form" in card
+    assert "- LM fine-tune 1 (a run from the LM above" in card and "aligned TTS form" in card
+    assert "- LM fine-tune 2 (a run from the fine-tune above" in card and "aligned TTS and ASR forms" in card
     assert "| conditioning | aligned TTS: semantic-token loss gain" in card
+    assert "| conditioning | aligned ASR: word loss gain" in card
     assert "![training curves](training.png)" in card and (b / "training.png").stat().st_size > 5000
     pipe = SpeechPipeline.from_pretrained(b)
     wav = pipe.tts("hello there.", max_seconds=0.5, seed=0)

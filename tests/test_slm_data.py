@@ -183,6 +183,54 @@ def test_tts_aligned_example_puts_each_word_before_its_frames(setup):
     assert tts_aligned_example(tok, layout, u.text, u.words, u.semantic[: len(u.words) - 1], u.duration) is None
 
 
+def test_asr_aligned_example_puts_each_word_after_its_frames(setup):
+    from slm.templates import asr_aligned_example, parse, word_frames, word_ids
+
+    tok, layout, utts = setup
+    u = _with_words(max(utts, key=lambda x: len(x.text.split())))
+    ex = asr_aligned_example(tok, layout, u.words, u.semantic, u.duration, u.acoustic)
+    ids, labels = ex.input_ids, ex.labels
+    assert ex.task == "asr" and ids[0] == layout.special_id("asr") and ids[1] == layout.audio_start
+    assert int(ids[-1]) == layout.audio_end and labels[-1] == layout.audio_end
+    sem = layout.is_semantic(ids)
+    assert torch.equal(sem.nonzero().flatten(), ex.semantic_pos) and torch.equal(layout.ids_to_codes(ids[sem]), u.semantic)
+    cuts, p = word_frames(u.words, u.semantic.numel(), u.duration), 2
+    for k, w in enumerate(word_ids(tok, [w[2] for w in u.words])):
+        n = cuts[k + 1] - cuts[k]
+        assert bool(layout.is_semantic(ids[p : p + n]).all())
+        # frames are learned (the model says "not yet a word" by predicting the next frame), but not the first
+        assert torch.equal(labels[p + (k == 0) : p + n], ids[p + (k == 0) : p + n]) and (k or labels[p] == IGNORE)
+        p += n
+        assert ids[p : p + len(w)].tolist() == w and labels[p : p + len(w)].tolist() == w  # then the word, learned
+        p += len(w)
+    assert p == len(ids) - 1
+    parsed = parse(ids, layout, tok)
+    assert parsed.task == "asr" and torch.equal(parsed.codes, u.semantic) and parsed.complete
+    assert parsed.text == parsed.extra["words"] == " ".join(w[2] for w in u.words)
+    assert asr_aligned_example(tok, layout, [], u.semantic, u.duration) is None
+    assert asr_aligned_example(tok, layout, u.words, u.semantic[: len(u.words) - 1], u.duration) is None
+
+
+def test_asr_aligned_share_of_the_task_mix(setup):
+    tok, layout, utts = setup
+    with_words = [_with_words(u) for u in utts]
+
+    def aligned(ex):
+        ids = ex.input_ids
+        b = int((ids == layout.audio_end).nonzero()[0])
+        return bool(layout.is_text(ids[2:b]).any())
+
+    mix = TaskMix(tts=0, asr=1, continue_=0, asr_aligned=1)
+    ex = make_examples(with_words, tok, layout, mix, seed=0, epoch=0)
+    assert {e.task for e, _ in ex} == {"asr"} and all(aligned(e) for e, _ in ex)
+    assert not any(aligned(e) for e, _ in make_examples(utts, tok, layout, mix, seed=0, epoch=0))  # no word times
+    # asr_aligned=0: exactly the data of before the option existed (resume stays exact)
+    plain = TaskMix(tts=0.5, asr=0.5, continue_=0)
+    a = make_examples(with_words, tok, layout, plain, seed=1, epoch=0)
+    b = make_examples(utts, tok, layout, plain, seed=1, epoch=0)
+    assert [(torch.equal(x.input_ids, y.input_ids), i) for (x, i), (y, _) in zip(a, b)] == [(True, i) for _, i in a]
+
+
 def test_tts_aligned_share_of_the_task_mix(setup):
     tok, layout, utts = setup
     with_words = [_with_words(u) for u in utts]

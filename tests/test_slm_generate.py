@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from slm.acoustic_head import AcousticHead, AcousticHeadConfig, sample
-from slm.generate import Decoder, Sampling, _output_rows, _pick, _positions, generate_frames, generate_text
+from slm.generate import (
+    Decoder,
+    Sampling,
+    _output_rows,
+    _pick,
+    _positions,
+    generate_frames,
+    generate_text,
+    transcribe_aligned,
+)
 from slm.layout import TokenLayout
 
 
@@ -260,3 +269,69 @@ def test_aligned_generation_moves_on_when_the_model_says_so(lm, layout, monkeypa
     assert len(frames) == len(words) and [t for t, _ in _spans(ids, layout)] == words
     with pytest.raises(ValueError, match="non-empty"):
         next(generate_frames(lm, layout, torch.tensor([1, layout.audio_start]), None, Sampling(), 5, words=[[7], []]))
+
+
+def test_aligned_asr_writes_a_word_where_the_model_puts_its_mass_on_text(layout, monkeypatch):
+    """Aligned ASR's decisions, on a scripted model: after a "boundary" frame text wins and a two-token word is
+    written, then the model turns back to frames; every frame is fed once, in order; the words owed at the
+    end come out until <|audio_end|>; the text budget is kept."""
+    import slm.generate as G
+
+    V, off, end = 600, layout.semantic_offset, layout.audio_end
+    boundary = {off + 3, off + 5}
+    fed = []
+
+    class Scripted:
+        def __init__(self, model, prompt, allowed=None, need_hidden=True, max_new=None):
+            self.ids = prompt.tolist()
+            fed.extend(self.ids)
+            self.logits = self._next()
+
+        def _next(self):
+            lg = torch.full((V,), -20.0)
+            last = self.ids[-1]
+            tail = len(self.ids) - 1 - max(i for i, t in enumerate(self.ids) if not 0 <= t < layout.base_vocab)
+            if last in boundary or (last == off + 9 and tail == 0):  # a word's end (frame 9: the last frame)
+                lg[7] = 5.0
+            elif last == 7:
+                lg[8] = 5.0  # the word's second token
+            elif last == 8 and self.ids[-3] == off + 9 and tail == 2:
+                lg[11] = 5.0  # at the end: one more word owed
+            elif last == 11:
+                lg[end] = 5.0
+            else:
+                lg[off + 1] = 5.0  # the next frame
+            return lg
+
+        def push(self, t):
+            self.ids.append(t)
+            fed.append(t)
+            self.logits = self._next()
+
+    monkeypatch.setattr(G, "Decoder", Scripted)
+    codes = torch.tensor([1, 3, 2, 5, 4, 9])
+    words = list(transcribe_aligned(None, layout, codes))
+    assert words == [[7, 8], [7, 8], [7, 8, 11]]
+    frames = [t for t in fed if layout.is_semantic(torch.tensor(t))]
+    assert frames == (codes + off).tolist()
+    assert fed == [layout.special_id("asr"), layout.audio_start, off + 1, off + 3, 7, 8, off + 2, off + 5, 7, 8, off + 4,
+                   off + 9, 7, 8, 11]
+    fed.clear()
+    assert [t for w in transcribe_aligned(None, layout, codes, max_new_tokens=3) for t in w] == [7, 8, 7]
+    with pytest.raises(ValueError, match="at least one"):
+        list(transcribe_aligned(None, layout, torch.tensor([], dtype=torch.long)))
+
+
+def test_aligned_asr_on_a_real_model_writes_only_text(lm, layout):
+    codes = torch.randint(0, layout.n_semantic, (12,), generator=torch.Generator().manual_seed(0))
+    for threshold in (0.01, 0.5, 0.99):
+        out = [t for w in transcribe_aligned(lm, layout, codes, max_new_tokens=20, threshold=threshold) for t in w]
+        assert len(out) <= 20 and all(0 <= t < layout.base_vocab for t in out)
+    # the fused one-token step (inference_copy) writes the same words as transformers' forward
+    from slm.generate import inference_copy
+
+    fast = inference_copy(lm)
+    assert getattr(fast, "fused_step", None) is not None
+    for threshold in (0.01, 0.3):
+        assert (list(transcribe_aligned(lm, layout, codes, max_new_tokens=20, threshold=threshold))
+                == list(transcribe_aligned(fast, layout, codes, max_new_tokens=20, threshold=threshold)))

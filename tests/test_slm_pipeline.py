@@ -292,3 +292,32 @@ def test_aligned_tts_streams_and_follows_the_model_flag(trained, pipe, tmp_path)
     plain = p2.tts_tokens(text, seed=5, max_seconds=3.0, aligned=False)
     ref = pipe.tts_tokens(text, seed=5, max_seconds=3.0)
     assert all(torch.equal(x.semantic, y.semantic) for x, y in zip(plain, ref))
+
+
+def test_aligned_asr_streams_and_follows_the_model_flag(trained, pipe, tmp_path):
+    """Aligned ASR (each word written after its frames): the streamed transcript grows word by word to what
+    asr(aligned=True) returns; a model dir whose slm_config.json says "asr_aligned" transcribes that way;
+    bad audio fails as in the plain form."""
+    import json
+    import shutil
+
+    sr = pipe.sample_rate
+    wav = (torch.randn(1, sr, generator=torch.Generator().manual_seed(3)) * 0.1).clamp(-1, 1)
+    assert pipe.asr_aligned is False
+    full = pipe.asr(wav, sr, aligned=True, max_new_tokens=30)
+    parts = list(pipe.asr_stream(wav, sr, max_new_tokens=30))
+    assert (parts[-1] if parts else "") == full
+    codes = pipe.encode(wav, sr).semantic[0, 0]
+    from slm.generate import transcribe_aligned
+
+    assert len(parts) == len(list(transcribe_aligned(pipe.infer_lm, pipe.layout, codes, 30)))  # one per chunk written
+    assert pipe.asr_tokens(codes, 30, aligned=True) == full
+    assert pipe.asr_tokens(codes, 30, aligned=False) == pipe.asr(wav, sr, max_new_tokens=30)
+    d = tmp_path / "asr_aligned"
+    shutil.copytree(trained[1], d)
+    cfg = json.loads((d / "slm_config.json").read_text())
+    (d / "slm_config.json").write_text(json.dumps({**cfg, "asr_aligned": True}))
+    p2 = SpeechPipeline.from_pretrained(d)
+    assert p2.asr_aligned is True and p2.asr(wav, sr, max_new_tokens=30) == full
+    with pytest.raises(ValueError):
+        p2.asr(torch.zeros(1, 0), sr)

@@ -36,6 +36,11 @@ def register(subparsers) -> None:
     a.add_argument("wav")
     a.add_argument("--model", default="default")
     a.add_argument("--int8", action="store_true", help="decode with int8 backbone weights (faster, approximate)")
+    aform = a.add_mutually_exclusive_group()
+    aform.add_argument("--aligned", dest="aligned", action="store_true", default=None,
+                       help="write each word right after its frames, printing words as they come (the default of "
+                            "models trained with asr_aligned)")
+    aform.add_argument("--plain", dest="aligned", action="store_false", help="the transcript after the whole audio")
     a.set_defaults(func=_asr)
 
     c = subparsers.add_parser("continue", help="continue the speech in a wav")
@@ -104,7 +109,15 @@ def _asr(args) -> int:
     from codec.audio import load_audio
 
     pipe = _pipe(args.model, args.int8)
-    print(pipe.asr(load_audio(args.wav, pipe.sample_rate), pipe.sample_rate))
+    wav = load_audio(args.wav, pipe.sample_rate)
+    if args.aligned is False or (args.aligned is None and not pipe.asr_aligned):
+        print(pipe.asr(wav, pipe.sample_rate, aligned=False))
+        return 0
+    shown = ""
+    for text in pipe.asr_stream(wav, pipe.sample_rate):  # words as they are written
+        print(text[len(shown):] if text.startswith(shown) else "\n" + text, end="", flush=True)
+        shown = text
+    print()
     return 0
 
 

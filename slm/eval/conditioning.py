@@ -7,7 +7,9 @@ This measures the part of the loss that comes from the conditioning, on held-out
 * TTS: cross-entropy of the semantic tokens given the item's own text, and given another item's text;
 * ASR: cross-entropy of the transcript given the item's own audio tokens, and given another item's;
 * aligned TTS (items with word times): cross-entropy of the semantic tokens with each word's own text fed
-  before its frames, and with another item's words in those places (same timing, other words).
+  before its frames, and with another item's words in those places (same timing, other words);
+* aligned ASR (items with word times): cross-entropy of the words written after their own frames, and
+  after another item's frames (the words at the same relative times of that item's frames).
 
 ``gain = shuffled - real`` (nats per token): ~0 means the conditioning is ignored; a model that reads
 its input well gains several nats (the shuffled case then looks like noise to it). Items are paired by a
@@ -60,13 +62,21 @@ def gain_on_utterances(pipe, utts, max_len: int = 1024) -> dict:
             w = [str(x[2]) for x in timed[(k + 1) % len(timed)].words]
             words = [[a, b, w[i % len(w)]] for i, (a, b, _) in enumerate(u.words)]
             swapped["tts_aligned"].append(dataclasses.replace(u, words=words, text=" ".join(x[2] for x in words)))
+        # aligned ASR: these words after the frames of the next timed item with enough frames for them
+        pairs = [(u, timed[(k + 1) % len(timed)]) for k, u in enumerate(timed)]
+        pairs = [(u, o) for u, o in pairs if min(u.semantic.numel(), o.semantic.numel()) >= len(u.words)]
+        if len(pairs) >= 2:
+            tasks.append("asr_aligned")
+            items["asr_aligned"] = [u for u, _ in pairs]
+            swapped["asr_aligned"] = [dataclasses.replace(u, semantic=o.semantic, acoustic=o.acoustic) for u, o in pairs]
     model = SpeechLM(pipe.lm, pipe.head, 1.0, True, "none", text_vocab=pipe.layout.base_vocab).eval()
     frame_len = pipe.head.cfg.frame_len if pipe.head is not None else 0
-    key = {"tts": "lm/loss_audio", "asr": "lm/loss_text", "tts_aligned": "lm/loss_audio"}
+    key = {"tts": "lm/loss_audio", "asr": "lm/loss_text", "tts_aligned": "lm/loss_audio", "asr_aligned": "lm/loss_text"}
     res: dict = {"n": n}
     for task in tasks:
-        mix = {"tts": float(task != "asr"), "asr": float(task == "asr"), "continue": 0.0, "prompt_prob": 0.0,
-               "tts_aligned": float(task == "tts_aligned")}
+        asr = task.startswith("asr")
+        mix = {"tts": float(not asr), "asr": float(asr), "continue": 0.0, "prompt_prob": 0.0,
+               "tts_aligned": float(task == "tts_aligned"), "asr_aligned": float(task == "asr_aligned")}
         cfg = TrainConfig(batch_size=1, max_len=max_len, tasks=mix, packing="none")
         row = {}
         for name, us in (("real", items[task]), ("shuffled", swapped[task])):
@@ -74,7 +84,7 @@ def gain_on_utterances(pipe, utts, max_len: int = 1024) -> dict:
             vals = [float(model(src(i))[key[task]]) for i in range(src.per_epoch)]
             row[name] = sum(vals) / len(vals)
         row["gain"] = row["shuffled"] - row["real"]
-        if task == "tts_aligned":
-            row["n"] = len(timed)  # the items with word times
+        if task in ("tts_aligned", "asr_aligned"):
+            row["n"] = len(items[task])  # the items with word times
         res[task] = row
     return res
