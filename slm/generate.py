@@ -126,6 +126,17 @@ class Decoder:
             self.hidden = self.fast.step(token)
             self.logits = self._project(self.hidden)
 
+    @torch.no_grad()
+    def push_many(self, tokens: list[int]) -> None:
+        """Feed several tokens at once (one forward pass); :attr:`logits` are then those after the last."""
+        tokens = [int(t) for t in tokens]
+        self.ids += tokens
+        if self.fast is None:
+            self.logits, self.hidden = self._forward(torch.tensor(tokens))
+        else:
+            self.hidden = self.fast.step_many(tokens)
+            self.logits = self._project(self.hidden)
+
 
 def _output_rows(model: torch.nn.Module, allowed: Tensor | None) -> tuple[Tensor, Tensor | None, bool] | None:
     """(weight, bias, gather) of the output projection: restricted to ``allowed`` when that set is small
@@ -215,6 +226,33 @@ class _FusedState:
             g, u = gate_up(F.rms_norm(x, (x.shape[-1],), n2, f.eps)).chunk(2, -1)
             x = x + down(F.silu(g) * u)
         self.t = t + 1
+        return F.rms_norm(x, (x.shape[-1],), f.norm, f.eps)[0, -1]
+
+    def step_many(self, tokens: list[int]) -> Tensor:
+        """Feed several tokens in one pass (causal among themselves); returns the last one's final-norm
+        hidden state ``[D]``. On CPU a few rows cost about what one does (the weights are read once), so an
+        aligned-TTS word of n tokens costs one step, not n."""
+        if len(tokens) == 1:
+            return self.step(int(tokens[0]))
+        f, t, n = self.f, self.t, len(tokens)
+        if not n or t + n > self.max_len:
+            raise RuntimeError(f"FusedStep state is full ({self.max_len} positions) or no tokens given")
+        nh, nkv, hd = f.nh, f.nkv, f.hd
+        cos, sin, half = self.cos[t : t + n, None], self.sin[t : t + n, None], hd // 2
+        x = f.embed[torch.tensor(tokens, device=f.embed.device)].view(1, n, -1)
+        pos = torch.arange(t + n, device=x.device)
+        mask = pos[None, :] <= pos[t:, None]  # [n, t+n]: each new token sees the past and itself
+        for i, (n1, qkv, o, n2, gate_up, down) in enumerate(f.layers):
+            y = qkv(F.rms_norm(x, (x.shape[-1],), n1, f.eps)).view(n, nh + 2 * nkv, hd)
+            qk = y[:, : nh + nkv]
+            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin
+            self.k[i, 0, :, t : t + n], self.v[i, 0, :, t : t + n] = qk[:, nh:].transpose(0, 1), y[:, nh + nkv:].transpose(0, 1)
+            att = F.scaled_dot_product_attention(qk[:, :nh].transpose(0, 1)[None], self.k[i, :, :, : t + n],
+                                                 self.v[i, :, :, : t + n], attn_mask=mask, enable_gqa=nh != nkv)
+            x = x + o(att.transpose(1, 2).reshape(1, n, nh * hd))
+            g, u = gate_up(F.rms_norm(x, (x.shape[-1],), n2, f.eps)).chunk(2, -1)
+            x = x + down(F.silu(g) * u)
+        self.t = t + n
         return F.rms_norm(x, (x.shape[-1],), f.norm, f.eps)[0, -1]
 
 
@@ -370,8 +408,7 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
             tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, sem if stay else or_leave[k])
         if words is not None and tok == leave[k] and tok != layout.audio_end:
             k, in_word = k + 1, 0
-            for t in words[k]:
-                dec.push(t)
+            dec.push_many(words[k])  # the whole word in one pass
             tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, sem)  # its first frame
         if tok == layout.audio_end:
             return

@@ -160,6 +160,20 @@ def test_fused_step_matches_transformers(lm, layout):
     dec.push(512)
     with pytest.raises(RuntimeError, match="full"):
         dec.push(513)  # beyond prompt + max_new
+    # several tokens in one pass (an aligned-TTS word): the same state as one by one, and as transformers'
+    one, many, ref = Decoder(fast, prompt, allowed, max_new=9), Decoder(fast, prompt, allowed, max_new=9), Decoder(lm, prompt, allowed)
+    for chunk in ([7, 8, 9], [510], [11, 12]):
+        for t in chunk:
+            one.push(t)
+        many.push_many(chunk)
+        ref.push_many(chunk)
+        torch.testing.assert_close(many.hidden, one.hidden, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(many.logits, one.logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ref.logits, one.logits, atol=1e-5, rtol=1e-5)
+    assert many.ids == one.ids == ref.ids
+    one.push(530)
+    many.push(530)
+    torch.testing.assert_close(many.logits, one.logits, atol=1e-5, rtol=1e-5)  # the cache after it is the same too
     s = Sampling(temperature=1.0, top_k=10, top_p=0.95, repetition_penalty=1.3)
     a = [f.code for f in generate_frames(fast, layout, prompt, None, s, 10, generator=torch.Generator().manual_seed(3))]
     b = [f.code for f in generate_frames(lm, layout, prompt, None, s, 10, generator=torch.Generator().manual_seed(3))]
