@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         t.add_argument("--seed", type=int, default=0, help="sampling seed (tts, continue)")
         t.add_argument("--temperature", type=float, default=None)
         t.add_argument("--seconds", type=float, default=3.0, help="continuation length (continue)")
+        if task in ("tts", "asr"):
+            t.add_argument("--form", choices=("default", "aligned", "plain"), default="default",
+                           help="the aligned or plain form (README 'Aligned TTS' / 'Aligned ASR'); default: the model's")
         t.set_defaults(func=_lm_task, task=task)
 
 
@@ -104,22 +107,26 @@ def _lm_task(args: argparse.Namespace) -> int:
     items = load_items(args.manifest, _split(args), args.limit, sample_rate=16000)
     judges = Judges() if args.task != "conditioning" else None  # conditioning: forward passes only, no judges
     sampling = {"seed": args.seed} | ({} if args.temperature is None else {"temperature": args.temperature})
+    aligned = {"default": None, "aligned": True, "plain": False}[getattr(args, "form", "default")]
+    if args.task == "tts" and aligned is not None:
+        sampling["aligned"] = aligned
     if args.task == "tts":
         r = eval_tts(pipe, items, judges, **sampling)
         rows = [{"voice": "all", **r}] + [{"voice": v, **x} for v, x in r["per_voice"].items()]
         cols = [("voice", "voice", 0), ("wer", "WER", 3), ("spk_sim", "spk sim", 3), ("dnsmos_ovrl", "DNSMOS", 2),
                 ("rtf", "RTF", 3), ("first_audio_s", "first audio (s)", 2), ("n", "n", 0)]
     elif args.task == "asr":
-        r = eval_asr(pipe, items, judges)
+        r = eval_asr(pipe, items, judges, aligned=aligned)
         rows = [r]
-        cols = [("wer", "WER", 3), ("cer", "CER", 3), ("whisper_wer", "Whisper-base WER", 3), ("rtf", "RTF", 3),
+        cols = [("form", "form", 0), ("wer", "WER", 3), ("cer", "CER", 3), ("whisper_wer", "Whisper-base WER", 3), ("rtf", "RTF", 3),
                 ("n", "n", 0)]
     elif args.task == "conditioning":
         from slm.eval.conditioning import conditioning_gain
 
         c = conditioning_gain(pipe, items)
-        r = {"n": c["n"], **{f"{t}_{k}": c[t][k] for t in ("tts", "asr") for k in ("real", "shuffled", "gain")}}
-        rows = [{"task": t.upper(), **c[t], "n": c["n"]} for t in ("tts", "asr")]
+        tasks = [t for t in ("tts", "asr", "tts_aligned", "asr_aligned") if t in c]  # aligned: items with word times
+        r = {"n": c["n"], **{f"{t}_{k}": c[t][k] for t in tasks for k in ("real", "shuffled", "gain")}}
+        rows = [{"task": t.upper().replace("_", " "), **c[t], "n": c[t].get("n", c["n"])} for t in tasks]
         cols = [("task", "task", 0), ("real", "loss, own input", 3), ("shuffled", "loss, another item's input", 3),
                 ("gain", "gain (nats/token)", 3), ("n", "n", 0)]
     else:
