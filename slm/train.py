@@ -1,14 +1,16 @@
 """`slm train --config FILE`: LoRA + acoustic-head fine-tuning of a causal LM on codec tokens.
 
-Runs through accelerate: one CPU process, several GPUs, or FSDP/DeepSpeed chosen by
-``accelerate config``. Data order is a pure function of (seed, step, rank), and checkpoints hold the
-trainable weights, optimizer, scheduler and RNG state, so killing and resuming gives exactly the
-parameters of an uninterrupted run.
+Runs through accelerate: one CPU process, several CPU processes (gloo), several GPUs, or FSDP/DeepSpeed
+chosen by ``accelerate config``; FSDP2 (``fsdp_version: 2``) also on CPU, which accelerate itself only
+offers on GPUs (:func:`_accelerator`, ``configs/accelerate/fsdp_cpu.yaml``). Data order is a pure function
+of (seed, step, rank), and checkpoints hold the trainable weights, optimizer, scheduler and (per-rank) RNG
+state, so killing and resuming gives exactly the parameters of an uninterrupted run.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -89,6 +91,12 @@ class SpeechLM(nn.Module):
         self.lm, self.head, self.head_weight, self.train_lm = lm, head, head_weight, train_lm
         self.packing = check_packing(packing)
         self.text_vocab = text_vocab  # ids below it are text: lm/loss is also logged split into text / audio targets
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The backbone's block classes (e.g. ``LlamaDecoderLayer``): what FSDP's ``TRANSFORMER_BASED_WRAP``
+        shards as one unit when no ``fsdp_transformer_layer_cls_to_wrap`` is given."""
+        return list(getattr(self.lm, "_no_split_modules", None) or [])
 
     @torch.no_grad()
     def _split_loss(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
@@ -185,17 +193,107 @@ def _lr_lambda(cfg: TrainConfig):
     return f
 
 
+def _accelerator(mixed_precision: str):
+    """The run's ``Accelerator``: ``cpu=True`` when there is no GPU (accelerate then picks up torchrun ranks as
+    MULTI_CPU, gloo). accelerate only turns FSDP on for GPU ranks and silently falls back to DDP on CPU;
+    since FSDP2 (``fully_shard``) itself works on CPU over gloo, a CPU run launched with FSDP2 (an accelerate
+    config with ``distributed_type: FSDP`` and ``fsdp_version: 2``, or ``ACCELERATE_USE_FSDP=true
+    FSDP_VERSION=2``) is switched to accelerate's FSDP2 path here. FSDP1 on CPU is refused, not ignored."""
+    from accelerate import Accelerator
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    cpu = not torch.cuda.is_available()
+    # step_scheduler_with_optimizer=False: each rank steps the schedule once per optimizer step (every rank
+    # draws its own batches; accelerate would otherwise step it once per process, running it num_processes
+    # times too fast)
+    acc = Accelerator(mixed_precision=mixed_precision, cpu=cpu, step_scheduler_with_optimizer=False)
+    want_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if cpu and want_fsdp and acc.distributed_type == DistributedType.MULTI_CPU:
+        plugin = FullyShardedDataParallelPlugin()  # FSDP_* variables, as accelerate reads them
+        if plugin.fsdp_version != 2:
+            raise ValueError("FSDP on CPU is supported with FSDP2 only: set fsdp_version: 2 in the accelerate config "
+                             "(FSDP_VERSION=2)")
+        if acc.mixed_precision != "no":
+            plugin.set_mixed_precision(acc.mixed_precision)
+        acc.state.fsdp_plugin = plugin
+        acc.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return acc
+
+
+def _is_fsdp(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc is not None and acc.distributed_type == DistributedType.FSDP
+
+
+def _full(t: Tensor) -> Tensor:
+    """``t`` whole: FSDP2 keeps each rank's shard as a DTensor (gathering it is a collective: every rank calls)."""
+    t = t.detach()
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _reshard(model: nn.Module) -> None:
+    """FSDP2 leaves the groups it does not reshard after forward (the root, the embeddings / final norm)
+    whole after a forward without backward (evaluation): shard them again, so ``named_parameters`` are the
+    DTensors the optimizer holds. A no-op without FSDP."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def _trainable_state(model: SpeechLM) -> dict[str, Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """Trainable weights by name, whole (under FSDP a collective: call it on every rank)."""
+    return {n: _full(p).cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(d: Path, model: SpeechLM, opt, sched, step: int) -> None:
+def _load_trainable(model: SpeechLM, sd: dict[str, Tensor], where: str) -> None:
+    """Copy whole trainable weights in; an FSDP2 model takes its own shard of each (no communication)."""
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in sd]
+    if missing:
+        raise ValueError(f"checkpoint {where} lacks trainable params {missing[:4]} (config changed?)")
+    with torch.no_grad():
+        for n, t in sd.items():
+            p = params[n]
+            if hasattr(p, "device_mesh"):  # DTensor
+                from torch.distributed.tensor import distribute_tensor
+
+                t = distribute_tensor(t.to(p.dtype), p.device_mesh, p.placements, src_data_rank=None)
+            p.copy_(t)
+
+
+def save_checkpoint(d: Path, model: SpeechLM, opt, sched, step: int, acc=None) -> None:
+    """Trainable weights, optimizer, scheduler and RNG state; the main process writes. With several processes
+    every rank must call it: each rank's RNG state is gathered (the acoustic head's conditioning dropout draws
+    from it, and ranks draw different amounts), and under FSDP the weights and optimizer state are gathered
+    whole (the checkpoint does not depend on the number of ranks)."""
     from safetensors.torch import save_file
 
+    fsdp = _is_fsdp(acc)
+    rng_ranks = None
+    if acc is not None and acc.num_processes > 1:
+        rng_ranks = acc.gather(torch.get_rng_state()[None].to(acc.device)).cpu()  # [ranks, n]
+    if acc is not None and not acc.is_main_process and not fsdp:
+        return
+    weights = _trainable_state(model)
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        optim = get_optimizer_state_dict(model, getattr(opt, "optimizer", opt),
+                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        optim = opt.state_dict()
+    if acc is not None and not acc.is_main_process:
+        return
     tmp = d.with_name(d.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(), "rng": torch.get_rng_state(),
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    # opt_by_name: the optimizer state is keyed by parameter name (FSDP's full state dict), not by index
+    torch.save({"opt": optim, "opt_by_name": fsdp, "sched": sched.state_dict(), "rng": torch.get_rng_state(),
+                "rng_ranks": rng_ranks,
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "state.pt")
     (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
     if d.exists():
@@ -205,21 +303,25 @@ def save_checkpoint(d: Path, model: SpeechLM, opt, sched, step: int) -> None:
     tmp.rename(d)
 
 
-def load_checkpoint(d: Path, model: SpeechLM, opt, sched) -> int:
+def load_checkpoint(d: Path, model: SpeechLM, opt, sched, acc=None) -> int:
+    """Restore what :func:`save_checkpoint` wrote (every rank reads it); returns the step."""
     from safetensors.torch import load_file
 
-    sd = load_file(str(d / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in sd]
-    if missing:
-        raise ValueError(f"checkpoint {d} lacks trainable params {missing[:4]} (config changed?)")
-    with torch.no_grad():
-        for n, t in sd.items():
-            params[n].copy_(t)
+    _load_trainable(model, load_file(str(d / "trainable.safetensors")), str(d))
     st = torch.load(d / "state.pt", weights_only=False)
-    opt.load_state_dict(st["opt"])
+    if st.get("opt_by_name"):  # written under FSDP: resumes with or without it
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, getattr(opt, "optimizer", opt), st["opt"],
+                                 options=StateDictOptions(full_state_dict=True))
+    elif _is_fsdp(acc):
+        raise ValueError(f"checkpoint {d} was written without FSDP: resume it without FSDP (or start a new out_dir)")
+    else:
+        opt.load_state_dict(st["opt"])
     sched.load_state_dict(st["sched"])
-    torch.set_rng_state(st["rng"])
+    rng_ranks = st.get("rng_ranks")
+    same_world = acc is not None and rng_ranks is not None and len(rng_ranks) == acc.num_processes
+    torch.set_rng_state(rng_ranks[acc.process_index].clone() if same_world else st["rng"])
     if st.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda_rng"])
     return json.loads((d / "step.json").read_text())["step"]
@@ -350,14 +452,12 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
 
     ``stop_after``: leave after that many steps of this invocation (checkpoint written, as if killed
     there; for time-sliced jobs and the resume test)."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm import tqdm
 
     from slm.pipeline import _load_codec, save_bundle
 
-    # cpu=True when there is no GPU: accelerate then picks up torchrun ranks as MULTI_CPU (gloo)
-    acc = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision), cpu=not torch.cuda.is_available())
+    acc = _accelerator(_mixed_precision(cfg.mixed_precision))
     from codec.runtime import destroy_process_group_at_exit
 
     destroy_process_group_at_exit()  # torchrun / accelerate ranks: gloo torn down before interpreter exit
@@ -390,7 +490,10 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     wrapped, opt, sched = acc.prepare(model, opt, sched)
     ckpt = out / "checkpoints" / "latest"
-    step = load_checkpoint(ckpt, model, opt, sched) if ckpt.exists() else 0
+    step = load_checkpoint(ckpt, model, opt, sched, acc) if ckpt.exists() else 0
+    # FSDP: `model` is sharded in place and each forward is a collective; rank 0 alone runs (samples) and
+    # saves (model dir) a plain copy holding the gathered weights
+    plain = _Unsharded(cfg, codec, layout) if _is_fsdp(acc) else None
     writer = None
     if acc.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -429,9 +532,9 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
                 f.write(json.dumps({"step": step, **logs}) + "\n")
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             evaluate(acc, wrapped, model, valid or utts[:8], bb.tokenizer, layout, codec, cfg, step, writer, frame_len,
-                     aligned, asr_aligned)
-        if acc.is_main_process and (step % cfg.save_every == 0 or step in (cfg.steps, stop)):
-            save_checkpoint(ckpt, model, opt, sched, step)
+                     aligned, asr_aligned, plain)
+        if step % cfg.save_every == 0 or step in (cfg.steps, stop):
+            save_checkpoint(ckpt, model, opt, sched, step, acc)
         acc.wait_for_everyone()
     bar.close()
     if acc.num_processes > 1:
@@ -441,8 +544,10 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
         if writer is not None:
             writer.close()
         return final
+    done = model if plain is None else plain.get(acc, model)  # FSDP: gathered on every rank
     if acc.is_main_process:
         voices = _default_voices(utts, codec)
+        lm, head = done.lm, done.head
         save_bundle(final, lm, layout, head, codec, cfg.backbone, voices=voices,
                     extra={"sampling": length_bound(utts, codec), "lora": _lora_info(lm), "trained_steps": step,
                            **({"tts_aligned": True} if aligned else {}),
@@ -454,12 +559,36 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     return final
 
 
+class _Unsharded:
+    """Under FSDP the training model holds shards (DTensors) and every forward is a collective, so what rank 0
+    does alone (evaluation samples, writing the model dir) uses this plain copy: built once on rank 0 by
+    :func:`build` (frozen weights are deterministic) and given the gathered trainable weights each time."""
+
+    def __init__(self, cfg: TrainConfig, codec, layout):
+        self.cfg, self.codec, self.layout, self.model = cfg, codec, layout, None
+
+    def get(self, acc, model: SpeechLM) -> SpeechLM | None:
+        """Every rank must call this (it gathers); the copy on the main process, ``None`` elsewhere."""
+        state = _trainable_state(model)
+        if not acc.is_main_process:
+            return None
+        if self.model is None:
+            with torch.random.fork_rng(devices=[]):  # rank 0's RNG stream stays that of the other ranks
+                _, _, lm, head = build(self.cfg, self.codec, self.layout)
+            self.model = SpeechLM(lm, head, model.head_weight, model.train_lm, model.packing,
+                                  model.text_vocab).to(acc.device)
+        _load_trainable(self.model, state, "(gathered FSDP weights)")
+        return self.model
+
+
 @torch.no_grad()
 def evaluate(acc, wrapped, model: SpeechLM, utts: list[Utterance], tokenizer, layout, codec, cfg: TrainConfig,
-             step: int, writer, frame_len: int, aligned: bool = False, asr_aligned: bool = False) -> dict[str, float]:
+             step: int, writer, frame_len: int, aligned: bool = False, asr_aligned: bool = False,
+             plain: _Unsharded | None = None) -> dict[str, float]:
     """Held-out losses (fixed data) and, on the main process, a few ASR / TTS samples written to disk
     (TTS / ASR in the aligned forms when ``aligned`` / ``asr_aligned``: how the model dir will speak and
-    transcribe, :func:`speaks_aligned`, :func:`transcribes_aligned`)."""
+    transcribe, :func:`speaks_aligned`, :func:`transcribes_aligned`). ``plain``: under FSDP, the unsharded
+    copy the samples are drawn from."""
     wrapped.eval()
     src = BatchSource(utts, tokenizer, layout, TaskMix.from_dict(cfg.tasks), cfg, frame_len)
     n = min(cfg.eval_batches, src.per_epoch)
@@ -468,6 +597,10 @@ def evaluate(acc, wrapped, model: SpeechLM, utts: list[Utterance], tokenizer, la
         with acc.autocast():
             for k, v in wrapped(_batch_to(src(i), acc.device)).items():
                 res[k] = res.get(k, 0.0) + float(v) / n
+    if plain is not None:
+        _reshard(wrapped)
+    if cfg.eval_samples and plain is not None:
+        model = plain.get(acc, model)  # every rank: gathers the shards
     if acc.is_main_process and cfg.eval_samples:
         res.update(_samples(model, utts, tokenizer, layout, codec, cfg, step, aligned, asr_aligned))
     if writer is not None:
@@ -541,12 +674,14 @@ def _lora_info(lm) -> dict:
 
 
 def _check_ranks_agree(acc, model: SpeechLM) -> None:
-    """All ranks must hold the same trainable weights after data-parallel training."""
-    v = torch.stack([p.detach().double().sum() for p in model.parameters() if p.requires_grad]).to(acc.device)
+    """All ranks must hold the same trainable weights after data-parallel training (under FSDP: the same
+    whole weights once the shards are gathered)."""
+    v = torch.stack([_full(p).double().sum() for p in model.parameters() if p.requires_grad]).to(acc.device)
     allv = acc.gather(v[None])
     if not bool((allv == allv[0]).all()):
         raise RuntimeError("data-parallel ranks ended with different weights")
-    acc.print(f"ranks agree: {acc.num_processes} processes, {v.numel()} trainable tensors")
+    how = " (FSDP, gathered shards)" if _is_fsdp(acc) else ""
+    acc.print(f"ranks agree: {acc.num_processes} processes{how}, {v.numel()} trainable tensors")
 
 
 def _default_voices(utts: list[Utterance], codec, n: int = 4):

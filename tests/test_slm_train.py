@@ -157,6 +157,58 @@ def test_two_process_cpu_training(tmp_path):
     # two real ranks (one file each: printed lines of two processes can interleave on a shared stdout)
     assert [(tmp_path / f"world_{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]
     assert "ranks agree: 2 processes" in res.stdout  # train() compared the weights of both ranks
+    # the schedule steps once per optimizer step on every rank (not once per process: it would run 2x fast)
+    from slm.train import _lr_lambda
+
+    lrs = [r["lr"] for r in _log(cfg)]
+    assert lrs == pytest.approx([cfg.lr * _lr_lambda(cfg)(s) for s in range(1, len(lrs) + 1)])
+
+
+@pytest.mark.slow
+def test_two_process_fsdp2_cpu_training(tmp_path):
+    """FSDP2 over two CPU processes, launched with configs/accelerate/fsdp_cpu.yaml (accelerate itself offers
+    FSDP only on GPUs; slm.train switches a CPU run to FSDP2): it trains on sharded weights, evaluates (samples
+    from a gathered copy on rank 0), resumes exactly, and its model dir holds the gathered weights."""
+    from dataclasses import asdict
+
+    import yaml
+
+    from slm.pipeline import SpeechPipeline
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+
+    def launch(name: str, *extra: str):
+        cfg = tiny_train_config(tmp_path / name, steps=3, save_every=2, batch_size=1, eval_every=2, eval_samples=1)
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(yaml.safe_dump(asdict(cfg)))
+        res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                              str(root / "configs" / "accelerate" / "fsdp_cpu.yaml"), "--main_process_port", "29519",
+                              "-m", "slm", "train", "--config", str(f), *extra],
+                             capture_output=True, text=True, timeout=300, env=env, check=False, cwd=str(tmp_path))
+        assert res.returncode == 0, res.stderr[-3000:]
+        return cfg, res
+
+    full, res = launch("full")
+    assert "ranks agree: 2 processes (FSDP, gathered shards)" in res.stdout  # sharded, and both ranks agree
+    resumed, _ = launch("resumed", "--stop-after", "2")
+    assert not Path(resumed.out_dir, "final").exists()
+    launch("resumed")
+    a = load_file(str(Path(full.out_dir, "checkpoints/latest/trainable.safetensors")))
+    b = load_file(str(Path(resumed.out_dir, "checkpoints/latest/trainable.safetensors")))
+    assert a.keys() == b.keys() and len(a) > 4
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # exact resume: gathered optimizer state and per-rank RNG
+    assert [r["step"] for r in _log(full)] == [1, 2, 3] and all(torch.isfinite(torch.tensor(r["loss"]))
+                                                                 for r in _log(full))
+    assert Path(full.out_dir, "samples", "step_000002", "samples.jsonl").is_file()
+    pipe = SpeechPipeline.from_pretrained(Path(full.out_dir, "final"), merge=False)
+    params = {"lm": dict(pipe.lm.named_parameters()), "head": dict(pipe.head.named_parameters())}
+    for k, t in a.items():  # the model dir holds the whole (gathered) trained weights
+        part, name = k.split(".", 1)
+        assert torch.equal(params[part][name].detach(), t), k
+    wav = pipe.tts("hello world", seed=0, max_seconds=1.0)
+    assert wav.shape[0] == 1 and wav.shape[1] > 0
 
 
 def test_lm_loss_is_also_logged_split_into_text_and_audio_targets(tmp_path):
