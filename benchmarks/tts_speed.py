@@ -9,7 +9,8 @@ adapter merged in); our loop, LM only, on that merged backbone (one-token steps 
 ``slm.generate.FusedStep``; and through transformers' forward) and on the unmerged peft model (what
 generation ran on before merging); full streaming TTS (LM + acoustic head per frame + codec decode
 per chunk) with its real-time factor and time to first audio; optionally the aligned TTS form
-(``--aligned``: the text's words fed before their frames, as many frames as the model makes), int8 backbone
+(``--aligned``: the text's words fed before their frames, as many frames as the model makes; each word in one
+decoding pass, and, as the baseline of that, token by token), int8 backbone
 weights (``--int8``, ``SpeechPipeline.from_pretrained(..., int8=True)``) and in bfloat16 (``--bf16``).
 
     python benchmarks/tts_speed.py --threads 2 --frames 50                 # the bundled default
@@ -131,6 +132,15 @@ def main() -> int:
     rows["streaming_tts"] = _best(streaming, args.repeats)
     if args.aligned:
         rows["streaming_tts_aligned"] = _best(lambda: streaming(aligned=True), args.repeats)
+        # the baseline of the one-pass word feed: each word token in a decoding step of its own (as before)
+        from slm.generate import Decoder
+
+        whole = Decoder.push_many
+        Decoder.push_many = lambda self, tokens: [self.push(int(t)) for t in tokens] and None
+        try:
+            rows["streaming_tts_aligned_token_by_token"] = _best(lambda: streaming(aligned=True), args.repeats)
+        finally:
+            Decoder.push_many = whole
     if not args.no_unmerged and pipe.lm is not lm:  # what generation ran on before merging
         rows["our_loop_lm_only_unmerged"] = _best(lambda: lm_only(pipe.lm), max(1, args.repeats - 1))
         pipe.infer_lm = pipe.lm

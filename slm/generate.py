@@ -449,14 +449,19 @@ def generate_text(model: torch.nn.Module, prompt: Tensor, allowed: Tensor, stop_
 
 
 def transcribe_aligned(model: torch.nn.Module, layout: TokenLayout, codes: Tensor, max_new_tokens: int = 200,
-                       max_word_tokens: int = 8, threshold: float = 0.5) -> Iterator[list[int]]:
+                       max_word_tokens: int = 8, threshold: float = 0.5, word_start: Tensor | None = None,
+                       max_tail_words: int = 2) -> Iterator[list[int]]:
     """Aligned ASR (slm.templates.asr_aligned_example): feed the semantic frames one by one and, after each,
     let the model write a word when it puts more than ``threshold`` of its probability on text rather than
     on the next frame; yields each word's text ids as soon as it is written (a streaming transcript).
 
-    A word is greedy text tokens until the model turns back to frames (at most ``max_word_tokens``). After
-    the last frame the words still owed come out, text against ``<|audio_end|>`` (there a yielded chunk
-    may hold several words). ``max_new_tokens`` bounds all text."""
+    A word is greedy text tokens while the model keeps its mass on text (at most ``max_word_tokens``).
+    ``word_start`` (``[V]`` bool, the text tokens that begin a word: a leading space, as every word of the
+    aligned form has; ``SpeechPipeline`` passes its tokenizer's) keeps words apart as in training: a word's
+    first token is one of them and the next one ends the word (the next word waits for its own frames), so
+    the backbone's English prior cannot run on into a sentence of its own. After the last frame the words
+    still owed come out, text against ``<|audio_end|>``, at most ``max_tail_words`` (training has one there).
+    ``max_new_tokens`` bounds all text."""
     codes = torch.as_tensor(codes).long().flatten()
     if codes.numel() == 0:
         raise ValueError("aligned ASR needs at least one semantic frame")
@@ -466,6 +471,7 @@ def transcribe_aligned(model: torch.nn.Module, layout: TokenLayout, codes: Tenso
     text_end, off, k = layout.base_vocab, layout.semantic_offset, layout.n_semantic
     prompt = torch.tensor([layout.special_id("asr"), layout.audio_start, ids[0]])
     dec = Decoder(model, prompt, None, need_hidden=False, max_new=len(ids) + max_new_tokens)
+    starts = None if word_start is None else torch.as_tensor(word_start, dtype=torch.bool)[:text_end].to(dec.logits.device)
     logit_t = float(torch.logit(torch.tensor(threshold)))
     budget = max_new_tokens
 
@@ -477,7 +483,12 @@ def transcribe_aligned(model: torch.nn.Module, layout: TokenLayout, codes: Tenso
         nonlocal budget
         out: list[int] = []
         while budget > 0 and len(out) < max_word_tokens and (not out or text_wins(others(dec.logits))):
-            tok = int(dec.logits[:text_end].argmax())
+            lg = dec.logits[:text_end]
+            if starts is not None and not out:  # a word begins with a word-start token
+                lg = lg.masked_fill(~starts, float("-inf"))
+            tok = int(lg.argmax())
+            if out and starts is not None and bool(starts[tok]):
+                break  # the next word: it comes after its own frames
             out.append(tok)
             budget -= 1
             dec.push(tok)
@@ -492,8 +503,10 @@ def transcribe_aligned(model: torch.nn.Module, layout: TokenLayout, codes: Tenso
     for t in range(1, len(ids) + 1):
         last = t == len(ids)
         others = only_end if last else not_text  # no more frames: the owed words, until <|audio_end|>
-        while budget > 0 and text_wins(others(dec.logits)):
+        written = 0
+        while budget > 0 and (not last or written < max_tail_words) and text_wins(others(dec.logits)):
             yield word(others)
+            written += 1
             if not last:
                 break  # one word per frame, as in training
         if last or budget <= 0:

@@ -383,16 +383,25 @@ class SpeechPipeline:
         codes = self._encode_one(wav, sample_rate).semantic[0, 0]
         ids: list[int] = []
         with torch.no_grad():
-            for w in transcribe_aligned(self.infer_lm, self.layout, codes, max_new_tokens):
+            for w in transcribe_aligned(self.infer_lm, self.layout, codes, max_new_tokens, word_start=self.word_start()):
                 ids += w
                 yield self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def word_start(self) -> Tensor:
+        """``[base_vocab]`` bool: the text tokens that begin a word (a leading space: byte-level BPE's ``Ġ``,
+        sentencepiece's ``▁``), what aligned ASR keeps words apart with. Built once."""
+        if getattr(self, "_word_start", None) is None:
+            toks = self.tokenizer.convert_ids_to_tokens(list(range(self.layout.base_vocab)))
+            self._word_start = torch.tensor([bool(t) and t[0] in "Ġ▁ " for t in toks])
+        return self._word_start
 
     @torch.no_grad()
     def asr_tokens(self, codes: Tensor, max_new_tokens: int = 200, aligned: bool | None = None) -> str:
         """:meth:`asr` on semantic codes ``[Ts]`` (from this pipeline's codec)."""
         aligned = self.asr_aligned if aligned is None else bool(aligned)
         if aligned:
-            ids = [t for w in transcribe_aligned(self.infer_lm, self.layout, codes, max_new_tokens) for t in w]
+            ids = [t for w in transcribe_aligned(self.infer_lm, self.layout, codes, max_new_tokens,
+                                                 word_start=self.word_start()) for t in w]
         else:
             prompt = asr_prompt(self.tokenizer, self.layout, codes)
             vocab = self.lm.get_input_embeddings().weight.shape[0]

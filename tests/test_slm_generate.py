@@ -330,10 +330,50 @@ def test_aligned_asr_writes_a_word_where_the_model_puts_its_mass_on_text(layout,
     assert frames == (codes + off).tolist()
     assert fed == [layout.special_id("asr"), layout.audio_start, off + 1, off + 3, 7, 8, off + 2, off + 5, 7, 8, off + 4,
                    off + 9, 7, 8, 11]
+    # with the tokens that begin a word marked, the tail's next word is a word of its own
+    starts = torch.zeros(V, dtype=torch.bool)
+    starts[[7, 11]] = True
+    fed.clear()
+    assert list(transcribe_aligned(None, layout, codes, word_start=starts)) == [[7, 8], [7, 8], [7, 8], [11]]
     fed.clear()
     assert [t for w in transcribe_aligned(None, layout, codes, max_new_tokens=3) for t in w] == [7, 8, 7]
     with pytest.raises(ValueError, match="at least one"):
         list(transcribe_aligned(None, layout, torch.tensor([], dtype=torch.long)))
+
+
+def test_aligned_asr_keeps_words_apart_when_the_model_would_run_on(layout, monkeypatch):
+    """A model that always wants more text (its English prior running on): with word starts marked it still
+    writes one word per frame, each begun by a word-start token, and at most max_tail_words at the end."""
+    import slm.generate as G
+
+    V = 600
+
+    class Chatty:
+        def __init__(self, model, prompt, allowed=None, need_hidden=True, max_new=None):
+            self.ids = prompt.tolist()
+            self.logits = self._next()
+
+        def _next(self):
+            lg = torch.full((V,), -20.0)
+            lg[8 if self.ids[-1] == 7 else 7] = 5.0  # " the" then "y" then " the" ...: never a frame
+            lg[9] = 4.0  # a continuation token that is not the best
+            return lg
+
+        def push(self, t):
+            self.ids.append(t)
+            self.logits = self._next()
+
+    monkeypatch.setattr(G, "Decoder", Chatty)
+    starts = torch.zeros(V, dtype=torch.bool)
+    starts[7] = True
+    codes = torch.arange(6)
+    words = list(transcribe_aligned(None, layout, codes, word_start=starts, max_tail_words=2))
+    assert words == [[7, 8]] * (len(codes) - 1 + 2)
+    # unmarked, the same model runs on for max_word_tokens at every frame (and twice in the tail)
+    run_on = list(transcribe_aligned(None, layout, codes, max_new_tokens=40, max_word_tokens=4))
+    assert run_on == [[7, 8, 7, 8]] * (len(codes) - 1 + 2)
+    # and the budget bounds all text
+    assert sum(map(len, transcribe_aligned(None, layout, codes, max_new_tokens=10, max_word_tokens=4))) == 10
 
 
 def test_aligned_asr_on_a_real_model_writes_only_text(lm, layout):

@@ -310,7 +310,7 @@ def test_aligned_asr_streams_and_follows_the_model_flag(trained, pipe, tmp_path)
     codes = pipe.encode(wav, sr).semantic[0, 0]
     from slm.generate import transcribe_aligned
 
-    assert len(parts) == len(list(transcribe_aligned(pipe.infer_lm, pipe.layout, codes, 30)))  # one per chunk written
+    assert len(parts) == len(list(transcribe_aligned(pipe.infer_lm, pipe.layout, codes, 30, word_start=pipe.word_start())))
     assert pipe.asr_tokens(codes, 30, aligned=True) == full
     assert pipe.asr_tokens(codes, 30, aligned=False) == pipe.asr(wav, sr, max_new_tokens=30)
     d = tmp_path / "asr_aligned"
