@@ -204,15 +204,21 @@ def _conditioning_limit(cond: dict[str, Any], small: float = 0.5) -> list[str]:
     if not low:
         return []
     what = ", ".join(f"{_GAIN_NAMES[t]} {g:.2f}" for t, g in low.items())
-    out = [f"- The LM barely uses its input yet (conditioning gain {what} nats/token, below {small}): most of its",
+    out = [f"- In the plain forms the LM barely uses its input yet (conditioning gain {what} nats/token, below {small}): most of its",
            "  loss drop is the unconditional statistics of semantic tokens and of English, not the mapping between",
            "  them. That is why TTS and ASR-by-token are poor while the losses look fine; more data and steps are",
-           "  the way on (the aligned TTS form, `tasks.tts_aligned`, makes the TTS mapping local and faster to learn)."]
+           ("  the way on (the aligned forms, `tasks.tts_aligned` / `tasks.asr_aligned`, make the mappings local and "
+            "faster to learn).")]
     aligned = gains.get("tts_aligned")
     if aligned is not None and aligned >= small:
         out.append(f"  In the aligned TTS form the words it is fed do count (gain {aligned:.2f} nats/token), and its "
                    "sentences come out about as long as the corpus' own, but the mapping is learned only in part: "
                    "the TTS WER above is still far from its floor.")
+    asr = gains.get("asr_aligned")
+    if asr is not None and asr >= small:
+        out.append(f"  In the aligned ASR form the words it writes depend on the audio before them (gain {asr:.2f} "
+                   "nats/token), but most of them are the wrong words: the ASR-by-token WER above is still far from "
+                   "its floor.")
     return out
 
 
