@@ -137,25 +137,35 @@ def word_frames(words: list, n: int, duration: float) -> list[int]:
     return cuts + [n]
 
 
-def tts_aligned_example(tokenizer, layout: TokenLayout, text: str, words: list, codes: Tensor, duration: float,
-                        acoustic: Tensor | None = None, prompt_text: str | None = None,
-                        prompt_codes: Tensor | None = None) -> Example | None:
-    """``<|tts|> [prompt_text] text <|audio_start|> [prompt s..] w1 s.. w2 s.. <|audio_end|>``: TTS with each
-    word's tokens before the frames spoken over it. ``words``: ``[(start_s, end_s, word), ...]`` (manifest);
-    a manifest entry may hold several words. None when there are no word times or fewer frames than words."""
+def _aligned_span(tokenizer, layout: TokenLayout, words: list, codes: Tensor, duration: float,
+                  acoustic: Tensor | None) -> tuple[list[int], list[int], list[list[int]]] | None:
+    """What both aligned forms are built from: the frames' ids, :func:`word_frames` cuts and each word's token
+    ids; None when there are no word times or fewer frames than words."""
     codes = _semantic(codes)
     n = codes.numel()
     if not words or not duration > 0 or n < len(words):
         return None
     if acoustic is not None and acoustic.shape[0] != n:
         raise ValueError(f"acoustic frames {acoustic.shape[0]} != semantic frames {n}")
+    return (layout.codes_to_ids(codes).tolist(), word_frames(words, n, duration),
+            word_ids(tokenizer, [w[2] for w in words]))
+
+
+def tts_aligned_example(tokenizer, layout: TokenLayout, text: str, words: list, codes: Tensor, duration: float,
+                        acoustic: Tensor | None = None, prompt_text: str | None = None,
+                        prompt_codes: Tensor | None = None) -> Example | None:
+    """``<|tts|> [prompt_text] text <|audio_start|> [prompt s..] w1 s.. w2 s.. <|audio_end|>``: TTS with each
+    word's tokens before the frames spoken over it. ``words``: ``[(start_s, end_s, word), ...]`` (manifest);
+    a manifest entry may hold several words. None when there are no word times or fewer frames than words."""
+    aligned = _aligned_span(tokenizer, layout, words, codes, duration, acoustic)
+    if aligned is None:
+        return None
+    sem, cuts, word_tokens = aligned
     head = [layout.special_id("tts")] + (_text_ids(tokenizer, prompt_text) if prompt_text else [])
     head += _text_ids(tokenizer, text) + [layout.audio_start]
     pc = layout.codes_to_ids(_semantic(prompt_codes)).tolist() if prompt_codes is not None else []
-    ids, labels = head + pc, [IGNORE] * (len(head) + len(pc))
-    sem = layout.codes_to_ids(codes).tolist()
-    cuts, pos = word_frames(words, n, duration), []
-    for k, w in enumerate(word_ids(tokenizer, [w[2] for w in words])):
+    ids, labels, pos = head + pc, [IGNORE] * (len(head) + len(pc)), []
+    for k, w in enumerate(word_tokens):
         ids += w
         labels += ([w[0]] if k else [IGNORE]) + [IGNORE] * (len(w) - 1)  # learn only when to move on
         a, b = cuts[k], cuts[k + 1]
@@ -182,17 +192,13 @@ def asr_aligned_example(tokenizer, layout: TokenLayout, words: list, codes: Tens
     the frames it owns (:func:`word_frames`: from its start to the next word's; the last to the end).
     ``words``: ``[(start_s, end_s, word), ...]`` (manifest). None when there are no word times or fewer
     frames than words."""
-    codes = _semantic(codes)
-    n = codes.numel()
-    if not words or not duration > 0 or n < len(words):
+    aligned = _aligned_span(tokenizer, layout, words, codes, duration, acoustic)
+    if aligned is None:
         return None
-    if acoustic is not None and acoustic.shape[0] != n:
-        raise ValueError(f"acoustic frames {acoustic.shape[0]} != semantic frames {n}")
+    sem, cuts, word_tokens = aligned
     ids = [layout.special_id("asr"), layout.audio_start]
-    labels = [IGNORE] * len(ids)
-    sem = layout.codes_to_ids(codes).tolist()
-    cuts, pos = word_frames(words, n, duration), []
-    for k, w in enumerate(word_ids(tokenizer, [w[2] for w in words])):
+    labels, pos = [IGNORE] * len(ids), []
+    for k, w in enumerate(word_tokens):
         a, b = cuts[k], cuts[k + 1]
         pos += range(len(ids), len(ids) + b - a)
         ids += sem[a:b]
