@@ -383,9 +383,13 @@ class SpeechPipeline:
         codes = self._encode_one(wav, sample_rate).semantic[0, 0]
         ids: list[int] = []
         with torch.no_grad():
-            for w in transcribe_aligned(self.infer_lm, self.layout, codes, max_new_tokens, word_start=self.word_start()):
+            for w in self._aligned_words(codes, max_new_tokens):
                 ids += w
                 yield self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def _aligned_words(self, codes: Tensor, max_new_tokens: int) -> Iterator[list[int]]:
+        """Aligned ASR of semantic codes, word by word (:func:`slm.generate.transcribe_aligned`)."""
+        return transcribe_aligned(self.infer_lm, self.layout, codes, max_new_tokens, word_start=self.word_start())
 
     def word_start(self) -> Tensor:
         """``[base_vocab]`` bool: the text tokens that begin a word (a leading space: byte-level BPE's ``Ġ``,
@@ -400,8 +404,7 @@ class SpeechPipeline:
         """:meth:`asr` on semantic codes ``[Ts]`` (from this pipeline's codec)."""
         aligned = self.asr_aligned if aligned is None else bool(aligned)
         if aligned:
-            ids = [t for w in transcribe_aligned(self.infer_lm, self.layout, codes, max_new_tokens,
-                                                 word_start=self.word_start()) for t in w]
+            ids = [t for w in self._aligned_words(codes, max_new_tokens) for t in w]
         else:
             prompt = asr_prompt(self.tokenizer, self.layout, codes)
             vocab = self.lm.get_input_embeddings().weight.shape[0]

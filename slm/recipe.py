@@ -37,6 +37,11 @@ from typing import Any
 STAGES = ("synth", "real", "teacher", "codec", "tokenize", "lm", "eval", "export")
 
 
+def ft_run_dir(work: Path, i: int) -> Path:
+    """Run dir of a build's i-th LM fine-tune (``lm_finetune``): ``lm_ft``, ``lm_ft2``, ..."""
+    return work / ("lm_ft" if i == 0 else f"lm_ft{i + 1}")
+
+
 def load_settings(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """The recipe YAML as a dict, with ``key.sub=value`` overrides (values parsed as YAML)."""
     import yaml
@@ -142,8 +147,7 @@ class Recipe:
         return [x for x in runs if x.get("enabled", True)]
 
     def lm_ft_run(self, i: int = 0) -> Path:
-        """Run dir of the i-th fine-tune: ``lm_ft``, ``lm_ft2``, ..."""
-        return self.work / ("lm_ft" if i == 0 else f"lm_ft{i + 1}")
+        return ft_run_dir(self.work, i)
 
     @property
     def bundle(self) -> Path:

@@ -56,11 +56,12 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
 
 
 def _ft_dirs(work: Path) -> list[Path]:
-    """The fine-tune runs of a build, in order (``lm_ft``, ``lm_ft2``, ...; recipe.Recipe.lm_ft_run)."""
-    out, i = [], 0
-    while (d := work / ("lm_ft" if i == 0 else f"lm_ft{i + 1}")).is_dir():
+    """The fine-tune runs of a build that exist, in order (slm.recipe.ft_run_dir)."""
+    from slm.recipe import ft_run_dir
+
+    out: list[Path] = []
+    while (d := ft_run_dir(work, len(out))).is_dir():
         out.append(d)
-        i += 1
     return out
 
 
