@@ -110,6 +110,32 @@ class DualStreamCodec(nn.Module):
     def needs_teacher_at_encode(self) -> bool:
         return self.config.variant == "sac"
 
+    @property
+    def decode_only(self) -> tuple[str, ...]:
+        """Modules that only turn tokens into audio: changing their weights changes no token. A decoder
+        fine-tune (``train_only``) trains these, and a speech LM trained on the codec's tokens stays valid."""
+        extra = ("bottleneck.ac_out", "bottleneck.ac_up") if self.config.variant == "sacodec" else ()
+        return ("decoder", *extra)
+
+    def tokenises_like(self, other: nn.Module) -> bool:
+        """True when ``other`` has this codec's weights (compared at fp16, the precision bundles store) in
+        everything but :attr:`decode_only`: then it gives the same tokens, and its audio may differ."""
+        mine, ref = self.state_dict(), other.state_dict()
+        if mine.keys() != ref.keys():
+            return False
+        skip = tuple(m + "." for m in self.decode_only)
+        for k in mine:
+            if k.startswith(skip):
+                continue
+            a, b = mine[k], ref[k]
+            if a.shape != b.shape:
+                return False
+            if a.is_floating_point() and b.is_floating_point():
+                a, b = a.to(torch.float16), b.to(torch.float16)
+            if not torch.equal(a, b):
+                return False
+        return True
+
     # ---- teacher-side state saved with the weights ----------------------------------------------
     def set_teacher_codebook(self, centroids: Tensor) -> None:
         """Install the frozen teacher k-means centroids ``[K, D]`` (sac, sacodec)."""

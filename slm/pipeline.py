@@ -115,6 +115,37 @@ def codec_dir(d: Path, cfg: dict) -> Path:
     return Path(cfg["codec"]) if Path(cfg["codec"]).is_absolute() else d / cfg["codec"]
 
 
+def set_decoder(model_dir: str | Path, codec: str | Path) -> Path:
+    """Give a speech-LM model dir a new codec that tokenises exactly as its own (a decoder fine-tune:
+    ``slm codec train`` with ``train_only``): its audio changes, its tokens (and so the LM) stay valid.
+    A codec that would give other tokens is refused and the model dir is left as it was."""
+    import json
+    import shutil
+
+    d, src = Path(model_dir), Path(codec)
+    if not (d / "slm_config.json").is_file():
+        raise FileNotFoundError(f"{d} is not a speech-LM model dir (slm_config.json missing)")
+    cfg = json.loads((d / "slm_config.json").read_text())
+    own_dir = codec_dir(d, cfg)
+    own, new = _load_codec(own_dir, cfg.get("codec_class")), _load_codec(src, cfg.get("codec_class"))
+    if not hasattr(own, "tokenises_like") or not own.tokenises_like(new):
+        raise ValueError(f"{src} does not tokenise as {d}'s own codec ({own_dir}): only the decode-only modules "
+                         f"({', '.join(getattr(own, 'decode_only', ()))}) may differ, or the LM's tokens would mean "
+                         "something else. Fine-tune the decoder with `train_only` (README \"Decoder fine-tune\")")
+    tmp = d / (own_dir.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if own_dir.parent == d:  # the model's own copy: replace it
+        shutil.rmtree(own_dir)
+        tmp.rename(own_dir)
+    else:  # an external codec path: the model gets its own copy now
+        own_dir = tmp.rename(d / "codec")
+        cfg["codec"] = "codec"
+    cfg["codec_decoder_from"] = str(src.resolve())
+    (d / "slm_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return own_dir
+
+
 def voice_files(d: Path) -> list[tuple[str, Path, str]]:
     """``(name, file, transcript)`` of every bundled voice in ``d/voices`` (the tokens are not read)."""
     from safetensors import safe_open

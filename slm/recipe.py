@@ -124,9 +124,19 @@ class Recipe:
         return self.work / "codec"
 
     @property
-    def codec(self) -> Path:
+    def codec_base(self) -> Path:
+        """The codec the codec stage trains (or the one it is given)."""
         given = self.s["codec"].get("checkpoint")
         return self.path(given) if given else self.codec_run / "final"
+
+    @property
+    def codec_dec_run(self) -> Path:
+        return self.work / "codec_dec"
+
+    @property
+    def codec(self) -> Path:
+        """The codec every later stage uses: the decoder fine-tune's when there is one (same tokens)."""
+        return self.codec_dec_run / "final" if self.s["codec"].get("decoder_finetune") else self.codec_base
 
     @property
     def tokens(self) -> Path:
@@ -232,18 +242,41 @@ def codec_train_config(r: Recipe) -> dict[str, Any]:
     return d
 
 
+def codec_finetune_config(r: Recipe) -> dict[str, Any]:
+    """The `slm codec train` YAML of the decoder fine-tune (``codec.decoder_finetune``): the codec's train
+    settings with the fine-tune's on top, starting from the codec stage's model with only the decoder
+    trained (``train_only``), so every token stays as the codec stage made it."""
+    d = codec_train_config(r)
+    # the frozen projector's anchor loss is the only use of the teacher features: a fine-tune that trains
+    # the projector too sets teacher_features in its own train settings
+    d.pop("teacher_features", None)
+    d.update({"train_only": ["decoder"], **copy.deepcopy(r.s["codec"]["decoder_finetune"].get("train", {})),
+              "init_from": str(r.codec_base), "out_dir": str(r.codec_dec_run)})
+    return d
+
+
 def _codec(r: Recipe) -> list[list[str]]:
-    if r.s["codec"].get("checkpoint"):
-        return []  # reused as given
     import yaml
 
-    cfg = r.work / "codec_train.yaml"
-    cfg.parent.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(yaml.safe_dump(codec_train_config(r), sort_keys=False))
-    cmd = r.slm("codec", "train", "--config", str(cfg), "--resume")
-    if r.s["codec"].get("max_minutes"):
-        cmd += ["--max-minutes", str(r.s["codec"]["max_minutes"])]
-    return [cmd]
+    c, cmds = r.s["codec"], []
+    # a finished codec is reused as it is (a time-bounded run resumed past its budget would train on)
+    if not c.get("checkpoint") and not (r.codec_base / "config.json").is_file():
+        cfg = r.work / "codec_train.yaml"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(yaml.safe_dump(codec_train_config(r), sort_keys=False))
+        cmd = r.slm("codec", "train", "--config", str(cfg), "--resume")
+        if c.get("max_minutes"):
+            cmd += ["--max-minutes", str(c["max_minutes"])]
+        cmds.append(cmd)
+    if c.get("decoder_finetune"):
+        cfg = r.work / "codec_dec_train.yaml"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(yaml.safe_dump(codec_finetune_config(r), sort_keys=False))
+        cmd = r.slm("codec", "train", "--config", str(cfg), "--resume")
+        if c["decoder_finetune"].get("max_minutes"):
+            cmd += ["--max-minutes", str(c["decoder_finetune"]["max_minutes"])]
+        cmds.append(cmd)
+    return cmds
 
 
 def _codec_ok(r: Recipe) -> list[str]:

@@ -37,6 +37,8 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
     return {"settings": settings, "stage_costs": stamps, "corpus": _read(corpus_dir / "summary.json") or {},
             "codec": {"variant": codec_cfg.get("variant"), "config": codec_cfg.get("codec", {}),
                       "training": _read(work / "codec" / "final" / "training.json") or {},
+                      "decoder_finetune": {"training": _read(work / "codec_dec" / "final" / "training.json") or {},
+                                           "config": _read(work / "codec_dec" / "train_config.json") or {}},
                       "eval": codec_row, "floor": gt,
                       "real": {"codec": next((v for k, v in real_rows.items() if k != "ground truth"), {}),
                                "floor": real_rows.get("ground truth", {})}},
@@ -89,6 +91,11 @@ def plot_training(work: Path, png: Path) -> Path | None:
     """Codec and LM training curves of a recipe build, from the logs their stages wrote (None if neither
     log exists)."""
     codec = _curve(work / "codec" / "log.jsonl", ("mel/l1", "anchor/accuracy", "loss/total"))
+    dec = _curve(work / "codec_dec" / "log.jsonl", ("mel/l1",))  # the decoder fine-tune, drawn after it
+    dec_start = max((xs[-1] for xs, _ in codec.values() if xs), default=0)
+    for k, (xs, ys) in dec.items():
+        a, b = codec.get(k, ([], []))
+        codec[k] = (a + [dec_start + x for x in xs], b + ys)
     lm = _curve(work / "lm" / "train_log.jsonl", ("lm/loss", "head/loss", "lr"))
     starts = []  # where each fine-tune run begins on the LM axis
     for d in _ft_dirs(work):  # the fine-tune runs, each drawn after the last step of the one before
@@ -110,6 +117,10 @@ def plot_training(work: Path, png: Path) -> Path | None:
             a1.plot(*codec[k], style, label=k)
     a1.set_yscale("log")
     a1.set(title="codec", xlabel="step", ylabel="loss")
+    if dec and dec_start:
+        a1.axvline(dec_start, color="gray", lw=0.8, ls=":")
+        a1.annotate(" decoder fine-tune", (dec_start, 0.02), xycoords=("data", "axes fraction"), fontsize=8,
+                    va="bottom")
     if "anchor/accuracy" in codec:
         t1 = a1.twinx()
         t1.plot(*codec["anchor/accuracy"], color="tab:green", alpha=0.7, label="anchor/accuracy")
@@ -188,6 +199,21 @@ def _finetune_lines(fts: list[dict[str, Any]]) -> list[str]:
                    f"lr {c.get('lr', '-')} (head {c.get('head_lr', '-')}), task mix {tasks or 'default'}, "
                    f"on {_token_summary(c.get('tokens'))}.{form}")
     return out
+
+
+def _decoder_line(ft: dict[str, Any]) -> list[str]:
+    """The card's line for the codec's decoder fine-tune (``codec.decoder_finetune``), if the build has one."""
+    t, c = ft.get("training") or {}, ft.get("config") or {}
+    if not t:
+        return []
+    sched = (f"cosine from {c.get('lr')} to {_f(c.get('lr', 0) * c.get('lr_min_ratio', 0), 6)}"
+             if c.get("lr_schedule") == "cosine" else f"lr {c.get('lr', '-')}")
+    extra = dict(c.get("loss_weights") or {})
+    return [(f"- Codec decoder fine-tune (from the codec above; only {', '.join(t.get('train_only') or ['-'])} "
+            f"trained, the encoder and quantisers frozen, so every token, and the LM trained on them, is unchanged): "
+            f"{t.get('step', '-')} steps ({_f(t.get('seconds'), 0)} s), {sched}"
+            f"{', extra loss weights ' + str(extra) if extra else ''}; mel L1 {_f((t.get('losses') or {}).get('mel/l1'), 3)} "
+            "at its end.")]
 
 
 def _hours(m: dict[str, Any], stage: str) -> str:
@@ -333,6 +359,7 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         f"LoRA {lcfg.get('lora', {})}, {lcfg.get('batch_size', '-')} x {lcfg.get('max_len', '-')} tokens per step, "
         f"lr {lcfg.get('lr', '-')} (head {lcfg.get('head_lr', '-')}), task mix {lcfg.get('tasks') or 'default'}."
         + _segments(lt)),
+        *_decoder_line(m["codec"]["decoder_finetune"]),
         *_finetune_lines(m["lm"]["finetune"]),
         (f"- Hardware: {m['machine'].get('cpu', 'CPU')}, 2 cores shared with other jobs, "
         f"{s.get('threads', '-')} torch thread(s); training dtype: LM autocast "

@@ -420,18 +420,22 @@ def _init_from(cfg: TrainConfig, bb, layout, codec):
 
 
 def _check_same_codec(d: Path, theirs: dict, codec) -> None:
-    """The run's codec must be the model's own (equal weights at fp16, the precision bundles store):
-    the semantic ids the adapter learned mean nothing under another codec. ``theirs``: its slm_config."""
+    """The run's codec must tokenise as the model's own (equal weights at fp16, the precision bundles store,
+    except in the decode-only modules that a decoder fine-tune changes): the semantic ids the adapter
+    learned mean nothing under another codec. ``theirs``: its slm_config."""
     from slm.pipeline import _load_codec, codec_dir
 
     cpath = codec_dir(d, theirs)
     if not isinstance(codec, torch.nn.Module) or not cpath.is_dir():
         return
-    ref = _load_codec(cpath, theirs.get("codec_class")).state_dict()
-    mine = codec.state_dict()
-    same = ref.keys() == mine.keys() and all(
-        ref[k].shape == mine[k].shape and torch.equal(ref[k].to(torch.float16), mine[k].to(torch.float16))
-        if ref[k].is_floating_point() else torch.equal(ref[k], mine[k]) for k in ref)
+    ref = _load_codec(cpath, theirs.get("codec_class"))
+    if hasattr(ref, "tokenises_like"):
+        same = ref.tokenises_like(codec)
+    else:  # another Codec implementation: all weights equal at fp16
+        a, b = ref.state_dict(), codec.state_dict()
+        same = a.keys() == b.keys() and all(
+            a[k].shape == b[k].shape and torch.equal(a[k].to(torch.float16), b[k].to(torch.float16))
+            if a[k].is_floating_point() else torch.equal(a[k], b[k]) for k in a)
     if not same:
         raise ValueError(f"init_from {d}: the run's codec is not the model's own ({cpath}); its semantic tokens would "
                          f"mean something else. Tokenise your data with {cpath} and leave `codec` empty")

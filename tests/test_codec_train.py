@@ -178,3 +178,75 @@ def test_exact_resume_across_secousticodec_stage_boundaries(corpus, tmp_path):
         assert torch.equal(sa[k], sb[k]), k
     ea, eb = load_file(str(a.export_dir / "model.safetensors")), load_file(str(b.export_dir / "model.safetensors"))
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+# ---- decoder fine-tune: start from a finished codec, train only the decoder, cosine anneal --------
+
+def _tone(seconds=1.2, f=220.0):
+    t = torch.arange(int(SR * seconds)) / SR
+    return (0.3 * torch.sin(2 * torch.pi * f * t) * (0.6 + 0.4 * torch.sin(2 * torch.pi * 3 * t)))[None, None]
+
+
+def test_decoder_finetune_keeps_every_token_and_trains_the_decoder(corpus, tmp_path):
+    from codec.model import DualStreamCodec
+
+    base = train(cfg_for(corpus, tmp_path / "base", "sacodec", steps=3, warmup_adv_steps=100), progress=False)
+    a = DualStreamCodec.from_pretrained(base.export_dir)
+    only = list(a.decode_only)  # what the codec says a fine-tune may change without changing a token
+    ft = train(cfg_for(corpus, tmp_path / "ft", "sacodec", steps=6, warmup_adv_steps=3, lr=3e-3,
+                       init_from=str(base.export_dir), train_only=only,
+                       lr_schedule="cosine", lr_warmup=2), progress=False)
+    b = DualStreamCodec.from_pretrained(ft.export_dir)
+    sa, sb = a.state_dict(), b.state_dict()
+    trained = [k for k in sa if k.startswith(tuple(m + "." for m in only))]
+    frozen = [k for k in sa if k not in trained]
+    assert trained and frozen
+    assert all(torch.equal(sa[k], sb[k]) for k in frozen), [k for k in frozen if not torch.equal(sa[k], sb[k])]
+    assert any(not torch.equal(sa[k], sb[k]) for k in trained if k.startswith("decoder."))
+    wav = _tone()
+    ta, tb = a.encode(wav), b.encode(wav)
+    assert torch.equal(ta.semantic, tb.semantic) and torch.equal(ta.acoustic, tb.acoustic)
+    assert not torch.equal(a.decode(ta), b.decode(tb))  # same tokens, new audio
+    info = json.loads((ft.export_dir / "training.json").read_text())
+    assert info["init_from"] == str(base.export_dir) and info["train_only"] == only
+
+
+def test_decoder_finetune_lowers_the_loss_on_a_fixed_batch(tmp_path):
+    one = make_corpus(tmp_path / "one", n=4, seconds=(0.5,))
+    base = train(cfg_for(one, tmp_path / "base", steps=2, warmup_adv_steps=100, ckpt_every=100), progress=False)
+    train(cfg_for(one, tmp_path / "ft", steps=12, warmup_adv_steps=100, ckpt_every=100, lr=3e-3,
+                  init_from=str(base.export_dir), train_only=["decoder"]), progress=False)
+    log = _log(tmp_path / "ft")
+    assert np.mean([x["mel/l1"] for x in log[-3:]]) < log[0]["mel/l1"] * 0.95
+
+
+def test_cosine_schedule_is_logged_and_resumes_exactly(corpus, tmp_path):
+    kw = {"steps": 4, "warmup_adv_steps": 1, "lr": 1e-3, "disc_lr": 1e-3, "lr_schedule": "cosine",
+          "lr_min_ratio": 0.1, "lr_warmup": 1, "train_only": ["decoder"]}
+    a = train(cfg_for(corpus, tmp_path / "a", **kw), progress=False)
+    # a run cut short (the time limit stops it after its first step), then resumed with the same config:
+    # the schedule depends on `steps`, so the cut cannot come from a shorter run
+    cut = train(cfg_for(corpus, tmp_path / "b", **kw, max_minutes=1e-9), progress=False)
+    assert cut.step == 1
+    train(cfg_for(corpus, tmp_path / "b", **kw), resume=True, progress=False)
+    # the lr after step s (LambdaLR at s): warm-up 1 step, then cosine from 1e-3 to 1e-4 over 3 steps
+    want = [1e-4 + 0.9e-3 * 0.5 * (1 + np.cos(np.pi * (s - 1) / 3)) for s in (1, 2, 3, 4)]
+    assert np.allclose([x["lr"] for x in _log(tmp_path / "a")], want, rtol=1e-6)
+    sa, sb = _state(tmp_path / "a"), _state(tmp_path / "b")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.step == 4
+
+
+def test_finetune_config_errors(corpus, tmp_path):
+    base = train(cfg_for(corpus, tmp_path / "base", steps=1, warmup_adv_steps=100), progress=False)
+    with pytest.raises(ValueError, match="config differs"):
+        train(cfg_for(corpus, tmp_path / "x", "rvq", init_from=str(base.export_dir),
+                      model={"tiny": "rvq", "dim": 24}), progress=False)
+    with pytest.raises(ValueError, match="not modules of the 'rvq' codec"):
+        train(cfg_for(corpus, tmp_path / "y", train_only=["decodr"]), progress=False)
+    with pytest.raises(ValueError, match="train_only and secousticodec's stage schedule"):
+        cfg_for(corpus, tmp_path / "z", "secousticodec", train_only=["decoder"], semantic_stage_step=2)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        cfg_for(corpus, tmp_path / "w", lr_schedule="linear")
+    with pytest.raises(FileNotFoundError, match="not a codec directory"):
+        train(cfg_for(corpus, tmp_path / "v", init_from=str(tmp_path / "missing")), progress=False)

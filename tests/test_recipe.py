@@ -166,3 +166,27 @@ def test_lm_finetunes_chain_each_from_the_model_before(tmp_path):
     assert Recipe({**s, "lm_finetune": None}, ROOT).bundle == tmp_path / "lm" / "final"
     with pytest.raises(ValueError, match="mapping"):
         _ = Recipe({**s, "lm_finetune": ["steps=3"]}, ROOT).lm_finetunes
+
+
+def test_codec_decoder_finetune_runs_from_the_codec_stage_model(tmp_path):
+    import yaml
+
+    s = load_settings(ROOT / "configs" / "recipe" / "tiny.yaml", [f"work_dir={tmp_path}"])
+    r = Recipe(s, ROOT)
+    assert r.codec == tmp_path / "codec_dec" / "final" and r.codec_base == tmp_path / "codec" / "final"
+    cmds = recipe._codec(r)
+    assert len(cmds) == 2 and cmds[1][cmds[1].index("--max-minutes") + 1] == "2"
+    ft = yaml.safe_load((tmp_path / "codec_dec_train.yaml").read_text())
+    assert ft["init_from"] == str(tmp_path / "codec" / "final") and ft["out_dir"] == str(tmp_path / "codec_dec")
+    assert ft["train_only"] == ["decoder", "bottleneck.ac_out"] and ft["steps"] == 2 and ft["lr_schedule"] == "cosine"
+    assert ft["batch_size"] == 2 and "teacher_features" not in ft and ft["teacher_units"]  # the codec run's settings
+    assert recipe._codec_ok(r) == [str(tmp_path / "codec_dec" / "final")]
+    # a finished codec is not trained again (a time-bounded one would go on training): only the fine-tune runs
+    (tmp_path / "codec" / "final").mkdir(parents=True)
+    (tmp_path / "codec" / "final" / "config.json").write_text("{}")
+    assert [c[c.index("--config") + 1] for c in recipe._codec(r)] == [str(tmp_path / "codec_dec_train.yaml")]
+    plain = Recipe({**s, "codec": {k: v for k, v in s["codec"].items() if k != "decoder_finetune"}}, ROOT)
+    assert plain.codec == plain.codec_base and recipe._codec(plain) == []
+    given = Recipe({**s, "codec": {**s["codec"], "checkpoint": str(tmp_path / "mine")}}, ROOT)
+    recipe._codec(given)
+    assert yaml.safe_load((tmp_path / "codec_dec_train.yaml").read_text())["init_from"] == str(tmp_path / "mine")

@@ -25,6 +25,8 @@ def built(tmp_path_factory):
 def test_every_stage_ran_and_produced_its_outputs(built):
     import json
 
+    import torch
+
     _, work, first = built
     assert [r.name for r in first if not r.skipped] == ["synth", "real", "teacher", "codec", "tokenize", "lm",
                                                           "eval", "export"]
@@ -33,6 +35,14 @@ def test_every_stage_ran_and_produced_its_outputs(built):
     assert (work / "real" / "manifest.jsonl").stat().st_size > 0
     assert (work / "teacher" / "kmeans16.safetensors").exists() and (work / "codec" / "final" / "config.json").exists()
     assert (work / "lm" / "final" / "slm_config.json").exists()
+    # the codec's decoder fine-tune: same tokens as the codec stage's model, and what the LM carries
+    from codec.model import DualStreamCodec
+
+    base, dec = (DualStreamCodec.from_pretrained(work / d / "final") for d in ("codec", "codec_dec"))
+    assert base.tokenises_like(dec) and not all(torch.equal(a, b) for a, b in zip(
+        base.decoder.state_dict().values(), dec.decoder.state_dict().values()))
+    lm_codec = DualStreamCodec.from_pretrained(work / "lm_ft2" / "final" / "codec")
+    assert all(torch.equal(a, b) for a, b in zip(lm_codec.state_dict().values(), dec.state_dict().values()))
     # the fine-tune runs each start from the model before them; the last is what gets evaluated and exported
     ft = json.loads((work / "lm_ft" / "final" / "slm_config.json").read_text())
     assert ft["tts_aligned"] is True and "asr_aligned" not in ft
@@ -76,6 +86,7 @@ def test_export_is_fp16_small_with_a_model_card_and_loads(built):
     assert "| ASR-by-token | WER (aligned form) |" in card and "| ASR-by-token | WER (plain form) |" in card
     assert "Known limits" in card and "sacodec" in card
     assert "| continuation | DNSMOS OVRL |" in card and "| conditioning | TTS: semantic-token loss gain" in card
+    assert "- Codec decoder fine-tune (from the codec above; only decoder, bottleneck.ac_out trained" in card
     assert "- LM fine-tune 1 (a run from the LM above" in card and "aligned TTS form" in card
     assert "- LM fine-tune 2 (a run from the fine-tune above" in card and "aligned TTS and ASR forms" in card
     assert "| conditioning | aligned TTS: semantic-token loss gain" in card

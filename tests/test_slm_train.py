@@ -102,8 +102,46 @@ def test_init_from_rejects_a_model_of_another_codec(tmp_path):
         next(p for p in other.parameters() if p.is_floating_point()).add_(1.0)
     with pytest.raises(ValueError, match="not the model's own"):
         build(c, other)  # same sizes, other weights: its tokens mean something else
+    tuned = tiny_codec()  # a decoder fine-tune of the model's codec: same tokens, so accepted
+    with torch.no_grad():
+        next(p for n, p in tuned.named_parameters() if n.startswith("decoder.")).add_(1.0)
+    build(c, tuned)
     with pytest.raises(FileNotFoundError, match="not a speech-LM model dir"):
         build(tiny_train_config(tmp_path / "c", init_from=str(tmp_path)), tiny_codec())
+
+
+def test_set_decoder_takes_a_decoder_fine_tune_and_refuses_other_tokens(tmp_path):
+    from codec.model import DualStreamCodec
+    from slm.pipeline import set_decoder
+    from tests.test_slm_helpers import tiny_codec
+
+    a = tiny_train_config(tmp_path / "a", steps=1, save_every=100)
+    train(a, progress=False)
+    model = Path(a.out_dir, "final")
+    before = {f.name: f.read_bytes() for f in (model / "codec").iterdir()}
+    other = tiny_codec()
+    with torch.no_grad():
+        next(p for n, p in other.named_parameters() if n.startswith("encoder.")).add_(1.0)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="does not tokenise as"):
+        set_decoder(model, tmp_path / "other")
+    assert {f.name: f.read_bytes() for f in (model / "codec").iterdir()} == before  # left as it was
+    tuned = tiny_codec()
+    with torch.no_grad():
+        for n, p in tuned.named_parameters():
+            if n.startswith("decoder."):
+                p.mul_(1.5)
+    tuned.save_pretrained(tmp_path / "tuned")
+    set_decoder(model, tmp_path / "tuned")
+    got = DualStreamCodec.from_pretrained(model / "codec")
+    assert all(torch.equal(v, tuned.state_dict()[k]) for k, v in got.state_dict().items())
+    info = json.loads((model / "slm_config.json").read_text())
+    assert info["codec_decoder_from"] == str((tmp_path / "tuned").resolve()) and info["codec"] == "codec"
+    assert not any(p.name.endswith(".new") for p in model.iterdir())
+    from slm.pipeline import SpeechPipeline
+
+    pipe = SpeechPipeline.from_pretrained(model)  # loads, and speaks through the new decoder
+    assert pipe.codec.tokenises_like(tiny_codec())
 
 
 def test_bounded_training_extends_a_finished_run(tmp_path):

@@ -36,9 +36,22 @@ class CodecTrainConfig:
     disc_lr: float = 3e-4
     betas: tuple[float, float] = (0.8, 0.9)
     weight_decay: float = 0.0
-    lr_decay: float = 0.999996  # per-step exponential decay (ExponentialLR)
+    lr_decay: float = 0.999996  # per-step exponential decay (ExponentialLR), lr_schedule "exponential"
+    # "cosine": from lr down to lr * lr_min_ratio at `steps` (after lr_warmup linear warm-up steps), the
+    # anneal a constant-lr run never gets; generator and discriminator alike.
+    lr_schedule: str = "exponential"
+    lr_min_ratio: float = 0.05
+    lr_warmup: int = 0
     grad_clip: float = 1000.0   # DAC clips at 1e3: only catches blow-ups
     steps: int = 1000
+    # Start from a finished codec (a `save_pretrained` dir, e.g. <run>/final) instead of random weights;
+    # its config must equal this run's model config. The discriminator starts fresh.
+    init_from: str | None = None
+    # Train only the parameters under these module names (e.g. ["decoder", "bottleneck.ac_out"]); the
+    # rest is frozen and kept in eval mode. ["decoder"] is a decoder fine-tune: the encoder and the
+    # quantisers, hence every token, stay exactly as they were, so a speech LM trained on the codec's
+    # tokens stays valid while its audio gets better. None/[] = train everything.
+    train_only: list[str] | None = None
     max_minutes: float | None = None  # stop (and checkpoint) after this much wall time
     # The adversarial terms start after this many steps (SAC: 1500): a random generator gives the
     # discriminator an easy win that destabilises training.
@@ -80,6 +93,18 @@ class CodecTrainConfig:
             raise ValueError("stage steps must be >= 0 with joint_stage_step after semantic_stage_step (or 0), "
                              f"got semantic_stage_step={self.semantic_stage_step}, "
                              f"joint_stage_step={self.joint_stage_step}")
+        if self.lr_schedule not in ("exponential", "cosine"):
+            raise ValueError(f"lr_schedule must be 'exponential' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= self.lr_min_ratio <= 1.0 or self.lr_warmup < 0:
+            raise ValueError(f"lr_min_ratio must lie in [0, 1] and lr_warmup be >= 0, got {self.lr_min_ratio}, "
+                             f"{self.lr_warmup}")
+        if self.train_only is not None:
+            if isinstance(self.train_only, str):
+                self.train_only = [self.train_only]
+            self.train_only = [str(x) for x in self.train_only]
+            if self.train_only and (self.semantic_stage_step or self.joint_stage_step):
+                raise ValueError("train_only and secousticodec's stage schedule both decide what trains: set one "
+                                 "(semantic_stage_step/joint_stage_step = 0 with train_only)")
         if isinstance(self.recon, dict):
             self.recon = _build(ReconstructionLossConfig, self.recon, "recon")
         if isinstance(self.discriminator, dict):

@@ -77,6 +77,70 @@ def _build_model(cfg: CodecTrainConfig, out_dir: Path, rows: list[dict]):
     return model
 
 
+def _init_from(model, directory: str) -> None:
+    """Load a finished codec's weights (and buffers: teacher centroids, codebooks) into ``model``."""
+    from codec.model import DualStreamCodec
+
+    src = DualStreamCodec.from_pretrained(directory)
+    mine, theirs = model.config.to_dict(), src.config.to_dict()
+    diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if diff:
+        raise ValueError(f"init_from={directory} holds a codec whose config differs from this run's model config in "
+                         + ", ".join(f"{k} ({theirs.get(k)!r} there, {mine.get(k)!r} here)" for k in diff[:6])
+                         + ": point `model` at the same codec config (its config.json 'codec' entry)")
+    model.load_state_dict(src.state_dict())
+    if getattr(src.bottleneck, "tokenizer", None) is not None:
+        model.bottleneck.tokenizer = src.bottleneck.tokenizer
+
+
+def _in(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def select_trainable(model, train_only: list[str] | None) -> list[str]:
+    """Freeze every parameter outside ``train_only`` (module-name prefixes); return the trained names."""
+    names = [n for n, _ in model.named_parameters()]
+    if not train_only:
+        return names
+    modules = dict(model.named_modules())
+    unknown = [p for p in train_only if p not in modules]
+    if unknown:
+        top = sorted({n.split(".")[0] for n in modules if n})
+        raise ValueError(f"train_only names {unknown} are not modules of the {model.config.variant!r} codec; "
+                         f"its top-level modules are {top} (nested ones by dotted name, e.g. 'bottleneck.vq')")
+    kept = []
+    for n, p in model.named_parameters():
+        p.requires_grad_(_in(n, train_only))
+        if p.requires_grad:
+            kept.append(n)
+    if not kept:
+        raise ValueError(f"train_only={train_only} selects no parameters")
+    return kept
+
+
+def freeze_modes(model, train_only: list[str] | None) -> None:
+    """Put the frozen part in eval mode (masking, dropout and codebook updates off); the trained part
+    and the modules that hold it stay in train mode."""
+    if not train_only:
+        return
+    for name, m in model.named_modules():
+        if name and not _in(name, train_only) and not any(p.startswith(name + ".") for p in train_only):
+            m.training = False
+
+
+def _lr_lambda(cfg: CodecTrainConfig):
+    """lr_schedule "cosine" as a LambdaLR factor of the step."""
+    w, total, lo = cfg.lr_warmup, max(1, cfg.steps - cfg.lr_warmup), cfg.lr_min_ratio
+
+    def cosine(s: int) -> float:
+        if s < w:
+            return (s + 1) / w
+        t = min(1.0, (s - w) / total)
+        return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return cosine
+
+
 def _open_caches(cfg: CodecTrainConfig, model) -> tuple[CacheReader | None, CacheReader | None]:
     feats = CacheReader.open(cfg.teacher_features) if cfg.teacher_features else None
     units = CacheReader.open(cfg.teacher_units) if cfg.teacher_units else None
@@ -134,6 +198,14 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
 
     rows = read_rows(cfg.manifest, cfg.train_split)
     model = _build_model(cfg, out_dir, rows)
+    if cfg.init_from:
+        _init_from(model, cfg.init_from)
+    trained = select_trainable(model, cfg.train_only)
+    if cfg.train_only:
+        n_all = sum(p.numel() for p in model.parameters())
+        n_tr = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        accelerator.print(f"training {n_tr:,} of {n_all:,} parameters ({len(trained)} tensors under "
+                          f"{cfg.train_only}); the rest is frozen")
     feats, units = _open_caches(cfg, model)
     caches = [c for c in (feats, units) if c is not None]
     kept = [r for r in rows if all(c.has(r["id"]) for c in caches)]
@@ -151,10 +223,15 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
 
     disc = CodecDiscriminator(cfg.discriminator)
     recon = ReconstructionLoss(cfg.recon).to(accelerator.device)
-    opt_g = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt_g = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas,
+                              weight_decay=cfg.weight_decay)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sch_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, cfg.lr_decay)
-    sch_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, cfg.lr_decay)
+    if cfg.lr_schedule == "exponential":  # the schedule of every run before lr_schedule existed
+        sch_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, cfg.lr_decay)
+        sch_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, cfg.lr_decay)
+    else:
+        sch_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(cfg))
+        sch_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(cfg))
     model, disc, opt_g, opt_d, sch_g, sch_d = accelerator.prepare(model, disc, opt_g, opt_d, sch_g, sch_d)
     gen = accelerator.unwrap_model(model)
     ema = AveragedModel(gen, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
@@ -184,6 +261,7 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
     bar = tqdm(total=cfg.steps, initial=step, desc=f"codec {gen.config.variant}", disable=not (
         progress and accelerator.is_local_main_process), dynamic_ncols=True)
     model.train()
+    freeze_modes(gen, cfg.train_only)
     disc.train()
     stopped_early = False
     for batch in loader:
@@ -239,6 +317,7 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
         m.save_pretrained(export, dtype=torch.float16 if cfg.export_fp16 else torch.float32)
         (export / "training.json").write_text(json.dumps(
             {"step": step, "seconds": round(seconds, 1), "losses": logger.last, "bitrate": gen.bitrate,
+             "init_from": cfg.init_from, "train_only": cfg.train_only,
              "teacher_units": cfg.teacher_units, "teacher_features": cfg.teacher_features,
              "teacher_spec": (units or feats).meta.get("spec") if (units or feats) else None}, indent=2))
     accelerator.end_training()

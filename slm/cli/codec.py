@@ -56,7 +56,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--splits", default="train", help="splits to fit on (default: %(default)s)")
     m.add_argument("--max-frames", type=int, default=200_000)
     m.set_defaults(func=_kmeans)
+
+    s = sub.add_parser("set-decoder", help="put a decoder fine-tune of a speech-LM model's codec into the model "
+                                           "(checked to give the same tokens)")
+    s.add_argument("model", help="speech-LM model dir (slm_config.json)")
+    s.add_argument("codec", help="codec dir from `slm codec train` with train_only (its final/)")
+    s.set_defaults(func=_set_decoder)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _set_decoder(args: argparse.Namespace) -> int:
+    from slm.pipeline import set_decoder
+
+    print(f"{args.model}: codec now {set_decoder(args.model, args.codec)} (from {args.codec}); same tokens")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
