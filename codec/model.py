@@ -118,8 +118,11 @@ class DualStreamCodec(nn.Module):
         return ("decoder", *extra)
 
     def tokenises_like(self, other: nn.Module) -> bool:
-        """True when ``other`` has this codec's weights (compared at fp16, the precision bundles store) in
-        everything but :attr:`decode_only`: then it gives the same tokens, and its audio may differ."""
+        """True when ``other`` has this codec's config and its weights (compared at fp16, the precision
+        bundles store) in everything but :attr:`decode_only`: then it gives the same tokens, and its audio
+        may differ."""
+        if getattr(other, "config", None) is None or other.config.to_dict() != self.config.to_dict():
+            return False
         mine, ref = self.state_dict(), other.state_dict()
         if mine.keys() != ref.keys():
             return False

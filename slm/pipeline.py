@@ -132,18 +132,22 @@ def set_decoder(model_dir: str | Path, codec: str | Path) -> Path:
         raise ValueError(f"{src} does not tokenise as {d}'s own codec ({own_dir}): only the decode-only modules "
                          f"({', '.join(getattr(own, 'decode_only', ()))}) may differ, or the LM's tokens would mean "
                          "something else. Fine-tune the decoder with `train_only` (README \"Decoder fine-tune\")")
-    tmp = d / (own_dir.name + ".new")
-    shutil.rmtree(tmp, ignore_errors=True)
+    import os
+
+    dest = own_dir if own_dir.parent == d else d / "codec"  # an external codec: the model gets its own copy
+    tmp, old = d / (dest.name + ".new"), d / (dest.name + ".old")
+    for x in (tmp, old):
+        shutil.rmtree(x, ignore_errors=True)
     shutil.copytree(src, tmp)
-    if own_dir.parent == d:  # the model's own copy: replace it
-        shutil.rmtree(own_dir)
-        tmp.rename(own_dir)
-    else:  # an external codec path: the model gets its own copy now
-        own_dir = tmp.rename(d / "codec")
-        cfg["codec"] = "codec"
-    cfg["codec_decoder_from"] = str(src.resolve())
-    (d / "slm_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    return own_dir
+    cfg.update(codec=dest.name, codec_decoder_from=str(src.resolve()))
+    (d / "slm_config.json.new").write_text(json.dumps(cfg, indent=2) + "\n")
+    # the old codec is moved aside, not deleted, until the new one is in place
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    os.replace(d / "slm_config.json.new", d / "slm_config.json")
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
 
 
 def voice_files(d: Path) -> list[tuple[str, Path, str]]:

@@ -268,7 +268,7 @@ def _codec(r: Recipe) -> list[list[str]]:
         if c.get("max_minutes"):
             cmd += ["--max-minutes", str(c["max_minutes"])]
         cmds.append(cmd)
-    if c.get("decoder_finetune"):
+    if c.get("decoder_finetune") and not (r.codec / "config.json").is_file():  # same rule as above
         cfg = r.work / "codec_dec_train.yaml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_text(yaml.safe_dump(codec_finetune_config(r), sort_keys=False))

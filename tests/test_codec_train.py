@@ -207,6 +207,10 @@ def test_decoder_finetune_keeps_every_token_and_trains_the_decoder(corpus, tmp_p
     ta, tb = a.encode(wav), b.encode(wav)
     assert torch.equal(ta.semantic, tb.semantic) and torch.equal(ta.acoustic, tb.acoustic)
     assert not torch.equal(a.decode(ta), b.decode(tb))  # same tokens, new audio
+    assert a.tokenises_like(b) and b.tokenises_like(a)
+    c = DualStreamCodec(type(a.config).from_dict({**a.config.to_dict(), "causal": not a.config.causal}))
+    c.load_state_dict(a.state_dict())
+    assert not a.tokenises_like(c)  # same weights, another config: other tokens
     info = json.loads((ft.export_dir / "training.json").read_text())
     assert info["init_from"] == str(base.export_dir) and info["train_only"] == only
 
@@ -248,5 +252,13 @@ def test_finetune_config_errors(corpus, tmp_path):
         cfg_for(corpus, tmp_path / "z", "secousticodec", train_only=["decoder"], semantic_stage_step=2)
     with pytest.raises(ValueError, match="lr_schedule"):
         cfg_for(corpus, tmp_path / "w", lr_schedule="linear")
+    # a fine-tune's checkpoints resumed with another init_from: its frozen part is not that codec's
+    other = train(cfg_for(corpus, tmp_path / "other", steps=1, warmup_adv_steps=100, seed=1), progress=False)
+    kw = {"steps": 3, "warmup_adv_steps": 100, "train_only": ["decoder"]}
+    train(cfg_for(corpus, tmp_path / "ft", init_from=str(base.export_dir), max_minutes=1e-9, **kw), progress=False)
+    with pytest.raises(ValueError, match="trained from another init_from"):
+        train(cfg_for(corpus, tmp_path / "ft", init_from=str(other.export_dir), **kw), resume=True, progress=False)
+    done = train(cfg_for(corpus, tmp_path / "ft", init_from=str(base.export_dir), **kw), resume=True, progress=False)
+    assert done.step == 3
     with pytest.raises(FileNotFoundError, match="not a codec directory"):
         train(cfg_for(corpus, tmp_path / "v", init_from=str(tmp_path / "missing")), progress=False)

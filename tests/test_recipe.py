@@ -185,8 +185,12 @@ def test_codec_decoder_finetune_runs_from_the_codec_stage_model(tmp_path):
     (tmp_path / "codec" / "final").mkdir(parents=True)
     (tmp_path / "codec" / "final" / "config.json").write_text("{}")
     assert [c[c.index("--config") + 1] for c in recipe._codec(r)] == [str(tmp_path / "codec_dec_train.yaml")]
+    (tmp_path / "codec_dec" / "final").mkdir(parents=True)
+    (tmp_path / "codec_dec" / "final" / "config.json").write_text("{}")
+    assert recipe._codec(r) == []  # a finished fine-tune is not resumed past its budget either
     plain = Recipe({**s, "codec": {k: v for k, v in s["codec"].items() if k != "decoder_finetune"}}, ROOT)
     assert plain.codec == plain.codec_base and recipe._codec(plain) == []
-    given = Recipe({**s, "codec": {**s["codec"], "checkpoint": str(tmp_path / "mine")}}, ROOT)
+    given = Recipe({**s, "work_dir": str(tmp_path / "w2"), "codec": {**s["codec"], "checkpoint": str(tmp_path / "mine")}},
+                   ROOT)
     recipe._codec(given)
-    assert yaml.safe_load((tmp_path / "codec_dec_train.yaml").read_text())["init_from"] == str(tmp_path / "mine")
+    assert yaml.safe_load((tmp_path / "w2" / "codec_dec_train.yaml").read_text())["init_from"] == str(tmp_path / "mine")

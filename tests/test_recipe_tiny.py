@@ -39,10 +39,11 @@ def test_every_stage_ran_and_produced_its_outputs(built):
     from codec.model import DualStreamCodec
 
     base, dec = (DualStreamCodec.from_pretrained(work / d / "final") for d in ("codec", "codec_dec"))
-    assert base.tokenises_like(dec) and not all(torch.equal(a, b) for a, b in zip(
-        base.decoder.state_dict().values(), dec.decoder.state_dict().values()))
-    lm_codec = DualStreamCodec.from_pretrained(work / "lm_ft2" / "final" / "codec")
-    assert all(torch.equal(a, b) for a, b in zip(lm_codec.state_dict().values(), dec.state_dict().values()))
+    bd, dd = base.decoder.state_dict(), dec.decoder.state_dict()
+    assert base.tokenises_like(dec) and bd.keys() == dd.keys() and not all(torch.equal(bd[k], dd[k]) for k in bd)
+    lm_codec = DualStreamCodec.from_pretrained(work / "lm_ft2" / "final" / "codec").state_dict()
+    assert lm_codec.keys() == dec.state_dict().keys()
+    assert all(torch.equal(v, dec.state_dict()[k]) for k, v in lm_codec.items())
     # the fine-tune runs each start from the model before them; the last is what gets evaluated and exported
     ft = json.loads((work / "lm_ft" / "final" / "slm_config.json").read_text())
     assert ft["tts_aligned"] is True and "asr_aligned" not in ft

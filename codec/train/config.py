@@ -38,7 +38,9 @@ class CodecTrainConfig:
     weight_decay: float = 0.0
     lr_decay: float = 0.999996  # per-step exponential decay (ExponentialLR), lr_schedule "exponential"
     # "cosine": from lr down to lr * lr_min_ratio at `steps` (after lr_warmup linear warm-up steps), the
-    # anneal a constant-lr run never gets; generator and discriminator alike.
+    # anneal a constant-lr run never gets. The discriminator's schedule counts its own steps (from
+    # warmup_adv_steps on). A run stopped by max_minutes before `steps` has not annealed (training.json
+    # says stopped_by_time); raising `steps` on resume stretches the schedule.
     lr_schedule: str = "exponential"
     lr_min_ratio: float = 0.05
     lr_warmup: int = 0
@@ -50,7 +52,9 @@ class CodecTrainConfig:
     # Train only the parameters under these module names (e.g. ["decoder", "bottleneck.ac_out"]); the
     # rest is frozen and kept in eval mode. ["decoder"] is a decoder fine-tune: the encoder and the
     # quantisers, hence every token, stay exactly as they were, so a speech LM trained on the codec's
-    # tokens stays valid while its audio gets better. None/[] = train everything.
+    # tokens stays valid while its audio gets better. None/[] = train everything. Modules that hold a
+    # trained one stay in train mode: e.g. secousticodec's bottleneck samples its VAE latent in training,
+    # so train_only: [bottleneck.x] there trains on sampled latents.
     train_only: list[str] | None = None
     max_minutes: float | None = None  # stop (and checkpoint) after this much wall time
     # The adversarial terms start after this many steps (SAC: 1500): a random generator gives the

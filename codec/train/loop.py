@@ -93,6 +93,16 @@ def _init_from(model, directory: str) -> None:
         model.bottleneck.tokenizer = src.bottleneck.tokenizer
 
 
+def _check_frozen(model, init_from: str, ckpt) -> None:
+    from codec.model import DualStreamCodec
+
+    src = DualStreamCodec.from_pretrained(init_from).state_dict()
+    bad = [n for n, p in model.named_parameters() if not p.requires_grad and not torch.equal(p.detach().cpu(), src[n])]
+    if bad:
+        raise ValueError(f"{ckpt} was trained from another init_from than {init_from} (frozen weights differ: "
+                         f"{bad[:3]}): start the fine-tune in a new out_dir")
+
+
 def _in(name: str, prefixes: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
@@ -243,6 +253,8 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
         state = load_checkpoint(accelerator, ckpt)
         step, elapsed0 = int(state["step"]), float(state.get("seconds", 0.0))
         accelerator.print(f"resumed from {ckpt} at step {step}")
+        if cfg.init_from and cfg.train_only:  # the frozen part must still be init_from's
+            _check_frozen(gen, cfg.init_from, ckpt)
     accelerator.init_trackers("tb", config={k: v for k, v in cfg.to_dict().items()
                                              if isinstance(v, (int, float, str, bool))})
     weights = _weights(cfg, gen)
@@ -317,7 +329,8 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
         m.save_pretrained(export, dtype=torch.float16 if cfg.export_fp16 else torch.float32)
         (export / "training.json").write_text(json.dumps(
             {"step": step, "seconds": round(seconds, 1), "losses": logger.last, "bitrate": gen.bitrate,
-             "init_from": cfg.init_from, "train_only": cfg.train_only,
+             "init_from": cfg.init_from, "train_only": cfg.train_only, "steps_planned": cfg.steps,
+             "stopped_by_time": stopped_early,
              "teacher_units": cfg.teacher_units, "teacher_features": cfg.teacher_features,
              "teacher_spec": (units or feats).meta.get("spec") if (units or feats) else None}, indent=2))
     accelerator.end_training()
