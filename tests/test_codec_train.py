@@ -215,6 +215,15 @@ def test_decoder_finetune_keeps_every_token_and_trains_the_decoder(corpus, tmp_p
     assert info["init_from"] == str(base.export_dir) and info["train_only"] == only
 
 
+def test_decoder_finetune_needs_no_teacher_cache(corpus, tmp_path):
+    base = train(cfg_for(corpus, tmp_path / "base", "sacodec", steps=1, warmup_adv_steps=100), progress=False)
+    with pytest.raises(ValueError, match="teacher_units"):  # the full codec trains on them
+        train(cfg_for(corpus, tmp_path / "x", "sacodec", teacher_units=None), progress=False)
+    r = train(cfg_for(corpus, tmp_path / "ft", "sacodec", steps=2, warmup_adv_steps=100, teacher_units=None,
+                      teacher_features=None, teacher_centroids=None, init_from=str(base.export_dir), train_only=["decoder"]), progress=False)
+    assert r.step == 2
+
+
 def test_decoder_finetune_lowers_the_loss_on_a_fixed_batch(tmp_path):
     one = make_corpus(tmp_path / "one", n=4, seconds=(0.5,))
     base = train(cfg_for(one, tmp_path / "base", steps=2, warmup_adv_steps=100, ckpt_every=100), progress=False)

@@ -52,7 +52,9 @@ class CodecTrainConfig:
     # Train only the parameters under these module names (e.g. ["decoder", "bottleneck.ac_out"]); the
     # rest is frozen and kept in eval mode. ["decoder"] is a decoder fine-tune: the encoder and the
     # quantisers, hence every token, stay exactly as they were, so a speech LM trained on the codec's
-    # tokens stays valid while its audio gets better. None/[] = train everything. Modules that hold a
+    # tokens stays valid while its audio gets better. None/[] = train everything. With train_only, teacher
+    # caches are optional (they only feed losses of frozen modules; sac still needs units to encode), so a
+    # decoder can fine-tune on a manifest that has none, e.g. a larger corpus. Modules that hold a
     # trained one stay in train mode: e.g. secousticodec's bottleneck samples its VAE latent in training,
     # so train_only: [bottleneck.x] there trains on sampled latents.
     train_only: list[str] | None = None

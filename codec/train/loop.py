@@ -56,7 +56,7 @@ def _build_model(cfg: CodecTrainConfig, out_dir: Path, rows: list[dict]):
 
     mcfg = cfg.model_config()
     model = DualStreamCodec(mcfg)
-    if model.needs_teacher_codebook:
+    if model.needs_teacher_codebook and not cfg.init_from:  # init_from: the centroids come with its weights
         if not cfg.teacher_centroids:
             raise ValueError(f"the {mcfg.variant!r} codec needs the teacher's k-means centroids: set "
                              "teacher_centroids (from `slm codec kmeans`)")
@@ -162,9 +162,10 @@ def _open_caches(cfg: CodecTrainConfig, model) -> tuple[CacheReader | None, Cach
             raise ValueError(f"teacher units have k={units.meta.get('k')}, the codec's semantic codebook has "
                              f"{model.semantic_codebook_size} entries")
     variant = model.config.variant
-    if variant in ("sac", "sacodec", "stacodec") and units is None:
+    frozen_semantics = bool(cfg.train_only) and variant != "sac"  # sac's encoder reads the units themselves
+    if variant in ("sac", "sacodec", "stacodec") and units is None and not frozen_semantics:
         raise ValueError(f"the {variant!r} codec trains on teacher units: set teacher_units")
-    if variant in ("distill", "sac", "sacodec", "stacodec") and feats is None:
+    if variant in ("distill", "sac", "sacodec", "stacodec") and feats is None and not cfg.train_only:
         print(f"note: no teacher_features for {variant!r}; its feature-distillation loss is off")
     return feats, units
 
