@@ -37,8 +37,9 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
     return {"settings": settings, "stage_costs": stamps, "corpus": _read(corpus_dir / "summary.json") or {},
             "codec": {"variant": codec_cfg.get("variant"), "config": codec_cfg.get("codec", {}),
                       "training": _read(work / "codec" / "final" / "training.json") or {},
-                      "decoder_finetune": {"training": _read(work / "codec_dec" / "final" / "training.json") or {},
-                                           "config": _read(work / "codec_dec" / "train_config.json") or {}},
+                      "decoder_finetune": ({"training": _read(work / "codec_dec" / "final" / "training.json") or {},
+                                            "config": _read(work / "codec_dec" / "train_config.json") or {}}
+                                           if _uses_decoder_ft(settings) else {}),
                       "eval": codec_row, "floor": gt,
                       "real": {"codec": next((v for k, v in real_rows.items() if k != "ground truth"), {}),
                                "floor": real_rows.get("ground truth", {})}},
@@ -55,6 +56,11 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
                    "continue_floor": lm.get("continue_floor") or {},
                    "conditioning": lm.get("conditioning") or {}},
             "machine": codec_eval.get("machine") or {"cpu": platform.processor()}}
+
+
+def _uses_decoder_ft(settings: dict[str, Any]) -> bool:
+    """Whether the build's codec is its decoder fine-tune (a codec_dec/ left from a trial is not)."""
+    return bool((settings.get("codec") or {}).get("decoder_finetune"))
 
 
 def _ft_dirs(work: Path) -> list[Path]:
@@ -91,7 +97,8 @@ def plot_training(work: Path, png: Path) -> Path | None:
     """Codec and LM training curves of a recipe build, from the logs their stages wrote (None if neither
     log exists)."""
     codec = _curve(work / "codec" / "log.jsonl", ("mel/l1", "anchor/accuracy", "loss/total"))
-    dec = _curve(work / "codec_dec" / "log.jsonl", ("mel/l1",))  # the decoder fine-tune, drawn after it
+    dec = (_curve(work / "codec_dec" / "log.jsonl", ("mel/l1",))  # the decoder fine-tune, drawn after it
+           if _uses_decoder_ft(_read(work / "settings.json") or {}) else {})
     dec_start = max((xs[-1] for xs, _ in codec.values() if xs), default=0)
     for k, (xs, ys) in dec.items():
         a, b = codec.get(k, ([], []))

@@ -194,3 +194,18 @@ def test_codec_decoder_finetune_runs_from_the_codec_stage_model(tmp_path):
                    ROOT)
     recipe._codec(given)
     assert yaml.safe_load((tmp_path / "w2" / "codec_dec_train.yaml").read_text())["init_from"] == str(tmp_path / "mine")
+
+
+def test_model_card_reports_a_decoder_fine_tune_only_when_the_build_uses_it(tmp_path):
+    from slm.recipe_card import _decoder_line, collect
+
+    (tmp_path / "codec_dec" / "final").mkdir(parents=True)
+    (tmp_path / "codec_dec" / "final" / "training.json").write_text(json.dumps(
+        {"step": 7, "seconds": 12.0, "train_only": ["decoder"], "losses": {"mel/l1": 0.2}}))
+    (tmp_path / "codec_dec" / "train_config.json").write_text(json.dumps({"lr": 1e-3, "lr_schedule": "cosine",
+                                                                         "lr_min_ratio": 0.1}))
+    (tmp_path / "settings.json").write_text(json.dumps({"codec": {"decoder_finetune": None}}))
+    assert collect(tmp_path, tmp_path / "bundle")["codec"]["decoder_finetune"] == {}  # a trial left behind
+    (tmp_path / "settings.json").write_text(json.dumps({"codec": {"decoder_finetune": {"train": {"steps": 7}}}}))
+    line = _decoder_line(collect(tmp_path, tmp_path / "bundle")["codec"]["decoder_finetune"])
+    assert len(line) == 1 and "only decoder trained" in line[0] and "7 steps (12 s), cosine from 0.001 to 0.0001" in line[0]
