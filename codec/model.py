@@ -23,7 +23,7 @@ from codec.modules.bottlenecks import RVQBottleneck, SACBottleneck, SACodecBottl
 from codec.modules.secousti import SecoustiBottleneck
 from codec.modules.teacher import TeacherBatch
 
-__all__ = ["CodecOutput", "DualStreamCodec", "TeacherBatch"]
+__all__ = ["CodecOutput", "DualStreamCodec", "TeacherBatch", "weights_match"]
 
 
 @dataclass
@@ -37,6 +37,26 @@ class CodecOutput:
         """``sum_k weights[k] * loss[k]`` over the model losses (+ e.g. a trainer's ``mel/l1``)."""
         items = {**self.losses, **(extra or {})}
         return sum(weights.get(k, 1.0) * v for k, v in items.items())
+
+
+def weights_match(a: nn.Module, b: nn.Module, skip: tuple[str, ...] = ()) -> bool:
+    """Same state-dict keys and shapes, and equal values at fp16 (the precision bundles store), outside
+    the modules named in ``skip``."""
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys():
+        return False
+    prefixes = tuple(m + "." for m in skip)
+    for k, x in sa.items():
+        if prefixes and k.startswith(prefixes):
+            continue
+        y = sb[k]
+        if x.shape != y.shape:
+            return False
+        if x.is_floating_point() or y.is_floating_point():
+            x, y = x.to(torch.float16), y.to(torch.float16)
+        if not torch.equal(x, y):
+            return False
+    return True
 
 
 def build_bottleneck(cfg: CodecConfig) -> nn.Module:
@@ -123,21 +143,7 @@ class DualStreamCodec(nn.Module):
         may differ."""
         if getattr(other, "config", None) is None or other.config.to_dict() != self.config.to_dict():
             return False
-        mine, ref = self.state_dict(), other.state_dict()
-        if mine.keys() != ref.keys():
-            return False
-        skip = tuple(m + "." for m in self.decode_only)
-        for k in mine:
-            if k.startswith(skip):
-                continue
-            a, b = mine[k], ref[k]
-            if a.shape != b.shape:
-                return False
-            if a.is_floating_point() and b.is_floating_point():
-                a, b = a.to(torch.float16), b.to(torch.float16)
-            if not torch.equal(a, b):
-                return False
-        return True
+        return weights_match(self, other, skip=self.decode_only)
 
     # ---- teacher-side state saved with the weights ----------------------------------------------
     def set_teacher_codebook(self, centroids: Tensor) -> None:

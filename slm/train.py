@@ -428,14 +428,11 @@ def _check_same_codec(d: Path, theirs: dict, codec) -> None:
     cpath = codec_dir(d, theirs)
     if not isinstance(codec, torch.nn.Module) or not cpath.is_dir():
         return
+    from codec.model import weights_match
+
     ref = _load_codec(cpath, theirs.get("codec_class"))
-    if hasattr(ref, "tokenises_like"):
-        same = ref.tokenises_like(codec)
-    else:  # another Codec implementation: all weights equal at fp16
-        a, b = ref.state_dict(), codec.state_dict()
-        same = a.keys() == b.keys() and all(
-            a[k].shape == b[k].shape and torch.equal(a[k].to(torch.float16), b[k].to(torch.float16))
-            if a[k].is_floating_point() else torch.equal(a[k], b[k]) for k in a)
+    # another Codec implementation: all weights equal
+    same = ref.tokenises_like(codec) if hasattr(ref, "tokenises_like") else weights_match(ref, codec)
     if not same:
         raise ValueError(f"init_from {d}: the run's codec is not the model's own ({cpath}); its semantic tokens would "
                          f"mean something else. Tokenise your data with {cpath} and leave `codec` empty")
