@@ -132,8 +132,6 @@ def set_decoder(model_dir: str | Path, codec: str | Path) -> Path:
         raise ValueError(f"{src} does not tokenise as {d}'s own codec ({own_dir}): only the decode-only modules "
                          f"({', '.join(getattr(own, 'decode_only', ()))}) may differ, or the LM's tokens would mean "
                          "something else. Fine-tune the decoder with `train_only` (README \"Decoder fine-tune\")")
-    import os
-
     dest = own_dir if own_dir.parent == d else d / "codec"  # an external codec: the model gets its own copy
     tmp, old = d / (dest.name + ".new"), d / (dest.name + ".old")
     for x in (tmp, old):

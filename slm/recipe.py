@@ -255,27 +255,25 @@ def codec_finetune_config(r: Recipe) -> dict[str, Any]:
     return d
 
 
-def _codec(r: Recipe) -> list[list[str]]:
+def _codec_train_cmd(r: Recipe, yaml_name: str, config: dict[str, Any], max_minutes: Any) -> list[str]:
+    """Write ``config`` to ``<work>/<yaml_name>``; the resumable `slm codec train` command that runs it."""
     import yaml
 
+    path = r.work / yaml_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = r.slm("codec", "train", "--config", str(path), "--resume")
+    return cmd + ["--max-minutes", str(max_minutes)] if max_minutes else cmd
+
+
+def _codec(r: Recipe) -> list[list[str]]:
     c, cmds = r.s["codec"], []
     # a finished codec is reused as it is (a time-bounded run resumed past its budget would train on)
     if not c.get("checkpoint") and not (r.codec_base / "config.json").is_file():
-        cfg = r.work / "codec_train.yaml"
-        cfg.parent.mkdir(parents=True, exist_ok=True)
-        cfg.write_text(yaml.safe_dump(codec_train_config(r), sort_keys=False))
-        cmd = r.slm("codec", "train", "--config", str(cfg), "--resume")
-        if c.get("max_minutes"):
-            cmd += ["--max-minutes", str(c["max_minutes"])]
-        cmds.append(cmd)
+        cmds.append(_codec_train_cmd(r, "codec_train.yaml", codec_train_config(r), c.get("max_minutes")))
     if c.get("decoder_finetune") and not (r.codec / "config.json").is_file():  # same rule as above
-        cfg = r.work / "codec_dec_train.yaml"
-        cfg.parent.mkdir(parents=True, exist_ok=True)
-        cfg.write_text(yaml.safe_dump(codec_finetune_config(r), sort_keys=False))
-        cmd = r.slm("codec", "train", "--config", str(cfg), "--resume")
-        if c["decoder_finetune"].get("max_minutes"):
-            cmd += ["--max-minutes", str(c["decoder_finetune"]["max_minutes"])]
-        cmds.append(cmd)
+        cmds.append(_codec_train_cmd(r, "codec_dec_train.yaml", codec_finetune_config(r),
+                                     c["decoder_finetune"].get("max_minutes")))
     return cmds
 
 
