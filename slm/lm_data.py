@@ -29,6 +29,7 @@ from slm.templates import (
     interleave_example,
     tts_aligned_example,
     tts_example,
+    with_phones,
 )
 
 INDEX = "index.jsonl"
@@ -43,7 +44,9 @@ class Utterance:
     semantic: Tensor  # [Ts]
     acoustic: Tensor  # [Ts, L] per-frame acoustic codes (L = r*Ka, may be 0)
     global_: Tensor | None = None  # [D] float or [G] int
-    words: list | None = None  # [(start_s, end_s, word), ...] from the manifest (the interleave task)
+    # [(start_s, end_s, word), ...] from the manifest (the aligned and interleave tasks); with the manifest's
+    # phones each entry also carries its own, [start_s, end_s, word, [phone, ..]] (templates.with_phones)
+    words: list | None = None
     duration: float = 0.0  # seconds of audio the Ts frames cover (0 = unknown)
 
 
@@ -106,7 +109,7 @@ def tokenize_manifest(codec, manifest: str | Path, out_dir: str | Path, teacher=
             f.with_suffix(".tmp").rename(f)
         index.append({"id": row["id"], "tokens": f.name, "text": row.get("text", ""),
                       "speaker": row.get("speaker", ""), "split": row.get("split", "train"),
-                      **{k: row[k] for k in ("duration", "words") if row.get(k)}})
+                      **{k: row[k] for k in ("duration", "words", "phones") if row.get(k)}})
     with open(out / INDEX, "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in index)
     return out
@@ -131,7 +134,7 @@ def load_tokens(token_dir: str | Path, split: str | None = None, limit: int | No
             continue
         name = row.get("tokens") or row.get("token_path") or row.get("file") or f"{row['id']}.safetensors"
         utts.append(utterance(str(row["id"]), row.get("text", ""), str(row.get("speaker", "")), row.get("split", "train"),
-                              CodecTokens.load(d / name), words=row.get("words") or None,
+                              CodecTokens.load(d / name), words=with_phones(row.get("words"), row.get("phones")) or None,
                               duration=float(row.get("duration") or 0.0)))
         if limit and len(utts) >= limit:
             break
@@ -156,6 +159,10 @@ class TaskMix:
     # after its frames; a streaming transcript); needs word times. A model trained with it transcribes in
     # that form (slm_config.json "asr_aligned")
     asr_aligned: float = 0.0
+    # share of aligned TTS examples in the phone-bridged form (each word followed by its phones, from the
+    # manifest's exact phone times; slm.templates.word_ids). A model trained with it speaks that way, its
+    # phones from espeak-ng's G2P (slm_config.json "tts_phones"); needs phones in the token index
+    tts_phones: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TaskMix:
@@ -198,7 +205,9 @@ def make_examples(utts: list[Utterance], tokenizer, layout: TokenLayout, mix: Ta
             pt, pc = (p.text, p.semantic) if p is not None else (None, None)
             ex = None
             if mix.tts_aligned > 0 and rng.random() < mix.tts_aligned:
-                ex = tts_aligned_example(tokenizer, layout, u.text, u.words or [], u.semantic, u.duration, ac, pt, pc)
+                ph = mix.tts_phones > 0 and rng.random() < mix.tts_phones
+                ex = tts_aligned_example(tokenizer, layout, u.text, u.words or [], u.semantic, u.duration, ac, pt, pc,
+                                         phones=ph)
             ex = ex or tts_example(tokenizer, layout, u.text, u.semantic, ac, pt, pc)
         elif task == "asr":
             ex = None

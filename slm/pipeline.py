@@ -175,7 +175,7 @@ class SpeechPipeline:
                  voices: dict[str, Voice] | None = None, sampling: Sampling | None = None,
                  chunk_frames: int = 12, context_frames: int = 8, teacher_spec: str = "whisper-base-ct2",
                  first_chunk_frames: int = 4, merge: bool = False, int8: bool = False, tts_aligned: bool = False,
-                 asr_aligned: bool = False):
+                 asr_aligned: bool = False, tts_phones: bool = False):
         if codec.semantic_codebook_size != layout.n_semantic:
             raise ValueError(f"codec has {codec.semantic_codebook_size} semantic codes, layout {layout.n_semantic}")
         if codec.n_acoustic_codebooks and head is None:
@@ -189,6 +189,9 @@ class SpeechPipeline:
         # ASR in the aligned form (each word right after its frames, slm.templates.asr_aligned_example): the
         # default of models trained with it (slm_config.json "asr_aligned"); `aligned=` per call
         self.asr_aligned = asr_aligned
+        # aligned TTS in the phone-bridged form (each word followed by its phones, from espeak-ng's G2P,
+        # adapters.g2p): the default of models trained with it (slm_config.json "tts_phones")
+        self.tts_phones = tts_phones
         # a short first chunk lowers time to first audio; later chunks are longer (fewer decode calls)
         self.chunk_frames, self.context_frames, self.first_chunk_frames = chunk_frames, context_frames, first_chunk_frames
         self.teacher_spec, self._teacher = teacher_spec, None  # only for codecs that encode with a teacher
@@ -239,7 +242,7 @@ class SpeechPipeline:
         spec = (json.loads(info.read_text()).get("teacher_spec") if info.exists() else None) or "whisper-base-ct2"
         return cls(lm, bb.tokenizer, layout, codec, head, voices, Sampling(**cfg.get("sampling", {})), teacher_spec=spec,
                    merge=merge, int8=int8, tts_aligned=bool(cfg.get("tts_aligned", False)),
-                   asr_aligned=bool(cfg.get("asr_aligned", False)))
+                   asr_aligned=bool(cfg.get("asr_aligned", False)), tts_phones=bool(cfg.get("tts_phones", False)))
 
     # ---- basics ---------------------------------------------------------------------------------------------
     @property
@@ -376,8 +379,16 @@ class SpeechPipeline:
             kw = {"min_frames": s.min_frames(sentence, rate, hi)}
             words = split_words(sentence) if aligned else []
             if words:  # a sentence with no word characters ("...", "?!") is spoken in the plain form
-                kw |= {"words": word_ids(self.tokenizer, words), "max_word_frames": s.word_caps(words, rate)}
+                kw |= {"words": self._word_ids(words), "max_word_frames": s.word_caps(words, rate)}
             yield tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, hi, v, gen, kw
+
+    def _word_ids(self, words: list[str]) -> list[list[int]]:
+        """Each word's token ids for aligned TTS, followed by its phones for a phone-bridged model."""
+        if not self.tts_phones:
+            return word_ids(self.tokenizer, words)
+        from adapters.g2p import phonemize
+
+        return word_ids(self.tokenizer, words, phonemize(words))
 
     # ---- tasks ----------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -199,6 +199,9 @@ def _finetune_lines(fts: list[dict[str, Any]]) -> list[str]:
                           "of transcribing.",
                 ("TTS", "ASR"): " The aligned TTS and ASR forms (each word's text before / after its frames) are "
                                 "the model's defaults."}.get(forms, "")
+        if "TTS" in forms and tasks.get("tts_phones"):
+            form += (" Its aligned TTS examples are phone-bridged (each word followed by its phones, from the "
+                     "corpus' phone times; espeak-ng's G2P gives them at inference), and the model speaks that way.")
         whose = "the LM above" if i == 0 else "the fine-tune above"
         out.append(f"- LM fine-tune {i + 1} (a run from {whose}: its adapter, new-token rows and head): "
                    f"{t.get('steps_trained', '-')} of {t.get('steps_planned', c.get('steps', '-'))} planned steps "

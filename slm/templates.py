@@ -6,6 +6,9 @@
   token of ``w2..`` (when to move to the next word) and ``<|audio_end|>``: the TTS task with each word's
   text placed before the frames spoken over it (word times from the manifest; after ELLA-V), so the model
   maps the word it just read to its frames instead of learning a whole-sentence alignment
+  With ``phones`` each ``w`` is followed by its phones as text (``" hello ( hh ah l ow )"``, the
+  phone-bridged form: phones from the manifest in training, from espeak-ng's G2P at inference), so the
+  model maps sounds rather than spellings to frames
 * aligned ASR:  ``<|asr|> <|audio_start|> s.. w1 s.. w2 .. wN <|audio_end|>``  loss on ``w..``, on the frames
   after the first and ``<|audio_end|>``: ASR with each word's text right after the frames spoken over it, so a
   word is read from the few frames just before it and the transcript streams out as the audio comes in (the
@@ -110,12 +113,46 @@ def tts_prompt(tokenizer, layout: TokenLayout, text: str, prompt_text: str | Non
     return ex.input_ids[:-1]  # drop <|audio_end|>
 
 
-def word_ids(tokenizer, words: list[str]) -> list[list[int]]:
-    """Token ids of each word as it is spoken inside an aligned TTS span (a leading space, as mid-text)."""
-    out = [tokenizer(" " + str(w).strip(), add_special_tokens=False)["input_ids"] for w in words]
-    if not words or not all(out):
+def word_ids(tokenizer, words: list[str], phones: list[list[str]] | None = None) -> list[list[int]]:
+    """Token ids of each word as it is spoken inside an aligned TTS span (a leading space, as mid-text).
+
+    ``phones`` (one list per word, ARPAbet-39 labels): the phone-bridged form, each word followed by its
+    phones as text, ``" hello ( hh ah l ow )"``; the model then maps phones, not spellings, to frames."""
+    if phones is not None and len(phones) != len(words):
+        raise ValueError(f"{len(phones)} phone lists for {len(words)} words")
+    text = [" " + str(w).strip() for w in words]
+    if phones is not None:
+        text = [t + phone_text(p) for t, p in zip(text, phones)]
+    out = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in text]
+    if not words or not all(str(w).strip() for w in words):
         raise ValueError(f"aligned TTS needs non-empty words, got {words!r}")
     return out
+
+
+def phone_text(phones: list[str]) -> str:
+    """How a word's phones are written after it in the phone-bridged aligned TTS form."""
+    return " ( " + " ".join(phones) + " )"
+
+
+def word_phones(words: list, phones: list) -> list[list[str]]:
+    """The phones each word entry owns, from the manifest's exact phone segments: those whose midpoint lies
+    from the word's start to the next word's (the first word from 0, the last to the end: the split
+    :func:`word_frames` makes of the frames); ``sil`` left out. ``words``: ``[(start_s, end_s, word), ..]``,
+    ``phones``: ``[(start_s, end_s, label), ..]``."""
+    out = []
+    for k in range(len(words)):
+        lo = float(words[k][0]) - 1e-4 if k else float("-inf")
+        hi = float(words[k + 1][0]) - 1e-4 if k + 1 < len(words) else float("inf")
+        out.append([str(p[2]) for p in phones if p[2] != "sil" and lo <= (float(p[0]) + float(p[1])) / 2 < hi])
+    return out
+
+
+def with_phones(words: list | None, phones: list | None) -> list | None:
+    """Word entries ``[start_s, end_s, word, phones]``: each word carries its phones (:func:`word_phones`),
+    the form the phone-bridged aligned TTS examples are built from. Unchanged without phones."""
+    if not words or not phones:
+        return words
+    return [[*w[:3], p] for w, p in zip(words, word_phones(words, phones))]
 
 
 def split_words(text: str) -> list[str]:
@@ -138,26 +175,30 @@ def word_frames(words: list, n: int, duration: float) -> list[int]:
 
 
 def _aligned_span(tokenizer, layout: TokenLayout, words: list, codes: Tensor, duration: float,
-                  acoustic: Tensor | None) -> tuple[list[int], list[int], list[list[int]]] | None:
+                  acoustic: Tensor | None, phones: bool = False) -> tuple[list[int], list[int], list[list[int]]] | None:
     """What both aligned forms are built from: the frames' ids, :func:`word_frames` cuts and each word's token
-    ids; None when there are no word times or fewer frames than words."""
+    ids (with its phones when ``phones`` and every entry carries them, :func:`with_phones`); None when there
+    are no word times or fewer frames than words."""
     codes = _semantic(codes)
     n = codes.numel()
     if not words or not duration > 0 or n < len(words):
         return None
     if acoustic is not None and acoustic.shape[0] != n:
         raise ValueError(f"acoustic frames {acoustic.shape[0]} != semantic frames {n}")
+    ph = [list(w[3]) for w in words] if phones and all(len(w) > 3 for w in words) else None
     return (layout.codes_to_ids(codes).tolist(), word_frames(words, n, duration),
-            word_ids(tokenizer, [w[2] for w in words]))
+            word_ids(tokenizer, [w[2] for w in words], ph))
 
 
 def tts_aligned_example(tokenizer, layout: TokenLayout, text: str, words: list, codes: Tensor, duration: float,
                         acoustic: Tensor | None = None, prompt_text: str | None = None,
-                        prompt_codes: Tensor | None = None) -> Example | None:
+                        prompt_codes: Tensor | None = None, phones: bool = False) -> Example | None:
     """``<|tts|> [prompt_text] text <|audio_start|> [prompt s..] w1 s.. w2 s.. <|audio_end|>``: TTS with each
     word's tokens before the frames spoken over it. ``words``: ``[(start_s, end_s, word), ...]`` (manifest);
-    a manifest entry may hold several words. None when there are no word times or fewer frames than words."""
-    aligned = _aligned_span(tokenizer, layout, words, codes, duration, acoustic)
+    a manifest entry may hold several words. None when there are no word times or fewer frames than words.
+    ``phones``: the phone-bridged form, each ``w`` followed by its phones (entries from :func:`with_phones`;
+    entries without phones give the plain aligned form)."""
+    aligned = _aligned_span(tokenizer, layout, words, codes, duration, acoustic, phones)
     if aligned is None:
         return None
     sem, cuts, word_tokens = aligned

@@ -469,8 +469,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     token_dir = cfg.tokens or _tokenize(cfg, codec, acc)
     utts = load_tokens(token_dir, split="train", limit=cfg.max_utterances)
     valid = load_tokens(token_dir, split=cfg.valid_split, limit=64)
-    aligned = speaks_aligned(cfg, utts)
-    asr_aligned = transcribes_aligned(cfg, utts)
+    forms = speech_forms(cfg, utts)
     if not utts:
         raise ValueError(f"no 'train' utterances in {token_dir}")
     from slm.layout import LAYOUT_FILE, TokenLayout
@@ -533,7 +532,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
                 f.write(json.dumps({"step": step, **logs}) + "\n")
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             evaluate(acc, wrapped, model, valid or utts[:8], bb.tokenizer, layout, codec, cfg, step, writer, frame_len,
-                     aligned, asr_aligned, plain)
+                     forms, plain)
         if step % cfg.save_every == 0 or step in (cfg.steps, stop):
             save_checkpoint(ckpt, model, opt, sched, step, acc)
         acc.wait_for_everyone()
@@ -551,8 +550,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
         lm, head = done.lm, done.head
         save_bundle(final, lm, layout, head, codec, cfg.backbone, voices=voices,
                     extra={"sampling": length_bound(utts, codec), "lora": _lora_info(lm), "trained_steps": step,
-                           **({"tts_aligned": True} if aligned else {}),
-                           **({"asr_aligned": True} if asr_aligned else {}),
+                           **{k: True for k, on in forms.items() if on},
                            **({"init_from": str(init_dir(cfg).resolve())} if cfg.init_from else {})},
                     half=cfg.save_half)
         writer.close()
@@ -584,12 +582,11 @@ class _Unsharded:
 
 @torch.no_grad()
 def evaluate(acc, wrapped, model: SpeechLM, utts: list[Utterance], tokenizer, layout, codec, cfg: TrainConfig,
-             step: int, writer, frame_len: int, aligned: bool = False, asr_aligned: bool = False,
+             step: int, writer, frame_len: int, forms: dict[str, bool] | None = None,
              plain: _Unsharded | None = None) -> dict[str, float]:
     """Held-out losses (fixed data) and, on the main process, a few ASR / TTS samples written to disk
-    (TTS / ASR in the aligned forms when ``aligned`` / ``asr_aligned``: how the model dir will speak and
-    transcribe, :func:`speaks_aligned`, :func:`transcribes_aligned`). ``plain``: under FSDP, the unsharded
-    copy the samples are drawn from."""
+    (in ``forms``, :func:`speech_forms`: how the model dir will speak and transcribe). ``plain``: under FSDP,
+    the unsharded copy the samples are drawn from."""
     wrapped.eval()
     src = BatchSource(utts, tokenizer, layout, TaskMix.from_dict(cfg.tasks), cfg, frame_len)
     n = min(cfg.eval_batches, src.per_epoch)
@@ -603,7 +600,7 @@ def evaluate(acc, wrapped, model: SpeechLM, utts: list[Utterance], tokenizer, la
     if cfg.eval_samples and plain is not None:
         model = plain.get(acc, model)  # every rank: gathers the shards
     if acc.is_main_process and cfg.eval_samples:
-        res.update(_samples(model, utts, tokenizer, layout, codec, cfg, step, aligned, asr_aligned))
+        res.update(_samples(model, utts, tokenizer, layout, codec, cfg, step, forms))
     if writer is not None:
         for k, v in res.items():
             writer.add_scalar(f"valid/{k}", v, step)
@@ -614,13 +611,13 @@ def evaluate(acc, wrapped, model: SpeechLM, utts: list[Utterance], tokenizer, la
 
 
 def _samples(model: SpeechLM, utts, tokenizer, layout, codec, cfg: TrainConfig, step: int,
-             aligned: bool = False, asr_aligned: bool = False) -> dict[str, float]:
+             forms: dict[str, bool] | None = None) -> dict[str, float]:
     from codec.audio import save_audio
     from slm.pipeline import SpeechPipeline
 
     d = Path(cfg.out_dir) / "samples" / f"step_{step:06d}"
     d.mkdir(parents=True, exist_ok=True)
-    pipe = SpeechPipeline(model.lm, tokenizer, layout, codec, model.head, tts_aligned=aligned, asr_aligned=asr_aligned)
+    pipe = SpeechPipeline(model.lm, tokenizer, layout, codec, model.head, **(forms or {}))
     refs, hyps, rows, wavs = [], [], [], []
     for u in [u for u in utts if u.text.strip()][: cfg.eval_samples]:
         hyp = pipe.asr_tokens(u.semantic, 40)
@@ -653,6 +650,20 @@ def speaks_aligned(cfg: TrainConfig, utts: list[Utterance]) -> bool:
 def transcribes_aligned(cfg: TrainConfig, utts: list[Utterance]) -> bool:
     """Whether the run trains ASR in the aligned form (as :func:`speaks_aligned` for TTS)."""
     return TaskMix.from_dict(cfg.tasks).asr_aligned > 0 and any(u.words for u in utts)
+
+
+def speaks_phones(cfg: TrainConfig, utts: list[Utterance]) -> bool:
+    """Whether the run trains aligned TTS in the phone-bridged form (a share of it, and word entries that
+    carry phones: a token index made with the manifest's phones)."""
+    return (speaks_aligned(cfg, utts) and TaskMix.from_dict(cfg.tasks).tts_phones > 0
+            and any(len(w) > 3 for u in utts for w in (u.words or [])))
+
+
+def speech_forms(cfg: TrainConfig, utts: list[Utterance]) -> dict[str, bool]:
+    """How the run's model dir speaks and transcribes (``SpeechPipeline`` keywords, and what its
+    slm_config.json records for the true ones)."""
+    return {"tts_aligned": speaks_aligned(cfg, utts), "asr_aligned": transcribes_aligned(cfg, utts),
+            "tts_phones": speaks_phones(cfg, utts)}
 
 
 def length_bound(utts: list[Utterance], codec) -> dict:

@@ -49,7 +49,10 @@ def test_every_stage_ran_and_produced_its_outputs(built):
     assert ft["tts_aligned"] is True and "asr_aligned" not in ft
     assert Path(ft["init_from"]) == (work / "lm" / "final").resolve()
     ft2 = json.loads((work / "lm_ft2" / "final" / "slm_config.json").read_text())
-    assert ft2["tts_aligned"] is True and ft2["asr_aligned"] is True
+    assert ft2["tts_aligned"] is True and ft2["asr_aligned"] is True and ft2["tts_phones"] is True
+    assert "tts_phones" not in ft
+    index = [json.loads(x) for x in (work / "tokens" / "index.jsonl").read_text().splitlines()]
+    assert all(r.get("phones") for r in index if r.get("words"))  # the manifest's phone times, for the phone form
     assert Path(ft2["init_from"]) == (work / "lm_ft" / "final").resolve()
     assert json.loads((work / "lm_ft2" / "train_config.json").read_text())["steps"] == 2  # fine-tune 1's, inherited
     lm_eval = json.loads((work / "eval" / "lm" / "lm_eval.json").read_text())

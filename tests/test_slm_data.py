@@ -284,3 +284,82 @@ def test_aligned_tts_batch_trains_and_the_model_dir_flag(setup, tmp_path):
         opt.step()
         opt.zero_grad()
     assert float(model(b)["loss"].detach()) < first
+
+
+def test_word_phones_follow_the_word_starts():
+    """Each phone goes to the word whose span (its start to the next word's) holds the phone's midpoint, the
+    split word_frames makes of the frames; pauses are left out."""
+    from slm.templates import with_phones, word_phones
+
+    words = [[0.0, 0.3, "a"], [0.4, 0.9, "b c"], [1.0, 1.6, "d"]]
+    phones = [[0.0, 0.05, "sil"], [0.05, 0.2, "ah"], [0.2, 0.45, "b"], [0.45, 0.7, "iy"], [0.7, 0.95, "s"],
+              [0.95, 1.05, "iy"], [1.05, 1.5, "d"], [1.5, 1.6, "sil"]]
+    assert word_phones(words, phones) == [["ah", "b"], ["iy", "s"], ["iy", "d"]]
+    assert with_phones(words, phones) == [[0.0, 0.3, "a", ["ah", "b"]], [0.4, 0.9, "b c", ["iy", "s"]],
+                                          [1.0, 1.6, "d", ["iy", "d"]]]
+    assert with_phones(words, None) is words and with_phones(None, phones) is None and with_phones([], phones) == []
+
+
+def _with_phones(u):
+    from dataclasses import replace
+
+    u = _with_words(u)
+    return replace(u, words=[[*w, ["k", "ae", "t"][: 1 + i % 3]] for i, w in enumerate(u.words)])
+
+
+def test_tts_phones_example_feeds_each_words_phones_before_its_frames(setup):
+    """The phone-bridged aligned TTS form: each word's tokens are followed by its phones, fed and never
+    learned; frames, their labels and when-to-move-on are those of the plain aligned form."""
+    from slm.templates import IGNORE, parse, phone_text, tts_aligned_example, word_ids
+
+    tok, layout, utts = setup
+    u = _with_phones(max(utts, key=lambda x: len(x.text.split())))
+    plain = tts_aligned_example(tok, layout, u.text, u.words, u.semantic, u.duration, u.acoustic)
+    ex = tts_aligned_example(tok, layout, u.text, u.words, u.semantic, u.duration, u.acoustic, phones=True)
+    assert torch.equal(tts_aligned_example(tok, layout, u.text, u.words, u.semantic, u.duration, u.acoustic).input_ids,
+                       plain.input_ids)  # entries with phones, phones=False: the plain aligned form
+    assert torch.equal(ex.input_ids[ex.semantic_pos], plain.input_ids[plain.semantic_pos])
+    assert torch.equal(ex.labels[ex.semantic_pos], plain.labels[plain.semantic_pos])
+    ws = word_ids(tok, [w[2] for w in u.words], [w[3] for w in u.words])
+    assert all(w[: len(p)] == p for w, p in zip(ws, word_ids(tok, [w[2] for w in u.words])))  # the word, then...
+    assert all(len(w) > len(p) for w, p in zip(ws, word_ids(tok, [w[2] for w in u.words])))  # ...its phones
+    a = int((ex.input_ids == layout.audio_start).nonzero()[0])
+    span, p = ex.input_ids[a + 1 :].tolist(), 0
+    for k, w in enumerate(ws):
+        assert span[p : p + len(w)] == w and ex.labels[a + 1 + p] == (w[0] if k else IGNORE)
+        assert bool((ex.labels[a + 2 + p : a + 1 + p + len(w)] == IGNORE).all())  # phones are fed, not learned
+        p += len(w)
+        while layout.is_semantic(torch.tensor(span[p])):
+            p += 1
+    assert span[p:] == [layout.audio_end]
+    parsed = parse(ex.input_ids, layout, tok)
+    assert parsed.text == u.text and torch.equal(parsed.codes, u.semantic)
+    assert phone_text(["hh", "ah"]) == " ( hh ah )"
+    with pytest.raises(ValueError, match="phone lists"):
+        word_ids(tok, ["a", "b"], [["ah"]])
+
+
+def test_tts_phones_share_of_the_task_mix(setup, tmp_path):
+    from slm.templates import phone_text
+    from slm.train import speaks_phones, speech_forms
+    from tests.test_slm_helpers import tiny_train_config
+
+    tok, layout, utts = setup
+    timed, phoned = [_with_words(u) for u in utts], [_with_phones(u) for u in utts]
+    mix = TaskMix(tts=1, asr=0, continue_=0, prompt_prob=0, tts_aligned=1, tts_phones=1)
+    with_ph = make_examples(phoned, tok, layout, mix, seed=0, epoch=0)
+    without = make_examples(timed, tok, layout, mix, seed=0, epoch=0)  # no phones in the entries: plain aligned
+    assert [i for _, i in with_ph] == [i for _, i in without]
+    for (x, i), (y, _) in zip(with_ph, without):  # each word's phones, and nothing else, come in addition
+        extra = sum(len(tok(phone_text(w[3]), add_special_tokens=False)["input_ids"]) for w in phoned[i].words)
+        assert len(x) - len(y) == extra > 0
+    # tts_phones=0: exactly the aligned data of before the option existed (resume stays exact)
+    old = TaskMix(tts=1, asr=0, continue_=0, tts_aligned=0.5)
+    a = make_examples(phoned, tok, layout, old, seed=2, epoch=0)
+    b = make_examples(timed, tok, layout, old, seed=2, epoch=0)
+    assert [(torch.equal(x.input_ids, y.input_ids), i) for (x, i), (y, _) in zip(a, b)] == [(True, i) for _, i in a]
+    cfg = tiny_train_config(tmp_path, tasks={"tts": 1, "asr": 0, "continue": 0, "tts_aligned": 1, "tts_phones": 1})
+    assert speaks_phones(cfg, phoned) and not speaks_phones(cfg, timed)
+    assert speech_forms(cfg, phoned) == {"tts_aligned": True, "asr_aligned": False, "tts_phones": True}
+    no_aligned = tiny_train_config(tmp_path, tasks={"tts": 1, "asr": 0, "continue": 0, "tts_phones": 1})
+    assert not speaks_phones(no_aligned, phoned)  # phones only exist inside the aligned form

@@ -294,6 +294,43 @@ def test_aligned_tts_streams_and_follows_the_model_flag(trained, pipe, tmp_path)
     assert all(torch.equal(x.semantic, y.semantic) for x, y in zip(plain, ref))
 
 
+def test_phone_bridged_tts_feeds_g2p_phones_and_follows_the_model_flag(trained, pipe, tmp_path, monkeypatch):
+    """A model dir whose slm_config.json says "tts_phones" speaks the phone-bridged aligned form: each word
+    is fed with its espeak-ng phones; streaming still equals offline."""
+    import json
+    import shutil
+
+    import slm.pipeline as sp
+    from adapters.g2p import phonemize
+    from slm.templates import word_ids
+
+    d = tmp_path / "phones"
+    shutil.copytree(trained[1], d)
+    cfg = json.loads((d / "slm_config.json").read_text())
+    (d / "slm_config.json").write_text(json.dumps({**cfg, "tts_aligned": True, "tts_phones": True}))
+    p2 = SpeechPipeline.from_pretrained(d)
+    assert p2.tts_phones is True and pipe.tts_phones is False
+    fed = []
+    real = sp.generate_frames
+
+    def spy(*a, **kw):
+        fed.append(kw.get("words"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sp, "generate_frames", spy)
+    text = "Hello there, world."
+    toks = p2.tts_tokens(text, seed=3, max_seconds=3.0)
+    words = ["hello", "there", "world"]
+    assert fed == [word_ids(p2.tokenizer, words, phonemize(words))]
+    assert fed[0] != word_ids(p2.tokenizer, words)
+    chunks = list(p2.tts_stream(text, seed=3, max_seconds=3.0))
+    assert torch.equal(torch.cat(chunks, -1), p2.tts(text, seed=3, max_seconds=3.0))
+    assert len(words) <= toks[0].semantic.shape[-1]
+    fed.clear()
+    pipe.tts_tokens(text, seed=3, max_seconds=3.0, aligned=True)
+    assert fed == [word_ids(pipe.tokenizer, words)]  # a model without the flag: words alone
+
+
 def test_aligned_asr_streams_and_follows_the_model_flag(trained, pipe, tmp_path):
     """Aligned ASR (each word written after its frames): the streamed transcript grows word by word to what
     asr(aligned=True) returns; a model dir whose slm_config.json says "asr_aligned" transcribes that way;

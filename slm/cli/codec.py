@@ -229,7 +229,7 @@ def tokenize_manifest(ckpt: str, manifest: str, out_dir: str, workers: int = 1,
             with safe_open(str(out / done[row["id"]]), "pt") as st:
                 ts, ta = st.get_slice("semantic").get_shape()[-1], st.get_slice("acoustic").get_shape()[-1]
             rec = {"id": row["id"], "tokens": done[row["id"]], "n_semantic": ts, "n_acoustic": ta,
-                   **{k: row[k] for k in ("text", "speaker", "split", "duration", "words") if k in row}}
+                   **{k: row[k] for k in ("text", "speaker", "split", "duration", "words", "phones") if k in row}}
             f.write(json.dumps(rec) + "\n")
     (out / "index.jsonl.tmp").replace(out / "index.jsonl")
     return len(rows)

@@ -7,7 +7,8 @@ This measures the part of the loss that comes from the conditioning, on held-out
 * TTS: cross-entropy of the semantic tokens given the item's own text, and given another item's text;
 * ASR: cross-entropy of the transcript given the item's own audio tokens, and given another item's;
 * aligned TTS (items with word times): cross-entropy of the semantic tokens with each word's own text fed
-  before its frames, and with another item's words in those places (same timing, other words);
+  before its frames, and with another item's words in those places (same timing, other words); for a model
+  that speaks the phone-bridged form, each word with its phones;
 * aligned ASR (items with word times): cross-entropy of the words written after their own frames, and
   after another item's frames (the words at the same relative times of that item's frames).
 
@@ -26,9 +27,11 @@ from slm.eval.data import EvalItem
 
 def _utterances(pipe, items: list[EvalItem]):
     from slm.lm_data import utterance
+    from slm.templates import with_phones
 
-    return [utterance(it.id, it.text, it.speaker, "test", pipe.encode(it.wav, it.sample_rate), words=it.words or None,
-                      duration=it.wav.shape[-1] / it.sample_rate) for it in items]
+    return [utterance(it.id, it.text, it.speaker, "test", pipe.encode(it.wav, it.sample_rate),
+                      words=with_phones(it.words, it.phones) or None, duration=it.wav.shape[-1] / it.sample_rate)
+            for it in items]
 
 
 @torch.no_grad()
@@ -59,8 +62,8 @@ def gain_on_utterances(pipe, utts, max_len: int = 1024) -> dict:
         tasks.append("tts_aligned")
         items["tts_aligned"], swapped["tts_aligned"] = timed, []
         for k, u in enumerate(timed):
-            w = [str(x[2]) for x in timed[(k + 1) % len(timed)].words]
-            words = [[a, b, w[i % len(w)]] for i, (a, b, _) in enumerate(u.words)]
+            w = [x[2:] for x in timed[(k + 1) % len(timed)].words]  # the word (and its phones, if any)
+            words = [[x[0], x[1], *w[i % len(w)]] for i, x in enumerate(u.words)]
             swapped["tts_aligned"].append(dataclasses.replace(u, words=words, text=" ".join(x[2] for x in words)))
         # aligned ASR: these words after the frames of the next timed item with enough frames for them
         pairs = [(u, timed[(k + 1) % len(timed)]) for k, u in enumerate(timed)]
@@ -76,7 +79,8 @@ def gain_on_utterances(pipe, utts, max_len: int = 1024) -> dict:
     for task in tasks:
         asr = task.startswith("asr")
         mix = {"tts": float(not asr), "asr": float(asr), "continue": 0.0, "prompt_prob": 0.0,
-               "tts_aligned": float(task == "tts_aligned"), "asr_aligned": float(task == "asr_aligned")}
+               "tts_aligned": float(task == "tts_aligned"), "asr_aligned": float(task == "asr_aligned"),
+               "tts_phones": float(task == "tts_aligned" and bool(getattr(pipe, "tts_phones", False)))}
         cfg = TrainConfig(batch_size=1, max_len=max_len, tasks=mix, packing="none")
         row = {}
         for name, us in (("real", items[task]), ("shuffled", swapped[task])):
