@@ -469,9 +469,10 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     token_dir = cfg.tokens or _tokenize(cfg, codec, acc)
     utts = load_tokens(token_dir, split="train", limit=cfg.max_utterances)
     valid = load_tokens(token_dir, split=cfg.valid_split, limit=64)
-    forms = speech_forms(cfg, utts)
     if not utts:
         raise ValueError(f"no 'train' utterances in {token_dir}")
+    forms = speech_forms(cfg, utts)
+    _check_forms(cfg, forms, token_dir)
     from slm.layout import LAYOUT_FILE, TokenLayout
 
     saved = out / LAYOUT_FILE
@@ -657,6 +658,21 @@ def speaks_phones(cfg: TrainConfig, utts: list[Utterance]) -> bool:
     carry phones: a token index made with the manifest's phones)."""
     return (speaks_aligned(cfg, utts) and TaskMix.from_dict(cfg.tasks).tts_phones > 0
             and any(len(w) > 3 for u in utts for w in (u.words or [])))
+
+
+def _check_forms(cfg: TrainConfig, forms: dict[str, bool], token_dir) -> None:
+    """A form the task mix asks for but the token dir cannot give (no word times, or no phones) is an error,
+    not a run that silently trains something else."""
+    mix = TaskMix.from_dict(cfg.tasks)
+    need = {"tts_aligned": ("word times", "words"), "asr_aligned": ("word times", "words"),
+            "tts_phones": ("phone times", "phones")}
+    for key, (what, field_) in need.items():
+        if getattr(mix, key) > 0 and not forms[key] and (key != "tts_phones" or forms["tts_aligned"]):
+            raise ValueError(f"tasks.{key} > 0 but the train utterances of {token_dir} have no {what}: tokenise a "
+                             f"manifest with `{field_}` (the synthetic corpus has them; `slm codec tokenize` copies "
+                             f"them into index.jsonl), or set tasks.{key} to 0")
+    if mix.tts_phones > 0 and not forms["tts_aligned"]:
+        raise ValueError("tasks.tts_phones > 0 needs tasks.tts_aligned > 0: phones are fed in the aligned TTS form")
 
 
 def speech_forms(cfg: TrainConfig, utts: list[Utterance]) -> dict[str, bool]:

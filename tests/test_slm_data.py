@@ -363,3 +363,24 @@ def test_tts_phones_share_of_the_task_mix(setup, tmp_path):
     assert speech_forms(cfg, phoned) == {"tts_aligned": True, "asr_aligned": False, "tts_phones": True}
     no_aligned = tiny_train_config(tmp_path, tasks={"tts": 1, "asr": 0, "continue": 0, "tts_phones": 1})
     assert not speaks_phones(no_aligned, phoned)  # phones only exist inside the aligned form
+
+
+def test_training_a_form_the_token_dir_cannot_give_is_an_error(tmp_path):
+    """tts_aligned / asr_aligned without word times, tts_phones without phones or without the aligned form:
+    a clear error before any training, not a run that silently trains the plain forms."""
+    from slm.train import train
+    from tests.test_slm_helpers import tiny_train_config
+
+    base = {"tts": 1, "asr": 1, "continue": 0}
+    for extra, msg in (({"tts_aligned": 1}, "tts_aligned > 0 .* no word times"),
+                       ({"asr_aligned": 0.5}, "asr_aligned > 0 .* no word times"),
+                       ({"tts_phones": 1}, "tts_phones > 0 needs tasks.tts_aligned")):
+        with pytest.raises(ValueError, match=msg):
+            train(tiny_train_config(tmp_path / next(iter(extra)), tasks={**base, **extra}), progress=False)
+        assert not (tmp_path / next(iter(extra)) / "run" / "checkpoints").exists()
+    from slm.train import _check_forms
+
+    cfg = tiny_train_config(tmp_path, tasks={**base, "tts_aligned": 1, "tts_phones": 1})
+    with pytest.raises(ValueError, match="tts_phones > 0 .* no phone times"):
+        _check_forms(cfg, {"tts_aligned": True, "asr_aligned": False, "tts_phones": False}, "tokens")
+    _check_forms(cfg, {"tts_aligned": True, "asr_aligned": False, "tts_phones": True}, "tokens")
