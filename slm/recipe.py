@@ -345,7 +345,7 @@ def _eval(r: Recipe) -> list[list[str]]:
         cmds.append(r.slm("eval", "semantic", str(r.codec), "--manifest", str(r.manifest), "--limit", limit,
                           "--probe-steps", str(e.get("probe_steps", 100)), "--train-limit",
                           str(e.get("probe_train_limit", 200)), "--out", str(out / "semantic")))
-    lm_tasks = [t for t in tasks if t in ("tts", "asr", "continue", "conditioning")]
+    lm_tasks = [t for t in tasks if t in ("tts", "asr", "continue", "conditioning", "head")]
     if lm_tasks:
         cmds.append(r.step("lm-eval", str(r.bundle), "--manifest", str(r.manifest), "--limit", str(e.get("lm_limit", 8)),
                            "--tasks", ",".join(lm_tasks), "--metrics", metrics, "--out", str(out / "lm"),
@@ -356,7 +356,8 @@ def _eval(r: Recipe) -> list[list[str]]:
 def _eval_ok(r: Recipe) -> list[str]:
     tasks = r.s.get("eval", {}).get("tasks", ["codec", "semantic", "tts", "asr"])
     want = {"codec": "codec/codec_eval.json", "semantic": "semantic/semantic_eval.json", "tts": "lm/lm_eval.json",
-            "asr": "lm/lm_eval.json", "continue": "lm/lm_eval.json", "conditioning": "lm/lm_eval.json"}
+            "asr": "lm/lm_eval.json", "continue": "lm/lm_eval.json", "conditioning": "lm/lm_eval.json",
+            "head": "lm/lm_eval.json"}
     return [str(r.eval_dir / want[t]) for t in tasks if t in want and not (r.eval_dir / want[t]).is_file()]
 
 

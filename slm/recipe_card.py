@@ -54,7 +54,8 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
                    "asr_plain": {k: v for k, v in (lm.get("asr_plain") or {}).items() if k != "items"},
                    "continue": {k: v for k, v in (lm.get("continue") or {}).items() if k != "items"},
                    "continue_floor": lm.get("continue_floor") or {},
-                   "conditioning": lm.get("conditioning") or {}},
+                   "conditioning": lm.get("conditioning") or {},
+                   "head": lm.get("head") or {}},
             "machine": codec_eval.get("machine") or {"cpu": platform.processor()}}
 
 
@@ -259,8 +260,22 @@ def _conditioning_limit(cond: dict[str, Any], small: float = 0.5) -> list[str]:
     return out
 
 
+def _head_limit(head: dict[str, Any], tts: dict[str, Any]) -> list[str]:
+    """A known-limits line when TTS is hardly better with the true semantic tokens (eval ``head``): then the
+    acoustic side, not the LM's choice of semantic tokens, is what loses intelligibility."""
+    h, c, t = (head.get("head") or {}).get("wer"), (head.get("codec") or {}).get("wer"), tts.get("wer")
+    if h is None or c is None or t is None or h < 0.8 * t:
+        return []
+    return [(f"- The LM's semantic tokens are not what limits TTS yet: given the *true* semantic tokens of the same "
+            f"items, the acoustic head's codes decode to speech with Whisper WER {h:.2f} (TTS itself {t:.2f}; the "
+            f"items' own codec tokens {c:.2f}). The codec's acoustic stream carries much of what Whisper hears, and "
+            "the head predicts it poorly from the semantic token and the LM state; the head (or a codec whose "
+            "semantic stream carries the content alone) is where intelligibility is lost.")]
+
+
 def _metric_table(m: dict[str, Any]) -> list[str]:
     c, fl, tts, tf, asr = m["codec"]["eval"], m["codec"]["floor"], m["lm"]["tts"], m["lm"]["tts_floor"], m["lm"]["asr"]
+    head = m["lm"].get("head") or {}
     bps = c.get("bitrate")
     rows = [
         ("codec", f"PESQ-wb @ {_f(bps, 0)} bps", c.get("pesq_wb"), fl.get("pesq_wb"), "4.64 (identity)"),
@@ -269,6 +284,9 @@ def _metric_table(m: dict[str, Any]) -> list[str]:
         ("codec", "speaker similarity", c.get("spk_sim"), fl.get("spk_sim"), ""),
         ("codec", "DNSMOS OVRL", c.get("dnsmos_ovrl"), fl.get("dnsmos_ovrl"), ""),
         ("TTS", "WER (Whisper-base on the output)", tts.get("wer"), asr.get("whisper_wer"), "Whisper on the corpus audio"),
+        *([("TTS", "WER with the true semantic tokens, acoustic codes from the head (the LM's choices taken out)",
+            head["head"].get("wer"), head["codec"].get("wer"), "the same items' own codec tokens decoded")]
+          if head.get("head") else []),
         ("TTS", "speaker similarity to the prompt", tts.get("spk_sim"), tf.get("spk_sim"), "prompt vs the original"),
         ("TTS", "DNSMOS OVRL", tts.get("dnsmos_ovrl"), tf.get("dnsmos_ovrl"), "the corpus audio"),
         ("TTS", "RTF (generation s / audio s)", tts.get("rtf"), None, "< 1 is real time"),
@@ -393,6 +411,7 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         "exercises every path (TTS, ASR, continuation, dialogue, streaming), not as a usable speech model.",
         "The way to a good model is the same recipe with the full settings on a GPU (README, \"On a GPU\").",
         *_conditioning_limit(m["lm"].get("conditioning") or {}),
+        *_head_limit(m["lm"].get("head") or {}, m["lm"]["tts"]),
         "- Trained on synthetic voices only; real speech is out of domain (see the real-speech codec row).",
         "- English only; sentences from a packaged public text (fortunes).",
         *(["- Continuation perplexity is only comparable between transcripts of similar length and content: a short,",

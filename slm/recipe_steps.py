@@ -119,10 +119,14 @@ def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tu
 
         # forward passes only (no generation, no judges): cheap enough for more items than the other rows
         res["conditioning"] = conditioning_gain(pipe, load_items(manifest, "test", max(limit, 16)))
+    if "head" in tasks and pipe.head is not None:  # where TTS loses intelligibility (slm.eval.lm_eval.eval_head)
+        from slm.eval.lm_eval import eval_head
+
+        res["head"] = eval_head(pipe, items, judges, seed=seed)
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
     (o / "lm_eval.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
-    for t in ("tts", "asr", "asr_plain", "continue", "conditioning"):
+    for t in ("tts", "asr", "asr_plain", "continue", "conditioning", "head"):
         if t in res:
             print(t, json.dumps({k: v for k, v in res[t].items() if k not in ("items", "per_voice")}, default=float))
     return res

@@ -132,3 +132,54 @@ def test_conditioning_gain_on_the_tiny_pipeline():
     assert same_t["tts_aligned"]["gain"] == 0.0 and same_t["asr_aligned"]["gain"] == 0.0
     with pytest.raises(ValueError, match="at least 2"):
         conditioning_gain(pipe, [item(0, "hello")])
+
+
+class _RecordingASR:
+    """Whisper stand-in: 'hears' the reference for the first batch (the corpus audio) and nothing after."""
+
+    def __init__(self, refs):
+        self.refs, self.batches = refs, []
+
+    def transcribe(self, wavs, sr):
+        self.batches.append(wavs)
+        return list(self.refs) if len(self.batches) == 1 else [""] * len(wavs)
+
+
+def test_eval_head_voices_the_true_semantic_tokens(monkeypatch):
+    """eval_head: the corpus audio, its own codec tokens decoded, and its *true* semantic tokens with acoustic
+    codes from the head, each judged; in the model's TTS form (plain, aligned, phone-bridged alike)."""
+    from types import SimpleNamespace
+
+    from slm.eval.lm_eval import eval_head
+    from tests._tiny_pipeline import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    sr = pipe.sample_rate
+    g = torch.Generator().manual_seed(0)
+    texts = ["hello there friend", "a quiet lake at dawn"]
+    items = []
+    for i, text in enumerate(texts):
+        wav = (torch.randn(1, int(sr * (0.8 + 0.2 * i)), generator=g) * 0.1).clamp(-1, 1)
+        dur, ws = wav.shape[-1] / sr, text.split()
+        words = [[k * dur / len(ws), (k + 1) * dur / len(ws), w] for k, w in enumerate(ws)]
+        phones = [[k * dur / len(ws), (k + 1) * dur / len(ws), "ah"] for k in range(len(ws))]
+        items.append(EvalItem(f"u{i}", wav, sr, text, "spk0", "test", phones=phones, words=words))
+    decoded = []
+    real_decode = pipe.codec.decode
+    monkeypatch.setattr(pipe.codec, "decode", lambda t, *a, **k: decoded.append(t) or real_decode(t, *a, **k))
+    for aligned, phones in ((False, False), (True, True)):
+        pipe.tts_aligned, pipe.tts_phones = aligned, phones
+        decoded.clear()
+        judges = SimpleNamespace(asr=_RecordingASR(texts))
+        r = eval_head(pipe, items, judges, seed=1)
+        assert r["n"] == 2 and r["floor"]["wer"] == 0.0 and r["codec"]["wer"] == r["head"]["wer"] == 1.0
+        assert len(judges.asr.batches) == 3 and all(len(b) == 2 for b in judges.asr.batches)
+        for k, it in enumerate(items):
+            own, voiced = decoded[2 * k], decoded[2 * k + 1]
+            true = pipe.encode(it.wav, sr)
+            assert torch.equal(own.semantic, true.semantic) and torch.equal(own.acoustic, true.acoustic)
+            assert torch.equal(voiced.semantic, true.semantic) and voiced.acoustic.shape == true.acoustic.shape
+    head, pipe.head = pipe.head, None
+    with pytest.raises(ValueError, match="acoustic head"):
+        eval_head(pipe, items, SimpleNamespace(asr=_RecordingASR(texts)))
+    pipe.head = head

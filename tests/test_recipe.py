@@ -142,6 +142,16 @@ def test_model_card_flags_an_lm_that_ignores_its_input():
     assert "TTS 0.03" in lines[0] and "ASR" not in lines[0]
 
 
+def test_model_card_says_when_the_acoustic_side_limits_tts():
+    from slm.recipe_card import _head_limit
+
+    assert _head_limit({}, {"wer": 1.0}) == []
+    good_head = {"head": {"wer": 0.3}, "codec": {"wer": 0.25}}
+    assert _head_limit(good_head, {"wer": 1.0}) == []  # true tokens speak well: the LM is what limits TTS
+    lines = _head_limit({"head": {"wer": 1.03}, "codec": {"wer": 0.48}}, {"wer": 1.05})
+    assert len(lines) == 1 and "1.03" in lines[0] and "1.05" in lines[0] and "0.48" in lines[0]
+
+
 def test_lm_finetunes_chain_each_from_the_model_before(tmp_path):
     import yaml
 

@@ -58,6 +58,7 @@ def test_every_stage_ran_and_produced_its_outputs(built):
     lm_eval = json.loads((work / "eval" / "lm" / "lm_eval.json").read_text())
     assert {"tts", "asr", "asr_plain", "tts_floor"} <= set(lm_eval) and 0 <= lm_eval["asr"]["wer"]
     assert lm_eval["asr"]["form"] == "aligned" and lm_eval["asr_plain"]["form"] == "plain"
+    assert {"floor", "codec", "head"} <= set(lm_eval["head"])  # where TTS loses intelligibility
     assert Path(lm_eval["bundle"]).resolve() == (work / "lm_ft2" / "final").resolve()
     for stage in ("synth", "codec", "lm", "eval"):
         stamp = json.loads((work / "stamps" / f"{stage}.json").read_text())

@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            ("continue", ("continuation of a 3 s prompt: DNSMOS, speaker similarity, transcript "
                                         "perplexity under the backbone")),
                            ("conditioning", ("does the LM use its input? TTS/ASR target loss with each item's own "
-                                            "text/audio vs another item's"))):
+                                            "text/audio vs another item's")),
+                           ("head", ("where TTS loses intelligibility: Whisper WER of the corpus audio, of its codec "
+                                     "reconstruction, and of its true semantic tokens voiced by the acoustic head"))):
         t = sub.add_parser(task, help=helptext)
         t.add_argument("model", help="speech-LM dir (SpeechPipeline.from_pretrained), or 'default'")
         _common(t, f"eval_out/{task}")
@@ -105,7 +107,8 @@ def _lm_task(args: argparse.Namespace) -> int:
 
     pipe = SpeechPipeline.from_pretrained(args.model)
     items = load_items(args.manifest, _split(args), args.limit, sample_rate=16000)
-    judges = Judges() if args.task != "conditioning" else None  # conditioning: forward passes only, no judges
+    judges = (None if args.task == "conditioning" else Judges(metrics=("asr",)) if args.task == "head"  # forward passes only / Whisper only
+              else Judges())
     sampling = {"seed": args.seed} | ({} if args.temperature is None else {"temperature": args.temperature})
     aligned = {"default": None, "aligned": True, "plain": False}[getattr(args, "form", "default")]
     if args.task == "tts" and aligned is not None:
@@ -129,6 +132,14 @@ def _lm_task(args: argparse.Namespace) -> int:
         rows = [{"task": t.upper().replace("_", " "), **c[t], "n": c[t].get("n", c["n"])} for t in tasks]
         cols = [("task", "task", 0), ("real", "loss, own input", 3), ("shuffled", "loss, another item's input", 3),
                 ("gain", "gain (nats/token)", 3), ("n", "n", 0)]
+    elif args.task == "head":
+        from slm.eval.lm_eval import eval_head
+
+        r = eval_head(pipe, items, judges, seed=args.seed)
+        names = {"floor": "the corpus audio", "codec": "its codec tokens, decoded",
+                 "head": "its true semantic tokens, acoustic codes from the head"}
+        rows = [{"audio": names[k], **r[k]} for k in names]
+        cols = [("audio", "audio Whisper transcribes", 0), ("wer", "WER", 3), ("cer", "CER", 3)]
     else:
         r = eval_continue(pipe, items, judges, seconds=args.seconds, **sampling)
         rows = [r]

@@ -81,6 +81,53 @@ def eval_tts(pipe, items: list[EvalItem], judges: Judges, **sampling) -> dict:
             "items": per}
 
 
+@torch.no_grad()
+def eval_head(pipe, items: list[EvalItem], judges: Judges, seed: int = 0) -> dict:
+    """Where TTS loses intelligibility, stage by stage, on the same items (Whisper WER / CER of each):
+
+    * ``floor``: the corpus audio;
+    * ``codec``: the item's own codec tokens decoded (what the codec keeps);
+    * ``head``: the item's true semantic tokens, teacher-forced through the LM in the model's own TTS form,
+      with the acoustic head sampling every frame's acoustic codes in the prompt speaker's voice (as
+      :func:`eval_tts` prompts): what TTS would give if the LM picked every semantic token right.
+
+    TTS itself (the LM choosing the semantic tokens) is :func:`eval_tts`; the gap from ``head`` to it is the
+    LM's, from ``codec`` to ``head`` the acoustic head's."""
+    from adapters.judges import error_rates
+    from slm.templates import tts_aligned_example, tts_example, with_phones
+
+    if pipe.head is None:
+        raise ValueError("eval_head needs a model with an acoustic head (its codec has acoustic codebooks)")
+    prompts = voice_prompts(items)
+    gen = torch.Generator().manual_seed(seed)
+    s, dev = pipe.sampling, pipe.head.in_proj.weight.device
+    wavs: dict[str, list[np.ndarray]] = {"floor": [], "codec": [], "head": []}
+    for it in tqdm(items, desc="head"):
+        wav = _resample(it.wav, it.sample_rate, pipe.sample_rate)
+        toks = pipe.encode(wav, pipe.sample_rate)
+        codes = toks.semantic[0, 0].cpu()
+        ex = None
+        if pipe.tts_aligned and it.words:
+            ex = tts_aligned_example(pipe.tokenizer, pipe.layout, it.text, with_phones(it.words, it.phones), codes,
+                                     wav.shape[-1] / pipe.sample_rate, phones=pipe.tts_phones)
+        ex = ex or tts_example(pipe.tokenizer, pipe.layout, it.text, codes)
+        out = pipe.infer_lm(input_ids=ex.input_ids[None].to(dev), output_hidden_states=True)
+        h = out.hidden_states[-1][0, ex.semantic_pos.to(dev) - 1].to(pipe.head.in_proj.weight.dtype)
+        p = prompts[it.speaker]
+        v = pipe._voice(_resample(p.wav, p.sample_rate, pipe.sample_rate))
+        ac = pipe.head.generate(h, codes.to(dev), pipe._voice_vec(v), s.head_temperature, s.head_top_k, gen)
+        voiced = pipe._tokens(codes.tolist(), list(ac.cpu()), v.tokens.global_ if v is not None else None)
+        for key, t in (("codec", toks), ("head", voiced)):
+            wavs[key].append(_np(_resample(pipe.codec.decode(t).reshape(1, -1), pipe.sample_rate, 16000)))
+        wavs["floor"].append(_np(_resample(it.wav, it.sample_rate, 16000)))
+    refs = [it.text for it in items]
+    res: dict = {"task": "head", "n": len(items)}
+    for key, ws in wavs.items():
+        er = error_rates(refs, judges.asr.transcribe(ws, 16000))
+        res[key] = {"wer": er.wer, "cer": er.cer}
+    return res
+
+
 def eval_asr(pipe, items: list[EvalItem], judges: Judges, aligned: bool | None = None) -> dict:
     """WER of the pipeline's ASR-by-token next to Whisper's WER on the same audio. ``aligned``: the form
     (SpeechPipeline.asr; None: the model's default); the row says which one ran (``form``)."""
