@@ -228,7 +228,12 @@ def _decoder_line(ft: dict[str, Any]) -> list[str]:
 
 
 def _hours(m: dict[str, Any], stage: str) -> str:
+    """Training time of a stage. For the LM: every run's own seconds (the first run and each fine-tune, every
+    segment counted), since a rerun of the stage after adding a fine-tune only times that fine-tune."""
     wall = (m["stage_costs"].get(stage) or {}).get("wall_s")
+    if stage == "lm":
+        runs = [m["lm"].get("training") or {}] + [ft.get("training") or {} for ft in m["lm"].get("finetune") or []]
+        wall = sum(float(r.get("seconds") or 0) for r in runs) or wall
     return f"{wall / 3600:.1f} h" if wall else "-"
 
 
@@ -397,7 +402,8 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         *(["![training curves](training.png)", "",
            "Training curves (from the stages' logs): codec reconstruction loss and anchor accuracy; the LM's",
            "text/semantic-token loss, the acoustic head's loss and the learning rate.", ""] if curves else []),
-        "Stage costs (this build; stages reused from earlier builds show their original cost):",
+        ("Stage costs (this build; stages reused from earlier builds show their original cost; a stage rerun "
+         "to add a run, as `lm` for a fine-tune, shows that rerun's cost):"),
         "",
         *_cost_table(m),
         "",

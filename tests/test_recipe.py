@@ -152,6 +152,16 @@ def test_model_card_says_when_the_acoustic_side_limits_tts():
     assert len(lines) == 1 and "1.03" in lines[0] and "1.05" in lines[0] and "0.48" in lines[0]
 
 
+def test_model_card_lm_hours_count_every_run():
+    from slm.recipe_card import _hours
+
+    m = {"stage_costs": {"lm": {"wall_s": 3600.0}, "codec": {"wall_s": 5400.0}},
+         "lm": {"training": {"seconds": 7200.0}, "finetune": [{"training": {"seconds": 1800.0}}, {"training": {}}]}}
+    assert _hours(m, "lm") == "2.5 h" and _hours(m, "codec") == "1.5 h"  # the stamp times only the last rerun
+    m["lm"] = {"training": {}, "finetune": []}
+    assert _hours(m, "lm") == "1.0 h" and _hours({"stage_costs": {}, "lm": {}}, "lm") == "-"
+
+
 def test_lm_finetunes_chain_each_from_the_model_before(tmp_path):
     import yaml
 
