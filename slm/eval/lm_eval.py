@@ -98,7 +98,8 @@ def eval_head(pipe, items: list[EvalItem], judges: Judges, seed: int = 0) -> dic
 
     if pipe.head is None:
         raise ValueError("eval_head needs a model with an acoustic head (its codec has acoustic codebooks)")
-    prompts = voice_prompts(items)
+    voices = {spk: pipe._voice(_resample(p.wav, p.sample_rate, pipe.sample_rate))  # each prompt encoded once
+              for spk, p in voice_prompts(items).items()}
     gen = torch.Generator().manual_seed(seed)
     s, dev = pipe.sampling, pipe.head.in_proj.weight.device
     wavs: dict[str, list[np.ndarray]] = {"floor": [], "codec": [], "head": []}
@@ -113,8 +114,7 @@ def eval_head(pipe, items: list[EvalItem], judges: Judges, seed: int = 0) -> dic
         ex = ex or tts_example(pipe.tokenizer, pipe.layout, it.text, codes)
         out = pipe.infer_lm(input_ids=ex.input_ids[None].to(dev), output_hidden_states=True)
         h = out.hidden_states[-1][0, ex.semantic_pos.to(dev) - 1].to(pipe.head.in_proj.weight.dtype)
-        p = prompts[it.speaker]
-        v = pipe._voice(_resample(p.wav, p.sample_rate, pipe.sample_rate))
+        v = voices[it.speaker]
         ac = pipe.head.generate(h, codes.to(dev), pipe._voice_vec(v), s.head_temperature, s.head_top_k, gen)
         voiced = pipe._tokens(codes.tolist(), list(ac.cpu()), v.tokens.global_ if v is not None else None)
         for key, t in (("codec", toks), ("head", voiced)):
