@@ -664,15 +664,15 @@ def _check_forms(cfg: TrainConfig, forms: dict[str, bool], token_dir) -> None:
     """A form the task mix asks for but the token dir cannot give (no word times, or no phones) is an error,
     not a run that silently trains something else."""
     mix = TaskMix.from_dict(cfg.tasks)
+    if mix.tts_phones > 0 and not mix.tts_aligned > 0:
+        raise ValueError("tasks.tts_phones > 0 needs tasks.tts_aligned > 0: phones are fed in the aligned TTS form")
     need = {"tts_aligned": ("word times", "words"), "asr_aligned": ("word times", "words"),
             "tts_phones": ("phone times", "phones")}
     for key, (what, field_) in need.items():
-        if getattr(mix, key) > 0 and not forms[key] and (key != "tts_phones" or forms["tts_aligned"]):
+        if getattr(mix, key) > 0 and not forms[key]:
             raise ValueError(f"tasks.{key} > 0 but the train utterances of {token_dir} have no {what}: tokenise a "
                              f"manifest with `{field_}` (the synthetic corpus has them; `slm codec tokenize` copies "
                              f"them into index.jsonl), or set tasks.{key} to 0")
-    if mix.tts_phones > 0 and not forms["tts_aligned"]:
-        raise ValueError("tasks.tts_phones > 0 needs tasks.tts_aligned > 0: phones are fed in the aligned TTS form")
 
 
 def speech_forms(cfg: TrainConfig, utts: list[Utterance]) -> dict[str, bool]:
