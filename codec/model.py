@@ -210,9 +210,21 @@ class DualStreamCodec(nn.Module):
         return (lengths + self.semantic_hop - 1) // self.semantic_hop
 
     def forward(self, wav: Tensor, teacher: TeacherBatch | None = None, text: list[str] | None = None,
-                sample_rate: int | None = None) -> CodecOutput:
-        """Training/analysis pass: ``wav [B, 1, N]`` -> :class:`CodecOutput` (``wav_hat [B, 1, N]``)."""
+                sample_rate: int | None = None, tokens: CodecTokens | None = None) -> CodecOutput:
+        """Training/analysis pass: ``wav [B, 1, N]`` -> :class:`CodecOutput` (``wav_hat [B, 1, N]``).
+
+        ``tokens``: decode these instead of encoding ``wav`` (a decoder fine-tune on tokens from elsewhere,
+        e.g. a speech LM's acoustic head); they must cover ``wav`` (``Ts = ceil(N / semantic_hop)``). No
+        bottleneck losses then: the tokens are given, only the decode path (:attr:`decode_only`) runs."""
         x, n = self._prepare(wav, sample_rate)
+        if tokens is not None:
+            self._check_tokens(tokens)
+            if tokens.semantic.shape[0] != x.shape[0] or tokens.semantic.shape[-1] * self.semantic_hop != x.shape[-1]:
+                raise ValueError(f"tokens of shape {tuple(tokens.semantic.shape)} do not cover audio of shape "
+                                 f"{tuple(wav.shape)} ({x.shape[-1] // self.semantic_hop} semantic frames)")
+            tokens = tokens.to(x.device)
+            wav_hat = self.decoder(self.bottleneck.decode_latent(tokens))[..., :n]
+            return CodecOutput(wav_hat=wav_hat, tokens=tokens, losses={}, extras={})
         _, b = self._bottleneck(x, teacher, text)
         wav_hat = self.decoder(b.z)[..., :n]
         tokens = CodecTokens(semantic=b.semantic, acoustic=b.acoustic, global_=b.global_)

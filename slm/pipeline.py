@@ -408,6 +408,33 @@ class SpeechPipeline:
         """Synthesize ``text`` -> ``[1, N]`` float audio at :attr:`sample_rate`."""
         return torch.cat(list(self.tts_stream(text, voice, **kw)), dim=-1)
 
+    @torch.no_grad()
+    def voice_semantic(self, codes: Tensor, text: str, words: list | None = None, voice=None,
+                       generator: torch.Generator | None = None, seconds: float | None = None) -> CodecTokens:
+        """The acoustic codes the head gives a known semantic token sequence: ``codes [Ts]`` of an utterance
+        of ``text`` are teacher-forced through the LM in the model's TTS form (aligned when the model speaks
+        that way and ``words`` are given: ``[start_s, end_s, word]`` or, phone-bridged, ``[start_s, end_s,
+        word, phones]`` entries, see :func:`slm.templates.with_phones`), and the head samples every frame's
+        acoustic codes in ``voice``'s voice with the model's sampling settings. ``seconds``: the audio's length
+        (word times are placed on the frames by it; default: the frames' length). What TTS would decode if the
+        LM chose exactly these semantic tokens (``slm eval head``; ``slm head-tokens`` for decoder fine-tunes)."""
+        from slm.templates import tts_aligned_example, tts_example
+
+        if self.head is None:
+            raise ValueError("this model has no acoustic head (its codec has no acoustic codebooks)")
+        codes = torch.as_tensor(codes).reshape(-1).cpu()
+        ex = None
+        if self.tts_aligned and words:
+            seconds = seconds or codes.numel() / self.codec.semantic_rate
+            ex = tts_aligned_example(self.tokenizer, self.layout, text, words, codes, seconds, phones=self.tts_phones)
+        ex = ex or tts_example(self.tokenizer, self.layout, text, codes)
+        dev = self.head.in_proj.weight.device
+        out = self.infer_lm(input_ids=ex.input_ids[None].to(dev), output_hidden_states=True)
+        h = out.hidden_states[-1][0, ex.semantic_pos.to(dev) - 1].to(self.head.in_proj.weight.dtype)
+        v, s = self._voice(voice), self.sampling
+        ac = self.head.generate(h, codes.to(dev), self._voice_vec(v), s.head_temperature, s.head_top_k, generator)
+        return self._tokens(codes.tolist(), list(ac.cpu()), v.tokens.global_ if v is not None else None)
+
     def _encode_one(self, wav: Tensor, sample_rate: int) -> CodecTokens:
         toks = self.encode(wav, sample_rate)
         if toks.batch_size != 1:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = ("synth", "real", "teacher", "codec", "tokenize", "lm", "eval", "export")
+STAGES = ("synth", "real", "teacher", "codec", "tokenize", "lm", "voice", "eval", "export")
 
 
 def ft_run_dir(work: Path, i: int) -> Path:
@@ -160,9 +160,35 @@ class Recipe:
         return ft_run_dir(self.work, i)
 
     @property
-    def bundle(self) -> Path:
+    def lm_bundle(self) -> Path:
+        """The model of the LM stage's last run."""
         n = len(self.lm_finetunes)
         return (self.lm_ft_run(n - 1) if n else self.lm_run) / "final"
+
+    @property
+    def voice(self) -> dict[str, Any] | None:
+        """Settings of the voice stage (``voice:``): a decoder fine-tune on the acoustic head's codes; None
+        when off (null, or ``enabled: false``)."""
+        v = self.s.get("voice")
+        return v if isinstance(v, dict) and v.get("enabled", True) else None
+
+    @property
+    def head_tokens(self) -> Path:
+        return self.work / "head_tokens"
+
+    @property
+    def voice_dec_run(self) -> Path:
+        return self.work / "voice_dec"
+
+    @property
+    def bundle(self) -> Path:
+        """The model the recipe evaluates and exports: the LM stage's, with the voice stage's decoder if on."""
+        return self.work / "voice" / "final" if self.voice else self.lm_bundle
+
+    @property
+    def final_codec(self) -> Path:
+        """The bundle's codec: the voice stage's decoder fine-tune if on (same tokens), else :attr:`codec`."""
+        return self.voice_dec_run / "final" if self.voice else self.codec
 
     @property
     def eval_dir(self) -> Path:
@@ -328,6 +354,50 @@ def _lm_ok(r: Recipe) -> list[str]:
     return [str(d) for d in dict.fromkeys(need) if not (d / "slm_config.json").is_file()]
 
 
+def voice_train_config(r: Recipe) -> dict[str, Any]:
+    """The `slm codec train` YAML of the voice stage: the codec's train settings with ``voice.train`` on top,
+    from the LM's codec with only its decode path trained on crops decoded from the head's codes."""
+    v, c = r.voice or {}, r.s["codec"]
+    if not (r.codec / "config.json").is_file():
+        raise FileNotFoundError(f"the voice stage fine-tunes the LM's codec, {r.codec}, which is not there: run the "
+                                "codec stage first")
+    saved = json.loads((r.codec / "config.json").read_text())
+    variant = saved.get("variant")
+    # the model is the codec's own saved config, whatever YAML (or given checkpoint) it came from
+    d = {**copy.deepcopy(c.get("train", {})), "model": saved["codec"]}
+    d.update({"train_only": ["decoder", "bottleneck.ac_out", "bottleneck.ac_up"] if variant == "sacodec" else ["decoder"],
+              "head_token_prob": 1.0, **copy.deepcopy(v.get("train", {})),
+              "init_from": str(r.codec), "head_tokens": str(r.head_tokens), "manifest": str(_voice_manifest(r)),
+              "out_dir": str(r.voice_dec_run)})
+    return d
+
+
+def _voice_manifest(r: Recipe) -> Path:
+    m = (r.voice or {}).get("manifest", "lm_corpus")
+    return {"lm_corpus": r.lm_manifest, "corpus": r.manifest}.get(m) or r.path(m)
+
+
+def _voice(r: Recipe) -> list[list[str]]:
+    """Head tokens of the voice manifest's train split, a decoder fine-tune on them, and the LM's model with
+    that decoder (the same tokens, so the LM is unchanged)."""
+    if not r.voice:
+        return []
+    v, cmds = r.voice, []
+    if not (r.voice_dec_run / "final" / "config.json").is_file():  # a finished fine-tune is reused as it is
+        ht = r.slm("head-tokens", str(r.lm_bundle), "--manifest", str(_voice_manifest(r)), "--out", str(r.head_tokens),
+                   "--seed", str(v.get("seed", 0)))
+        cmds.append(ht + (["--limit", str(v["limit"])] if v.get("limit") else []))
+        cmds.append(_codec_train_cmd(r, "voice_train.yaml", voice_train_config(r), v.get("max_minutes")))
+    cmds.append(r.step("voice-bundle", str(r.lm_bundle), str(r.voice_dec_run / "final"), str(r.bundle)))
+    return cmds
+
+
+def _voice_ok(r: Recipe) -> list[str]:
+    if not r.voice:
+        return []
+    return [] if (r.bundle / "slm_config.json").is_file() and (r.bundle / "codec" / "config.json").is_file() else [str(r.bundle)]
+
+
 def _eval(r: Recipe) -> list[list[str]]:
     e = r.s.get("eval", {})
     tasks = e.get("tasks", ["codec", "semantic", "tts", "asr"])
@@ -335,14 +405,14 @@ def _eval(r: Recipe) -> list[list[str]]:
     out = r.eval_dir
     cmds = []
     if "codec" in tasks:
-        cmds.append(r.slm("eval", "codec", str(r.codec), "--manifest", str(r.manifest), "--limit", limit,
+        cmds.append(r.slm("eval", "codec", str(r.final_codec), "--manifest", str(r.manifest), "--limit", limit,
                           "--metrics", metrics, "--out", str(out / "codec")))
         if r.s.get("real", {}).get("enabled", True) and e.get("real_limit", 0):
-            cmds.append(r.slm("eval", "codec", str(r.codec), "--manifest", str(r.real / "manifest.jsonl"),
+            cmds.append(r.slm("eval", "codec", str(r.final_codec), "--manifest", str(r.real / "manifest.jsonl"),
                               "--split", "all", "--limit", str(e["real_limit"]), "--metrics", metrics,
                               "--out", str(out / "codec_real")))
     if "semantic" in tasks:
-        cmds.append(r.slm("eval", "semantic", str(r.codec), "--manifest", str(r.manifest), "--limit", limit,
+        cmds.append(r.slm("eval", "semantic", str(r.final_codec), "--manifest", str(r.manifest), "--limit", limit,
                           "--probe-steps", str(e.get("probe_steps", 100)), "--train-limit",
                           str(e.get("probe_train_limit", 200)), "--out", str(out / "semantic")))
     lm_tasks = [t for t in tasks if t in ("tts", "asr", "continue", "conditioning", "head")]
@@ -386,6 +456,7 @@ STAGE_TABLE = {
     "codec": Stage("codec", "train the codec", _codec, _codec_ok),
     "tokenize": Stage("tokenize", "tokenise the corpus with the codec", _tokenize, _tokenize_ok),
     "lm": Stage("lm", "train the LM (LoRA) + acoustic head", _lm, _lm_ok),
+    "voice": Stage("voice", "fine-tune the codec's decoder on the acoustic head's codes", _voice, _voice_ok),
     "eval": Stage("eval", "evaluate codec / semantic stream / TTS / ASR", _eval, _eval_ok),
     "export": Stage("export", "fp16 bundle + model card", _export, _export_ok),
 }

@@ -43,6 +43,10 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
                       "eval": codec_row, "floor": gt,
                       "real": {"codec": next((v for k, v in real_rows.items() if k != "ground truth"), {}),
                                "floor": real_rows.get("ground truth", {})}},
+            "voice": ({"training": _read(work / "voice_dec" / "final" / "training.json") or {},
+                       "config": _read(work / "voice_dec" / "train_config.json") or {},
+                       "head_tokens": _lines(work / "head_tokens" / "index.jsonl")}
+                      if _uses_voice(settings) else {}),
             "semantic": _read(work / "eval" / "semantic" / "semantic_eval.json") or [],
             "lm": {"training": _read(work / "lm" / "recipe_train.json") or {},
                    "config": _read(work / "lm" / "train_config.json") or {},
@@ -62,6 +66,16 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
 def _uses_decoder_ft(settings: dict[str, Any]) -> bool:
     """Whether the build's codec is its decoder fine-tune (a codec_dec/ left from a trial is not)."""
     return bool((settings.get("codec") or {}).get("decoder_finetune"))
+
+
+def _uses_voice(settings: dict[str, Any]) -> bool:
+    """Whether the build ran the voice stage (a voice_dec/ left from a trial is not used)."""
+    v = settings.get("voice")
+    return isinstance(v, dict) and v.get("enabled", True)
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
 def _ft_dirs(work: Path) -> list[Path]:
@@ -225,6 +239,21 @@ def _decoder_line(ft: dict[str, Any]) -> list[str]:
             f"{t.get('step', '-')} steps ({_f(t.get('seconds'), 0)} s), {sched}"
             f"{', extra loss weights ' + str(extra) if extra else ''}; mel L1 {_f((t.get('losses') or {}).get('mel/l1'), 3)} "
             "at its end.")]
+
+
+def _voice_line(v: dict[str, Any]) -> list[str]:
+    """The card's line for the voice stage: the bundle's decoder fine-tuned on the acoustic head's codes."""
+    t, c = v.get("training") or {}, v.get("config") or {}
+    if not t:
+        return []
+    sched = (f"cosine from {c.get('lr')} to {_f(c.get('lr', 0) * c.get('lr_min_ratio', 0), 6)}"
+             if c.get("lr_schedule") == "cosine" else f"lr {c.get('lr', '-')}")
+    return [(f"- Voice stage (the bundle's decoder): the LM's codec with only {', '.join(t.get('train_only') or ['-'])} "
+             f"trained, so every token and the LM are unchanged, on crops decoded from the acoustic head's own codes "
+             f"for the true semantic tokens of {v.get('head_tokens', '-')} utterances (share "
+             f"{t.get('head_token_prob', '-')} of those crops; the rest from the codec's own codes): "
+             f"{t.get('step', '-')} steps ({_f(t.get('seconds'), 0)} s), {sched}; mel L1 "
+             f"{_f((t.get('losses') or {}).get('mel/l1'), 3)} at its end.")]
 
 
 def _hours(m: dict[str, Any], stage: str) -> str:
@@ -394,6 +423,7 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         + _segments(lt)),
         *_decoder_line(m["codec"]["decoder_finetune"]),
         *_finetune_lines(m["lm"]["finetune"]),
+        *_voice_line(m.get("voice") or {}),
         (f"- Hardware: {m['machine'].get('cpu', 'CPU')}, 2 cores shared with other jobs, "
         f"{s.get('threads', '-')} torch thread(s); training dtype: LM autocast "
         f"{lcfg.get('mixed_precision', '-')}, codec {s.get('codec', {}).get('train', {}).get('mixed_precision', 'no')}; "

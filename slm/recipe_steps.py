@@ -202,6 +202,22 @@ def export_bundle(bundle: str | Path, dest: str | Path, recipe_work: str | Path 
     return dst
 
 
+def voice_bundle(lm_bundle: str | Path, codec: str | Path, dest: str | Path) -> Path:
+    """``dest``: a copy of the LM's model dir whose codec is ``codec`` (the voice stage's decoder fine-tune,
+    checked to tokenise as the model's own by :func:`slm.pipeline.set_decoder`). Replaced whole."""
+    from slm.pipeline import set_decoder
+
+    src, dst = Path(lm_bundle), Path(dest)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.tmp", "__pycache__"))
+    set_decoder(tmp, codec)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    print(f"{dst}: {src} with the decoder of {codec}")
+    return dst
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m slm.recipe_steps")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -224,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("dest")
     x.add_argument("--recipe-work", default=None)
     x.add_argument("--max-mb", type=float, default=80.0)
+    v = sub.add_parser("voice-bundle")
+    v.add_argument("lm_bundle")
+    v.add_argument("codec")
+    v.add_argument("dest")
     a = p.parse_args(argv)
     if getattr(a, "threads", None):
         from codec.runtime import set_threads
@@ -234,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     elif a.cmd == "lm-eval":
         lm_eval(a.bundle, a.manifest, a.out, tuple(a.tasks.split(",")), a.limit, tuple(a.metrics.split(",")),
                 a.max_seconds)
+    elif a.cmd == "voice-bundle":
+        voice_bundle(a.lm_bundle, a.codec, a.dest)
     else:
         export_bundle(a.bundle, a.dest, a.recipe_work, a.max_mb)
     return 0

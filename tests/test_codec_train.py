@@ -271,3 +271,130 @@ def test_finetune_config_errors(corpus, tmp_path):
     assert done.step == 3
     with pytest.raises(FileNotFoundError, match="not a codec directory"):
         train(cfg_for(corpus, tmp_path / "v", init_from=str(tmp_path / "missing")), progress=False)
+
+
+def _head_token_dir(codec, corpus, out, seed=0):
+    """A token dir as `slm head-tokens` writes it: the codec's own semantic tokens of each train utterance,
+    with random acoustic codes standing in for an acoustic head's."""
+    from codec.audio import load_audio
+    from codec.contracts import CodecTokens
+    from codec.train.batches import read_rows
+    from codec.train.teacher_cache import item_file
+
+    g = torch.Generator().manual_seed(seed)
+    rows, lines = read_rows(str(corpus / "manifest.jsonl"), "train"), []
+    for r in rows:
+        own = codec.encode(load_audio(r["path"], codec.sample_rate)[None])
+        t = CodecTokens(own.semantic, torch.randint(0, codec.acoustic_codebook_size, own.acoustic.shape, generator=g))
+        p = item_file(out, r["id"])
+        p.parent.mkdir(parents=True, exist_ok=True)
+        t.save(p)
+        lines.append(json.dumps({"id": r["id"], "tokens": str(p.relative_to(out))}))
+    (out / "index.jsonl").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def test_head_token_batches_crop_the_tokens_with_the_audio(corpus, tmp_path):
+    from codec.contracts import CodecTokens
+    from codec.model import DualStreamCodec
+    from codec.train.batches import HeadTokens, StepBatches, read_rows
+
+    base = train(cfg_for(corpus, tmp_path / "base", "sacodec", steps=1, warmup_adv_steps=100), progress=False)
+    codec = DualStreamCodec.from_pretrained(base.export_dir).eval()
+    d = _head_token_dir(codec, corpus, tmp_path / "head")
+    rows = read_rows(str(corpus / "manifest.jsonl"), "train")
+    hop, seg = codec.semantic_hop, 8 * codec.semantic_hop
+    plain = StepBatches(rows, SR, seg, hop, 2, steps=6)
+    head = HeadTokens(d, hop)
+    both = StepBatches(rows, SR, seg, hop, 2, steps=6, head=head, head_prob=1.0)
+    never = StepBatches(rows, SR, seg, hop, 2, steps=6, head=head, head_prob=0.0)
+    for step in range(6):
+        a, b, c = plain[step], both[step], never[step]
+        assert a.starts == b.starts and torch.equal(a.wav, b.wav)  # the same crops as a run without head tokens
+        assert c.head == [None, None]
+        for uid, s, t in zip(b.ids, b.starts, b.head):
+            full = head.tokens(uid)
+            f = s // hop
+            assert isinstance(t, CodecTokens) and t.semantic.shape[-1] == 8
+            assert torch.equal(t.semantic, full.semantic[..., f : f + 8])
+            assert torch.equal(t.acoustic, full.acoustic[..., 4 * f : 4 * f + 32])
+    with pytest.raises(ValueError, match="semantic grid"):
+        head.crop(rows[0]["id"], hop // 2, seg)
+
+
+def test_forward_on_given_tokens_decodes_them(corpus, tmp_path):
+    from codec.contracts import CodecTokens
+    from codec.model import DualStreamCodec
+
+    base = train(cfg_for(corpus, tmp_path / "base", "sacodec", steps=1, warmup_adv_steps=100), progress=False)
+    codec = DualStreamCodec.from_pretrained(base.export_dir).eval()
+    wav = _tone(1.28)
+    toks = codec.encode(wav)
+    with torch.no_grad():
+        given = codec(wav, tokens=toks).wav_hat
+        own = codec(wav).wav_hat
+        other = codec(wav, tokens=CodecTokens(toks.semantic, (toks.acoustic + 1) % codec.acoustic_codebook_size)).wav_hat
+    assert torch.allclose(given, codec.decode(toks)[..., : wav.shape[-1]], atol=1e-5)
+    assert torch.allclose(given, own, atol=1e-4)  # the training pass decodes what encode gives
+    assert not torch.allclose(given, other, atol=1e-4)
+    with pytest.raises(ValueError, match="do not cover"):
+        codec(wav[..., : 1280 * 4], tokens=toks)
+
+
+def test_decoder_finetune_on_head_tokens(corpus, tmp_path):
+    from codec.model import DualStreamCodec
+
+    base = train(cfg_for(corpus, tmp_path / "base", "sacodec", steps=1, warmup_adv_steps=100), progress=False)
+    a = DualStreamCodec.from_pretrained(base.export_dir).eval()
+    d = _head_token_dir(a, corpus, tmp_path / "head")
+    kw = {"teacher_units": None, "teacher_features": None, "teacher_centroids": None, "warmup_adv_steps": 100,
+          "init_from": str(base.export_dir), "train_only": list(a.decode_only), "head_tokens": str(d)}
+    ft = train(cfg_for(corpus, tmp_path / "ft", "sacodec", steps=4, lr=3e-3, head_token_prob=1.0, **kw), progress=False)
+    b = DualStreamCodec.from_pretrained(ft.export_dir)
+    assert a.tokenises_like(b)  # every token as it was; only the decode path trained
+    sa, sb = a.state_dict(), b.state_dict()
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith("decoder."))
+    log = _log(tmp_path / "ft")
+    assert all(x["head/share"] == 1.0 for x in log)  # every item (all longer than a crop) decoded head tokens
+    info = json.loads((ft.export_dir / "training.json").read_text())
+    assert info["head_tokens"] == str(d) and info["head_token_prob"] == 1.0
+    # what cannot work fails before training, with the reason
+    with pytest.raises(ValueError, match="decoder fine-tunes"):
+        cfg_for(corpus, tmp_path / "x", "sacodec", head_tokens=str(d))
+    with pytest.raises(ValueError, match="decode path only"):
+        train(cfg_for(corpus, tmp_path / "y", "sacodec", steps=1, **{**kw, "train_only": ["decoder", "encoder"]}),
+              progress=False)
+    other = DualStreamCodec.from_pretrained(base.export_dir).eval()
+    with torch.no_grad():  # another projector anchors onto other centroids: other semantic tokens
+        torch.nn.init.normal_(other.bottleneck.projector[0].weight, std=1.0)
+    e = _head_token_dir(other, corpus, tmp_path / "other")
+    with pytest.raises(ValueError, match="not this codec's"):
+        train(cfg_for(corpus, tmp_path / "z", "sacodec", steps=1, **{**kw, "head_tokens": str(e)}), progress=False)
+    with pytest.raises(FileNotFoundError, match="index.jsonl"):
+        train(cfg_for(corpus, tmp_path / "w", "sacodec", steps=1, **{**kw, "head_tokens": str(tmp_path)}),
+              progress=False)
+
+
+def test_decoder_finetune_on_head_tokens_lowers_the_loss_and_resumes_exactly(tmp_path):
+    one = make_corpus(tmp_path / "one", n=4, seconds=(1.0,))
+    base = train(cfg_for(one, tmp_path / "base", "sacodec", steps=1, warmup_adv_steps=100, ckpt_every=100),
+                 progress=False)
+    from codec.model import DualStreamCodec
+
+    a = DualStreamCodec.from_pretrained(base.export_dir).eval()
+    d = _head_token_dir(a, one, tmp_path / "head")
+    kw = {"teacher_units": None, "teacher_features": None, "teacher_centroids": None, "warmup_adv_steps": 100,
+          "init_from": str(base.export_dir), "train_only": list(a.decode_only), "head_tokens": str(d),
+              "head_token_prob": 0.5, "lr": 3e-3, "ckpt_every": 100, "segment_seconds": 0.64}
+    train(cfg_for(one, tmp_path / "ft", "sacodec", steps=12, **kw), progress=False)
+    log = _log(tmp_path / "ft")
+    assert np.mean([x["mel/l1"] for x in log[-3:]]) < log[0]["mel/l1"] * 0.95
+    assert 0.0 < np.mean([x["head/share"] for x in log]) < 1.0  # a mix of head and own tokens
+    # cut after 2 steps, resumed: the same weights as the run that never stopped
+    kw6 = {**kw, "steps": 6, "ckpt_every": 2}
+    train(cfg_for(one, tmp_path / "r1", "sacodec", **kw6), progress=False)
+    cut = train(cfg_for(one, tmp_path / "r2", "sacodec", **kw6, max_minutes=1e-9), progress=False)
+    assert cut.step == 1
+    train(cfg_for(one, tmp_path / "r2", "sacodec", **kw6), resume=True, progress=False)
+    sa, sb = _state(tmp_path / "r1"), _state(tmp_path / "r2")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -183,3 +183,46 @@ def test_eval_head_voices_the_true_semantic_tokens(monkeypatch):
     with pytest.raises(ValueError, match="acoustic head"):
         eval_head(pipe, items, SimpleNamespace(asr=_RecordingASR(texts)))
     pipe.head = head
+
+
+def test_head_token_dir_writes_the_heads_codes_for_the_true_semantic_tokens(tmp_path):
+    """`slm head-tokens`: per utterance, the codec's own semantic tokens with the head's acoustic codes; the
+    same codes again when an item is rebuilt (seeded by the utterance), a dir grows across manifests, and a
+    dir made with other sampling is refused."""
+    import json
+
+    from codec.audio import load_audio
+    from codec.contracts import CodecTokens
+    from codec.train.batches import HeadTokens
+    from slm.head_tokens import head_token_dir
+    from tests._tiny_pipeline import speechlike_wav, tiny_pipeline
+
+    pipe = tiny_pipeline()
+    (tmp_path / "wavs").mkdir()
+    rows = []
+    for i in range(4):
+        p = speechlike_wav(tmp_path / "wavs" / f"u{i}.wav", seconds=0.9 + 0.3 * i)
+        rows.append({"id": f"u{i}", "path": p, "text": "hello there", "speaker": f"s{i % 2}", "split": "train",
+                     "words": [[0.0, 0.4, "hello"], [0.4, 0.8, "there"]]})
+    man = tmp_path / "m.jsonl"
+    man.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    out = tmp_path / "head"
+    assert head_token_dir("tiny", man, out, pipe=pipe, progress=False) == 3
+    index = [json.loads(x) for x in (out / "index.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in index] == ["u0", "u1", "u2"]
+    first = {}
+    for r in index:
+        t = CodecTokens.load(out / r["tokens"])
+        own = pipe.encode(load_audio(str(tmp_path / "wavs" / f"{r['id']}.wav"), pipe.sample_rate), pipe.sample_rate)
+        assert torch.equal(t.semantic, own.semantic)  # the true semantic tokens
+        assert t.acoustic.shape == own.acoustic.shape and not torch.equal(t.acoustic, own.acoustic)
+        first[r["id"]] = t
+    (out / index[1]["tokens"]).unlink()
+    man.write_text("".join(json.dumps(r) + "\n" for r in rows))  # a larger manifest that holds the first
+    assert head_token_dir("tiny", man, out, pipe=pipe, progress=False) == 4
+    again = HeadTokens(out, pipe.codec.semantic_hop)
+    assert len(again) == 4 and torch.equal(again.tokens("u1").acoustic, first["u1"].acoustic)
+    with pytest.raises(ValueError, match="other settings"):
+        head_token_dir("tiny", man, out, seed=1, pipe=pipe, progress=False)
+    with pytest.raises(ValueError, match="no utterances"):
+        head_token_dir("tiny", man, tmp_path / "x", split="test", pipe=pipe, progress=False)

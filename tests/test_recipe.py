@@ -61,7 +61,7 @@ def test_overrides_and_bad_input(tmp_path):
 
 def test_stage_selection():
     assert select_stages() == list(STAGES)
-    assert select_stages(from_stage="lm") == ["lm", "eval", "export"]
+    assert select_stages(from_stage="lm") == ["lm", "voice", "eval", "export"]
     assert select_stages(only=["export", "codec"]) == ["codec", "export"]
     with pytest.raises(ValueError, match="unknown stage 'lmm'"):
         select_stages(from_stage="lmm")
@@ -170,7 +170,7 @@ def test_lm_finetunes_chain_each_from_the_model_before(tmp_path):
                         {"enabled": False, "train": {"steps": 99}},
                         {"train": {"tasks": {"asr": 1.0, "asr_aligned": 1.0}}}]
     r = Recipe(s, ROOT)
-    assert len(r.lm_finetunes) == 2 and r.bundle == tmp_path / "lm_ft2" / "final"
+    assert len(r.lm_finetunes) == 2 and r.lm_bundle == tmp_path / "lm_ft2" / "final"
     cmds = recipe._lm(r)
     assert len(cmds) == 3 and cmds[1][cmds[1].index("--max-minutes") + 1] == "3"
     first, second = (yaml.safe_load((tmp_path / n).read_text()) for n in ("lm_ft_train.yaml", "lm_ft2_train.yaml"))
@@ -182,8 +182,8 @@ def test_lm_finetunes_chain_each_from_the_model_before(tmp_path):
     assert set(recipe._lm_ok(r)) == {str(tmp_path / d / "final") for d in ("lm", "lm_ft", "lm_ft2")}
     # one mapping is one run (the old form), none is the first LM alone
     r1 = Recipe({**s, "lm_finetune": {"train": {"steps": 2}}}, ROOT)
-    assert r1.bundle == tmp_path / "lm_ft" / "final" and len(recipe._lm(r1)) == 2
-    assert Recipe({**s, "lm_finetune": None}, ROOT).bundle == tmp_path / "lm" / "final"
+    assert r1.lm_bundle == tmp_path / "lm_ft" / "final" and len(recipe._lm(r1)) == 2
+    assert Recipe({**s, "lm_finetune": None, "voice": None}, ROOT).bundle == tmp_path / "lm" / "final"
     with pytest.raises(ValueError, match="mapping"):
         _ = Recipe({**s, "lm_finetune": ["steps=3"]}, ROOT).lm_finetunes
 
@@ -229,3 +229,54 @@ def test_model_card_reports_a_decoder_fine_tune_only_when_the_build_uses_it(tmp_
     (tmp_path / "settings.json").write_text(json.dumps({"codec": {"decoder_finetune": {"train": {"steps": 7}}}}))
     line = _decoder_line(collect(tmp_path, tmp_path / "bundle")["codec"]["decoder_finetune"])
     assert len(line) == 1 and "only decoder trained" in line[0] and "7 steps (12 s), cosine from 0.001 to 0.0001" in line[0]
+
+
+def test_voice_stage_fine_tunes_the_lm_codecs_decoder_on_head_tokens(tmp_path):
+    import yaml
+
+    s = load_settings(ROOT / "configs" / "recipe" / "tiny.yaml", [f"work_dir={tmp_path}"])
+    r = Recipe(s, ROOT)
+    assert r.bundle == tmp_path / "voice" / "final" and r.lm_bundle == tmp_path / "lm_ft2" / "final"
+    assert r.final_codec == tmp_path / "voice_dec" / "final"
+    with pytest.raises(FileNotFoundError, match="codec stage first"):
+        recipe._voice(r)
+    (tmp_path / "codec_dec" / "final").mkdir(parents=True)
+    (tmp_path / "codec_dec" / "final" / "config.json").write_text(json.dumps(
+        {"variant": "sacodec", "codec": {"variant": "sacodec", "dim": 8}}))
+    cmds = recipe._voice(r)
+    assert [c[c.index("-m") + 1] for c in cmds] == ["slm", "slm", "slm.recipe_steps"]
+    ht, train, assemble = cmds
+    assert "voice_train.yaml" in " ".join(train)
+    assert ht[ht.index("head-tokens") + 1] == str(r.lm_bundle) and ht[ht.index("--limit") + 1] == "6"
+    assert ht[ht.index("--out") + 1] == str(tmp_path / "head_tokens")
+    cfg = yaml.safe_load((tmp_path / "voice_train.yaml").read_text())
+    assert cfg["model"] == {"variant": "sacodec", "dim": 8}  # the LM codec's own config
+    assert cfg["init_from"] == str(tmp_path / "codec_dec" / "final") and cfg["head_tokens"] == str(tmp_path / "head_tokens")
+    assert cfg["train_only"] == ["decoder", "bottleneck.ac_out", "bottleneck.ac_up"] and cfg["head_token_prob"] == 1.0
+    assert cfg["steps"] == 2 and cfg["batch_size"] == 2  # the voice settings over the codec's train settings
+    assert assemble[-3:] == [str(r.lm_bundle), str(tmp_path / "voice_dec" / "final"), str(r.bundle)]
+    assert recipe._voice_ok(r) == [str(r.bundle)]
+    (tmp_path / "voice_dec" / "final").mkdir(parents=True)
+    (tmp_path / "voice_dec" / "final" / "config.json").write_text("{}")
+    assert len(recipe._voice(r)) == 1  # a finished fine-tune is reused: only the model is assembled again
+    # eval reads the bundle and its codec
+    assert str(r.final_codec) in recipe._eval(r)[0] and str(r.bundle) in recipe._eval(r)[-1]
+    off = Recipe({**s, "voice": None}, ROOT)
+    assert off.bundle == off.lm_bundle and off.final_codec == off.codec and recipe._voice(off) == []
+    assert recipe._voice_ok(off) == []
+    assert Recipe({**s, "voice": {**s["voice"], "enabled": False}}, ROOT).voice is None
+
+
+def test_model_card_reports_the_voice_stage_only_when_the_build_runs_it(tmp_path):
+    from slm.recipe_card import _voice_line, collect
+
+    (tmp_path / "voice_dec" / "final").mkdir(parents=True)
+    (tmp_path / "voice_dec" / "final" / "training.json").write_text(json.dumps(
+        {"step": 9, "seconds": 30.0, "train_only": ["decoder"], "head_token_prob": 1.0, "losses": {"mel/l1": 0.3}}))
+    (tmp_path / "head_tokens").mkdir()
+    (tmp_path / "head_tokens" / "index.jsonl").write_text('{"id": "a"}\n{"id": "b"}\n')
+    (tmp_path / "settings.json").write_text(json.dumps({"voice": None}))
+    assert collect(tmp_path, tmp_path / "bundle")["voice"] == {}
+    (tmp_path / "settings.json").write_text(json.dumps({"voice": {"limit": 2}}))
+    line = _voice_line(collect(tmp_path, tmp_path / "bundle")["voice"])
+    assert len(line) == 1 and "of 2 utterances" in line[0] and "9 steps (30 s)" in line[0] and "only decoder" in line[0]

@@ -29,7 +29,7 @@ def test_every_stage_ran_and_produced_its_outputs(built):
 
     _, work, first = built
     assert [r.name for r in first if not r.skipped] == ["synth", "real", "teacher", "codec", "tokenize", "lm",
-                                                          "eval", "export"]
+                                                          "voice", "eval", "export"]
     n = len((work / "corpus" / "manifest.jsonl").read_text().splitlines())
     assert n > 0 and len((work / "tokens" / "index.jsonl").read_text().splitlines()) == n
     assert (work / "real" / "manifest.jsonl").stat().st_size > 0
@@ -59,7 +59,16 @@ def test_every_stage_ran_and_produced_its_outputs(built):
     assert {"tts", "asr", "asr_plain", "tts_floor"} <= set(lm_eval) and 0 <= lm_eval["asr"]["wer"]
     assert lm_eval["asr"]["form"] == "aligned" and lm_eval["asr_plain"]["form"] == "plain"
     assert {"floor", "codec", "head"} <= set(lm_eval["head"])  # where TTS loses intelligibility
-    assert Path(lm_eval["bundle"]).resolve() == (work / "lm_ft2" / "final").resolve()
+    # the voice stage: head tokens, a decoder fine-tune on them (same tokens), the LM with that decoder
+    assert len((work / "head_tokens" / "index.jsonl").read_text().splitlines()) == 6
+    voiced = DualStreamCodec.from_pretrained(work / "voice_dec" / "final")
+    assert dec.tokenises_like(voiced) and not torch.equal(voiced.decoder.state_dict()[next(iter(dd))], dd[next(iter(dd))])
+    info = json.loads((work / "voice_dec" / "final" / "training.json").read_text())
+    assert info["head_tokens"] == str(work / "head_tokens") and info["init_from"] == str(work / "codec_dec" / "final")
+    bundle_codec = DualStreamCodec.from_pretrained(work / "voice" / "final" / "codec").state_dict()
+    assert all(torch.equal(v, voiced.state_dict()[k]) for k, v in bundle_codec.items())
+    assert (work / "voice" / "final" / "adapter").is_dir()
+    assert Path(lm_eval["bundle"]).resolve() == (work / "voice" / "final").resolve()
     for stage in ("synth", "codec", "lm", "eval"):
         stamp = json.loads((work / "stamps" / f"{stage}.json").read_text())
         assert stamp["wall_s"] > 0 and stamp["commands"]
@@ -92,6 +101,7 @@ def test_export_is_fp16_small_with_a_model_card_and_loads(built):
     assert "Known limits" in card and "sacodec" in card
     assert "| continuation | DNSMOS OVRL |" in card and "| conditioning | TTS: semantic-token loss gain" in card
     assert "- Codec decoder fine-tune (from the codec above; only decoder, bottleneck.ac_out trained" in card
+    assert "- Voice stage (the bundle's decoder): the LM's codec with only decoder, bottleneck.ac_out, bottleneck.ac_up" in card
     assert "- LM fine-tune 1 (a run from the LM above" in card and "aligned TTS form" in card
     assert "- LM fine-tune 2 (a run from the fine-tune above" in card and "aligned TTS and ASR forms" in card
     assert "| conditioning | aligned TTS: semantic-token loss gain" in card

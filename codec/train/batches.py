@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from codec.contracts import CodecTokens
 from codec.modules.teacher import TeacherBatch
 from codec.text_encoder import TimedText
 from codec.train.teacher_cache import CacheReader
@@ -34,6 +36,8 @@ class CodecBatch:
     texts: list[str | TimedText]   # the crop's timed words; the transcript when the row has no word times
     ids: list[str]
     starts: list[int]               # crop start sample per item
+    # per item: the head tokens to decode instead of the codec's own (config ``head_tokens``), else None
+    head: list[CodecTokens | None] | None = None
 
 
 def collate_codec_batch(items: list[CodecBatch]) -> CodecBatch:
@@ -46,7 +50,8 @@ class StepBatches(Dataset):
 
     def __init__(self, rows: list[dict], sample_rate: int, segment_samples: int, hop: int, batch_size: int,
                  seed: int = 0, features: CacheReader | None = None, units: CacheReader | None = None,
-                 rank: int = 0, world: int = 1, steps: int = 1) -> None:
+                 rank: int = 0, world: int = 1, steps: int = 1, head: HeadTokens | None = None,
+                 head_prob: float = 0.0) -> None:
         if not rows:
             raise ValueError("no training utterances (empty manifest split)")
         if segment_samples % hop:
@@ -58,6 +63,7 @@ class StepBatches(Dataset):
         self.seed, self.features, self.units, self.rank, self.world = seed, features, units, rank, world
         self.steps_per_epoch = len(rows) // per_step
         self.steps = steps
+        self.head, self.head_prob = head, head_prob
         # rows with a transcript but no word times (old espeak rows): their crops fall back to the
         # whole transcript spread evenly over the frames
         self.untimed_rows = sum(1 for r in rows if r.get("text") and not r.get("words"))
@@ -84,11 +90,15 @@ class StepBatches(Dataset):
     def __getitem__(self, step: int) -> CodecBatch:
         from codec.audio import load_audio
 
-        wavs, feats, units, texts, ids, starts = [], [], [], [], [], []
+        wavs, feats, units, texts, ids, starts, head = [], [], [], [], [], [], []
         for i, idx in enumerate(self.indices(step)):
             row = self.rows[idx]
             rng = np.random.default_rng([self.seed, step, self.rank, i])
-            w, s = self._crop(load_audio(row["path"], self.sr), rng)
+            full = load_audio(row["path"], self.sr)
+            w, s = self._crop(full, rng)
+            if self.head is not None:  # drawn after the crop: the crops are those of a run without head tokens
+                use = rng.random() < self.head_prob and full.shape[-1] > self.seg and self.head.has(row["id"])
+                head.append(self.head.crop(row["id"], s, self.seg) if use else None)
             wavs.append(w)
             starts.append(s)
             ids.append(row["id"])
@@ -104,7 +114,51 @@ class StepBatches(Dataset):
                 units=torch.stack(units) if units else None,
                 feature_rate=self.features.frame_rate if self.features is not None else 50.0,
             )
-        return CodecBatch(torch.stack(wavs), teacher, texts, ids, starts)
+        return CodecBatch(torch.stack(wavs), teacher, texts, ids, starts, head if self.head is not None else None)
+
+
+class HeadTokens:
+    """A token dir (``index.jsonl`` + ``items/<id>.safetensors``, as ``slm head-tokens`` and ``slm codec
+    tokenize`` write it), held in memory, cropped to training crops. ``semantic_hop``: samples per
+    semantic frame of the codec that made the tokens."""
+
+    def __init__(self, token_dir: str | Path, semantic_hop: int) -> None:
+        import json
+
+        d = Path(token_dir)
+        if not (d / "index.jsonl").is_file():
+            raise FileNotFoundError(f"{d} holds no index.jsonl: make it with `slm head-tokens MODEL --manifest ... "
+                                    f"--out {d}`")
+        self.dir, self.hop = d, semantic_hop
+        self.index = {}
+        for line in (d / "index.jsonl").read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                self.index[rec["id"]] = d / rec["tokens"]
+        self._cache: dict[str, CodecTokens] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def has(self, uid: str) -> bool:
+        return uid in self.index
+
+    def tokens(self, uid: str) -> CodecTokens:
+        if uid not in self._cache:
+            self._cache[uid] = CodecTokens.load(self.index[uid])
+        return self._cache[uid]
+
+    def crop(self, uid: str, start: int, n: int) -> CodecTokens:
+        """Tokens of samples ``[start, start + n)``; both must be whole semantic frames."""
+        if start % self.hop or n % self.hop:
+            raise ValueError(f"crop [{start}, {start + n}) is not on the {self.hop}-sample semantic grid")
+        t, a, f = self.tokens(uid), start // self.hop, n // self.hop
+        if t.semantic.shape[-1] < a + f:
+            raise ValueError(f"{self.index[uid]}: {t.semantic.shape[-1]} semantic frames cannot hold frames "
+                             f"[{a}, {a + f}): the tokens are not of this utterance's audio")
+        r = t.acoustic.shape[-1] // t.semantic.shape[-1]
+        return CodecTokens(semantic=t.semantic[..., a : a + f], acoustic=t.acoustic[..., a * r : (a + f) * r],
+                           global_=t.global_)
 
 
 def crop_words(row: dict, start_s: float, dur_s: float) -> TimedText | str:

@@ -58,6 +58,13 @@ class CodecTrainConfig:
     # trained one stay in train mode: e.g. secousticodec's bottleneck samples its VAE latent in training,
     # so train_only: [bottleneck.x] there trains on sampled latents.
     train_only: list[str] | None = None
+    # Decoder fine-tunes only: a token dir (`slm head-tokens`) whose acoustic codes a speech LM's acoustic
+    # head sampled for each utterance from its true semantic tokens. A share ``head_token_prob`` of the
+    # batch items is decoded from those tokens (cropped to the item's crop) instead of the codec's own, so
+    # the decoder learns to voice what the head gives it, the way a vocoder is fine-tuned on a TTS model's
+    # ground-truth-aligned features. The target audio is the item's own audio either way.
+    head_tokens: str | None = None
+    head_token_prob: float = 0.5
     max_minutes: float | None = None  # stop (and checkpoint) after this much wall time
     # The adversarial terms start after this many steps (SAC: 1500): a random generator gives the
     # discriminator an easy win that destabilises training.
@@ -111,6 +118,11 @@ class CodecTrainConfig:
             if self.train_only and (self.semantic_stage_step or self.joint_stage_step):
                 raise ValueError("train_only and secousticodec's stage schedule both decide what trains: set one "
                                  "(semantic_stage_step/joint_stage_step = 0 with train_only)")
+        if not 0.0 <= self.head_token_prob <= 1.0:
+            raise ValueError(f"head_token_prob must lie in [0, 1], got {self.head_token_prob}")
+        if self.head_tokens and not self.train_only:
+            raise ValueError("head_tokens is for decoder fine-tunes: set train_only to the codec's decode-only "
+                             "modules (e.g. [decoder, bottleneck.ac_out, bottleneck.ac_up]) and init_from")
         if isinstance(self.recon, dict):
             self.recon = _build(ReconstructionLossConfig, self.recon, "recon")
         if isinstance(self.discriminator, dict):

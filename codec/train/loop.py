@@ -33,7 +33,7 @@ from codec.losses import (
     weighted_sum,
 )
 from codec.modules.secousti import apply_training_stage
-from codec.train.batches import StepBatches, collate_codec_batch, crop_hop, read_rows
+from codec.train.batches import HeadTokens, StepBatches, collate_codec_batch, crop_hop, read_rows
 from codec.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from codec.train.config import CodecTrainConfig
 from codec.train.teacher_cache import CacheReader
@@ -229,8 +229,9 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
     sr = model.sample_rate
     hop = crop_hop(model.semantic_hop, sr, feats, units)
     seg = max(1, round(cfg.segment_seconds * sr / hop)) * hop
+    head = _open_head_tokens(cfg, model, rows, accelerator.print)
     data = StepBatches(rows, sr, seg, hop, cfg.batch_size, cfg.seed, feats, units,
-                       accelerator.process_index, accelerator.num_processes, cfg.steps)
+                       accelerator.process_index, accelerator.num_processes, cfg.steps, head, cfg.head_token_prob)
 
     disc = CodecDiscriminator(cfg.discriminator)
     recon = ReconstructionLoss(cfg.recon).to(accelerator.device)
@@ -288,8 +289,12 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
                 units=None if teacher.units is None else teacher.units.to(accelerator.device),
                 feature_rate=teacher.feature_rate)
         text = batch.texts if gen.config.variant == "secousticodec" else None
+        given = _batch_tokens(gen, wav, batch.head)
         with accelerator.autocast():
-            out = model(wav, teacher=teacher, text=text)
+            out = model(wav, teacher=teacher, text=text) if given is None else model(wav, tokens=given)
+            if batch.head is not None:
+                out.extras = {**out.extras, "head/share": torch.tensor(
+                    sum(t is not None for t in batch.head) / len(batch.head))}
             losses = dict(out.losses)
             wav_hat = out.wav_hat.float()
             rl = recon(wav_hat, wav)
@@ -331,11 +336,57 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
         (export / "training.json").write_text(json.dumps(
             {"step": step, "seconds": round(seconds, 1), "losses": logger.last, "bitrate": gen.bitrate,
              "init_from": cfg.init_from, "train_only": cfg.train_only, "steps_planned": cfg.steps,
-             "stopped_by_time": stopped_early,
+             "stopped_by_time": stopped_early, "head_tokens": cfg.head_tokens,
+             "head_token_prob": cfg.head_token_prob if cfg.head_tokens else None,
              "teacher_units": cfg.teacher_units, "teacher_features": cfg.teacher_features,
              "teacher_spec": (units or feats).meta.get("spec") if (units or feats) else None}, indent=2))
     accelerator.end_training()
     return TrainResult(step, seconds, dict(logger.last), export, out_dir)
+
+
+def _open_head_tokens(cfg: CodecTrainConfig, model, rows: list[dict], say) -> HeadTokens | None:
+    """The ``head_tokens`` dir of a decoder fine-tune, checked: only decode-only modules train, it covers
+    some train utterances, and its semantic tokens are this codec's (re-encoded for a few of them)."""
+    if not cfg.head_tokens:
+        return None
+    from codec.audio import load_audio
+    outside = [n for n, p in model.named_parameters() if p.requires_grad and not _in(n, list(model.decode_only))]
+    if outside:
+        raise ValueError(f"head_tokens trains the decode path only, but train_only {cfg.train_only} also trains "
+                         f"{outside[:3]}: tokens decoded from elsewhere say nothing about the encoder")
+    head = HeadTokens(cfg.head_tokens, model.semantic_hop)
+    covered = [r for r in rows if head.has(r["id"])]
+    if not covered:
+        raise ValueError(f"{cfg.head_tokens} holds tokens of none of the {len(rows)} train utterances of "
+                         f"{cfg.manifest}: make them from this manifest")
+    was_training = model.training
+    model.eval()  # quantisers may update their codebooks in train mode
+    for r in covered[:3]:
+        own = model.encode(load_audio(r["path"], model.sample_rate)[None]).semantic.cpu()
+        theirs = head.tokens(r["id"]).semantic
+        same = own.shape == theirs.shape and float((own == theirs).float().mean()) >= 0.95
+        if not same:
+            raise ValueError(f"{cfg.head_tokens}: the semantic tokens of {r['id']} are not this codec's (init_from "
+                             f"{cfg.init_from}): make head tokens with a speech LM on this codec")
+    model.train(was_training)
+    say(f"head tokens: {len(covered)} of {len(rows)} train utterances ({cfg.head_tokens}); a share of "
+        f"{cfg.head_token_prob} of the crops is decoded from them")
+    return head
+
+
+def _batch_tokens(gen, wav: torch.Tensor, head: list | None):
+    """The tokens to decode for a batch with head tokens: the codec's own, with each item that drew head
+    tokens replaced by them; None when no item did (the normal training pass runs)."""
+    if head is None or all(t is None for t in head):
+        return None
+    from codec.contracts import CodecTokens
+
+    own = gen.encode(wav)  # no grad; the encoder and quantisers are frozen in a decoder fine-tune
+    sem, ac = own.semantic.clone(), own.acoustic.clone()
+    for i, t in enumerate(head):
+        if t is not None:
+            sem[i], ac[i] = t.semantic[0].to(sem.device), t.acoustic[0].to(ac.device)
+    return CodecTokens(semantic=sem, acoustic=ac, global_=own.global_)
 
 
 def _adversarial(accelerator, disc, opt_d, sch_d, wav, wav_hat, cfg: CodecTrainConfig) -> dict:

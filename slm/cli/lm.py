@@ -1,4 +1,4 @@
-"""`slm train | tts | asr | continue`: fine-tune and run the speech LM."""
+"""`slm train | tts | asr | continue | head-tokens`: fine-tune and run the speech LM."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +50,25 @@ def register(subparsers) -> None:
     c.add_argument("--out", required=True)
     _sampling_args(c)
     c.set_defaults(func=_continue)
+
+    h = subparsers.add_parser("head-tokens", help="per utterance of a manifest: its semantic tokens with the acoustic "
+                                                  "codes the model's head gives them (for a decoder fine-tune)")
+    h.add_argument("model", help="a trained speech-LM dir ('default': the bundled model)")
+    h.add_argument("--manifest", required=True)
+    h.add_argument("--out", required=True, help="token dir to write (resumable)")
+    h.add_argument("--split", default="train", help="manifest split ('all': every utterance)")
+    h.add_argument("--limit", type=int, default=None, help="the first N utterances of the split")
+    h.add_argument("--seed", type=int, default=0)
+    h.set_defaults(func=_head_tokens)
+
+
+def _head_tokens(args) -> int:
+    from slm.head_tokens import head_token_dir
+
+    n = head_token_dir(args.model, args.manifest, args.out, None if args.split == "all" else args.split,
+                       args.limit, args.seed)
+    print(f"{n} utterances -> {args.out}/index.jsonl")
+    return 0
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:

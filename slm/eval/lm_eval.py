@@ -94,29 +94,20 @@ def eval_head(pipe, items: list[EvalItem], judges: Judges, seed: int = 0) -> dic
     TTS itself (the LM choosing the semantic tokens) is :func:`eval_tts`; the gap from ``head`` to it is the
     LM's, from ``codec`` to ``head`` the acoustic head's."""
     from adapters.judges import error_rates
-    from slm.templates import tts_aligned_example, tts_example, with_phones
+    from slm.templates import with_phones
 
     if pipe.head is None:
         raise ValueError("eval_head needs a model with an acoustic head (its codec has acoustic codebooks)")
     voices = {spk: pipe._voice(_resample(p.wav, p.sample_rate, pipe.sample_rate))  # each prompt encoded once
               for spk, p in voice_prompts(items).items()}
     gen = torch.Generator().manual_seed(seed)
-    s, dev = pipe.sampling, pipe.head.in_proj.weight.device
     wavs: dict[str, list[np.ndarray]] = {"floor": [], "codec": [], "head": []}
     for it in tqdm(items, desc="head"):
         wav = _resample(it.wav, it.sample_rate, pipe.sample_rate)
         toks = pipe.encode(wav, pipe.sample_rate)
-        codes = toks.semantic[0, 0].cpu()
-        ex = None
-        if pipe.tts_aligned and it.words:
-            ex = tts_aligned_example(pipe.tokenizer, pipe.layout, it.text, with_phones(it.words, it.phones), codes,
-                                     wav.shape[-1] / pipe.sample_rate, phones=pipe.tts_phones)
-        ex = ex or tts_example(pipe.tokenizer, pipe.layout, it.text, codes)
-        out = pipe.infer_lm(input_ids=ex.input_ids[None].to(dev), output_hidden_states=True)
-        h = out.hidden_states[-1][0, ex.semantic_pos.to(dev) - 1].to(pipe.head.in_proj.weight.dtype)
-        v = voices[it.speaker]
-        ac = pipe.head.generate(h, codes.to(dev), pipe._voice_vec(v), s.head_temperature, s.head_top_k, gen)
-        voiced = pipe._tokens(codes.tolist(), list(ac.cpu()), v.tokens.global_ if v is not None else None)
+        words = with_phones(it.words, it.phones) if it.words else None
+        voiced = pipe.voice_semantic(toks.semantic[0, 0], it.text, words, voices[it.speaker], gen,
+                                     wav.shape[-1] / pipe.sample_rate)
         for key, t in (("codec", toks), ("head", voiced)):
             wavs[key].append(_np(_resample(pipe.codec.decode(t).reshape(1, -1), pipe.sample_rate, 16000)))
         wavs["floor"].append(_np(_resample(it.wav, it.sample_rate, 16000)))
