@@ -289,8 +289,8 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
                 units=None if teacher.units is None else teacher.units.to(accelerator.device),
                 feature_rate=teacher.feature_rate)
         text = batch.texts if gen.config.variant == "secousticodec" else None
-        given = _batch_tokens(gen, wav, batch.head)
         with accelerator.autocast():
+            given = _batch_tokens(gen, wav, batch.head)  # the codec's own tokens encoded as the normal pass does
             out = model(wav, teacher=teacher, text=text) if given is None else model(wav, tokens=given)
             if batch.head is not None:
                 out.extras = {**out.extras, "head/share": torch.tensor(
@@ -381,6 +381,11 @@ def _batch_tokens(gen, wav: torch.Tensor, head: list | None):
         return None
     from codec.contracts import CodecTokens
 
+    if all(t is not None for t in head):
+        g = [t.global_ for t in head]
+        return CodecTokens(semantic=torch.cat([t.semantic for t in head]).to(wav.device),
+                           acoustic=torch.cat([t.acoustic for t in head]).to(wav.device),
+                           global_=None if any(x is None for x in g) else torch.cat(g).to(wav.device))
     own = gen.encode(wav)  # no grad; the encoder and quantisers are frozen in a decoder fine-tune
     sem, ac = own.semantic.clone(), own.acoustic.clone()
     for i, t in enumerate(head):
