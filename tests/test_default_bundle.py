@@ -42,7 +42,8 @@ def test_bundle_is_small_and_complete():
                    "TTS form, 420 in the aligned ASR form and 650 in the phone-bridged TTS form, on a 2-core CPU) reads "
                    "the words it is fed (aligned conditioning gain 1.29 nats/token) but does not yet speak intelligibly "
                    "(model card: TTS WER 1.01 on 16 held-out test sentences). Its acoustic head is the limit: the true "
-                   "semantic tokens voiced by the head give WER 1.01 too, while the codec's own tokens give 0.48; the 0.3 "
+                   "semantic tokens voiced by the head give WER 1.01 too, while the codec's own tokens give 0.48, and a "
+                   "decoder fine-tuned on the head's codes moved TTS only to 0.97 (docs/results/voice_decoder); the 0.3 "
                    "target needs far more training (the recipe on a GPU)")
 def test_tts_then_asr_round_trip_wer(pipe):
     from adapters.judges import WhisperASR, WhisperConfig, error_rates

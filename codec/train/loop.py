@@ -350,6 +350,7 @@ def _open_head_tokens(cfg: CodecTrainConfig, model, rows: list[dict], say) -> He
     if not cfg.head_tokens:
         return None
     from codec.audio import load_audio
+
     outside = [n for n, p in model.named_parameters() if p.requires_grad and not _in(n, list(model.decode_only))]
     if outside:
         raise ValueError(f"head_tokens trains the decode path only, but train_only {cfg.train_only} also trains "
