@@ -73,15 +73,16 @@ def head_token_dir(model: str | Path, manifest: str | Path, out_dir: str | Path,
             toks.save(tmp, metadata=meta)
             tmp.replace(path)
         done.append(r)
-    from codec.contracts import CodecTokens
+    from safetensors import safe_open
 
     index = {}  # an earlier run's items stay indexed
     if (out / "index.jsonl").is_file():
         index = {rec["id"]: rec for rec in map(json.loads, (out / "index.jsonl").read_text().splitlines())}
     for r in done:
-        t = CodecTokens.load(item_file(out, r["id"]))
+        with safe_open(str(item_file(out, r["id"])), "pt") as st:  # the shapes only, as `slm codec tokenize`
+            ts, ta = st.get_slice("semantic").get_shape()[-1], st.get_slice("acoustic").get_shape()[-1]
         index[r["id"]] = {"id": r["id"], "tokens": str(item_file(out, r["id"]).relative_to(out)),
-                          "n_semantic": t.semantic.shape[-1], "n_acoustic": t.acoustic.shape[-1],
+                          "n_semantic": ts, "n_acoustic": ta,
                           **{k: r[k] for k in ("text", "speaker", "split", "duration") if k in r}}
     (out / "index.jsonl.tmp").write_text("".join(json.dumps(rec) + "\n" for rec in index.values()))
     (out / "index.jsonl.tmp").replace(out / "index.jsonl")

@@ -226,13 +226,19 @@ def _finetune_lines(fts: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _codec_schedule(c: dict[str, Any]) -> str:
+    """A codec training run's learning-rate schedule, from its ``train_config.json``."""
+    if c.get("lr_schedule") == "cosine":
+        return f"cosine from {c.get('lr')} to {_f(c.get('lr', 0) * c.get('lr_min_ratio', 0), 6)}"
+    return f"lr {c.get('lr', '-')}"
+
+
 def _decoder_line(ft: dict[str, Any]) -> list[str]:
     """The card's line for the codec's decoder fine-tune (``codec.decoder_finetune``), if the build has one."""
     t, c = ft.get("training") or {}, ft.get("config") or {}
     if not t:
         return []
-    sched = (f"cosine from {c.get('lr')} to {_f(c.get('lr', 0) * c.get('lr_min_ratio', 0), 6)}"
-             if c.get("lr_schedule") == "cosine" else f"lr {c.get('lr', '-')}")
+    sched = _codec_schedule(c)
     extra = dict(c.get("loss_weights") or {})
     return [(f"- Codec decoder fine-tune (from the codec above; only {', '.join(t.get('train_only') or ['-'])} "
             f"trained, the encoder and quantisers frozen, so every token, and the LM trained on them, is unchanged): "
@@ -246,8 +252,7 @@ def _voice_line(v: dict[str, Any]) -> list[str]:
     t, c = v.get("training") or {}, v.get("config") or {}
     if not t:
         return []
-    sched = (f"cosine from {c.get('lr')} to {_f(c.get('lr', 0) * c.get('lr_min_ratio', 0), 6)}"
-             if c.get("lr_schedule") == "cosine" else f"lr {c.get('lr', '-')}")
+    sched = _codec_schedule(c)
     return [(f"- Voice stage (the bundle's decoder): the LM's codec with only {', '.join(t.get('train_only') or ['-'])} "
              f"trained, so every token and the LM are unchanged, on crops decoded from the acoustic head's own codes "
              f"for the true semantic tokens of {v.get('head_tokens', '-')} utterances (share "
