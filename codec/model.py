@@ -59,6 +59,11 @@ def weights_match(a: nn.Module, b: nn.Module, skip: tuple[str, ...] = ()) -> boo
     return True
 
 
+def decode_only_modules(variant: str) -> tuple[str, ...]:
+    """:attr:`DualStreamCodec.decode_only` of a variant, without building the codec."""
+    return ("decoder", *(("bottleneck.ac_out", "bottleneck.ac_up") if variant == "sacodec" else ()))
+
+
 def build_bottleneck(cfg: CodecConfig) -> nn.Module:
     if cfg.variant == "sac":
         return SACBottleneck(cfg)
@@ -134,8 +139,7 @@ class DualStreamCodec(nn.Module):
     def decode_only(self) -> tuple[str, ...]:
         """Modules that only turn tokens into audio: changing their weights changes no token. A decoder
         fine-tune (``train_only``) trains these, and a speech LM trained on the codec's tokens stays valid."""
-        extra = ("bottleneck.ac_out", "bottleneck.ac_up") if self.config.variant == "sacodec" else ()
-        return ("decoder", *extra)
+        return decode_only_modules(self.config.variant)
 
     def tokenises_like(self, other: nn.Module) -> bool:
         """True when ``other`` has this codec's config and its weights (compared at fp16, the precision

@@ -361,11 +361,12 @@ def voice_train_config(r: Recipe) -> dict[str, Any]:
     if not (r.codec / "config.json").is_file():
         raise FileNotFoundError(f"the voice stage fine-tunes the LM's codec, {r.codec}, which is not there: run the "
                                 "codec stage first")
+    from codec.model import decode_only_modules
+
     saved = json.loads((r.codec / "config.json").read_text())
-    variant = saved.get("variant")
     # the model is the codec's own saved config, whatever YAML (or given checkpoint) it came from
     d = {**copy.deepcopy(c.get("train", {})), "model": saved["codec"]}
-    d.update({"train_only": ["decoder", "bottleneck.ac_out", "bottleneck.ac_up"] if variant == "sacodec" else ["decoder"],
+    d.update({"train_only": list(decode_only_modules(saved.get("variant", ""))),
               "head_token_prob": 1.0, **copy.deepcopy(v.get("train", {})),
               "init_from": str(r.codec), "head_tokens": str(r.head_tokens), "manifest": str(_voice_manifest(r)),
               "out_dir": str(r.voice_dec_run)})
