@@ -11,7 +11,18 @@ Input sequence for one frame (length L)::
     x_i = E_code[c_{i-1}] + P_i         (i = 1..L-1, previous code of the frame + position)
 
 and position i predicts c_i. Frames are independent sequences, so training is one batched pass over
-all frames (teacher forcing) and inference is L cheap steps per frame. L is small (2..16): we
+all frames (teacher forcing) and inference is L cheap steps per frame.
+
+Acoustic context (``context = C > 0``): the backbone never sees acoustic codes, so a frame-independent head
+samples each 80 ms on its own, with nothing tying a frame's codes to the ones before it. With context the
+sequence is prefixed by the codes of the utterance's previous C frames (``C * L`` positions, their own
+position embeddings; a learned "none" vector before the utterance's first frames)::
+
+    [E_code[c^{t-C}_0] + Q_0, .., E_code[c^{t-1}_{L-1}] + Q_{CL-1}, x_0, x_1, .., x_{L-1}]
+
+so each code is predicted from the recent acoustic past as well (the local continuity an autoregressive
+acoustic model has). Training still batches all frames at once (the context is the *true* previous codes,
+teacher forcing); inference runs frame after frame (:meth:`generate_frames`). L is small (2..16): we
 recompute the prefix every step instead of keeping a KV cache; that is simpler and, at this length,
 not slower on CPU.
 
@@ -43,6 +54,7 @@ class AcousticHeadConfig:
     global_dim: int = 0  # size of the codec's float global_ embedding (0 = none)
     cond_dropout: float = 0.3  # drop voice conditioning in training so unconditional generation works
     dropout: float = 0.0
+    context: int = 0  # C: previous frames of acoustic codes each frame sees (0 = frames independent)
 
     @property
     def frame_len(self) -> int:
@@ -69,13 +81,20 @@ class AcousticHead(nn.Module):
         self.sem_emb = nn.Embedding(cfg.n_semantic, cfg.dim)
         self.code_emb = nn.Embedding(cfg.codebook_size, cfg.dim)
         self.pos_emb = nn.Parameter(torch.zeros(L, cfg.dim))
+        if cfg.context < 0:
+            raise ValueError(f"context must be >= 0 frames, got {cfg.context}")
+        if cfg.context:
+            self.ctx_pos = nn.Parameter(torch.zeros(cfg.context * L, cfg.dim))
+            self.ctx_none = nn.Parameter(torch.zeros(cfg.dim))
+            nn.init.normal_(self.ctx_pos, std=0.02)
         self.global_proj = nn.Linear(cfg.global_dim, cfg.dim) if cfg.global_dim else None
         layer = nn.TransformerEncoderLayer(cfg.dim, cfg.n_heads, 4 * cfg.dim, cfg.dropout, batch_first=True,
                                            norm_first=True, activation="gelu")
         self.blocks = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.dim)
         self.out = nn.Linear(cfg.dim, cfg.codebook_size)
-        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(L), persistent=False)
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask((1 + cfg.context) * L),
+                             persistent=False)
         nn.init.normal_(self.pos_emb, std=0.02)
 
     # ---- conditioning ---------------------------------------------------------------------------------------
@@ -90,22 +109,38 @@ class AcousticHead(nn.Module):
         return v
 
     # ---- teacher-forced pass --------------------------------------------------------------------------------
-    def _inputs(self, h: Tensor, sem: Tensor, codes: Tensor, voice: Tensor | None) -> Tensor:
-        """h [N, D], sem [N], codes [N, L'] (L' <= L, previous codes) -> [N, 1+L', dim] (last code unused)."""
+    def _inputs(self, h: Tensor, sem: Tensor, codes: Tensor, voice: Tensor | None,
+                context: Tensor | None = None) -> Tensor:
+        """h [N, D], sem [N], codes [N, L'] (L' <= L, previous codes), context [N, C*L] (-1 = none) ->
+        [N, C*L + 1 + L', dim] (last code unused)."""
         x0 = self.in_proj(h) + self.sem_emb(sem)
         if voice is not None:
             x0 = x0 + voice
         rest = self.code_emb(codes.clamp_min(0)) + self.pos_emb[1 : codes.shape[1] + 1]
-        return torch.cat([(x0 + self.pos_emb[0])[:, None], rest], dim=1)
+        x = torch.cat([(x0 + self.pos_emb[0])[:, None], rest], dim=1)
+        return x if not self.cfg.context else torch.cat([self._context(context, h.shape[0]), x], dim=1)
 
-    def _run(self, x: Tensor) -> Tensor:
+    def _context(self, context: Tensor | None, n: int) -> Tensor:
+        """``[N, C*L]`` previous frames' codes (oldest first; -1: before the utterance) -> ``[N, C*L, dim]``."""
+        CL = self.cfg.context * self.cfg.frame_len
+        if context is None:
+            context = torch.full((n, CL), -1, dtype=torch.long, device=self.pos_emb.device)
+        if tuple(context.shape) != (n, CL):
+            raise ValueError(f"context must be [N={n}, C*L={CL}] codes, got {tuple(context.shape)}")
+        e = torch.where((context >= 0)[..., None], self.code_emb(context.clamp_min(0)), self.ctx_none)
+        return e + self.ctx_pos
+
+    def _run(self, x: Tensor, last: int | None = None) -> Tensor:
+        """Logits ``[N, T, C]`` at every position of ``x [N, T, dim]``, or at the ``last`` ones only."""
         T = x.shape[1]
         y = self.blocks(x, mask=self.causal[:T, :T], is_causal=True)
-        return self.out(self.norm(y))  # [N, T, C]
+        return self.out(self.norm(y if last is None else y[:, T - last :]))
 
-    def forward(self, h: Tensor, sem: Tensor, codes: Tensor, voice: Tensor | None = None) -> HeadOutput:
+    def forward(self, h: Tensor, sem: Tensor, codes: Tensor, voice: Tensor | None = None,
+                context: Tensor | None = None) -> HeadOutput:
         """h ``[N, D]`` backbone states, sem ``[N]`` semantic codes, codes ``[N, L]`` targets (-100 = skip),
-        voice ``[N, dim]`` or None."""
+        voice ``[N, dim]`` or None, context ``[N, C*L]`` the previous frames' codes (heads with ``context``;
+        -1 = none, :func:`frame_context` builds it; None = none for every frame)."""
         L = self.cfg.frame_len
         if codes.shape[-1] != L or h.shape[0] != sem.shape[0] or sem.shape[0] != codes.shape[0]:
             raise ValueError(f"expected h [N, D], sem [N], codes [N, {L}]; got {tuple(h.shape)}, "
@@ -113,7 +148,7 @@ class AcousticHead(nn.Module):
         if voice is not None and self.training and self.cfg.cond_dropout > 0:
             keep = (torch.rand(voice.shape[0], 1, device=voice.device) >= self.cfg.cond_dropout).to(voice.dtype)
             voice = voice * keep
-        logits = self._run(self._inputs(h, sem, codes[:, :-1], voice))  # [N, L, C]
+        logits = self._run(self._inputs(h, sem, codes[:, :-1], voice, context), last=L)  # [N, L, C]
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1), ignore_index=-100)
         valid = codes >= 0
         acc = ((logits.argmax(-1) == codes) & valid).sum() / valid.sum().clamp_min(1)
@@ -122,13 +157,15 @@ class AcousticHead(nn.Module):
     # ---- sampling -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, h: Tensor, sem: Tensor, voice: Tensor | None = None, temperature: float = 0.8,
-                 top_k: int = 50, generator: torch.Generator | None = None) -> Tensor:
-        """Sample a frame's codes: h ``[N, D]``, sem ``[N]`` -> ``[N, L]`` (greedy when temperature <= 0).
+                 top_k: int = 50, generator: torch.Generator | None = None,
+                 context: Tensor | None = None) -> Tensor:
+        """Sample a frame's codes: h ``[N, D]``, sem ``[N]`` -> ``[N, L]`` (greedy when temperature <= 0);
+        ``context [N, C*L]``: the previous frames' codes, for heads with ``context`` (None: none).
 
         The same inputs as the teacher-forced pass (:meth:`_inputs`), one position per step with the
-        layers' keys/values kept (:func:`_layer_step`): nn.TransformerEncoder's per-call checks and the
-        prefix recomputation cost more than the math at L <= 16 on CPU. Codes equal :meth:`_run`'s
-        (logits agree to float rounding; tests compare with the whole-prefix
+        layers' keys/values kept (:func:`_layer_step`; the context prefix in one pass): nn.TransformerEncoder's
+        per-call checks and the prefix recomputation cost more than the math at these lengths on CPU. Codes
+        equal :meth:`_run`'s (logits agree to float rounding; tests compare with the whole-prefix
         form: :meth:`_run` over :meth:`_inputs` at every step)."""
         N, L = h.shape[0], self.cfg.frame_len
         x = self.in_proj(h) + self.sem_emb(sem)
@@ -137,6 +174,10 @@ class AcousticHead(nn.Module):
         x = x + self.pos_emb[0]  # [N, dim]
         layers = self.blocks.layers
         kv: list[tuple[Tensor, Tensor] | None] = [None] * len(layers)
+        if self.cfg.context:
+            y = self._context(context, N)
+            for j, layer in enumerate(layers):
+                y, kv[j] = _layer_step(layer, y, kv[j])
         codes = torch.empty(N, L, dtype=torch.long, device=h.device)
         for i in range(L):
             y = x[:, None]  # [N, 1, dim]
@@ -146,6 +187,25 @@ class AcousticHead(nn.Module):
             if i + 1 < L:
                 x = self.code_emb(codes[:, i]) + self.pos_emb[i + 1]
         return codes
+
+    @torch.no_grad()
+    def generate_frames(self, h: Tensor, sem: Tensor, voice: Tensor | None = None, temperature: float = 0.8,
+                        top_k: int = 50, generator: torch.Generator | None = None,
+                        past: Tensor | None = None) -> Tensor:
+        """Codes of one utterance's consecutive frames, h ``[T, D]``, sem ``[T]`` -> ``[T, L]``. A head without
+        context samples them all at once (:meth:`generate`); one with context frame after frame, each seeing
+        the codes sampled before it (``past [P, L]``: frames before the first, e.g. a prompt's)."""
+        if not self.cfg.context:
+            return self.generate(h, sem, voice, temperature, top_k, generator)
+        hist = FrameContext(self.cfg.context, self.cfg.frame_len, h.device)
+        for f in (past if past is not None else []):
+            hist.push(f)
+        out = []
+        for t in range(h.shape[0]):
+            out.append(self.generate(h[t : t + 1], sem[t : t + 1], voice, temperature, top_k, generator,
+                                     hist.tensor())[0])
+            hist.push(out[-1])
+        return torch.stack(out) if out else torch.empty(0, self.cfg.frame_len, dtype=torch.long, device=h.device)
 
     # ---- save / load ----------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
@@ -174,20 +234,56 @@ def _layer_step(layer: nn.TransformerEncoderLayer, y: Tensor, kv: tuple[Tensor, 
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """One new position ``y [N, 1, dim]`` through a pre-norm ``nn.TransformerEncoderLayer`` (eval), attending
     to the kept keys/values ``[N, H, t, hd]`` and itself: the layer's own math (causal attention as seen
-    from the last position), written out with its weights (inference only)."""
+    from the last position), written out with its weights (inference only). The first call (no ``kv``) may
+    pass several positions ``[N, P, dim]`` (a context prefix), causal among themselves."""
     if not layer.norm_first:
         raise ValueError("the acoustic head's layers are pre-norm (norm_first=True)")
     attn = layer.self_attn
     N, _, dim = y.shape
     H = attn.num_heads
-    q, k, v = F.linear(layer.norm1(y), attn.in_proj_weight, attn.in_proj_bias).view(N, 3, H, dim // H).unbind(1)
-    q, k, v = q[:, :, None], k[:, :, None], v[:, :, None]  # [N, H, 1, hd]
+    P = y.shape[1]  # new positions: 1 while sampling, the context prefix at once before
+    q, k, v = (t.reshape(N, P, H, dim // H).transpose(1, 2) for t in F.linear(
+        layer.norm1(y), attn.in_proj_weight, attn.in_proj_bias).split(dim, -1))  # [N, H, P, hd]
+    causal = kv is None and P > 1
     if kv is not None:
+        if P != 1:
+            raise ValueError("after the first call, one position at a time")
         k, v = torch.cat([kv[0], k], 2), torch.cat([kv[1], v], 2)
-    o = F.scaled_dot_product_attention(q, k, v).reshape(N, 1, dim)
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(N, P, dim)
     y = y + attn.out_proj(o)
     y = y + layer.linear2(layer.activation(layer.linear1(layer.norm2(y))))
     return y, (k, v)
+
+
+class FrameContext:
+    """The last ``C`` frames' codes of an utterance being generated, as the head's ``context [1, C*L]``."""
+
+    def __init__(self, frames: int, frame_len: int, device=None):
+        self.frames, self.frame_len = frames, frame_len
+        self.codes = torch.full((frames * frame_len,), -1, dtype=torch.long, device=device)
+
+    def push(self, codes: Tensor) -> None:
+        if self.frames:
+            self.codes = torch.cat([self.codes[self.frame_len :], torch.as_tensor(codes).reshape(-1).to(self.codes)])
+
+    def tensor(self) -> Tensor | None:
+        return self.codes[None] if self.frames else None
+
+
+def frame_context(codes: Tensor, item: Tensor, frames: int) -> Tensor:
+    """Teacher-forced context for :meth:`AcousticHead.forward`: ``codes [N, L]`` of frames in time order within
+    each utterance, ``item [N]`` the utterance each frame belongs to (its frames consecutive) ->
+    ``[N, frames*L]``, the previous ``frames`` frames' codes of the same utterance, oldest first (-1 before its
+    first frame, and for skipped -100 targets)."""
+    N, L = codes.shape
+    out = torch.full((N, frames * L), -1, dtype=torch.long, device=codes.device)
+    for c in range(1, frames + 1):
+        if c >= N:
+            break
+        same = item[c:] == item[:-c]  # frame i and frame i - c are of one utterance
+        prev = torch.where(same[:, None], codes[:-c], torch.full_like(codes[:-c], -1))
+        out[c:, (frames - c) * L : (frames - c + 1) * L] = prev
+    return out.clamp_min(-1)
 
 
 def frames_from_acoustic(acoustic: Tensor, ratio: int) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from slm.acoustic_head import AcousticHead, sample
+from slm.acoustic_head import AcousticHead, FrameContext, sample
 from slm.layout import TokenLayout
 
 
@@ -363,7 +363,8 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
                     sampling: Sampling, max_frames: int, voice: Tensor | None = None,
                     generator: torch.Generator | None = None, min_frames: int = 1,
                     words: list[list[int]] | None = None,
-                    max_word_frames: int | list[int] | None = None) -> Iterator[Frame]:
+                    max_word_frames: int | list[int] | None = None,
+                    past_acoustic: list[Tensor] | None = None) -> Iterator[Frame]:
     """Generate semantic frames after ``prompt`` (which ends inside an audio span) until
     ``<|audio_end|>`` or ``max_frames``; the head turns each frame into acoustic codes on the fly.
 
@@ -373,7 +374,10 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
     fed after the prompt; then at each step the model chooses between another frame of the current word
     and the first token of the next one (the rest of that word is fed, not sampled); ``<|audio_end|>``
     only after the last word. Every word gets at least one frame and at most ``max_word_frames`` (one
-    number for all, or one per word; then the next word is fed, or the sentence ends)."""
+    number for all, or one per word; then the next word is fed, or the sentence ends).
+
+    A head with acoustic context sees the codes of the frames before (``past_acoustic``: the frames of
+    the same audio span already in the prompt, e.g. a continuation's, ``[L]`` each; then its own)."""
     if max_frames <= 0:
         raise ValueError(f"max_frames must be > 0, got {max_frames}")
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -398,6 +402,9 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
     dec = Decoder(model, prompt, allowed, max_new=max_frames + sum(len(w) for w in (words or [[]])[1:]))
     recent: list[int] = []
     k, in_word = 0, 0  # current word, its frames so far
+    hist = FrameContext(head.cfg.context, head.cfg.frame_len) if head is not None else None
+    for f in past_acoustic or []:
+        hist.push(f)
     for n in range(max_frames):
         if words is None:
             tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, early if n < min_frames else None)
@@ -416,8 +423,10 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
         acoustic = None
         if head is not None:
             h = dec.hidden[None].to(head.in_proj.weight.dtype)
+            ctx = hist.tensor()
             acoustic = head.generate(h, torch.tensor([code], device=h.device), voice, sampling.head_temperature,
-                                     sampling.head_top_k, generator)[0]
+                                     sampling.head_top_k, generator, None if ctx is None else ctx.to(h.device))[0]
+            hist.push(acoustic)
         yield Frame(code, acoustic, dec.hidden)
         recent.append(tok)
         in_word += 1

@@ -336,8 +336,9 @@ class SpeechPipeline:
             wav = next(streamer).reshape(1, -1).float().cpu()
             return wav[:, round(wav.shape[-1] * (a - lo) / (b - lo)):]
 
+        past = [f for f in frames if f is not None] if self.head is not None and self.head.cfg.context else None
         for fr in generate_frames(self.infer_lm, self.layout, prompt, self.head, sampling, max_frames, voice_vec, gen,
-                                  **gen_kw):
+                                  past_acoustic=past, **gen_kw):
             codes.append(fr.code)
             frames.append(fr.acoustic)
             if len(codes) - emitted >= (self.first_chunk_frames if emitted == start else self.chunk_frames):
@@ -418,22 +419,30 @@ class SpeechPipeline:
         acoustic codes in ``voice``'s voice with the model's sampling settings. ``seconds``: the audio's length
         (word times are placed on the frames by it; default: the frames' length). What TTS would decode if the
         LM chose exactly these semantic tokens (``slm eval head``; ``slm head-tokens`` for decoder fine-tunes)."""
-        from slm.templates import tts_aligned_example, tts_example
-
         if self.head is None:
             raise ValueError("this model has no acoustic head (its codec has no acoustic codebooks)")
         codes = torch.as_tensor(codes).reshape(-1).cpu()
-        ex = None
-        if self.tts_aligned and words:
-            seconds = seconds or codes.numel() / self.codec.semantic_rate
-            ex = tts_aligned_example(self.tokenizer, self.layout, text, words, codes, seconds, phones=self.tts_phones)
-        ex = ex or tts_example(self.tokenizer, self.layout, text, codes)
+        ex = self.tts_form_example(codes, text, words, seconds)
         dev = self.head.in_proj.weight.device
         out = self.infer_lm(input_ids=ex.input_ids[None].to(dev), output_hidden_states=True)
         h = out.hidden_states[-1][0, ex.semantic_pos.to(dev) - 1].to(self.head.in_proj.weight.dtype)
         v, s = self._voice(voice), self.sampling
-        ac = self.head.generate(h, codes.to(dev), self._voice_vec(v), s.head_temperature, s.head_top_k, generator)
+        ac = self.head.generate_frames(h, codes.to(dev), self._voice_vec(v), s.head_temperature, s.head_top_k,
+                                       generator)
         return self._tokens(codes.tolist(), list(ac.cpu()), v.tokens.global_ if v is not None else None)
+
+    def tts_form_example(self, codes: Tensor, text: str, words: list | None = None, seconds: float | None = None):
+        """The TTS training example of ``codes [Ts]`` spoken as ``text`` in the model's own TTS form (aligned,
+        phone-bridged, when the model speaks that way and ``words`` are given; else plain), as
+        :meth:`voice_semantic` teacher-forces it: its ``semantic_pos - 1`` are the positions whose hidden states
+        the acoustic head reads (``slm head-fit`` caches them)."""
+        from slm.templates import tts_aligned_example, tts_example
+
+        codes = torch.as_tensor(codes).reshape(-1).cpu()
+        if self.tts_aligned and words:
+            seconds = seconds or codes.numel() / self.codec.semantic_rate
+            return tts_aligned_example(self.tokenizer, self.layout, text, words, codes, seconds, phones=self.tts_phones)
+        return tts_example(self.tokenizer, self.layout, text, codes)
 
     def _encode_one(self, wav: Tensor, sample_rate: int) -> CodecTokens:
         toks = self.encode(wav, sample_rate)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from slm.acoustic_head import AcousticHead, AcousticHeadConfig
+from slm.acoustic_head import AcousticHead, AcousticHeadConfig, frame_context
 from slm.lm_data import Batch, TaskMix, Utterance, collate, load_tokens, make_examples, pack
 from slm.packing import check_packing, lm_inputs
 
@@ -131,7 +131,11 @@ class SpeechLM(nn.Module):
                 v = [self.head.voice_vector(None if g is None else g[None].to(h.device), r.to(h.device))
                      for g, r in zip(b.globals_, b.voices)]
                 voice = torch.cat(v)[b.head_item[b.head_mask]]
-            ho = self.head(h.float(), b.head_sem[b.head_mask], b.head_codes[b.head_mask], voice)
+            codes = b.head_codes[b.head_mask]
+            ctx = None
+            if self.head.cfg.context:  # each example's frames are consecutive head rows, in time order
+                ctx = frame_context(codes, b.head_item[b.head_mask], self.head.cfg.context)
+            ho = self.head(h.float(), b.head_sem[b.head_mask], codes, voice, ctx)
             losses["head/loss"], losses["head/acc"] = ho.loss, ho.accuracy.detach()
             total = total + self.head_weight * ho.loss
         losses["loss"] = total
