@@ -55,6 +55,7 @@ class AcousticHeadConfig:
     cond_dropout: float = 0.3  # drop voice conditioning in training so unconditional generation works
     dropout: float = 0.0
     context: int = 0  # C: previous frames of acoustic codes each frame sees (0 = frames independent)
+    context_dropout: float = 0.0  # blank a frame's whole context in training (it must also work without)
 
     @property
     def frame_len(self) -> int:
@@ -148,6 +149,9 @@ class AcousticHead(nn.Module):
         if voice is not None and self.training and self.cfg.cond_dropout > 0:
             keep = (torch.rand(voice.shape[0], 1, device=voice.device) >= self.cfg.cond_dropout).to(voice.dtype)
             voice = voice * keep
+        if context is not None and self.training and self.cfg.context_dropout > 0:
+            blank = torch.rand(context.shape[0], 1, device=context.device) < self.cfg.context_dropout
+            context = context.masked_fill(blank, -1)
         logits = self._run(self._inputs(h, sem, codes[:, :-1], voice, context), last=L)  # [N, L, C]
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1), ignore_index=-100)
         valid = codes >= 0

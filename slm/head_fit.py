@@ -148,7 +148,9 @@ class HeadFitConfig:
     cache: str  # a cache_head_features dir
     out: str  # run dir: ckpt.pt (resume), best/ (the best head on valid), log.jsonl
     head: dict = field(default_factory=dict)  # AcousticHeadConfig overrides (context, dim, n_layers, n_heads, ..)
-    init_from: str | None = None  # a model dir whose head to start from (same shape); None = a new head
+    # a model dir whose head to start from (its shape; `head` may add `context`, whose new weights start
+    # fresh while the rest are the head's); None = a new head
+    init_from: str | None = None
     steps: int = 4000
     batch_frames: int = 1024
     lr: float = 1e-3
@@ -263,12 +265,19 @@ def fit_head(cfg: HeadFitConfig, progress: bool = True, device: str = "cpu", sto
     base = {k: info[k] for k in ("backbone_dim", "n_semantic", "codebook_size", "n_codebooks", "ratio")}
     torch.manual_seed(cfg.seed)  # the new head's weights and the conditioning dropout: one run, one seed
     if cfg.init_from:
-        head = AcousticHead.from_pretrained(cfg.init_from)
-        have = {k: getattr(head.cfg, k) for k in base}
+        old = AcousticHead.from_pretrained(cfg.init_from)
+        have = {k: getattr(old.cfg, k) for k in base}
         if have != base:
             raise ValueError(f"init_from {cfg.init_from}: its head is {have}, the cache's model needs {base}")
-        if cfg.head and any(getattr(head.cfg, k) != v for k, v in cfg.head.items()):
-            raise ValueError(f"init_from {cfg.init_from} fixes the head's shape; drop `head` overrides {cfg.head}")
+        shape = {k: v for k, v in cfg.head.items()
+                 if k not in ("context", "context_dropout") and getattr(old.cfg, k) != v}
+        if shape:
+            raise ValueError(f"init_from {cfg.init_from} fixes the head's shape (only `context` may be added); "
+                             f"drop `head` overrides {shape}")
+        head = AcousticHead(AcousticHeadConfig(**{**asdict(old.cfg), **cfg.head}))
+        missing, unexpected = head.load_state_dict(old.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("ctx_") for k in missing):
+            raise ValueError(f"init_from {cfg.init_from}: weights that do not fit ({missing}, {unexpected})")
     else:
         head = AcousticHead(AcousticHeadConfig(**{**base, **cfg.head}))
     dev = torch.device(device)
@@ -291,8 +300,9 @@ def fit_head(cfg: HeadFitConfig, progress: bool = True, device: str = "cpu", sto
         gen.set_state(st["gen"])
         torch.set_rng_state(st["rng"])
         step, best = st["step"], st["best"]
-    (out / "run.json").write_text(json.dumps({**run, "cache_info": info}, indent=2) + "\n")
-    log = open(out / "log.jsonl", "a")
+    data = {name: {"utterances": int(d.item[-1]) + 1, "frames": int(d.sem.numel())}
+            for name, d in (("train", train), ("valid", valid))}  # what was cached when the fit began
+    (out / "run.json").write_text(json.dumps({**run, "data": data, "cache_info": info}, indent=2) + "\n")
     bar = tqdm(total=cfg.steps, initial=step, desc="head fit", unit="step", disable=not progress)
     rec: dict = {}
     t0, run_loss = time.time(), []
@@ -325,8 +335,8 @@ def fit_head(cfg: HeadFitConfig, progress: bool = True, device: str = "cpu", sto
                 head.save_pretrained(out / "best")
                 head.train()
                 rec["best"] = True
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
+            with open(out / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
             bar.write(json.dumps(rec))
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"run": run, "head": head.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
@@ -335,7 +345,6 @@ def fit_head(cfg: HeadFitConfig, progress: bool = True, device: str = "cpu", sto
             if stop_after is not None and step >= stop_after:
                 break
     bar.close()
-    log.close()
     return rec
 
 

@@ -12,8 +12,8 @@ from slm.acoustic_head import AcousticHead, AcousticHeadConfig, FrameContext, fr
 
 def _head(context=2, **kw):
     torch.manual_seed(0)
-    cfg = dict(backbone_dim=24, n_semantic=16, codebook_size=40, n_codebooks=2, ratio=2, dim=32, n_layers=2,
-               n_heads=4, context=context)
+    cfg = {"backbone_dim": 24, "n_semantic": 16, "codebook_size": 40, "n_codebooks": 2, "ratio": 2, "dim": 32, "n_layers": 2,
+               "n_heads": 4, "context": context}
     return AcousticHead(AcousticHeadConfig(**{**cfg, **kw})).eval()
 
 
@@ -45,6 +45,11 @@ def test_context_changes_the_prediction_and_none_is_the_default():
     assert torch.equal(a, head(h, sem, codes, context=none).logits)
     b = head(h, sem, codes, context=torch.randint(0, 40, (3, 8))).logits
     assert not torch.allclose(a, b)
+    drop = _head(context_dropout=1.0).train()  # training with the context always blanked == no context
+    torch.manual_seed(1)
+    x = drop(h, sem, codes, context=torch.randint(0, 40, (3, 8))).logits
+    torch.manual_seed(1)
+    assert torch.equal(x, drop(h, sem, codes).logits)
     with pytest.raises(ValueError, match="context must be"):
         head(h, sem, codes, context=torch.zeros(3, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="context must be >= 0"):
@@ -155,8 +160,8 @@ def test_head_fit_caches_fits_resumes_and_writes_a_model(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="another setting"):
         hf.cache_head_features(tiny_pipeline_dir(), man, tmp_path / "cache", limit=3, pipe=pipe, progress=False)
 
-    cfg = dict(cache=str(tmp_path / "cache"), head={"context": 2, "dim": 32, "n_layers": 1, "n_heads": 2},
-               steps=30, batch_frames=32, lr=3e-3, warmup=2, eval_every=10)
+    cfg = {"cache": str(tmp_path / "cache"), "head": {"context": 2, "dim": 32, "n_layers": 1, "n_heads": 2},
+               "steps": 30, "batch_frames": 32, "lr": 3e-3, "warmup": 2, "eval_every": 10}
     full = hf.fit_head(hf.HeadFitConfig(out=str(tmp_path / "full"), **cfg), progress=False)
     log = [json.loads(x) for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["train_loss"] < log[0]["train_loss"] and log[-1]["valid_loss"] < log[0]["valid_loss"]

@@ -72,12 +72,17 @@ def _head_fit_args(subparsers) -> None:
     f.add_argument("--work", required=True, help="work dir: cache/ (hidden states, resumable), fit/ (run, resumable)")
     f.add_argument("--out", required=True, help="the new model dir: a copy of MODEL with the fitted head")
     f.add_argument("--limit", type=int, default=None, help="cache the first N utterances of each split")
+    f.add_argument("--cache", default=None, help="the hidden-state cache (default WORK/cache; runs of other head "
+                                                 "shapes on the same model can share one)")
     f.add_argument("--context", type=int, default=2, help="previous frames of acoustic codes each frame sees (0: none)")
+    f.add_argument("--context-dropout", type=float, default=0.0,
+                   help="blank a frame's context in training with this probability")
     f.add_argument("--dim", type=int, default=None, help="head width (default: the model's head's)")
     f.add_argument("--layers", type=int, default=None, help="head layers (default: the model's head's)")
     f.add_argument("--heads", type=int, default=None, help="attention heads (default: the model's head's)")
     f.add_argument("--init", action="store_true",
-                   help="start from the model's own head (its shape; --context must match it)")
+                   help="start from the model's own head (its width and depth; --context adds new context "
+                        "weights to it)")
     f.add_argument("--steps", type=int, default=4000)
     f.add_argument("--batch-frames", type=int, default=1024)
     f.add_argument("--lr", type=float, default=1e-3)
@@ -90,29 +95,31 @@ def _head_fit(args) -> int:
     import json
     from pathlib import Path
 
-    from slm.acoustic_head import AcousticHead
     from slm.head_fit import HeadFitConfig, cache_head_features, fit_head, write_model
     from slm.pipeline import model_dir
 
     src = model_dir(args.model)
     work = Path(args.work)
-    info = cache_head_features(src, args.manifest, work / "cache", limit=args.limit)
+    cache = Path(args.cache) if args.cache else work / "cache"
+    info = cache_head_features(src, args.manifest, cache, limit=args.limit)
     if args.init:
-        head = {}
-        if AcousticHead.from_pretrained(src).cfg.context != args.context:
-            raise SystemExit(f"--init keeps {src}'s head shape; its context is not {args.context}")
+        if any(x is not None for x in (args.dim, args.layers, args.heads)):
+            raise SystemExit("--init keeps the model's head width and depth: drop --dim/--layers/--heads")
+        head = {"context": args.context, "context_dropout": args.context_dropout}
     else:
         base = json.loads((src / "acoustic_head.json").read_text())
-        head = {"context": args.context, "dim": args.dim or base["dim"], "n_layers": args.layers or base["n_layers"],
+        head = {"context": args.context, "context_dropout": args.context_dropout,
+                "dim": args.dim or base["dim"], "n_layers": args.layers or base["n_layers"],
                 "n_heads": args.heads or base["n_heads"]}
-    cfg = HeadFitConfig(cache=str(work / "cache"), out=str(work / "fit"), head=head,
+    cfg = HeadFitConfig(cache=str(cache), out=str(work / "fit"), head=head,
                         init_from=str(src) if args.init else None, steps=args.steps, batch_frames=args.batch_frames,
-                        lr=args.lr, eval_every=args.eval_every, seed=args.seed)
+                        lr=args.lr, warmup=min(200, args.steps // 10), eval_every=args.eval_every, seed=args.seed)
     rec = fit_head(cfg)
     best = min((json.loads(x) for x in (work / "fit" / "log.jsonl").read_text().splitlines()),
                key=lambda r: r["valid_loss"])
     dest = write_model(src, work / "fit" / "best", args.out,
-                       {"cache": {k: info[k] for k in ("manifest", "limit", "splits")}, "steps": cfg.steps,
+                       {"manifest": info["manifest"],
+                        "data": json.loads((work / "fit" / "run.json").read_text())["data"], "steps": cfg.steps,
                         "batch_frames": cfg.batch_frames, "lr": cfg.lr, "best_step": best["step"],
                         "valid_loss": round(best["valid_loss"], 4), "valid_acc": round(best["valid_acc"], 4)})
     print(f"last: {rec}\nbest on valid: step {best['step']}, loss {best['valid_loss']:.4f} -> {dest}")
