@@ -51,13 +51,10 @@ def cache_head_features(model: str | Path, manifest: str | Path, out_dir: str | 
 
     from codec.audio import load_audio
     from codec.train.batches import read_rows
-    from slm.pipeline import SpeechPipeline
+    from slm.head_tokens import head_pipeline
     from slm.templates import with_phones
 
-    if pipe is None:
-        pipe = SpeechPipeline.from_pretrained(model)
-    if pipe.head is None:
-        raise ValueError(f"{model} has no acoustic head: its codec has no acoustic stream")
+    pipe = head_pipeline(model, pipe)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {"model": str(model), "manifest": str(manifest), "limit": limit, **_form(pipe),
@@ -353,11 +350,11 @@ def write_model(model: str | Path, head_dir: str | Path, dest: str | Path, note:
     the same codes from the same backbone); ``note`` goes into its ``slm_config.json`` as ``head_fit``."""
     src, dst = Path(model), Path(dest)
     new = AcousticHead.from_pretrained(head_dir)
-    old = AcousticHead.from_pretrained(src)
+    old = json.loads((src / "acoustic_head.json").read_text())  # its shape only
     keys = ("backbone_dim", "n_semantic", "codebook_size", "n_codebooks", "ratio")
-    if any(getattr(new.cfg, k) != getattr(old.cfg, k) for k in keys):
+    if any(getattr(new.cfg, k) != old[k] for k in keys):
         raise ValueError(f"the head in {head_dir} ({ {k: getattr(new.cfg, k) for k in keys} }) does not fit {model} "
-                         f"({ {k: getattr(old.cfg, k) for k in keys} })")
+                         f"({ {k: old[k] for k in keys} })")
     if dst.resolve() == src.resolve():
         raise ValueError("dest must be a new dir, not the model itself")
     if dst.exists():

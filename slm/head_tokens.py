@@ -16,6 +16,17 @@ from pathlib import Path
 import torch
 
 
+def head_pipeline(model: str | Path, pipe=None):
+    """``pipe``, or the :class:`SpeechPipeline` of ``model``; either must have an acoustic head."""
+    from slm.pipeline import SpeechPipeline
+
+    if pipe is None:
+        pipe = SpeechPipeline.from_pretrained(model)
+    if pipe.head is None:
+        raise ValueError(f"{model} has no acoustic head: its codec has no acoustic stream")
+    return pipe
+
+
 def head_token_dir(model: str | Path, manifest: str | Path, out_dir: str | Path, split: str | None = "train",
                    limit: int | None = None, seed: int = 0, progress: bool = True, pipe=None) -> int:
     """Write ``out_dir/items/<id>.safetensors`` (semantic: the codec's own; acoustic: the head's) and
@@ -26,16 +37,12 @@ def head_token_dir(model: str | Path, manifest: str | Path, out_dir: str | Path,
     from codec.audio import load_audio
     from codec.train.batches import read_rows
     from codec.train.teacher_cache import item_file
-    from slm.pipeline import SpeechPipeline
     from slm.templates import with_phones
 
     rows = read_rows(str(manifest), split)[:limit]
     if not rows:
         raise ValueError(f"{manifest} has no utterances in split {split!r}")
-    if pipe is None:
-        pipe = SpeechPipeline.from_pretrained(model)
-    if pipe.head is None:
-        raise ValueError(f"{model} has no acoustic head: its codec has no acoustic stream to voice")
+    pipe = head_pipeline(model, pipe)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {"model": str(model), "manifest": str(manifest), "split": split, "seed": seed,

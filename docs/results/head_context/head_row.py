@@ -3,12 +3,14 @@
 
     python docs/results/head_context/head_row.py checkpoints/default runs/headfit/model_c2d runs/headfit/model_c2d@0
 """
-import sys, json
+import sys
+
 from codec.runtime import set_threads
 from slm.eval.codec_eval import Judges
 from slm.eval.data import load_items
 from slm.eval.lm_eval import eval_head
 from slm.pipeline import SpeechPipeline
+
 set_threads(2)
 items = load_items("data/synth2h/manifest.jsonl", "test", 16, sample_rate=16000)
 for m in sys.argv[1:]:
