@@ -30,6 +30,8 @@ import torch
 from slm.acoustic_head import AcousticHead, AcousticHeadConfig, frame_context, frames_from_acoustic
 
 SHARD = 256  # utterances per cache shard (the resume unit)
+# what a head must share with the model whose LM states it reads
+SHAPE = ("backbone_dim", "n_semantic", "codebook_size", "n_codebooks", "ratio")
 
 
 def _form(pipe) -> dict:
@@ -58,9 +60,7 @@ def cache_head_features(model: str | Path, manifest: str | Path, out_dir: str | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {"model": str(model), "manifest": str(manifest), "limit": limit, **_form(pipe),
-            "backbone_dim": pipe.head.cfg.backbone_dim, "n_semantic": pipe.head.cfg.n_semantic,
-            "codebook_size": pipe.head.cfg.codebook_size, "n_codebooks": pipe.head.cfg.n_codebooks,
-            "ratio": pipe.head.cfg.ratio}
+            **{k: getattr(pipe.head.cfg, k) for k in SHAPE}}
     old = out / "info.json"
     if old.is_file():
         prev = json.loads(old.read_text())
@@ -192,16 +192,9 @@ def load_cache(cache: str | Path, split: str, speakers: list[str]) -> _Split:
 
 
 def _voice_table(head: AcousticHead, refs: list[torch.Tensor]) -> torch.Tensor:
-    """``[S, dim]``: each speaker's voice vector, as :meth:`AcousticHead.voice_vector` makes it from its
-    reference codes (the mean code embedding), for all speakers in one padded pass."""
-    T = max(r.numel() for r in refs)
-    pad = torch.zeros(len(refs), T, dtype=torch.long)
-    mask = torch.zeros(len(refs), T)
-    for i, r in enumerate(refs):
-        pad[i, : r.numel()], mask[i, : r.numel()] = r.reshape(-1).clamp_min(0), 1
-    e = head.code_emb(pad.to(head.pos_emb.device))
-    m = mask.to(e)[..., None]
-    return (e * m).sum(1) / m.sum(1)
+    """``[S, dim]``: each speaker's voice vector from its reference codes (:meth:`AcousticHead.voice_vector`)."""
+    dev = head.pos_emb.device
+    return torch.cat([head.voice_vector(None, r[None].to(dev)) for r in refs])
 
 
 def _lr(cfg: HeadFitConfig, step: int) -> float:
@@ -248,8 +241,8 @@ def evaluate_head(head: AcousticHead, data: _Split, voices: torch.Tensor | None,
 def fit_head(cfg: HeadFitConfig, progress: bool = True, device: str = "cpu", stop_after: int | None = None) -> dict:
     """Train a head on a feature cache (:class:`HeadFitConfig`). Resumes from ``out/ckpt.pt`` (weights,
     optimiser, step, RNG) when the run's config is the same; ``stop_after``: leave at the first checkpoint
-    (every ``eval_every`` steps) at or after that step, to resume later. Returns the last log record; the head with the lowest valid loss is in
-    ``out/best``."""
+    (every ``eval_every`` steps) at or after that step, to resume later. Returns the last log record; the
+    head with the lowest valid loss is in ``out/best``."""
     from safetensors.torch import load_file
     from tqdm import tqdm
 
@@ -259,7 +252,7 @@ def fit_head(cfg: HeadFitConfig, progress: bool = True, device: str = "cpu", sto
     speakers = info["speakers"]
     refs_by = load_file(str(Path(cfg.cache) / "voices.safetensors"))
     refs = [refs_by[s] for s in speakers]
-    base = {k: info[k] for k in ("backbone_dim", "n_semantic", "codebook_size", "n_codebooks", "ratio")}
+    base = {k: info[k] for k in SHAPE}
     torch.manual_seed(cfg.seed)  # the new head's weights and the conditioning dropout: one run, one seed
     if cfg.init_from:
         old = AcousticHead.from_pretrained(cfg.init_from)
@@ -351,10 +344,9 @@ def write_model(model: str | Path, head_dir: str | Path, dest: str | Path, note:
     src, dst = Path(model), Path(dest)
     new = AcousticHead.from_pretrained(head_dir)
     old = json.loads((src / "acoustic_head.json").read_text())  # its shape only
-    keys = ("backbone_dim", "n_semantic", "codebook_size", "n_codebooks", "ratio")
-    if any(getattr(new.cfg, k) != old[k] for k in keys):
-        raise ValueError(f"the head in {head_dir} ({ {k: getattr(new.cfg, k) for k in keys} }) does not fit {model} "
-                         f"({ {k: old[k] for k in keys} })")
+    if any(getattr(new.cfg, k) != old[k] for k in SHAPE):
+        raise ValueError(f"the head in {head_dir} ({ {k: getattr(new.cfg, k) for k in SHAPE} }) does not fit {model} "
+                         f"({ {k: old[k] for k in SHAPE} })")
     if dst.resolve() == src.resolve():
         raise ValueError("dest must be a new dir, not the model itself")
     if dst.exists():
