@@ -13,5 +13,10 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """Seed every test, and undo a thread count set by a CLI entry point (``slm --threads``) so that
+    no test's numerics depend on which tests ran before it."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
     yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

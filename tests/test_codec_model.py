@@ -264,12 +264,16 @@ def test_sacodec_anchoring_follows_teacher_units():
     units = teacher_for(m, wav).units
     feats = m.bottleneck.teacher_codebook.centroids[units].repeat_interleave(m.config.semantic_stride, 1)
     t = TeacherBatch(features=feats + 0.3 * torch.randn_like(feats), units=units, feature_rate=50.0)
+    # A decaying rate: at a constant 3e-3 this tiny problem reaches full accuracy and then leaves it
+    # again, at a step that depends on the thread count (float reduction order).
     opt = torch.optim.Adam(m.parameters(), 3e-3)
-    for _ in range(150):
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 200)
+    for _ in range(200):
         out = m(wav, t)
         opt.zero_grad()
         out.losses["semantic/anchor"].backward()
         opt.step()
+        sched.step()
     codes = m(wav, t).tokens.semantic[:, 0]
     assert float(out.extras["anchor/accuracy"]) > 0.9
     assert float((codes == units).float().mean()) > 0.9
