@@ -2,8 +2,8 @@
 intelligibly than the bundled head, which classifies each 8192-way code?
 
 The bundled codec's acoustic stream is one SimVQ codebook (64-d vectors, 50 Hz, 4 per semantic frame). The
-cross-entropy head must pick one of 8192 codes per position from ~140k training frames and reaches 13.5 %
-top-1 on held-out voices; a wrong pick is as wrong as any other. A regression head predicts the 4 x 64
+cross-entropy head must pick one of 8192 codes per position from ~140k training frames and gets 13.5 %
+top-1 on the valid split; a wrong pick is as wrong as any other. A regression head predicts the 4 x 64
 latent values instead (MSE), where a near miss is nearly right, then either
 
 * ``quantised``: snaps each predicted vector to its nearest codebook vector (codes, as the contract asks), or
