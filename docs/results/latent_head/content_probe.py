@@ -56,7 +56,7 @@ def main():
     ap.add_argument("cache")
     ap.add_argument("out")
     ap.add_argument("--manifest", default="data/synth10h/manifest.jsonl")
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--test", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-2)
