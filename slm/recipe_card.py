@@ -170,21 +170,27 @@ def plot_training(work: Path, png: Path) -> Path | None:
     return png
 
 
+_SUMMARIES: dict[str, str] = {}  # token dir -> summary, for the card being written (metrics.json keeps them)
+
+
 def _token_summary(tokens: str | None) -> str:
-    """``<dir> (N train utterances, H h)`` of a token dir, from its index."""
+    """``<dir> (N train utterances, H h)`` of a token dir, from its index (or, once the dir is gone, from the
+    summary the bundle's metrics.json recorded when the card was first written)."""
     if not tokens:
         return "the recipe's tokens"
+    key = str(tokens)
     idx = Path(tokens) / "index.jsonl"
     try:  # relative to the repo root when it is inside it (no machine-specific absolute paths in the card)
         tokens = str(Path(tokens).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         pass
     if not idx.is_file():
-        return str(tokens)
+        return _SUMMARIES.get(key, str(tokens))
     rows = [json.loads(x) for x in idx.read_text().splitlines() if x.strip()]
     train = [r for r in rows if r.get("split", "train") == "train"]
     hours = sum(float(r.get("duration") or 0.0) for r in train) / 3600
-    return f"{tokens} ({len(train)} train utterances" + (f", {hours:.1f} h)" if hours else ")")
+    _SUMMARIES[key] = f"{tokens} ({len(train)} train utterances" + (f", {hours:.1f} h)" if hours else ")")
+    return _SUMMARIES[key]
 
 
 def _segments(lt: dict[str, Any]) -> str:
@@ -218,9 +224,11 @@ def _finetune_lines(fts: list[dict[str, Any]]) -> list[str]:
             form += (" Its aligned TTS examples are phone-bridged (each word followed by its phones, from the "
                      "corpus' phone times; espeak-ng's G2P gives them at inference), and the model speaks that way.")
         whose = "the LM above" if i == 0 else "the fine-tune above"
+        where = f" on one {t['device']}" if t.get("device") else ""
         out.append(f"- LM fine-tune {i + 1} (a run from {whose}: its adapter, new-token rows and head): "
                    f"{t.get('steps_trained', '-')} of {t.get('steps_planned', c.get('steps', '-'))} planned steps "
-                   f"({_f(t.get('seconds'), 0)} s{', stopped by the time budget' if t.get('stopped_by_time') else ''}), "
+                   f"({_f(t.get('seconds'), 0)} s{where}{', stopped by the time budget' if t.get('stopped_by_time') else ''}), "
+                   f"{c.get('batch_size', '-')} x {c.get('max_len', '-')} tokens per step, "
                    f"lr {c.get('lr', '-')} (head {c.get('head_lr', '-')}), task mix {tasks or 'default'}, "
                    f"on {_token_summary(c.get('tokens'))}.{form}")
     return out
@@ -262,12 +270,13 @@ def _voice_line(v: dict[str, Any]) -> list[str]:
 
 
 def _hours(m: dict[str, Any], stage: str) -> str:
-    """Training time of a stage. For the LM: every run's own seconds (the first run and each fine-tune, every
-    segment counted), since a rerun of the stage after adding a fine-tune only times that fine-tune."""
+    """Training time of a stage. For the LM: every CPU run's own seconds (the first run and each fine-tune, every
+    segment counted), since a rerun of the stage after adding a fine-tune only times that fine-tune; runs on
+    an accelerator (a ``device`` in their record) are reported apart (:func:`_accelerator_runs`)."""
     wall = (m["stage_costs"].get(stage) or {}).get("wall_s")
     if stage == "lm":
         runs = [m["lm"].get("training") or {}] + [ft.get("training") or {} for ft in m["lm"].get("finetune") or []]
-        wall = sum(float(r.get("seconds") or 0) for r in runs) or wall
+        wall = sum(float(r.get("seconds") or 0) for r in runs if not r.get("device")) or wall
     return f"{wall / 3600:.1f} h" if wall else "-"
 
 
@@ -367,11 +376,37 @@ def _cost_table(m: dict[str, Any]) -> list[str]:
     return out
 
 
+def _accelerator_runs(m: dict[str, Any]) -> str:
+    """', then fine-tuned 1154 s on one NVIDIA H100 (fine-tune 4)' for the LM runs trained on an accelerator."""
+    runs = [(i + 1, ft.get("training") or {}) for i, ft in enumerate(m["lm"].get("finetune") or [])]
+    gpu = [(i, t) for i, t in runs if t.get("device")]
+    return "".join(f", then fine-tuned {_f(t.get('seconds'), 0)} s on one {t['device']} (LM fine-tune {i})"
+                   for i, t in gpu)
+
+
 def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
+    """metrics.json (everything the card reports, from the recipe's work dir) and README.md of a bundle."""
     m = collect(work, bundle)
     curves = plot_training(work, bundle / "training.png")
     m["size_mb"] = round(size_mb, 2)
-    (bundle / "metrics.json").write_text(json.dumps(m, indent=2, default=str) + "\n")
+    return render_model_card(bundle, m, curves is not None)
+
+
+def recard(bundle: Path) -> Path:
+    """Rewrite a bundle's README.md from its own metrics.json (after a run outside the recipe was added to it,
+    e.g. a fine-tune on a GPU: ``python -m slm.recipe_card BUNDLE``)."""
+    m = _read(bundle / "metrics.json")
+    if not m:
+        raise FileNotFoundError(f"{bundle / 'metrics.json'} is missing: write the card with `slm recipe` first")
+    card = {bundle / "README.md", bundle / "metrics.json", bundle / "training.png"}  # as export measures it
+    m["size_mb"] = round(sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file() and p not in card) / 2**20, 2)
+    return render_model_card(bundle, m, (bundle / "training.png").is_file())
+
+
+def render_model_card(bundle: Path, m: dict[str, Any], curves: bool) -> Path:
+    """README.md of ``bundle`` from the metrics dict ``m`` (also written, as metrics.json)."""
+    _SUMMARIES.clear()
+    _SUMMARIES.update(m.get("token_summaries") or {})
     s, corpus, ct, lt = m["settings"], m["corpus"], m["codec"]["training"], m["lm"]["training"]
     lcfg, tts, asr = m["lm"]["config"], m["lm"]["tts"], m["lm"]["asr"]
     splits = corpus.get("splits", {})
@@ -445,7 +480,7 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
         "## Known limits",
         "",
         (f"This bundle was trained on a shared 2-core CPU ({_hours(m, 'codec')} for the codec, {_hours(m, 'lm')} for "
-         "the LM; stage costs above). Its"),
+         f"the LM; stage costs above){_accelerator_runs(m)}. Its"),
         "quality is far from the targets of the seed papers and from the floors above; the table says by how much:",
         (f"TTS WER {_f(tts.get('wer'))} against a floor of {_f(asr.get('whisper_wer'))}, ASR-by-token WER {_f(asr.get('wer'))}, "
         f"codec PESQ-wb {_f(m['codec']['eval'].get('pesq_wb'))}. Treat it as a working, end-to-end default that"),
@@ -461,5 +496,15 @@ def write_model_card(bundle: Path, work: Path, size_mb: float) -> Path:
           if m["lm"].get("continue") else []),
         "",
     ]
+    m["token_summaries"] = dict(sorted(_SUMMARIES.items()))
+    (bundle / "metrics.json").write_text(json.dumps(m, indent=2, default=str) + "\n")
     (bundle / "README.md").write_text("\n".join(lines))
     return bundle / "README.md"
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="rewrite a bundle's model card (README.md) from its metrics.json")
+    ap.add_argument("bundle", type=Path)
+    print(recard(ap.parse_args().bundle))

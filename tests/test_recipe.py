@@ -1,5 +1,6 @@
 """Recipe runner: settings + overrides, stage selection, stamps, skip-when-complete, failures (fast, no models)."""
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -160,6 +161,47 @@ def test_model_card_lm_hours_count_every_run():
     assert _hours(m, "lm") == "2.5 h" and _hours(m, "codec") == "1.5 h"  # the stamp times only the last rerun
     m["lm"] = {"training": {}, "finetune": []}
     assert _hours(m, "lm") == "1.0 h" and _hours({"stage_costs": {}, "lm": {}}, "lm") == "-"
+
+
+def test_model_card_counts_accelerator_runs_apart_from_cpu_hours():
+    from slm.recipe_card import _accelerator_runs, _finetune_lines, _hours
+
+    gpu = {"training": {"seconds": 1154.0, "steps_trained": 30, "device": "NVIDIA H100"},
+           "config": {"steps": 30, "batch_size": 16, "max_len": 384}}
+    m = {"stage_costs": {}, "lm": {"training": {"seconds": 3600.0},
+                                   "finetune": [{"training": {"seconds": 1800.0}}, gpu]}}
+    assert _hours(m, "lm") == "1.5 h"  # the GPU seconds are not CPU hours
+    assert _accelerator_runs(m) == ", then fine-tuned 1154 s on one NVIDIA H100 (LM fine-tune 2)"
+    line = _finetune_lines(m["lm"]["finetune"])[-1]
+    assert "(1154 s on one NVIDIA H100)" in line and "16 x 384 tokens per step" in line
+    m["lm"]["finetune"].pop()
+    assert _accelerator_runs(m) == ""
+
+
+def test_recard_rewrites_the_card_from_metrics_json_after_the_token_dir_is_gone(tmp_path):
+    from slm.recipe_card import recard, write_model_card
+
+    dirs = [tmp_path / "tokens_a", tmp_path / "tokens_b"]
+    for n, d in enumerate(dirs, start=2):
+        d.mkdir()
+        (d / "index.jsonl").write_text("".join(json.dumps({"id": f"u{i}", "split": "train", "duration": 360.0}) + "\n"
+                                               for i in range(n)))
+    work, bundle = tmp_path / "work", tmp_path / "bundle"
+    (work / "lm").mkdir(parents=True)
+    bundle.mkdir()
+    (work / "lm" / "train_config.json").write_text(json.dumps({"tokens": str(dirs[1]), "steps": 5}))
+    (work / "lm" / "recipe_train.json").write_text(json.dumps({"steps_trained": 5, "seconds": 9.0, "segments": [
+        {"steps_planned": 3, "steps_trained": 3, "seconds": 4.0, "tokens": str(dirs[0])},
+        {"steps_planned": 5, "steps_trained": 5, "seconds": 5.0, "tokens": str(dirs[1])}]}))
+    write_model_card(bundle, work, size_mb=0.0)  # an empty bundle dir, as recard measures it
+    first = (bundle / "README.md").read_text()
+    assert "tokens_a (2 train utterances, 0.2 h)" in first and "tokens_b (3 train utterances, 0.3 h)" in first
+    shutil.rmtree(dirs[0])
+    recard(bundle)  # from the bundle alone: the gone dir's summary comes from metrics.json
+    assert (bundle / "README.md").read_text() == first
+    (bundle / "metrics.json").unlink()
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        recard(bundle)
 
 
 def test_lm_finetunes_chain_each_from_the_model_before(tmp_path):
