@@ -398,8 +398,9 @@ def recard(bundle: Path) -> Path:
     m = _read(bundle / "metrics.json")
     if not m:
         raise FileNotFoundError(f"{bundle / 'metrics.json'} is missing: write the card with `slm recipe` first")
-    card = {bundle / "README.md", bundle / "metrics.json", bundle / "training.png"}  # as export measures it
-    m["size_mb"] = round(sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file() and p not in card) / 2**20, 2)
+    from slm.recipe_steps import dir_mb
+
+    m["size_mb"] = round(dir_mb(bundle, skip=("README.md", "metrics.json", "training.png")), 2)  # as export measures it
     return render_model_card(bundle, m, (bundle / "training.png").is_file())
 
 

@@ -167,8 +167,10 @@ def _to_fp16(path: Path) -> None:
     save_file(sd, str(path), metadata=meta)
 
 
-def dir_mb(d: Path) -> float:
-    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) / 2**20
+def dir_mb(d: Path, skip: tuple[str, ...] = ()) -> float:
+    """Size of a dir's files in MiB, leaving out the top-level files named in ``skip``."""
+    skipped = {d / name for name in skip}
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file() and p not in skipped) / 2**20
 
 
 def export_bundle(bundle: str | Path, dest: str | Path, recipe_work: str | Path | None = None,
