@@ -39,9 +39,8 @@ def main() -> None:
     ap.add_argument("--eval", nargs="+", type=Path, required=True, help="lm_eval.json files of the run's model")
     a = ap.parse_args()
     fin, bundle = a.run / "final", a.bundle
-    for name in ("token_layout.json",):
-        if json.loads((fin / name).read_text()) != json.loads((bundle / name).read_text()):
-            raise ValueError(f"{fin / name} differs from the bundle's: the run did not start from {bundle}")
+    if json.loads((fin / "token_layout.json").read_text()) != json.loads((bundle / "token_layout.json").read_text()):
+        raise ValueError(f"{fin / 'token_layout.json'} differs from the bundle's: the run did not start from {bundle}")
     cfg = json.loads((a.run / "run" / "train_config.json").read_text())
     m = json.loads((bundle / "metrics.json").read_text())
     new_cfg = json.loads((fin / "slm_config.json").read_text())
