@@ -97,6 +97,10 @@ class CodecConfig:
     spd_blocks: int = 3
     sta_ema_decay: float = 0.99
     commitment_weight: float = 0.25
+    # Acoustic dropout (sac, sacodec; training only): the share of batch items decoded from the semantic
+    # stream alone (their acoustic contribution zeroed), so the decoder learns to speak from the semantic
+    # tokens, the stream the speech LM writes. 0 = off (the seed papers).
+    acoustic_dropout: float = 0.0
     loss_weights: dict[str, float] = field(default_factory=_default_loss_weights)
 
     def __post_init__(self) -> None:
@@ -107,6 +111,11 @@ class CodecConfig:
         if self.semantic_stride % self.acoustic_stride:
             raise ValueError("semantic_stride must be a multiple of acoustic_stride (integer r), got "
                              f"{self.semantic_stride} and {self.acoustic_stride}")
+        if not 0.0 <= self.acoustic_dropout < 1.0:
+            raise ValueError(f"acoustic_dropout must lie in [0, 1), got {self.acoustic_dropout}")
+        if self.acoustic_dropout and self.variant not in ("sac", "sacodec"):
+            raise ValueError("acoustic_dropout applies to the two-stream variants 'sac' and 'sacodec' (their decoder "
+                             f"sums or fuses the streams), not {self.variant!r}")
         if self.variant == "secousticodec":
             self.n_acoustic_codebooks = 0
             self.semantic_codebook_size = math.prod(self.fsq_levels)

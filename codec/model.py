@@ -273,14 +273,24 @@ class DualStreamCodec(nn.Module):
                 raise ValueError(f"{name} codes must lie in 0..{k - 1}, got {int(t.min())}..{int(t.max())}")
 
     @torch.no_grad()
-    def decode(self, tokens: CodecTokens) -> Tensor:
+    def decode(self, tokens: CodecTokens, semantic_only: bool = False) -> Tensor:
         """:class:`CodecTokens` -> ``wav [B, 1, Ts * semantic_hop]``.
+
+        ``semantic_only`` (sac, sacodec) decodes the semantic stream alone, the acoustic contribution
+        zeroed as acoustic dropout does in training (``CodecConfig.acoustic_dropout``); the acoustic codes
+        are then only checked, not used.
 
         With ``tokens.lengths``, item i's audio is zero past ``lengths[i] * semantic_hop`` samples and
         the batch is trimmed to the longest item (``max(lengths) * semantic_hop`` samples)."""
         self._check_tokens(tokens)
         tokens = tokens.to(next(self.parameters()).device)
-        wav = self.decoder(self.bottleneck.decode_latent(tokens))
+        if semantic_only:
+            if self.config.variant not in ("sac", "sacodec"):
+                raise ValueError(f"semantic_only decoding needs a two-stream variant (sac, sacodec), "
+                                 f"not {self.config.variant!r}")
+            wav = self.decoder(self.bottleneck.decode_latent(tokens, acoustic=False))
+        else:
+            wav = self.decoder(self.bottleneck.decode_latent(tokens))
         if tokens.lengths is None:
             return wav
         n = tokens.lengths.long() * self.semantic_hop  # [B] valid samples

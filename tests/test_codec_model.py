@@ -349,3 +349,40 @@ def test_spd_config_and_old_checkpoint_errors(tmp_path):
         DualStreamCodec.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="former convolutional SPD head"):  # e.g. a trainer's resume
         make("stacodec").load_state_dict(state)
+
+
+@pytest.mark.parametrize("variant", ["sac", "sacodec"])
+def test_acoustic_dropout_decodes_dropped_items_from_the_semantic_stream(variant):
+    """In training, acoustic dropout decodes some items from their semantic stream alone: each item's
+    reconstruction equals either the training pass without dropout or decode(tokens, semantic_only=True),
+    and both kinds occur. In eval mode it is off."""
+    torch.manual_seed(0)
+    m = make(variant, acoustic_dropout=0.5)
+    wav = torch.randn(8, 1, 6400) * 0.1
+    t = teacher_for(m, wav)
+    m.train()
+    m.bottleneck.vq.eval()  # a training-mode quantiser updates its codebook (EMA) at each pass
+    with torch.no_grad():
+        torch.manual_seed(1)  # a draw that keeps some items and drops others
+        out = m(wav, t)
+        m.config.acoustic_dropout = 0.0
+        full = m(wav, t).wav_hat
+        m.config.acoustic_dropout = 0.5
+        m.eval()
+        sem = m.decode(out.tokens, semantic_only=True)[..., : full.shape[-1]]
+        assert not torch.allclose(full, sem, atol=1e-4)
+        kinds = ["full" if torch.allclose(out.wav_hat[i], full[i], atol=1e-5) else
+                 "semantic" if torch.allclose(out.wav_hat[i], sem[i], atol=1e-5) else "neither" for i in range(8)]
+        assert set(kinds) == {"full", "semantic"}, kinds
+        assert torch.allclose(m(wav, t).wav_hat, m.decode(out.tokens)[..., : full.shape[-1]], atol=1e-4)
+
+
+def test_acoustic_dropout_config_errors():
+    with pytest.raises(ValueError, match="acoustic_dropout must lie"):
+        CodecConfig.tiny("sacodec").__class__(variant="sacodec", acoustic_dropout=1.0)
+    with pytest.raises(ValueError, match="two-stream variants"):
+        CodecConfig(variant="stacodec", acoustic_dropout=0.3)
+    m = make("stacodec")
+    wav = torch.randn(1, 1, 6400) * 0.1
+    with pytest.raises(ValueError, match="semantic_only decoding needs a two-stream variant"):
+        m.decode(m.encode(wav, teacher_for(m, wav)) if m.needs_teacher_codebook else m.encode(wav), semantic_only=True)

@@ -62,8 +62,9 @@ class ISTFTHead(nn.Module):
         """Windowed time-domain frames ``[B, n_fft, T]``."""
         h = self.proj(x.transpose(1, 2)).transpose(1, 2)  # [B, n_fft + 2, T]
         log_mag, phase = h.chunk(2, dim=1)
-        mag = torch.exp(log_mag.clamp(max=6.0))
-        spec = torch.polar(mag, phase)  # [B, F, T]
+        # fp32 here under any autocast: torch.polar needs matching dtypes, and the iSTFT wants the precision
+        mag = torch.exp(log_mag.float().clamp(max=6.0))
+        spec = torch.polar(mag, phase.float())  # [B, F, T]
         return torch.fft.irfft(spec, n=self.n_fft, dim=1) * self.window[None, :, None]
 
     def envelope(self, start: int, length: int, device: torch.device) -> Tensor:

@@ -43,6 +43,15 @@ def _t(x: Tensor) -> Tensor:
     return x.transpose(1, 2)
 
 
+def acoustic_keep(cfg: CodecConfig, batch: int, training: bool, device: torch.device) -> Tensor | None:
+    """``[B, 1, 1]`` mask of the items that keep their acoustic stream under acoustic dropout (training
+    only; None when off): each item is decoded from its semantic stream alone with probability
+    ``cfg.acoustic_dropout``."""
+    if not (training and cfg.acoustic_dropout):
+        return None
+    return (torch.rand(batch, 1, 1, device=device) >= cfg.acoustic_dropout).float()
+
+
 class SACBottleneck(nn.Module):
     """SAC (arXiv 2510.16841): semantic stream = frozen teacher units (given at train and encode
     time), embedded with the frozen k-means centroids; acoustic stream = one factorised codebook;
@@ -72,7 +81,9 @@ class SACBottleneck(nn.Module):
                              "with the frozen k-means units at the semantic rate")
         s = self._semantic(units)
         qa = self.vq(self.ac_down(enc.base))
-        z = self.fuse(torch.cat([s, self.ac_up(qa.z_q)], 1))
+        a = self.ac_up(qa.z_q)
+        keep = acoustic_keep(self.cfg, b, self.training, a.device)
+        z = self.fuse(torch.cat([s, a if keep is None else a * keep], 1))
         losses = dict(qa.losses)
         if teacher is not None and teacher.features is not None:
             target = features_at(teacher, t, self.cfg.frame_rate, b)
@@ -81,9 +92,10 @@ class SACBottleneck(nn.Module):
                   "usage/acoustic": usage(qa.codes, self.cfg.acoustic_codebook_size)}
         return BottleneckOut(z, units[:, None], qa.codes, losses=losses, extras=extras)
 
-    def decode_latent(self, tokens: CodecTokens) -> Tensor:
+    def decode_latent(self, tokens: CodecTokens, acoustic: bool = True) -> Tensor:
         s = self._semantic(tokens.semantic[:, 0])
-        return self.fuse(torch.cat([s, self.ac_up(self.vq.decode(tokens.acoustic))], 1))
+        a = self.ac_up(self.vq.decode(tokens.acoustic))
+        return self.fuse(torch.cat([s, a if acoustic else torch.zeros_like(a)], 1))
 
 
 class SACodecBottleneck(nn.Module):
@@ -113,7 +125,9 @@ class SACodecBottleneck(nn.Module):
         q, idx = self.teacher_codebook(p)
         s = self.sem_up(_t(self.back(q)))  # [B, D, T]
         qa = self.vq(self.ac_down(self.residual(enc.base - s)))
-        z = s + self.ac_up(self.ac_out(qa.z_q))
+        a = self.ac_up(self.ac_out(qa.z_q))
+        keep = acoustic_keep(self.cfg, b, self.training, a.device)
+        z = s + (a if keep is None else a * keep)
         losses = dict(qa.losses)
         # Semantic anchoring: pull the projector to the teacher (features and/or units); without a
         # teacher, commit the projector to its own nearest centroid.
@@ -134,9 +148,9 @@ class SACodecBottleneck(nn.Module):
                        "usage/acoustic": usage(qa.codes, self.cfg.acoustic_codebook_size)})
         return BottleneckOut(z, idx[:, None], qa.codes, losses=losses, extras=extras)
 
-    def decode_latent(self, tokens: CodecTokens) -> Tensor:
+    def decode_latent(self, tokens: CodecTokens, acoustic: bool = True) -> Tensor:
         s = self.sem_up(_t(self.back(self.teacher_codebook.centroids[tokens.semantic[:, 0]])))
-        return s + self.ac_up(self.ac_out(self.vq.decode(tokens.acoustic)))
+        return s + self.ac_up(self.ac_out(self.vq.decode(tokens.acoustic))) if acoustic else s
 
 
 def _rotary(x: Tensor) -> Tensor:
