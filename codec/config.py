@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = ("sac", "sacodec", "secousticodec", "stacodec", "rvq", "distill")
+# Variants whose decoder sums or fuses a semantic and a separate acoustic stream (acoustic dropout,
+# semantic-only decoding).
+TWO_STREAM = ("sac", "sacodec")
 
 
 def _default_loss_weights() -> dict[str, float]:
@@ -113,7 +116,7 @@ class CodecConfig:
                              f"{self.semantic_stride} and {self.acoustic_stride}")
         if not 0.0 <= self.acoustic_dropout < 1.0:
             raise ValueError(f"acoustic_dropout must lie in [0, 1), got {self.acoustic_dropout}")
-        if self.acoustic_dropout and self.variant not in ("sac", "sacodec"):
+        if self.acoustic_dropout and self.variant not in TWO_STREAM:
             raise ValueError("acoustic_dropout applies to the two-stream variants 'sac' and 'sacodec' (their decoder "
                              f"sums or fuses the streams), not {self.variant!r}")
         if self.variant == "secousticodec":

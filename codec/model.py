@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codec.config import CodecConfig
+from codec.config import TWO_STREAM, CodecConfig
 from codec.contracts import CodecTokens, check_audio
 from codec.modules.blocks import Decoder, Encoder
 from codec.modules.bottlenecks import RVQBottleneck, SACBottleneck, SACodecBottleneck
@@ -284,13 +284,13 @@ class DualStreamCodec(nn.Module):
         the batch is trimmed to the longest item (``max(lengths) * semantic_hop`` samples)."""
         self._check_tokens(tokens)
         tokens = tokens.to(next(self.parameters()).device)
-        if semantic_only:
-            if self.config.variant not in ("sac", "sacodec"):
-                raise ValueError(f"semantic_only decoding needs a two-stream variant (sac, sacodec), "
-                                 f"not {self.config.variant!r}")
+        if not semantic_only:
+            wav = self.decoder(self.bottleneck.decode_latent(tokens))
+        elif self.config.variant in TWO_STREAM:
             wav = self.decoder(self.bottleneck.decode_latent(tokens, acoustic=False))
         else:
-            wav = self.decoder(self.bottleneck.decode_latent(tokens))
+            raise ValueError(f"semantic_only decoding needs a two-stream variant {TWO_STREAM}, "
+                             f"not {self.config.variant!r}")
         if tokens.lengths is None:
             return wav
         n = tokens.lengths.long() * self.semantic_hop  # [B] valid samples
