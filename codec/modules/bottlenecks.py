@@ -132,7 +132,8 @@ class SACodecBottleneck(nn.Module):
         # Semantic anchoring: pull the projector to the teacher (features and/or units); without a
         # teacher, commit the projector to its own nearest centroid.
         anchor, extras = [], {}
-        if teacher is not None and teacher.features is not None:
+        has_features = teacher is not None and teacher.features is not None
+        if has_features:
             anchor.append(F.mse_loss(p, features_at(teacher, ts, self.cfg.semantic_rate, b)))
         units = units_at(teacher, ts, self.cfg.semantic_codebook_size, b)
         if units is not None:
@@ -140,6 +141,12 @@ class SACodecBottleneck(nn.Module):
             logits = self.teacher_codebook.logits(p) / temperature
             anchor.append(F.cross_entropy(logits.transpose(1, 2), units))
             extras["anchor/accuracy"] = (idx == units).float().mean().detach()
+            if not has_features:
+                # Units alone: the unit's centroid stands in for the teacher feature (its k-means
+                # reconstruction). The cross-entropy's pull is bounded, while the reconstruction gradient
+                # through the straight-through anchor keeps pushing p; without a restoring force that
+                # grows with the distance, p drifted off the codebook (docs/results/codec_25hz_gpu).
+                anchor.append(F.mse_loss(p, self.teacher_codebook.centroids[units]))
         if not anchor:
             anchor.append(F.mse_loss(p, self.teacher_codebook.centroids[idx]))
         losses["semantic/anchor"] = sum(anchor)

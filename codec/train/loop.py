@@ -168,9 +168,8 @@ def _open_caches(cfg: CodecTrainConfig, model) -> tuple[CacheReader | None, Cach
     if variant in ("distill", "sac", "sacodec", "stacodec") and feats is None and not cfg.train_only:
         print(f"note: no teacher_features for {variant!r}; its feature-distillation loss is off")
         if variant == "sacodec":
-            print("warning: sacodec anchored on units alone: in a 2608-step run the reconstruction gradient through "
-                  "the straight-through anchor pulled the projector off the teacher codebook (anchor accuracy "
-                  "0.6 %, docs/results/codec_25hz_gpu); the feature MSE is what held it in the bundled codec's run")
+            print("note: sacodec anchored on units alone: each unit's centroid stands in for its teacher feature "
+                  "in the anchor loss (docs/results/anchor_units)")
     return feats, units
 
 
