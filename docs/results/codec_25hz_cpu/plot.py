@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 
 def main(cpu_log: str, gpu_log: str, out: str) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
-    for log, batch, label in ((cpu_log, 8, "2-core CPU: features + units, anchor weight 10, no GAN (55 min)"),
+    for log, batch, label in ((cpu_log, 8, "2-core CPU: features + units, anchor weight 10, no GAN (53 min)"),
                               (gpu_log, 32, "one H100: units only, anchor weight 1, GAN from step 782 (5 min)")):
         rows = [json.loads(line) for line in Path(log).read_text().splitlines()]
         crops = [r["step"] * batch / 1000 for r in rows]
