@@ -129,26 +129,22 @@ class SACodecBottleneck(nn.Module):
         keep = acoustic_keep(self.cfg, b, self.training, a.device)
         z = s + (a if keep is None else a * keep)
         losses = dict(qa.losses)
-        # Semantic anchoring: pull the projector to the teacher (features and/or units); without a
-        # teacher, commit the projector to its own nearest centroid.
-        anchor, extras = [], {}
-        has_features = teacher is not None and teacher.features is not None
-        if has_features:
-            anchor.append(F.mse_loss(p, features_at(teacher, ts, self.cfg.semantic_rate, b)))
+        # Semantic anchoring: an MSE pulls the projector to the teacher feature; with units alone, to each
+        # frame's unit centroid (the feature's k-means reconstruction: the units' cross-entropy pulls with a
+        # bounded force, and the reconstruction gradient through the straight-through anchor walked p off
+        # the codebook, docs/results/anchor_units); without a teacher, to its own nearest centroid.
+        extras = {}
         units = units_at(teacher, ts, self.cfg.semantic_codebook_size, b)
+        if teacher is not None and teacher.features is not None:
+            target = features_at(teacher, ts, self.cfg.semantic_rate, b)
+        else:
+            target = self.teacher_codebook.centroids[idx if units is None else units]
+        anchor = [F.mse_loss(p, target)]
         if units is not None:
             temperature = self.cfg.anchor_temperature or self.cfg.teacher_dim ** 0.5
             logits = self.teacher_codebook.logits(p) / temperature
             anchor.append(F.cross_entropy(logits.transpose(1, 2), units))
             extras["anchor/accuracy"] = (idx == units).float().mean().detach()
-            if not has_features:
-                # Units alone: the unit's centroid stands in for the teacher feature (its k-means
-                # reconstruction). The cross-entropy's pull is bounded, while the reconstruction gradient
-                # through the straight-through anchor keeps pushing p; without a restoring force that
-                # grows with the distance, p drifted off the codebook (docs/results/codec_25hz_gpu).
-                anchor.append(F.mse_loss(p, self.teacher_codebook.centroids[units]))
-        if not anchor:
-            anchor.append(F.mse_loss(p, self.teacher_codebook.centroids[idx]))
         losses["semantic/anchor"] = sum(anchor)
         extras.update({"latent/semantic": s.detach(), "latent/acoustic": qa.z_q.detach(),
                        "usage/semantic": usage(idx, self.cfg.semantic_codebook_size),
