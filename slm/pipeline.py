@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from codec.config import TWO_STREAM
 from codec.contracts import CodecTokens, check_audio
 from slm.acoustic_head import AcousticHead, acoustic_from_frames
 from slm.generate import Sampling, generate_frames, generate_text, inference_copy, transcribe_aligned
@@ -175,10 +176,14 @@ class SpeechPipeline:
                  voices: dict[str, Voice] | None = None, sampling: Sampling | None = None,
                  chunk_frames: int = 12, context_frames: int = 8, teacher_spec: str = "whisper-base-ct2",
                  first_chunk_frames: int = 4, merge: bool = False, int8: bool = False, tts_aligned: bool = False,
-                 asr_aligned: bool = False, tts_phones: bool = False):
+                 asr_aligned: bool = False, tts_phones: bool = False, semantic_only: bool = False):
         if codec.semantic_codebook_size != layout.n_semantic:
             raise ValueError(f"codec has {codec.semantic_codebook_size} semantic codes, layout {layout.n_semantic}")
-        if codec.n_acoustic_codebooks and head is None:
+        if semantic_only and getattr(getattr(codec, "config", None), "variant", None) not in TWO_STREAM:
+            raise ValueError(f"semantic_only speech needs a codec that decodes its semantic stream alone {TWO_STREAM} "
+                             f"(trained with acoustic_dropout); this one is "
+                             f"{getattr(getattr(codec, 'config', None), 'variant', type(codec).__name__)!r}")
+        if codec.n_acoustic_codebooks and head is None and not semantic_only:
             raise ValueError("the codec has an acoustic stream (Ka>0) but no acoustic head was given")
         self.lm, self.tokenizer, self.layout, self.codec, self.head = backbone, tokenizer, layout, codec, head
         self._voices = dict(voices or {})
@@ -192,6 +197,9 @@ class SpeechPipeline:
         # aligned TTS in the phone-bridged form (each word followed by its phones, from espeak-ng's G2P,
         # adapters.g2p): the default of models trained with it (slm_config.json "tts_phones")
         self.tts_phones = tts_phones
+        # speak from the semantic tokens alone: the codec decodes them without acoustic codes (sac / sacodec
+        # trained with acoustic_dropout), so the acoustic head is skipped (slm_config.json "semantic_only")
+        self.semantic_only = semantic_only
         # a short first chunk lowers time to first audio; later chunks are longer (fewer decode calls)
         self.chunk_frames, self.context_frames, self.first_chunk_frames = chunk_frames, context_frames, first_chunk_frames
         self.teacher_spec, self._teacher = teacher_spec, None  # only for codecs that encode with a teacher
@@ -214,10 +222,13 @@ class SpeechPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path = "default", device: str = "cpu", threads: int | None = None,
-                        backbone: str | None = None, merge: bool = True, int8: bool = False) -> SpeechPipeline:
+                        backbone: str | None = None, merge: bool = True, int8: bool = False,
+                        semantic_only: bool | None = None) -> SpeechPipeline:
         """Load a model dir. ``merge``: generate with the adapter merged into a copy of the backbone
         (:meth:`merge_for_inference`, ~2x faster decoding); False keeps peft's wrappers (less memory).
-        ``int8``: decode with int8 backbone weights as well (faster, approximate; see Int8Linear)."""
+        ``int8``: decode with int8 backbone weights as well (faster, approximate; see Int8Linear).
+        ``semantic_only``: speak without the acoustic head (see :attr:`semantic_only`); None: the model's own
+        setting (slm_config.json)."""
         from adapters.backbones import extend_vocabulary, load_backbone
         from adapters.lora import load_adapter
         from codec.runtime import set_threads
@@ -242,7 +253,8 @@ class SpeechPipeline:
         spec = (json.loads(info.read_text()).get("teacher_spec") if info.exists() else None) or "whisper-base-ct2"
         return cls(lm, bb.tokenizer, layout, codec, head, voices, Sampling(**cfg.get("sampling", {})), teacher_spec=spec,
                    merge=merge, int8=int8, tts_aligned=bool(cfg.get("tts_aligned", False)),
-                   asr_aligned=bool(cfg.get("asr_aligned", False)), tts_phones=bool(cfg.get("tts_phones", False)))
+                   asr_aligned=bool(cfg.get("asr_aligned", False)), tts_phones=bool(cfg.get("tts_phones", False)),
+                   semantic_only=bool(cfg.get("semantic_only", False)) if semantic_only is None else semantic_only)
 
     # ---- basics ---------------------------------------------------------------------------------------------
     @property
@@ -291,12 +303,27 @@ class SpeechPipeline:
     def _tokens(self, codes: list[int], frames: list, global_: Tensor | None) -> CodecTokens:
         sem = torch.tensor(codes, dtype=torch.long).view(1, 1, -1)
         ka = self.codec.n_acoustic_codebooks
-        ac = (acoustic_from_frames(torch.stack(frames).cpu(), ka)[None] if ka
-              else torch.zeros(1, 0, len(codes), dtype=torch.long))
+        if not ka:
+            ac = torch.zeros(1, 0, len(codes), dtype=torch.long)
+        elif any(f is None for f in frames):  # semantic-only speech: placeholder codes the decoder does not read
+            ac = torch.zeros(1, ka, len(codes) * self._acoustic_ratio(), dtype=torch.long)
+        else:
+            ac = acoustic_from_frames(torch.stack(frames).cpu(), ka)[None]
         return CodecTokens(sem, ac, global_)
 
+    def _acoustic_ratio(self) -> int:
+        return max(1, round(self.codec.acoustic_rate / self.codec.semantic_rate))
+
+    @property
+    def _speaking_head(self) -> AcousticHead | None:
+        """The head that voices generated frames: none when speaking from the semantic tokens alone."""
+        return None if self.semantic_only else self.head
+
+    def _decode(self, tokens: CodecTokens) -> Tensor:
+        return self.codec.decode(tokens, semantic_only=True) if self.semantic_only else self.codec.decode(tokens)
+
     def _voice_vec(self, v: Voice | None) -> Tensor | None:
-        if self.head is None or v is None:
+        if self._speaking_head is None or v is None:
             return None
         dev = self.head.in_proj.weight.device
         g = None if v.tokens.global_ is None else v.tokens.global_.to(dev)
@@ -304,12 +331,13 @@ class SpeechPipeline:
 
     def _can_stream(self) -> bool:
         """Causal codecs stream exactly (``codec.stream_decode`` == ``decode``); others re-decode windows."""
-        return hasattr(self.codec, "stream_decode") and bool(getattr(getattr(self.codec, "config", None), "causal", False))
+        return (hasattr(self.codec, "stream_decode") and not self.semantic_only
+                and bool(getattr(getattr(self.codec, "config", None), "causal", False)))
 
     def _window_decode(self, codes: list[int], frames: list, global_: Tensor | None, a: int, b: int) -> Tensor:
         """Non-causal codecs: audio of frames [a, b) decoded with `context_frames` of left context. ``[1, n]``."""
         c = max(0, a - self.context_frames)
-        wav = self.codec.decode(self._tokens(codes[c:b], frames[c:b], global_)).reshape(1, -1).float().cpu()
+        wav = self._decode(self._tokens(codes[c:b], frames[c:b], global_)).reshape(1, -1).float().cpu()
         hop = wav.shape[-1] / (b - c)  # samples per semantic frame
         return wav[:, round((a - c) * hop):]
 
@@ -336,8 +364,9 @@ class SpeechPipeline:
             wav = next(streamer).reshape(1, -1).float().cpu()
             return wav[:, round(wav.shape[-1] * (a - lo) / (b - lo)):]
 
-        past = [f for f in frames if f is not None] if self.head is not None and self.head.cfg.context else None
-        for fr in generate_frames(self.infer_lm, self.layout, prompt, self.head, sampling, max_frames, voice_vec, gen,
+        head = self._speaking_head
+        past = [f for f in frames if f is not None] if head is not None and head.cfg.context else None
+        for fr in generate_frames(self.infer_lm, self.layout, prompt, head, sampling, max_frames, voice_vec, gen,
                                   past_acoustic=past, **gen_kw):
             codes.append(fr.code)
             frames.append(fr.acoustic)
@@ -357,7 +386,8 @@ class SpeechPipeline:
         out = []
         for prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed,
                                                         aligned):
-            fr = list(generate_frames(self.infer_lm, self.layout, prompt, self.head, s, hi, self._voice_vec(v), gen, **kw))
+            fr = list(generate_frames(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi, self._voice_vec(v),
+                                      gen, **kw))
             out.append(self._tokens([f.code for f in fr], [f.acoustic for f in fr], v.tokens.global_ if v else None))
         return out
 

@@ -84,8 +84,9 @@ def lm_train_bounded(config: str | Path, max_minutes: float = 0.0, chunk: int | 
 
 def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tuple[str, ...] = ("tts", "asr"),
             limit: int = 8, metrics: tuple[str, ...] = ("fidelity", "asr", "dnsmos", "speaker"),
-            max_seconds: float = 10.0, seed: int = 0) -> dict:
-    """TTS and ASR-by-token metrics of a model dir on the test split, next to the data's own floor."""
+            max_seconds: float = 10.0, seed: int = 0, semantic_only: bool | None = None) -> dict:
+    """TTS and ASR-by-token metrics of a model dir on the test split, next to the data's own floor.
+    ``semantic_only``: speak without the acoustic head (None: the model's own setting)."""
     import numpy as np
 
     from slm.eval.codec_eval import Judges
@@ -93,10 +94,10 @@ def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tu
     from slm.eval.lm_eval import eval_asr, eval_tts, voice_prompts
     from slm.pipeline import SpeechPipeline
 
-    pipe = SpeechPipeline.from_pretrained(bundle)
+    pipe = SpeechPipeline.from_pretrained(bundle, semantic_only=semantic_only)
     items = load_items(manifest, "test", limit)
     judges = Judges(metrics=tuple(metrics))
-    res: dict = {"bundle": str(bundle), "manifest": str(manifest), "n": len(items)}
+    res: dict = {"bundle": str(bundle), "manifest": str(manifest), "n": len(items), "semantic_only": pipe.semantic_only}
     if "tts" in tasks:
         res["tts"] = eval_tts(pipe, items, judges, max_seconds=max_seconds, seed=seed)
         # floor: the corpus' own audio of the same sentences (speaker similarity: prompt vs original)
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--metrics", default="fidelity,asr,dnsmos,speaker")
     e.add_argument("--max-seconds", type=float, default=10.0)
     e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--semantic-only", action="store_true", default=None,
+                   help="speak without the acoustic head (codecs trained with acoustic_dropout)")
     x = sub.add_parser("export")
     x.add_argument("bundle")
     x.add_argument("dest")
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         lm_train_bounded(a.config, a.max_minutes, a.chunk)
     elif a.cmd == "lm-eval":
         lm_eval(a.bundle, a.manifest, a.out, tuple(a.tasks.split(",")), a.limit, tuple(a.metrics.split(",")),
-                a.max_seconds)
+                a.max_seconds, semantic_only=a.semantic_only)
     elif a.cmd == "voice-bundle":
         voice_bundle(a.lm_bundle, a.codec, a.dest)
     else:

@@ -38,6 +38,12 @@ class TrainConfig:
     # rows and acoustic head are the starting point (their settings replace `lora` / `head`); `codec` then
     # defaults to the model's own codec, and the tokens must come from that codec
     init_from: str = ""
+    # init_from a model trained on ANOTHER codec (a new codec, same number of semantic codes): the run's code j
+    # starts from the model's row of the old code whose teacher centroid lies nearest to j's (sac / sacodec:
+    # both codecs' semantic codes are k-means centroids in one teacher's feature space); the LoRA adapter is
+    # kept, the acoustic head starts fresh (`head` settings apply: the old head's codebooks are gone).
+    # `codec` must name the run's codec. See :func:`semantic_remap`.
+    remap_semantic: bool = False
     lora: dict = field(default_factory=dict)  # adapters.lora.LoraSettings fields
     head: dict = field(default_factory=dict)  # AcousticHeadConfig overrides (dim, n_layers, n_heads, ...)
     tasks: dict = field(default_factory=dict)  # TaskMix: tts / asr / continue ratios, prompt_prob
@@ -80,6 +86,9 @@ class TrainConfig:
 
     def __post_init__(self):
         check_packing(self.packing)
+        if self.remap_semantic and not (self.init_from and self.codec):
+            raise ValueError("remap_semantic maps a model's semantic rows onto a new codec: set init_from (the model) "
+                             "and codec (the new codec the tokens come from)")
 
 
 class SpeechLM(nn.Module):
@@ -401,7 +410,11 @@ def _init_from(cfg: TrainConfig, bb, layout, codec):
 
     d = init_dir(cfg)
     theirs = json.loads((d / "slm_config.json").read_text())
-    _check_same_codec(d, theirs, codec)
+    mapping = None
+    if cfg.remap_semantic:
+        mapping = _remap_from(d, theirs, codec)
+    else:
+        _check_same_codec(d, theirs, codec)
     try:
         lm = load_adapter(bb.model, d / "adapter", trainable=True)
     except RuntimeError as e:  # shape mismatch: same vocabulary, another backbone
@@ -410,6 +423,9 @@ def _init_from(cfg: TrainConfig, bb, layout, codec):
     for p in lm.parameters():  # fp16 bundles: train in fp32
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
+    if mapping is not None:
+        remap_semantic_rows(lm, layout, mapping)
+        return lm, _new_head(cfg, bb, codec)
     head = None
     if codec.n_acoustic_codebooks:
         if not (d / "acoustic_head.json").is_file():
@@ -421,6 +437,69 @@ def _init_from(cfg: TrainConfig, bb, layout, codec):
             raise ValueError(f"init_from {d}: its acoustic head predicts {have[1]} x {have[0]} codes over "
                              f"{have[2]} semantic ids, the codec has {want[1]} x {want[0]} over {want[2]}")
     return lm, head
+
+
+def teacher_centroids(codec) -> torch.Tensor | None:
+    """``[K, D]``: the teacher k-means centroids a codec's semantic codes stand for (sac, sacodec), else None."""
+    tc = getattr(getattr(codec, "bottleneck", None), "teacher_codebook", None)
+    return None if tc is None else tc.centroids.detach().float().cpu()
+
+
+def semantic_remap(old, new) -> tuple[torch.Tensor, dict]:
+    """For each semantic code of codec ``new``, the code of codec ``old`` whose teacher centroid is nearest
+    (``[K_new]`` long), and how close the two codebooks are: ``distance`` (mean distance from a new centroid
+    to its nearest old one) against ``spacing`` (mean distance from an old centroid to its nearest other old
+    one). A ratio far above 1 means the codebooks are not in one teacher space (another teacher or layer)."""
+    a, b = teacher_centroids(old), teacher_centroids(new)
+    if a is None or b is None:
+        which = [n for n, c in (("the model's", a), ("the run's", b)) if c is None]
+        raise ValueError(f"remap_semantic maps codes through their teacher centroids, but {' and '.join(which)} codec "
+                         f"has none (only sac and sacodec anchor their semantic codes on teacher k-means centroids)")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"remap_semantic: the codecs' teacher centroids have {a.shape[1]} and {b.shape[1]} dims: "
+                         f"they come from different teachers, so their codes cannot be matched")
+    dist, idx = torch.cdist(b, a).min(dim=1)
+    own = torch.cdist(a, a).fill_diagonal_(float("inf")).min(dim=1).values
+    info = {"distance": float(dist.mean()), "spacing": float(own.mean()),
+            "old_codes_used": int(idx.unique().numel()), "n_old": int(a.shape[0]), "n_new": int(b.shape[0])}
+    return idx, info
+
+
+def remap_semantic_rows(lm: nn.Module, layout, mapping: torch.Tensor) -> None:
+    """Give each semantic token ``j`` the trained row (input embedding and, when untied, output row) of token
+    ``mapping[j]``: the rows peft trains through ``trainable_token_indices``."""
+    seen = set()
+    for m in lm.modules():
+        deltas = getattr(m, "trainable_tokens_delta", None)
+        if not isinstance(deltas, nn.ParameterDict):
+            continue
+        for name, p in deltas.items():
+            if id(p) in seen:  # a tied output layer shares the embedding's rows
+                continue
+            seen.add(id(p))
+            pos = {t: i for i, t in enumerate(m.token_indices[name])}
+            try:
+                rows = torch.tensor([pos[layout.semantic_offset + j] for j in range(layout.n_semantic)])
+            except KeyError as e:
+                raise ValueError(f"remap_semantic: semantic token {e} has no trained row in the adapter") from None
+            with torch.no_grad():
+                p.data[rows] = p.data[rows[mapping.to(rows.device)]].clone()
+    if not seen:
+        raise ValueError("remap_semantic: the adapter has no trained token rows (trainable_token_indices) to remap")
+
+
+def _remap_from(d: Path, theirs: dict, codec) -> torch.Tensor:
+    """The code map of ``init_from`` model ``d`` onto the run's codec, printed with how close the codebooks are."""
+    from slm.pipeline import _load_codec, codec_dir
+
+    old = _load_codec(codec_dir(d, theirs), theirs.get("codec_class"))
+    mapping, info = semantic_remap(old, codec)
+    print(f"remap_semantic: {info['n_new']} codes of the run's codec take the rows of {info['old_codes_used']} of "
+          f"{info['n_old']} codes of {d}'s codec; mean centroid distance {info['distance']:.2f} against the old "
+          f"codebook's own spacing {info['spacing']:.2f}", flush=True)
+    if info["distance"] > 3 * info["spacing"]:
+        print("remap_semantic: the codebooks lie far apart: are both from the same teacher and layer?", flush=True)
+    return mapping
 
 
 def _check_same_codec(d: Path, theirs: dict, codec) -> None:

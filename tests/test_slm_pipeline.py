@@ -358,3 +358,51 @@ def test_aligned_asr_streams_and_follows_the_model_flag(trained, pipe, tmp_path)
     assert p2.asr_aligned is True and p2.asr(wav, sr, max_new_tokens=30) == full
     with pytest.raises(ValueError):
         p2.asr(torch.zeros(1, 0), sr)
+
+
+def test_semantic_only_speech_skips_the_head(trained, tmp_path, monkeypatch):
+    """`semantic_only`: TTS and continuation are voiced from the semantic tokens alone; the head never runs,
+    streaming equals decoding the generated tokens offline with `semantic_only=True`, the model dir's
+    slm_config.json flag is followed (the argument wins), and codecs that cannot do it are refused."""
+    import json
+    import shutil
+
+    from slm.acoustic_head import AcousticHead
+
+    p = SpeechPipeline.from_pretrained(trained[1], semantic_only=True)
+    assert p.semantic_only and p.head is not None
+
+    def boom(*a, **k):
+        raise AssertionError("the acoustic head ran")
+
+    monkeypatch.setattr(AcousticHead, "forward", boom)
+    monkeypatch.setattr(AcousticHead, "generate_frames", boom)
+    monkeypatch.setattr(AcousticHead, "voice_vector", boom)
+    text = "the cat sat on the mat. hello world!"
+    voice = p.voices()[0]
+    chunks = list(p.tts_stream(text, voice, seed=3, max_seconds=2.0))
+    full = p.tts(text, voice, seed=3, max_seconds=2.0)
+    assert len(chunks) > 2 and torch.equal(torch.cat(chunks, -1), full)
+    toks = p.tts_tokens(text, voice, seed=3, max_seconds=2.0)
+    assert all(int(t.acoustic.abs().sum()) == 0 for t in toks)  # placeholders only
+    offline = torch.cat([p.codec.decode(t, semantic_only=True).reshape(1, -1).clamp(-1, 1) for t in toks], -1)
+    torch.testing.assert_close(full, offline, atol=1e-5, rtol=0)
+    with_codes = torch.cat([p.codec.decode(t).reshape(1, -1).clamp(-1, 1) for t in toks], -1)
+    assert not torch.allclose(full, with_codes)  # the acoustic path really is left out
+    wav = torch.randn(1, int(0.5 * p.sample_rate)) * 0.1
+    assert p.continue_(wav, p.sample_rate, seconds=0.5, seed=1).shape[-1] > 0
+
+    d = tmp_path / "semonly"
+    shutil.copytree(trained[1], d)
+    cfg = json.loads((d / "slm_config.json").read_text())
+    (d / "slm_config.json").write_text(json.dumps({**cfg, "semantic_only": True}))
+    assert SpeechPipeline.from_pretrained(d).semantic_only is True
+    assert SpeechPipeline.from_pretrained(d, semantic_only=False).semantic_only is False
+
+
+def test_semantic_only_needs_a_two_stream_codec(tmp_path):
+    from slm.train import train
+
+    final = train(tiny_train_config(tmp_path, "secousticodec", steps=1, save_every=100), progress=False)
+    with pytest.raises(ValueError, match="decodes its semantic stream alone"):
+        SpeechPipeline.from_pretrained(final, semantic_only=True)

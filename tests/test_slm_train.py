@@ -291,3 +291,56 @@ def test_a_run_keeps_the_layout_it_started_with(tmp_path):
     final = train(tiny_train_config(tmp_path, steps=4, save_every=2), progress=False)  # resumes from step 2
     assert [r["step"] for r in _log(cfg)] == [1, 2, 3, 4]
     assert TokenLayout.load(final).vocab_size == new.vocab_size - 1
+
+
+def test_remap_semantic_moves_a_model_onto_a_new_codec(tmp_path):
+    """`remap_semantic`: a model trained on one codec starts on another whose teacher centroids are a
+    permutation of its own; each new code gets exactly the trained row of the old code at its centroid, the
+    adapter is kept and the head starts fresh. Codecs without teacher centroids are refused clearly."""
+    from slm.pipeline import SpeechPipeline
+    from slm.train import TrainConfig, build, semantic_remap
+    from tests.test_slm_helpers import tiny_codec
+
+    g = torch.Generator().manual_seed(0)
+    base = tiny_codec()  # the tiny codec's centroids start equal: give them distinct places
+    with torch.no_grad():
+        base.bottleneck.teacher_codebook.centroids.normal_(generator=g)
+    base.save_pretrained(tmp_path / "old_codec")
+    a = tiny_train_config(tmp_path / "a", steps=3, save_every=100, codec=str(tmp_path / "old_codec"))
+    train(a, progress=False)
+    src = Path(a.out_dir, "final")
+    old = SpeechPipeline.from_pretrained(src, merge=False)
+    new = tiny_codec()
+    cents = new.bottleneck.teacher_codebook.centroids
+    perm = torch.randperm(cents.shape[0], generator=g)
+    with torch.no_grad():
+        cents.copy_(base.bottleneck.teacher_codebook.centroids[perm])
+    mapping, info = semantic_remap(old.codec, new)
+    assert torch.equal(mapping, perm) and info["distance"] < 1e-4 * info["spacing"]
+    new_dir = tmp_path / "new_codec"
+    new.save_pretrained(new_dir)
+
+    b = tiny_train_config(tmp_path / "b", init_from=str(src), codec=str(new_dir), remap_semantic=True,
+                          head={"dim": 16, "n_layers": 1, "n_heads": 2})
+    with pytest.raises(ValueError, match="not the model's own"):
+        build(tiny_train_config(tmp_path / "c", init_from=str(src), codec=str(new_dir)), new)
+    _, layout, lm, head = build(b, new)
+    ids = torch.arange(layout.n_semantic) + layout.semantic_offset
+    text = torch.tensor([1, 2, 3, layout.audio_start])
+    with torch.no_grad():
+        emb_new, emb_old = lm.get_input_embeddings(), old.lm.get_input_embeddings()
+        assert torch.equal(emb_new(ids[None]), emb_old((perm + layout.semantic_offset)[None]))
+        assert torch.equal(emb_new(text[None]), emb_old(text[None]))  # text rows and specials untouched
+        x = torch.cat([text, ids[:5]])[None]
+        y = torch.cat([text, perm[:5] + layout.semantic_offset])[None]
+        hn = lm.eval()(x, output_hidden_states=True).hidden_states[-1]
+        ho = old.lm.eval()(y, output_hidden_states=True).hidden_states[-1]
+        assert torch.allclose(hn, ho, atol=1e-5)  # same adapter: the same sequence of rows gives the same states
+    assert head is not None and head.cfg.dim == 16 and old.head.cfg.dim != 16  # a fresh head, the run's settings
+    train(b, progress=False)  # and it trains from there
+    assert json.loads(Path(b.out_dir, "final", "slm_config.json").read_text())["init_from"] == str(src.resolve())
+
+    with pytest.raises(ValueError, match="teacher centroids"):
+        semantic_remap(old.codec, tiny_codec("rvq"))
+    with pytest.raises(ValueError, match="set init_from"):
+        TrainConfig(remap_semantic=True, codec=str(new_dir))

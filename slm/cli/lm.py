@@ -142,6 +142,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--int8", action="store_true",
                    help="decode with int8 backbone weights (faster on CPU, approximate; README 'TTS speed on CPU')")
+    p.add_argument("--semantic-only", action="store_true", default=None,
+                   help="speak from the semantic tokens alone, without the acoustic head (codecs trained with "
+                        "acoustic_dropout; README 'Speaking from the semantic stream')")
 
 
 def _train(args) -> int:
@@ -154,10 +157,10 @@ def _train(args) -> int:
     return 0
 
 
-def _pipe(model: str, int8: bool = False):
+def _pipe(model: str, int8: bool = False, semantic_only: bool | None = None):
     from slm.pipeline import SpeechPipeline
 
-    return SpeechPipeline.from_pretrained(model, int8=int8)
+    return SpeechPipeline.from_pretrained(model, int8=int8, semantic_only=semantic_only)
 
 
 def _list_voices(model: str) -> int:
@@ -180,7 +183,7 @@ def _tts(args) -> int:
         return _list_voices(args.model)
     if args.text is None or args.out is None:
         raise SystemExit("slm tts: give the text and --out FILE.wav (or --list-voices)")
-    pipe = _pipe(args.model, args.int8)
+    pipe = _pipe(args.model, args.int8, args.semantic_only)
     wav = pipe.tts(args.text, args.voice, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    max_seconds=args.max_seconds, seed=args.seed, aligned=args.aligned)
     save_audio(args.out, wav, pipe.sample_rate)
@@ -207,7 +210,7 @@ def _asr(args) -> int:
 def _continue(args) -> int:
     from codec.audio import load_audio, save_audio
 
-    pipe = _pipe(args.model, args.int8)
+    pipe = _pipe(args.model, args.int8, args.semantic_only)
     wav = pipe.continue_(load_audio(args.wav, pipe.sample_rate), pipe.sample_rate, seconds=args.seconds,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     save_audio(args.out, wav, pipe.sample_rate)
