@@ -635,7 +635,8 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
         save_bundle(final, lm, layout, head, codec, cfg.backbone, voices=voices,
                     extra={"sampling": length_bound(utts, codec), "lora": _lora_info(lm), "trained_steps": step,
                            **{k: True for k, on in forms.items() if on},
-                           **({"init_from": str(init_dir(cfg).resolve())} if cfg.init_from else {})},
+                           **({"init_from": str(init_dir(cfg).resolve())} if cfg.init_from else {}),
+                           **({"remap_semantic": True} if cfg.remap_semantic else {})},
                     half=cfg.save_half)
         writer.close()
     acc.wait_for_everyone()

@@ -338,7 +338,8 @@ def test_remap_semantic_moves_a_model_onto_a_new_codec(tmp_path):
         assert torch.allclose(hn, ho, atol=1e-5)  # same adapter: the same sequence of rows gives the same states
     assert head is not None and head.cfg.dim == 16 and old.head.cfg.dim != 16  # a fresh head, the run's settings
     train(b, progress=False)  # and it trains from there
-    assert json.loads(Path(b.out_dir, "final", "slm_config.json").read_text())["init_from"] == str(src.resolve())
+    info = json.loads(Path(b.out_dir, "final", "slm_config.json").read_text())
+    assert info["init_from"] == str(src.resolve()) and info["remap_semantic"] is True
 
     with pytest.raises(ValueError, match="teacher centroids"):
         semantic_remap(old.codec, tiny_codec("rvq"))

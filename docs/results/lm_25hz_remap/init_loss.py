@@ -13,14 +13,15 @@ import torch
 
 import slm.train as T
 from codec.runtime import set_threads
-from slm.pipeline import _load_codec
 from slm.lm_data import load_tokens
+from slm.pipeline import _load_codec
 from slm.train import BatchSource, SpeechLM, TaskMix, TrainConfig, build
 
 
-def main(config: str, out: str, batches: int = 8) -> None:
+def main(config: str, out: str) -> None:
     set_threads(2)
     cfg = TrainConfig.from_yaml(config)
+    batches = cfg.eval_batches  # the held-out batches `slm train` evaluates on
     codec = _load_codec(cfg.codec, None)
     valid = load_tokens(cfg.tokens, split=cfg.valid_split, limit=64)
     real = T._remap_from
