@@ -297,6 +297,11 @@ def frames_from_acoustic(acoustic: Tensor, ratio: int) -> Tensor:
     return acoustic[:, : Ts * ratio].reshape(Ka, Ts, ratio).permute(1, 2, 0).reshape(Ts, ratio * Ka)
 
 
+def acoustic_ratio(codec) -> int:
+    """Acoustic frames per semantic frame of ``codec`` (the head's ``ratio``)."""
+    return max(1, round(codec.acoustic_rate / codec.semantic_rate))
+
+
 def acoustic_from_frames(frames: Tensor, n_codebooks: int) -> Tensor:
     """Inverse of :func:`frames_from_acoustic`: ``[Ts, r*Ka]`` -> ``[Ka, r*Ts]``."""
     Ts, L = frames.shape

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from codec.config import TWO_STREAM
 from codec.contracts import CodecTokens, check_audio
-from slm.acoustic_head import AcousticHead, acoustic_from_frames
+from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio
 from slm.generate import Sampling, generate_frames, generate_text, inference_copy, transcribe_aligned
 from slm.layout import TokenLayout
 from slm.templates import asr_prompt, continuation_prompt, split_words, tts_prompt, word_ids
@@ -179,10 +179,10 @@ class SpeechPipeline:
                  asr_aligned: bool = False, tts_phones: bool = False, semantic_only: bool = False):
         if codec.semantic_codebook_size != layout.n_semantic:
             raise ValueError(f"codec has {codec.semantic_codebook_size} semantic codes, layout {layout.n_semantic}")
-        if semantic_only and getattr(getattr(codec, "config", None), "variant", None) not in TWO_STREAM:
+        variant = getattr(getattr(codec, "config", None), "variant", type(codec).__name__)
+        if semantic_only and variant not in TWO_STREAM:
             raise ValueError(f"semantic_only speech needs a codec that decodes its semantic stream alone {TWO_STREAM} "
-                             f"(trained with acoustic_dropout); this one is "
-                             f"{getattr(getattr(codec, 'config', None), 'variant', type(codec).__name__)!r}")
+                             f"(trained with acoustic_dropout); this one is {variant!r}")
         if codec.n_acoustic_codebooks and head is None and not semantic_only:
             raise ValueError("the codec has an acoustic stream (Ka>0) but no acoustic head was given")
         self.lm, self.tokenizer, self.layout, self.codec, self.head = backbone, tokenizer, layout, codec, head
@@ -306,13 +306,10 @@ class SpeechPipeline:
         if not ka:
             ac = torch.zeros(1, 0, len(codes), dtype=torch.long)
         elif any(f is None for f in frames):  # semantic-only speech: placeholder codes the decoder does not read
-            ac = torch.zeros(1, ka, len(codes) * self._acoustic_ratio(), dtype=torch.long)
+            ac = torch.zeros(1, ka, len(codes) * acoustic_ratio(self.codec), dtype=torch.long)
         else:
             ac = acoustic_from_frames(torch.stack(frames).cpu(), ka)[None]
         return CodecTokens(sem, ac, global_)
-
-    def _acoustic_ratio(self) -> int:
-        return max(1, round(self.codec.acoustic_rate / self.codec.semantic_rate))
 
     @property
     def _speaking_head(self) -> AcousticHead | None:

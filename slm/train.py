@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from slm.acoustic_head import AcousticHead, AcousticHeadConfig, frame_context
+from slm.acoustic_head import AcousticHead, AcousticHeadConfig, acoustic_ratio, frame_context
 from slm.lm_data import Batch, TaskMix, Utterance, collate, load_tokens, make_examples, pack
 from slm.packing import check_packing, lm_inputs
 
@@ -524,7 +524,7 @@ def _check_same_codec(d: Path, theirs: dict, codec) -> None:
 def _new_head(cfg: TrainConfig, bb, codec) -> AcousticHead | None:
     head = None
     if codec.n_acoustic_codebooks:
-        ratio = max(1, round(codec.acoustic_rate / codec.semantic_rate))
+        ratio = acoustic_ratio(codec)
         hc = {"backbone_dim": bb.model.config.hidden_size, "n_semantic": codec.semantic_codebook_size,
               "codebook_size": codec.acoustic_codebook_size, "n_codebooks": codec.n_acoustic_codebooks, "ratio": ratio}
         head = AcousticHead(AcousticHeadConfig(**{**hc, **cfg.head}))
