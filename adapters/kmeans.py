@@ -174,6 +174,6 @@ def teacher_batch_for(model, teacher, wav: Tensor):
     if teacher is None:
         raise ValueError(f"the {model.config.variant!r} codec encodes with its teacher; none was given")
     feats = teacher.features(wav)  # [B, Tt, D]
-    cents = model.bottleneck.teacher_codebook.centroids.detach().float().cpu()
+    cents = model.teacher_centroids()
     km = KMeansUnits(cents, {"rate": model.semantic_rate, "feature_rate": teacher.frame_rate})
     return TeacherBatch(features=feats, units=km.units(feats, teacher.frame_rate), feature_rate=teacher.frame_rate)

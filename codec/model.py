@@ -163,6 +163,13 @@ class DualStreamCodec(nn.Module):
             raise ValueError("teacher codebook contains NaN or Inf")
         self.bottleneck.teacher_codebook.centroids.copy_(centroids.detach().float())
 
+    def teacher_centroids(self) -> Tensor | None:
+        """The frozen teacher k-means centroids ``[K, D]`` the semantic codes stand for (sac, sacodec), as a
+        float32 CPU copy; None for variants without a teacher codebook."""
+        if not self.needs_teacher_codebook:
+            return None
+        return self.bottleneck.teacher_codebook.centroids.detach().float().cpu()
+
     def set_text_tokenizer(self, model: str | Path | bytes) -> None:
         """Install the sentencepiece model of the alignment text encoder (secousticodec)."""
         if self.config.variant != "secousticodec":

@@ -439,18 +439,12 @@ def _init_from(cfg: TrainConfig, bb, layout, codec):
     return lm, head
 
 
-def teacher_centroids(codec) -> torch.Tensor | None:
-    """``[K, D]``: the teacher k-means centroids a codec's semantic codes stand for (sac, sacodec), else None."""
-    tc = getattr(getattr(codec, "bottleneck", None), "teacher_codebook", None)
-    return None if tc is None else tc.centroids.detach().float().cpu()
-
-
 def semantic_remap(old, new) -> tuple[torch.Tensor, dict]:
     """For each semantic code of codec ``new``, the code of codec ``old`` whose teacher centroid is nearest
     (``[K_new]`` long), and how close the two codebooks are: ``distance`` (mean distance from a new centroid
     to its nearest old one) against ``spacing`` (mean distance from an old centroid to its nearest other old
     one). A ratio far above 1 means the codebooks are not in one teacher space (another teacher or layer)."""
-    a, b = teacher_centroids(old), teacher_centroids(new)
+    a, b = (c.teacher_centroids() if hasattr(c, "teacher_centroids") else None for c in (old, new))
     if a is None or b is None:
         which = [n for n, c in (("the model's", a), ("the run's", b)) if c is None]
         raise ValueError(f"remap_semantic maps codes through their teacher centroids, but {' and '.join(which)} codec "

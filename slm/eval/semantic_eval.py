@@ -33,7 +33,7 @@ def teacher_units(codec: LoadedCodec, wav: torch.Tensor) -> torch.Tensor | None:
 
     x = wav if wav.dim() == 3 else wav[None]
     feats = codec.teacher.features(x)
-    cents = codec.model.bottleneck.teacher_codebook.centroids.detach().float().cpu()
+    cents = codec.model.teacher_centroids()
     km = KMeansUnits(cents, {"rate": codec.model.semantic_rate, "feature_rate": codec.teacher.frame_rate})
     return km.units(feats, codec.teacher.frame_rate)[0]
 
