@@ -103,6 +103,32 @@ class Recipe:
         return (self.lm_corpus / "manifest.jsonl") if self.lm_corpus else self.manifest
 
     @property
+    def codec_manifest(self) -> Path:
+        """What the teacher and codec stages train on: ``codec.corpus`` = ``corpus`` (the default) or
+        ``lm_corpus`` (the larger LM corpus). Evaluation stays on ``corpus`` either way."""
+        which = self.s["codec"].get("corpus") or "corpus"
+        if which not in ("corpus", "lm_corpus"):
+            raise ValueError(f"codec.corpus must be 'corpus' or 'lm_corpus', got {which!r}")
+        if which == "lm_corpus" and self.lm_corpus is None:
+            raise ValueError("codec.corpus is 'lm_corpus' but the settings have no lm_corpus.dir")
+        return self.lm_manifest if which == "lm_corpus" else self.manifest
+
+    @property
+    def lm_init(self) -> Path | None:
+        """The model the first LM run starts from (``lm.init_from``: its adapter, new-token rows and, unless
+        the codec differs, its head), or None: a fresh adapter. With ``lm.train.remap_semantic`` the model may
+        come from another codec (slm.train.semantic_remap)."""
+        given = self.s["lm"].get("init_from")
+        if not given:
+            return None
+        d = self.path(given)
+        if d.resolve() == self.export_dir.resolve():
+            raise ValueError(f"lm.init_from is {d}, the recipe's own export dir: the build would start from its own "
+                             "output and overwrite it. Point it at the model to build on (e.g. an earlier build's "
+                             "bundle kept elsewhere).")
+        return d
+
+    @property
     def real(self) -> Path:
         return self.path((self.s.get("real") or {}).get("dir") or self.work / "real")
 
@@ -236,22 +262,43 @@ def _real_ok(r: Recipe) -> list[str]:
 
 
 def _teacher(r: Recipe) -> list[list[str]]:
+    """Teacher features of the codec's corpus, then k-means units. A complete feature cache, and complete
+    centroids + units, are reused as they are (the k-means fit is not deterministic across machines, and the
+    codec trained on those units)."""
     t = r.s.get("teacher", {})
     if not t.get("enabled", True):
         return []
-    return [r.slm("codec", "teacher-cache", "--manifest", str(r.manifest), "--teacher", t.get("spec", "whisper-base-ct2"),
-                  "--out", str(r.features)),
-            r.slm("codec", "kmeans", "--features", str(r.features), "--k", str(t.get("k", 1024)),
-                  "--rate", str(t.get("rate", 12.5)), "--out", str(r.centroids), "--units-out", str(r.units),
-                  "--max-frames", str(t.get("max_frames", 200_000)))]
+    cmds = []
+    if not _features_complete(r):
+        cmds.append(r.slm("codec", "teacher-cache", "--manifest", str(r.codec_manifest), "--teacher",
+                          t.get("spec", "whisper-base-ct2"), "--out", str(r.features)))
+    if cmds or not _units_complete(r):
+        cmds.append(r.slm("codec", "kmeans", "--features", str(r.features), "--k", str(t.get("k", 1024)),
+                          "--rate", str(t.get("rate", 12.5)), "--out", str(r.centroids), "--units-out", str(r.units),
+                          "--max-frames", str(t.get("max_frames", 200_000))))
+    return cmds
+
+
+def _n_items(d: Path) -> int:
+    return len(list((d / "items").rglob("*.safetensors"))) if (d / "meta.json").is_file() else 0
+
+
+def _features_complete(r: Recipe) -> bool:
+    n = _lines(r.codec_manifest)
+    return bool(n) and _n_items(r.features) >= n
+
+
+def _units_complete(r: Recipe) -> bool:
+    n = _lines(r.codec_manifest)
+    return bool(n) and r.centroids.is_file() and _n_items(r.units) >= n
 
 
 def _teacher_ok(r: Recipe) -> list[str]:
     if not r.s.get("teacher", {}).get("enabled", True):
         return []
-    n = _lines(r.manifest)
+    n = _lines(r.codec_manifest)
     missing = [str(p) for p in (r.features / "meta.json", r.centroids, r.units / "meta.json") if not p.exists()]
-    if not missing and len(list((r.units / "items").rglob("*.safetensors"))) < n:
+    if not missing and not _units_complete(r):
         missing.append(f"{r.units}/items (fewer than {n} utterances)")
     return missing
 
@@ -260,7 +307,7 @@ def codec_train_config(r: Recipe) -> dict[str, Any]:
     """The `slm codec train` YAML the recipe writes: its settings plus the paths of earlier stages."""
     c = r.s["codec"]
     d = {"model": c.get("model", "configs/codec/sacodec.yaml"), **copy.deepcopy(c.get("train", {})),
-         "out_dir": str(r.codec_run), "manifest": str(r.manifest)}
+         "out_dir": str(r.codec_run), "manifest": str(r.codec_manifest)}
     if isinstance(d["model"], str):
         d["model"] = str(r.path(d["model"]))
     if r.s.get("teacher", {}).get("enabled", True):
@@ -319,15 +366,21 @@ def _tokenize_ok(r: Recipe) -> list[str]:
 
 def lm_train_config(r: Recipe) -> dict[str, Any]:
     lm = r.s["lm"]
-    return {**copy.deepcopy(lm.get("train", {})), "codec": str(r.codec), "tokens": str(r.tokens),
-            "out_dir": str(r.lm_run), "backbone": lm.get("backbone", "smollm2-135m")}
+    cfg = {**copy.deepcopy(lm.get("train", {})), "codec": str(r.codec), "tokens": str(r.tokens),
+           "out_dir": str(r.lm_run), "backbone": lm.get("backbone", "smollm2-135m")}
+    if r.lm_init is not None:  # the adapter (and its LoRA shape) comes from that model
+        cfg.pop("lora", None)
+        cfg["init_from"] = str(r.lm_init)
+    elif cfg.get("remap_semantic"):
+        raise ValueError("lm.train.remap_semantic moves a trained model onto this codec: set lm.init_from to it")
+    return cfg
 
 
 def lm_finetune_config(r: Recipe, i: int = 0) -> dict[str, Any]:
     """The i-th fine-tune run: the first LM run's settings with the ``train`` of fine-tunes 0..i on top (in
     order), starting from the model of the run before it (``init_from``: adapter, new-token rows and head;
     the model's own codec)."""
-    cfg = {k: v for k, v in lm_train_config(r).items() if k not in ("codec", "lora", "head")}
+    cfg = {k: v for k, v in lm_train_config(r).items() if k not in ("codec", "lora", "head", "remap_semantic")}
     for run in r.lm_finetunes[: i + 1]:
         cfg.update(copy.deepcopy(run.get("train", {})))
     prev = r.lm_ft_run(i - 1) if i else r.lm_run

@@ -50,8 +50,8 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
             "semantic": _read(work / "eval" / "semantic" / "semantic_eval.json") or [],
             "lm": {"training": _read(work / "lm" / "recipe_train.json") or {},
                    "config": _read(work / "lm" / "train_config.json") or {},
-                   "finetune": [{"training": _read(d / "recipe_train.json") or {},
-                                 "config": _read(d / "train_config.json") or {}} for d in _ft_dirs(work)],
+                   "finetune": [{"training": _ft_training(d, settings, i),
+                                 "config": _read(d / "train_config.json") or {}} for i, d in enumerate(_ft_dirs(work))],
                    "tts": {k: v for k, v in (lm.get("tts") or {}).items() if k not in ("items",)},
                    "tts_floor": lm.get("tts_floor") or {},
                    "asr": {k: v for k, v in (lm.get("asr") or {}).items() if k != "items"},
@@ -61,6 +61,17 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
                    "conditioning": lm.get("conditioning") or {},
                    "head": lm.get("head") or {}},
             "machine": codec_eval.get("machine") or {"cpu": platform.processor()}}
+
+
+def _ft_training(d: Path, settings: dict[str, Any], i: int) -> dict[str, Any]:
+    """The i-th fine-tune's training record, with the accelerator its settings name (``lm_finetune[i].device``:
+    the run was trained there, e.g. on a lent GPU, and its run dir brought back) unless the record has one."""
+    t = _read(d / "recipe_train.json") or {}
+    ft = settings.get("lm_finetune") or []
+    runs = [x for x in ([ft] if isinstance(ft, dict) else ft) if isinstance(x, dict) and x.get("enabled", True)]
+    if i < len(runs) and runs[i].get("device") and not t.get("device"):
+        t["device"] = runs[i]["device"]
+    return t
 
 
 def _uses_decoder_ft(settings: dict[str, Any]) -> bool:
@@ -274,6 +285,8 @@ def _hours(m: dict[str, Any], stage: str) -> str:
     segment counted), since a rerun of the stage after adding a fine-tune only times that fine-tune; runs on
     an accelerator (a ``device`` in their record) are reported apart (:func:`_accelerator_runs`)."""
     wall = (m["stage_costs"].get(stage) or {}).get("wall_s")
+    if stage == "codec":  # the codec run's own seconds (its stage may have reused a codec trained earlier)
+        wall = float(((m.get("codec") or {}).get("training") or {}).get("seconds") or 0) or wall
     if stage == "lm":
         runs = [m["lm"].get("training") or {}] + [ft.get("training") or {} for ft in m["lm"].get("finetune") or []]
         wall = sum(float(r.get("seconds") or 0) for r in runs if not r.get("device")) or wall
@@ -312,13 +325,67 @@ def _head_limit(head: dict[str, Any], tts: dict[str, Any]) -> list[str]:
     """A known-limits line when TTS is hardly better with the true semantic tokens (eval ``head``): then the
     acoustic side, not the LM's choice of semantic tokens, is what loses intelligibility."""
     h, c, t = (head.get("head") or {}).get("wer"), (head.get("codec") or {}).get("wer"), tts.get("wer")
-    if h is None or c is None or t is None or h < 0.8 * t:
+    if h is None or c is None or t is None:
+        return []
+    if t <= 1.1 * c:
+        return [(f"- TTS is about as intelligible as the codec's own tokens of the same items (WER {t:.2f} against "
+                 f"{c:.2f}; the true semantic tokens voiced by the acoustic head: {h:.2f}). The codec's reconstruction, "
+                 "not the LM, is what limits TTS now: a better codec is the way to a lower TTS WER.")]
+    if h < 0.8 * t:
         return []
     return [(f"- The LM's semantic tokens are not what limits TTS yet: given the *true* semantic tokens of the same "
             f"items, the acoustic head's codes decode to speech with Whisper WER {h:.2f} (TTS itself {t:.2f}; the "
             f"items' own codec tokens {c:.2f}). The codec's acoustic stream carries much of what Whisper hears, and "
             "the head predicts it poorly from the semantic token and the LM state; the head (or a codec whose "
             "semantic stream carries the content alone) is where intelligibility is lost.")]
+
+
+def _rates(cfg: dict[str, Any]) -> tuple[float, float]:
+    """Semantic and acoustic frame rates (Hz) of a codec config (codec.config: 50 Hz / stride)."""
+    base = cfg.get("sample_rate", 16000) / cfg.get("hop_length", 320)
+    return base / cfg.get("semantic_stride", 4), base / cfg.get("acoustic_stride", 1)
+
+
+def _codec_why(m: dict[str, Any]) -> list[str]:
+    """The card's 'Which codec, and why' paragraph, with the bundle codec's own rates and codebook sizes."""
+    cfg = m["codec"].get("config") or {}
+    sem, ac = _rates(cfg)
+    k = cfg.get("semantic_codebook_size", 1024)
+    model = (m["settings"].get("codec") or {}).get("model")
+    if sem <= 12.5:
+        rate = (f"(2) the semantic rate is {_f(sem, 1)} Hz, the rate at which a 135M LM decoding ~16-30 tokens/s on "
+                "this CPU can keep up with speech (DESIGN.md §8);")
+    else:
+        rate = (f"(2) the semantic rate is {_f(sem, 1)} Hz: the LM takes twice the steps per second of speech that "
+                "12.5 Hz needs, which costs real-time factor (see the table), but at this rate the semantic stream "
+                "carries what is said well enough to be spoken by itself"
+                + (f" (trained with acoustic dropout {cfg['acoustic_dropout']}: `semantic_only` speech)"
+                   if cfg.get("acoustic_dropout") else "") + ";")
+    return [
+        f"`{m['codec']['variant']}` (`{model}`): its semantic stream is a projector onto a frozen",
+        "Whisper-base k-means codebook (semantic anchoring), so (1) encoding needs no teacher at run time — the",
+        "teacher is used only to build the codebook and the training targets, unlike `sac`, which needs Whisper",
+        f"units at encode time; {rate} (3) its {k} semantic codes are",
+        "teacher-anchored, phone-like units, which a small LM learns to map to and from text with far less data",
+        f"than SecoustiCodec's 6561 FSQ codes that also carry the acoustics; and {k} new embedding rows keep",
+        f"the adapter small. The acoustic detail (SimVQ, {_f(ac, 0)} Hz) is predicted by the acoustic head.",
+    ]
+
+
+def _lm_start(m: dict[str, Any]) -> str:
+    """How the first LM run started: '' for a fresh adapter; else the model it came from (``lm.init_from``)
+    and, with ``remap_semantic``, how its semantic rows were moved onto this codec."""
+    c = m["lm"].get("config") or {}
+    src = (m["settings"].get("lm") or {}).get("init_from") or c.get("init_from")
+    if not src:
+        return ""
+    out = f" It started from the model `{src}` (its LoRA adapter and new-token rows"
+    if c.get("remap_semantic"):
+        out += ("), trained on another codec and moved onto this one: each semantic code took the row of the old "
+                "code whose teacher centroid lies nearest (`remap_semantic`), and the acoustic head started fresh.")
+    else:
+        out += ", and its acoustic head)."
+    return out
 
 
 def _metric_table(m: dict[str, Any]) -> list[str]:
@@ -370,8 +437,11 @@ def _metric_table(m: dict[str, Any]) -> list[str]:
 
 def _cost_table(m: dict[str, Any]) -> list[str]:
     out = ["| stage | wall s | CPU s | peak RSS MB |", "|---|---|---|---|"]
+    off = {"voice": not _uses_voice(m.get("settings") or {})}
     for name, s in m["stage_costs"].items():
-        if s:
+        if s and not s.get("commands") and "commands" in s:  # nothing ran: switched off, or its outputs were there
+            out.append(f"| {name} | {'off' if off.get(name) else 'reused'} | - | - |")
+        elif s:
             out.append(f"| {name} | {_f(s.get('wall_s'), 0)} | {_f(s.get('cpu_s'), 0)} | {_f(s.get('peak_rss_mb'), 0)} |")
     return out
 
@@ -427,14 +497,7 @@ def render_model_card(bundle: Path, m: dict[str, Any], curves: bool) -> Path:
         "",
         "## Which codec, and why",
         "",
-        f"`{m['codec']['variant']}` (`{s.get('codec', {}).get('model')}`): its semantic stream is a projector onto a frozen",
-        "Whisper-base k-means codebook (semantic anchoring), so (1) encoding needs no teacher at run time — the",
-        "teacher is used only to build the codebook and the training targets, unlike `sac`, which needs Whisper",
-        "units at encode time; (2) the semantic rate is 12.5 Hz, the rate at which a 135M LM decoding ~16-30",
-        "tokens/s on this CPU can keep up with speech (DESIGN.md §8); (3) its 1024 semantic codes are",
-        "teacher-anchored, phone-like units, which a small LM learns to map to and from text with far less data",
-        "than SecoustiCodec's 6561 FSQ codes that also carry the acoustics; and 1024 new embedding rows keep",
-        "the adapter small. The acoustic detail (SimVQ, 50 Hz) is predicted by the acoustic head.",
+        *_codec_why(m),
         "",
         "## Results (every number from `slm recipe default`'s eval stage)",
         "",
@@ -456,12 +519,16 @@ def render_model_card(bundle: Path, m: dict[str, Any], curves: bool) -> Path:
         f"valid {splits.get('valid', {}).get('hours', '-')} h / test {splits.get('test', {}).get('hours', '-')} h "
         "(held-out sentences and speakers)."),
         (f"- Codec: {ct.get('step', '-')} steps ({_f(ct.get('seconds'), 0)} s), bitrate {_f(ct.get('bitrate'), 0)} bps; "
-        f"teacher k-means k={s.get('teacher', {}).get('k', '-')} on Whisper-base encoder features."),
+        f"teacher k-means k={s.get('teacher', {}).get('k', '-')} at {_f(s.get('teacher', {}).get('rate'), 1)} Hz on "
+        "Whisper-base encoder features" + (f"; trained on the LM corpus ({(s.get('lm_corpus') or {}).get('hours', '-')} h "
+                                          "of the same plan)" if (s.get("codec") or {}).get("corpus") == "lm_corpus"
+                                          else "") + "."),
         (f"- LM: {lt.get('steps_trained', '-')} of {lt.get('steps_planned', '-')} planned steps "
         f"({_f(lt.get('seconds'), 0)} s{', stopped by the time budget' if lt.get('stopped_by_time') else ''}); "
-        f"LoRA {lcfg.get('lora', {})}, {lcfg.get('batch_size', '-')} x {lcfg.get('max_len', '-')} tokens per step, "
-        f"lr {lcfg.get('lr', '-')} (head {lcfg.get('head_lr', '-')}), task mix {lcfg.get('tasks') or 'default'}."
-        + _segments(lt)),
+        f"LoRA {lcfg.get('lora') or ('of the model it started from' if _lm_start(m) else {})}, "
+        f"{lcfg.get('batch_size', '-')} x {lcfg.get('max_len', '-')} tokens per step, "
+        f"lr {lcfg.get('lr', '-')} (head {lcfg.get('head_lr', '-')}), task mix {lcfg.get('tasks') or 'default'}, "
+        f"on {_token_summary(lcfg.get('tokens'))}." + _lm_start(m) + _segments(lt)),
         *_decoder_line(m["codec"]["decoder_finetune"]),
         *_finetune_lines(m["lm"]["finetune"]),
         *_voice_line(m.get("voice") or {}),
@@ -473,8 +540,9 @@ def render_model_card(bundle: Path, m: dict[str, Any], curves: bool) -> Path:
         *(["![training curves](training.png)", "",
            "Training curves (from the stages' logs): codec reconstruction loss and anchor accuracy; the LM's",
            "text/semantic-token loss, the acoustic head's loss and the learning rate.", ""] if curves else []),
-        ("Stage costs (this build; stages reused from earlier builds show their original cost; a stage rerun "
-         "to add a run, as `lm` for a fine-tune, shows that rerun's cost):"),
+        ("Stage costs (this build; a stage whose outputs were already there shows `reused`, and their training "
+         "times are in the lines above; a stage rerun to add a run, as `lm` for a fine-tune, shows that rerun's "
+         "cost):"),
         "",
         *_cost_table(m),
         "",

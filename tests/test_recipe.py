@@ -12,21 +12,27 @@ from slm.recipe import STAGES, Recipe, Stage, load_settings, run_recipe, run_sta
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_shipped_settings_load_and_cover_every_stage():
-    for name in ("default", "tiny"):
+def test_shipped_settings_load_and_cover_every_stage(tmp_path):
+    import yaml
+
+    for name in ("default", "default_12hz", "tiny"):
         s = load_settings(ROOT / "configs" / "recipe" / f"{name}.yaml")
         r = Recipe(s, ROOT)
         assert r.export_dir.name in ("default", "bundle") and r.threads >= 1
         cmds = recipe._synth(r) + recipe._tokenize(r)
         assert cmds[0][3:6] == ["--threads", str(r.threads), "data"] and "tokenize" in cmds[-1]
-    d = load_settings(ROOT / "configs" / "recipe" / "default.yaml")
+        recipe._lm(Recipe(load_settings(ROOT / "configs" / "recipe" / f"{name}.yaml", [f"work_dir={tmp_path / name}"]), ROOT))
+    d, base = (load_settings(ROOT / "configs" / "recipe" / f"{n}.yaml") for n in ("default", "default_12hz"))
     assert d["export"]["dir"] == "checkpoints/default" and d["export"]["max_mb"] <= 80
-    # the default LM codec: teacher-free encoding at 12.5 Hz
-    import yaml
-
-    codec = yaml.safe_load((ROOT / d["codec"]["model"]).read_text())
-    assert codec["variant"] == "sacodec" and 16000 / codec["hop_length"] / codec["semantic_stride"] == 12.5
-    assert codec["semantic_codebook_size"] == d["teacher"]["k"]
+    # both LM codecs: teacher-free sacodec, k-means of the teacher at the semantic rate (25 Hz; its base 12.5 Hz)
+    for settings, rate in ((d, 25.0), (base, 12.5)):
+        codec = yaml.safe_load((ROOT / settings["codec"]["model"]).read_text())
+        assert codec["variant"] == "sacodec" and 16000 / codec["hop_length"] / codec["semantic_stride"] == rate
+        assert codec["semantic_codebook_size"] == settings["teacher"]["k"] and settings["teacher"]["rate"] == rate
+    # the default starts from the 12.5 Hz build's bundle (not from its own output), remapped onto its codec
+    r, rb = Recipe(d, ROOT), Recipe(base, ROOT)
+    assert r.lm_init == rb.export_dir and r.lm_init != r.export_dir
+    assert recipe.lm_train_config(r)["remap_semantic"] is True
 
 
 def test_lm_corpus_is_synthesised_and_tokenised_for_the_lm_only(tmp_path):
@@ -151,6 +157,9 @@ def test_model_card_says_when_the_acoustic_side_limits_tts():
     assert _head_limit(good_head, {"wer": 1.0}) == []  # true tokens speak well: the LM is what limits TTS
     lines = _head_limit({"head": {"wer": 1.03}, "codec": {"wer": 0.48}}, {"wer": 1.05})
     assert len(lines) == 1 and "1.03" in lines[0] and "1.05" in lines[0] and "0.48" in lines[0]
+    # TTS as good as the codec's own tokens: the codec is the limit, whatever the head row says
+    lines = _head_limit({"head": {"wer": 0.53}, "codec": {"wer": 0.47}}, {"wer": 0.44})
+    assert len(lines) == 1 and "codec's reconstruction" in lines[0] and "0.44" in lines[0]
 
 
 def test_model_card_lm_hours_count_every_run():
@@ -322,3 +331,94 @@ def test_model_card_reports_the_voice_stage_only_when_the_build_runs_it(tmp_path
     (tmp_path / "settings.json").write_text(json.dumps({"voice": {"limit": 2}}))
     line = _voice_line(collect(tmp_path, tmp_path / "bundle")["voice"])
     assert len(line) == 1 and "of 2 utterances" in line[0] and "9 steps (30 s)" in line[0] and "only decoder" in line[0]
+
+
+def test_codec_can_train_on_the_lm_corpus_while_eval_stays_on_the_corpus(tmp_path):
+    import yaml
+
+    s = load_settings(ROOT / "configs" / "recipe" / "tiny.yaml",
+                      [f"work_dir={tmp_path}", f"lm_corpus.dir={tmp_path / 'big'}", "codec.corpus=lm_corpus"])
+    r = Recipe(s, ROOT)
+    big = str(tmp_path / "big" / "manifest.jsonl")
+    cache = recipe._teacher(r)[0]
+    assert cache[cache.index("--manifest") + 1] == big
+    cmd = recipe._codec(r)[0]
+    assert yaml.safe_load(Path(cmd[cmd.index("--config") + 1]).read_text())["manifest"] == big
+    ev = " ".join(" ".join(c) for c in recipe._eval(r))
+    assert big not in ev and str(r.manifest) in ev
+    with pytest.raises(ValueError, match="corpus' or 'lm_corpus'"):
+        _ = Recipe({**s, "codec": {**s["codec"], "corpus": "lm"}}, ROOT).codec_manifest
+    with pytest.raises(ValueError, match="no lm_corpus.dir"):
+        _ = Recipe({**s, "lm_corpus": None}, ROOT).codec_manifest
+
+
+def test_teacher_stage_reuses_a_complete_feature_cache_and_units(tmp_path):
+    s = load_settings(ROOT / "configs" / "recipe" / "tiny.yaml", [f"work_dir={tmp_path}"])
+    r = Recipe(s, ROOT)
+    r.corpus.mkdir(parents=True)
+    r.manifest.write_text('{"id": "a"}\n{"id": "b"}\n')
+    assert [c[c.index("codec") + 1] for c in recipe._teacher(r)] == ["teacher-cache", "kmeans"]
+
+    def fill(d: Path, n: int) -> None:
+        (d / "items").mkdir(parents=True, exist_ok=True)
+        (d / "meta.json").write_text("{}")
+        for i in range(n):
+            (d / "items" / f"{i}.safetensors").write_bytes(b"x")
+
+    fill(r.features, 1)  # one of two utterances: the cache runs again (it resumes), and so does k-means
+    assert len(recipe._teacher(r)) == 2
+    fill(r.features, 2)
+    assert [c[c.index("codec") + 1] for c in recipe._teacher(r)] == ["kmeans"]
+    fill(r.units, 2)
+    r.centroids.write_bytes(b"x")
+    assert recipe._teacher(r) == [] and recipe._teacher_ok(r) == []  # a codec trained on these units keeps them
+
+
+def test_lm_can_start_from_a_model_of_another_codec(tmp_path):
+    import yaml
+
+    s = load_settings(ROOT / "configs" / "recipe" / "tiny.yaml", [f"work_dir={tmp_path}"])
+    base = tmp_path / "base_bundle"
+    s["lm"] = {**s["lm"], "init_from": str(base), "train": {**s["lm"]["train"], "remap_semantic": True}}
+    s["lm_finetune"] = [{"train": {"steps": 3}}]
+    r = Recipe(s, ROOT)
+    recipe._lm(r)
+    first, ft = (yaml.safe_load((tmp_path / n).read_text()) for n in ("lm_train.yaml", "lm_ft_train.yaml"))
+    assert first["init_from"] == str(base) and first["remap_semantic"] is True and first["codec"] == str(r.codec)
+    assert "lora" not in first  # the adapter's shape is the base model's
+    assert ft["init_from"] == str(tmp_path / "lm" / "final") and "remap_semantic" not in ft  # same codec from here on
+    with pytest.raises(ValueError, match="own export dir"):
+        _ = Recipe({**s, "lm": {**s["lm"], "init_from": str(r.export_dir)}}, ROOT).lm_init
+    with pytest.raises(ValueError, match="set lm.init_from"):
+        recipe.lm_train_config(Recipe({**s, "lm": {**s["lm"], "init_from": None}}, ROOT))
+
+
+def test_model_card_names_the_codec_rates_the_lm_start_and_a_gpu_fine_tune(tmp_path):
+    from slm.recipe_card import _codec_why, _cost_table, _ft_training, _lm_start
+
+    m = {"settings": {"codec": {"model": "configs/codec/sacodec_25hz.yaml"}, "lm": {"init_from": "runs/base"}},
+         "codec": {"config": {"semantic_stride": 2, "acoustic_stride": 1, "semantic_codebook_size": 512,
+                              "acoustic_dropout": 0.4}},
+         "lm": {"config": {"remap_semantic": True}}}
+    m["codec"]["variant"] = "sacodec"
+    why = " ".join(_codec_why(m))
+    assert "25.0 Hz" in why and "acoustic dropout 0.4" in why and "its 512 semantic codes" in why and "50 Hz" in why
+    m["codec"]["config"]["semantic_stride"] = 4
+    assert "12.5 Hz, the rate at which" in " ".join(_codec_why(m))
+    assert "`runs/base`" in _lm_start(m) and "nearest" in _lm_start(m)
+    m["lm"]["config"] = {}
+    assert "its acoustic head" in _lm_start(m)
+    m["settings"]["lm"] = {}
+    assert _lm_start(m) == ""
+    # a fine-tune trained on a lent GPU: the accelerator named in its settings reaches the card's record
+    d = tmp_path / "lm_ft"
+    d.mkdir()
+    (d / "recipe_train.json").write_text(json.dumps({"seconds": 1030.0}))
+    settings = {"lm_finetune": [{"device": "NVIDIA H100", "train": {}}]}
+    assert _ft_training(d, settings, 0)["device"] == "NVIDIA H100"
+    assert "device" not in _ft_training(d, {"lm_finetune": [{"train": {}}]}, 0)
+    rows = _cost_table({"settings": {"voice": None}, "stage_costs": {"codec": {"wall_s": 0.0, "commands": []},
+                                                                     "voice": {"wall_s": 0.0, "commands": []},
+                                        "eval": {"wall_s": 300.0, "cpu_s": 400.0, "peak_rss_mb": 3000, "commands": ["x"]}}})
+    assert "| codec | reused | - | - |" in rows and "| eval | 300 | 400 | 3000 |" in rows
+    assert "| voice | off | - | - |" in rows
