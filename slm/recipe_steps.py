@@ -84,9 +84,10 @@ def lm_train_bounded(config: str | Path, max_minutes: float = 0.0, chunk: int | 
 
 def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tuple[str, ...] = ("tts", "asr"),
             limit: int = 8, metrics: tuple[str, ...] = ("fidelity", "asr", "dnsmos", "speaker"),
-            max_seconds: float = 10.0, seed: int = 0, semantic_only: bool | None = None) -> dict:
+            max_seconds: float = 10.0, seed: int = 0, semantic_only: bool | None = None, int8: bool = False) -> dict:
     """TTS and ASR-by-token metrics of a model dir on the test split, next to the data's own floor.
-    ``semantic_only``: speak without the acoustic head (None: the model's own setting)."""
+    ``semantic_only``: speak without the acoustic head (None: the model's own setting). ``int8``: decode with
+    int8 backbone weights (``SpeechPipeline.from_pretrained(..., int8=True)``)."""
     import numpy as np
 
     from slm.eval.codec_eval import Judges
@@ -94,10 +95,11 @@ def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tu
     from slm.eval.lm_eval import eval_asr, eval_tts, voice_prompts
     from slm.pipeline import SpeechPipeline
 
-    pipe = SpeechPipeline.from_pretrained(bundle, semantic_only=semantic_only)
+    pipe = SpeechPipeline.from_pretrained(bundle, semantic_only=semantic_only, int8=int8)
     items = load_items(manifest, "test", limit)
     judges = Judges(metrics=tuple(metrics))
-    res: dict = {"bundle": str(bundle), "manifest": str(manifest), "n": len(items), "semantic_only": pipe.semantic_only}
+    res: dict = {"bundle": str(bundle), "manifest": str(manifest), "n": len(items), "semantic_only": pipe.semantic_only,
+                 "int8": int8}
     if "tts" in tasks:
         res["tts"] = eval_tts(pipe, items, judges, max_seconds=max_seconds, seed=seed)
         # floor: the corpus' own audio of the same sentences (speaker similarity: prompt vs original)
@@ -240,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--semantic-only", action="store_true", default=None,
                    help="speak without the acoustic head (codecs trained with acoustic_dropout)")
+    e.add_argument("--int8", action="store_true", help="decode with int8 backbone weights")
     x = sub.add_parser("export")
     x.add_argument("bundle")
     x.add_argument("dest")
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         lm_train_bounded(a.config, a.max_minutes, a.chunk)
     elif a.cmd == "lm-eval":
         lm_eval(a.bundle, a.manifest, a.out, tuple(a.tasks.split(",")), a.limit, tuple(a.metrics.split(",")),
-                a.max_seconds, semantic_only=a.semantic_only)
+                a.max_seconds, semantic_only=a.semantic_only, int8=a.int8)
     elif a.cmd == "voice-bundle":
         voice_bundle(a.lm_bundle, a.codec, a.dest)
     else:
