@@ -42,6 +42,16 @@ def ft_run_dir(work: Path, i: int) -> Path:
     return work / ("lm_ft" if i == 0 else f"lm_ft{i + 1}")
 
 
+def finetune_runs(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Settings of the optional further LM runs (``lm_finetune:``, one mapping or a list of them), each
+    starting from the model of the run before it; disabled entries (``enabled: false``) left out."""
+    ft = settings.get("lm_finetune") or []
+    runs = [ft] if isinstance(ft, dict) else list(ft)
+    if not all(isinstance(x, dict) for x in runs):
+        raise ValueError(f"lm_finetune must be a mapping or a list of mappings, got {ft!r}")
+    return [x for x in runs if x.get("enabled", True)]
+
+
 def load_settings(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """The recipe YAML as a dict, with ``key.sub=value`` overrides (values parsed as YAML)."""
     import yaml
@@ -174,13 +184,7 @@ class Recipe:
 
     @property
     def lm_finetunes(self) -> list[dict[str, Any]]:
-        """Settings of the optional further LM runs (``lm_finetune:``, one mapping or a list of them), each
-        starting from the model of the run before it; disabled entries (``enabled: false``) left out."""
-        ft = self.s.get("lm_finetune") or []
-        runs = [ft] if isinstance(ft, dict) else list(ft)
-        if not all(isinstance(x, dict) for x in runs):
-            raise ValueError(f"lm_finetune must be a mapping or a list of mappings, got {ft!r}")
-        return [x for x in runs if x.get("enabled", True)]
+        return finetune_runs(self.s)
 
     def lm_ft_run(self, i: int = 0) -> Path:
         return ft_run_dir(self.work, i)

@@ -66,9 +66,10 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
 def _ft_training(d: Path, settings: dict[str, Any], i: int) -> dict[str, Any]:
     """The i-th fine-tune's training record, with the accelerator its settings name (``lm_finetune[i].device``:
     the run was trained there, e.g. on a lent GPU, and its run dir brought back) unless the record has one."""
+    from slm.recipe import finetune_runs
+
     t = _read(d / "recipe_train.json") or {}
-    ft = settings.get("lm_finetune") or []
-    runs = [x for x in ([ft] if isinstance(ft, dict) else ft) if isinstance(x, dict) and x.get("enabled", True)]
+    runs = finetune_runs(settings)
     if i < len(runs) and runs[i].get("device") and not t.get("device"):
         t["device"] = runs[i]["device"]
     return t
@@ -340,17 +341,13 @@ def _head_limit(head: dict[str, Any], tts: dict[str, Any]) -> list[str]:
             "semantic stream carries the content alone) is where intelligibility is lost.")]
 
 
-def _rates(cfg: dict[str, Any]) -> tuple[float, float]:
-    """Semantic and acoustic frame rates (Hz) of a codec config (codec.config: 50 Hz / stride)."""
-    base = cfg.get("sample_rate", 16000) / cfg.get("hop_length", 320)
-    return base / cfg.get("semantic_stride", 4), base / cfg.get("acoustic_stride", 1)
-
-
 def _codec_why(m: dict[str, Any]) -> list[str]:
     """The card's 'Which codec, and why' paragraph, with the bundle codec's own rates and codebook sizes."""
+    from codec.config import CodecConfig
+
     cfg = m["codec"].get("config") or {}
-    sem, ac = _rates(cfg)
-    k = cfg.get("semantic_codebook_size", 1024)
+    cc = CodecConfig.from_dict({"variant": m["codec"].get("variant") or "sacodec", **cfg})
+    sem, ac, k = cc.semantic_rate, cc.acoustic_rate, cc.semantic_codebook_size
     model = (m["settings"].get("codec") or {}).get("model")
     if sem <= 12.5:
         rate = (f"(2) the semantic rate is {_f(sem, 1)} Hz, the rate at which a 135M LM decoding ~16-30 tokens/s on "
@@ -359,8 +356,8 @@ def _codec_why(m: dict[str, Any]) -> list[str]:
         rate = (f"(2) the semantic rate is {_f(sem, 1)} Hz: the LM takes twice the steps per second of speech that "
                 "12.5 Hz needs, which costs real-time factor (see the table), but at this rate the semantic stream "
                 "carries what is said well enough to be spoken by itself"
-                + (f" (trained with acoustic dropout {cfg['acoustic_dropout']}: `semantic_only` speech)"
-                   if cfg.get("acoustic_dropout") else "") + ";")
+                + (f" (trained with acoustic dropout {cc.acoustic_dropout}: `semantic_only` speech)"
+                   if cc.acoustic_dropout else "") + ";")
     return [
         f"`{m['codec']['variant']}` (`{model}`): its semantic stream is a projector onto a frozen",
         "Whisper-base k-means codebook (semantic anchoring), so (1) encoding needs no teacher at run time — the",
