@@ -17,12 +17,15 @@ MIC_AND_UPLOAD = ["upload", "microphone"]  # upload first: works on any host (th
 
 
 def _sampling_controls(ctx: DemoContext, seconds_label: str, seconds_default: float):
-    """Temperature / top-k / top-p / seed / length controls shared by TTS and continuation."""
+    """Temperature / top-k / top-p / seed / length controls shared by TTS and continuation; they start at the
+    model's own decoding defaults (``ctx.sampling``)."""
+    sp = ctx.sampling
     with gr.Accordion("Sampling", open=False):
         with gr.Row():
-            temperature = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="Temperature", info="0 = greedy")
-            top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k", info="0 = off")
-            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p")
+            temperature = gr.Slider(0.0, 1.5, value=float(sp.get("temperature", 0.8)), step=0.05, label="Temperature",
+                                    info="0 = greedy; starts at the model's own setting")
+            top_k = gr.Slider(0, 200, value=int(sp.get("top_k", 50)), step=1, label="Top-k", info="0 = off")
+            top_p = gr.Slider(0.05, 1.0, value=float(sp.get("top_p", 0.95)), step=0.01, label="Top-p")
         with gr.Row():
             seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random; same seed + settings = same audio")
             seconds = gr.Slider(0.5, ctx.limits.max_generate_seconds, step=0.5,

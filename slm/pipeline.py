@@ -111,6 +111,17 @@ def model_dir(path: str | Path) -> Path:
     return default_model_dir() if str(path) == "default" else Path(path)
 
 
+def model_sampling(path: str | Path) -> Sampling:
+    """A model dir's decoding defaults (``slm_config.json`` ``"sampling"`` over :class:`Sampling`'s), read
+    without loading the model: what ``from_pretrained(path).sampling`` will be."""
+    import json
+
+    f = model_dir(path) / "slm_config.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f.parent} is not a speech-LM model dir (slm_config.json missing)")
+    return Sampling(**json.loads(f.read_text()).get("sampling", {}))
+
+
 def codec_dir(d: Path, cfg: dict) -> Path:
     """The codec dir a model dir's ``slm_config.json`` (``cfg``) names: absolute, or relative to ``d``."""
     return Path(cfg["codec"]) if Path(cfg["codec"]).is_absolute() else d / cfg["codec"]

@@ -228,6 +228,14 @@ class Recipe:
     def export_dir(self) -> Path:
         return self.path(self.s["export"].get("dir", "checkpoints/default"))
 
+    def sampling_args(self) -> list[str]:
+        """``--sampling k=v,..`` from ``export.sampling``: the decoding defaults the bundle ships with, which the
+        eval stage measures with (checked here, so a typo fails before any stage runs)."""
+        from slm.recipe_steps import parse_sampling
+
+        sp = parse_sampling(self.s["export"].get("sampling"))
+        return ["--sampling", ",".join(f"{k}={v}" for k, v in sorted(sp.items()))] if sp else []
+
     def slm(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "slm", "--threads", str(self.threads), *args]
 
@@ -477,7 +485,7 @@ def _eval(r: Recipe) -> list[list[str]]:
     if lm_tasks:
         cmds.append(r.step("lm-eval", str(r.bundle), "--manifest", str(r.manifest), "--limit", str(e.get("lm_limit", 8)),
                            "--tasks", ",".join(lm_tasks), "--metrics", metrics, "--out", str(out / "lm"),
-                           "--threads", str(r.threads)))
+                           "--threads", str(r.threads), *r.sampling_args()))
     return cmds
 
 
@@ -491,7 +499,7 @@ def _eval_ok(r: Recipe) -> list[str]:
 
 def _export(r: Recipe) -> list[list[str]]:
     return [r.step("export", str(r.bundle), str(r.export_dir), "--recipe-work", str(r.work),
-                   "--max-mb", str(r.s["export"].get("max_mb", 80)))]
+                   "--max-mb", str(r.s["export"].get("max_mb", 80)), *r.sampling_args())]
 
 
 def _export_ok(r: Recipe) -> list[str]:
@@ -584,6 +592,7 @@ def run_recipe(settings: dict[str, Any], root: str | Path = ".", from_stage: str
                only: list[str] | None = None, force: bool = False, log=print) -> list[StageResult]:
     """Run the selected stages in order; returns what each did (skipped or its measured cost)."""
     r = Recipe(settings, Path(root).resolve())
+    r.sampling_args()  # bad decoding settings fail now, not after hours of training
     r.work.mkdir(parents=True, exist_ok=True)
     (r.work / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     out = [run_stage(r, n, force=force, log=log) for n in select_stages(from_stage, only)]

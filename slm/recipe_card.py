@@ -59,7 +59,8 @@ def collect(work: Path, bundle: Path) -> dict[str, Any]:
                    "continue": {k: v for k, v in (lm.get("continue") or {}).items() if k != "items"},
                    "continue_floor": lm.get("continue_floor") or {},
                    "conditioning": lm.get("conditioning") or {},
-                   "head": lm.get("head") or {}},
+                   "head": lm.get("head") or {},
+                   "sampling": lm.get("sampling") or {}},
             "machine": codec_eval.get("machine") or {"cpu": platform.processor()}}
 
 
@@ -328,6 +329,12 @@ def _head_limit(head: dict[str, Any], tts: dict[str, Any]) -> list[str]:
     h, c, t = (head.get("head") or {}).get("wer"), (head.get("codec") or {}).get("wer"), tts.get("wer")
     if h is None or c is None or t is None:
         return []
+    if t <= 0.9 * c:
+        return [(f"- TTS is more intelligible than the codec's own tokens of the same items (WER {t:.2f} against "
+                 f"{c:.2f}; the true semantic tokens voiced by the acoustic head: {h:.2f}): the LM writes cleaner "
+                 "tokens than the codec reads off these held-out voices, and both go through the same decoder. The "
+                 "codec's reconstruction, not the LM, is what limits TTS now: a better codec is the way to a lower "
+                 "TTS WER.")]
     if t <= 1.1 * c:
         return [(f"- TTS is about as intelligible as the codec's own tokens of the same items (WER {t:.2f} against "
                  f"{c:.2f}; the true semantic tokens voiced by the acoustic head: {h:.2f}). The codec's reconstruction, "
@@ -383,6 +390,19 @@ def _lm_start(m: dict[str, Any]) -> str:
     else:
         out += ", and its acoustic head)."
     return out
+
+
+def _decoding_line(m: dict[str, Any]) -> list[str]:
+    """How TTS and continuation sampled: the bundle's own decoding defaults, which the eval stage used."""
+    sp = m["lm"].get("sampling") or {}
+    if not sp:
+        return []
+    shipped = (m["settings"].get("export") or {}).get("sampling") or {}
+    return ["", (f"Sampling (the bundle's defaults in `slm_config.json`): semantic temperature {_f(sp.get('temperature'), 2)}, "
+                 f"top-k {sp.get('top_k')}, top-p {_f(sp.get('top_p'), 2)}; acoustic head temperature "
+                 f"{_f(sp.get('head_temperature'), 2)}, top-k {sp.get('head_top_k')}"
+                 + (f" (`export.sampling` sets {', '.join(f'{k} {v}' for k, v in sorted(shipped.items()))})."
+                    if shipped else ".") + " ASR-by-token takes the most likely token at each step.")]
 
 
 def _metric_table(m: dict[str, Any]) -> list[str]:
@@ -500,6 +520,7 @@ def render_model_card(bundle: Path, m: dict[str, Any], curves: bool) -> Path:
         "",
         (f"Test split of the synthetic corpus: {m['codec']['eval'].get('n', '-')} utterances for the codec, "
         f"{tts.get('n', asr.get('n', '-'))} for TTS/ASR; Whisper-base greedy as the ASR judge."),
+        *_decoding_line(m),
         "",
         *_metric_table(m),
         "",

@@ -82,12 +82,46 @@ def lm_train_bounded(config: str | Path, max_minutes: float = 0.0, chunk: int | 
 
 # ---- lm-eval ---------------------------------------------------------------------------------------------
 
+def parse_sampling(spec: str | dict | None) -> dict:
+    """Decoding defaults a bundle ships with (:class:`slm.generate.Sampling` fields), from ``k=v,k=v`` or a dict.
+
+    Checked against ``Sampling`` (unknown names and bad values are refused here, before any model loads);
+    values are cast to the field's type."""
+    import dataclasses
+
+    from slm.generate import Sampling
+
+    if not spec:
+        return {}
+    if isinstance(spec, str):
+        pairs = [x.split("=", 1) for x in spec.split(",") if x.strip()]
+        if any(len(kv) != 2 for kv in pairs):
+            raise ValueError(f"sampling settings must be name=value pairs separated by commas, got {spec!r}")
+        spec = {k.strip(): v.strip() for k, v in pairs}
+    types = {f.name: f.type for f in dataclasses.fields(Sampling)}
+    bad = sorted(set(spec) - set(types))
+    if bad:
+        raise ValueError(f"unknown sampling settings {bad}: expected some of {sorted(types)}")
+    out = {}
+    for k, v in spec.items():
+        try:
+            out[k] = int(v) if types[k] in (int, "int") else float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"sampling setting {k}={v!r}: expected a number") from None
+    Sampling(**out)  # its own range checks
+    return out
+
+
 def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tuple[str, ...] = ("tts", "asr"),
             limit: int = 8, metrics: tuple[str, ...] = ("fidelity", "asr", "dnsmos", "speaker"),
-            max_seconds: float = 10.0, seed: int = 0, semantic_only: bool | None = None, int8: bool = False) -> dict:
+            max_seconds: float = 10.0, seed: int = 0, semantic_only: bool | None = None, int8: bool = False,
+            sampling: str | dict | None = None) -> dict:
     """TTS and ASR-by-token metrics of a model dir on the test split, next to the data's own floor.
     ``semantic_only``: speak without the acoustic head (None: the model's own setting). ``int8``: decode with
-    int8 backbone weights (``SpeechPipeline.from_pretrained(..., int8=True)``)."""
+    int8 backbone weights (``SpeechPipeline.from_pretrained(..., int8=True)``). ``sampling``: decoding settings
+    over the model's own (:func:`parse_sampling`), as the export will ship them."""
+    import dataclasses
+
     import numpy as np
 
     from slm.eval.codec_eval import Judges
@@ -95,11 +129,13 @@ def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tu
     from slm.eval.lm_eval import eval_asr, eval_tts, voice_prompts
     from slm.pipeline import SpeechPipeline
 
+    overrides = parse_sampling(sampling)
     pipe = SpeechPipeline.from_pretrained(bundle, semantic_only=semantic_only, int8=int8)
+    pipe.sampling = dataclasses.replace(pipe.sampling, **overrides)
     items = load_items(manifest, "test", limit)
     judges = Judges(metrics=tuple(metrics))
     res: dict = {"bundle": str(bundle), "manifest": str(manifest), "n": len(items), "semantic_only": pipe.semantic_only,
-                 "int8": int8}
+                 "int8": int8, "sampling": dataclasses.asdict(pipe.sampling)}
     if "tts" in tasks:
         res["tts"] = eval_tts(pipe, items, judges, max_seconds=max_seconds, seed=seed)
         # floor: the corpus' own audio of the same sentences (speaker similarity: prompt vs original)
@@ -177,14 +213,21 @@ def dir_mb(d: Path, skip: tuple[str, ...] = ()) -> float:
 
 
 def export_bundle(bundle: str | Path, dest: str | Path, recipe_work: str | Path | None = None,
-                  max_mb: float = 80.0) -> Path:
-    """Copy a model dir to ``dest`` with every float tensor in fp16; write the model card; check size."""
+                  max_mb: float = 80.0, sampling: str | dict | None = None) -> Path:
+    """Copy a model dir to ``dest`` with every float tensor in fp16; write the model card; check size.
+    ``sampling`` (:func:`parse_sampling`) goes into the bundle's ``slm_config.json`` over the model's own
+    decoding defaults."""
     src, dst = Path(bundle), Path(dest)
     if not (src / "slm_config.json").is_file():
         raise FileNotFoundError(f"{src} is not a model dir (slm_config.json missing)")
+    overrides = parse_sampling(sampling)
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.tmp", "__pycache__"))
+    if overrides:
+        cfg = json.loads((tmp / "slm_config.json").read_text())
+        cfg["sampling"] = {**cfg.get("sampling", {}), **overrides}
+        (tmp / "slm_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     for f in tmp.rglob("*.safetensors"):
         _to_fp16(f)
     cfg_path = tmp / "codec" / "config.json"
@@ -243,11 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--semantic-only", action="store_true", default=None,
                    help="speak without the acoustic head (codecs trained with acoustic_dropout)")
     e.add_argument("--int8", action="store_true", help="decode with int8 backbone weights")
+    e.add_argument("--sampling", default=None, help="decoding settings over the model's own, e.g. temperature=0.5")
     x = sub.add_parser("export")
     x.add_argument("bundle")
     x.add_argument("dest")
     x.add_argument("--recipe-work", default=None)
     x.add_argument("--max-mb", type=float, default=80.0)
+    x.add_argument("--sampling", default=None, help="decoding defaults written into the bundle, e.g. temperature=0.5")
     v = sub.add_parser("voice-bundle")
     v.add_argument("lm_bundle")
     v.add_argument("codec")
@@ -261,11 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         lm_train_bounded(a.config, a.max_minutes, a.chunk)
     elif a.cmd == "lm-eval":
         lm_eval(a.bundle, a.manifest, a.out, tuple(a.tasks.split(",")), a.limit, tuple(a.metrics.split(",")),
-                a.max_seconds, semantic_only=a.semantic_only, int8=a.int8)
+                a.max_seconds, semantic_only=a.semantic_only, int8=a.int8, sampling=a.sampling)
     elif a.cmd == "voice-bundle":
         voice_bundle(a.lm_bundle, a.codec, a.dest)
     else:
-        export_bundle(a.bundle, a.dest, a.recipe_work, a.max_mb)
+        export_bundle(a.bundle, a.dest, a.recipe_work, a.max_mb, sampling=a.sampling)
     return 0
 
 

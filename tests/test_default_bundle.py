@@ -1,5 +1,5 @@
 """The committed default bundle (checkpoints/default): TTS of a sentence it never saw, judged by
-Whisper-base, must come back with WER <= 0.3. Skipped only when the bundle is absent."""
+Whisper-base, must come back with a median WER <= 0.3 over five seeds. Skipped only when the bundle is absent."""
 import json
 from pathlib import Path
 
@@ -21,10 +21,13 @@ def pipe():
 
 
 def _training_texts() -> set[str]:
-    m = ROOT / "data" / "synth2h" / "manifest.jsonl"
-    if not m.is_file():
-        return set()
-    return {json.loads(x)["text"].lower() for x in m.read_text().splitlines() if x.strip()}
+    """Every sentence of the corpora the bundled codec and LM trained on (where this checkout has them)."""
+    out: set[str] = set()
+    for corpus in ("synth2h", "synth10h"):
+        m = ROOT / "data" / corpus / "manifest.jsonl"
+        if m.is_file():
+            out |= {json.loads(x)["text"].lower() for x in m.read_text().splitlines() if x.strip()}
+    return out
 
 
 @pytest.mark.slow
@@ -38,21 +41,26 @@ def test_bundle_is_small_and_complete():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="the committed bundle (a 25 Hz sacodec; the 12.5 Hz model remapped onto it, "
-                   "1000 CPU steps, then 1800 steps on one GPU) speaks about as intelligibly as its codec's own tokens "
-                   "(model card: TTS WER 0.44 against 0.47 for the same items' codec tokens, floor 0.21, on 16 held-out "
-                   "test sentences). On this sentence seeds 0-4 give WER 0.4, 0.2, 0.5, 0.5, 0.6: the first words come "
-                   "out right, the end drifts. The 0.3 target needs a better codec (its reconstruction WER is 2.3x the "
-                   "floor) and more LM training")
 def test_tts_then_asr_round_trip_wer(pipe):
+    """The sentence spoken with the bundle's own decoding defaults (slm_config.json: temperature 0.3, head
+    temperature 0.3), seeds 0-4, each judged by Whisper-base; the median WER must be <= 0.3. A median, not one
+    draw: sampling is seeded, but float rounding on another CPU can change a draw. Here seeds 0-7 gave
+    0.2, 0.2, 0.2, 0.1, 0.1, 0.2, 0.1, 0.5 (the model mostly hears "quiet" as "quite" and drops or mangles
+    "dawn")."""
+    import statistics
+
+    import torchaudio.functional as AF
+
     from adapters.judges import WhisperASR, WhisperConfig, error_rates
 
     assert SENTENCE not in _training_texts()
-    wav = pipe.tts(SENTENCE, seed=0, max_seconds=10.0)
-    assert wav.shape[-1] > 0
-    import torchaudio.functional as AF
-
-    audio = AF.resample(wav, pipe.sample_rate, 16000) if pipe.sample_rate != 16000 else wav
-    hyp = WhisperASR(WhisperConfig()).transcribe([audio[0].clamp(-1, 1).numpy()], 16000)[0]
-    wer = error_rates([SENTENCE], [hyp]).wer
-    assert wer <= 0.3, f"WER {wer:.2f}: Whisper heard {hyp!r} for {SENTENCE!r}"
+    judge = WhisperASR(WhisperConfig())
+    wers, heard = [], []
+    for seed in range(5):
+        wav = pipe.tts(SENTENCE, seed=seed, max_seconds=10.0)
+        assert wav.shape[-1] > 0
+        audio = AF.resample(wav, pipe.sample_rate, 16000) if pipe.sample_rate != 16000 else wav
+        hyp = judge.transcribe([audio[0].clamp(-1, 1).numpy()], 16000)[0]
+        wers.append(error_rates([SENTENCE], [hyp]).wer)
+        heard.append(hyp)
+    assert statistics.median(wers) <= 0.3, f"WER per seed {wers}: Whisper heard {heard} for {SENTENCE!r}"

@@ -116,6 +116,26 @@ def test_app_exposes_named_endpoints_and_queue():
     assert "tts" not in {d.api_name for d in codec_only.fns.values()}
 
 
+def test_sampling_sliders_start_at_the_models_own_settings(tmp_path):
+    from slm.pipeline import model_sampling
+
+    (tmp_path / "slm_config.json").write_text(json.dumps({"sampling": {"temperature": 0.3, "top_k": 20}}))
+    sp = model_sampling(tmp_path)
+    assert (sp.temperature, sp.top_k, sp.top_p) == (0.3, 20, 0.95)  # unset fields keep Sampling's defaults
+    with pytest.raises(FileNotFoundError, match="slm_config.json"):
+        model_sampling(tmp_path / "nothing")
+
+    def sliders(app):
+        return {b.label: b.value for b in app.blocks.values() if isinstance(b, gr.Slider)
+                and b.label in ("Temperature", "Top-k", "Top-p")}
+
+    app = build_app(lambda: None, codec_dirs=[tiny_codec_root()],
+                    sampling={"temperature": sp.temperature, "top_k": sp.top_k, "top_p": sp.top_p})
+    assert sliders(app) == {"Temperature": 0.3, "Top-k": 20, "Top-p": 0.95}
+    assert sliders(build_app(lambda: None, codec_dirs=[tiny_codec_root()])) == {
+        "Temperature": 0.8, "Top-k": 50, "Top-p": 0.95}
+
+
 def test_cli_registers_demo_with_localhost_default():
     from slm.cli import build_parser
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from slm import recipe
-from slm.recipe import STAGES, Recipe, Stage, load_settings, run_recipe, run_stage, select_stages
+from slm.recipe import STAGE_TABLE, STAGES, Recipe, Stage, load_settings, run_recipe, run_stage, select_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,6 +160,9 @@ def test_model_card_says_when_the_acoustic_side_limits_tts():
     # TTS as good as the codec's own tokens: the codec is the limit, whatever the head row says
     lines = _head_limit({"head": {"wer": 0.53}, "codec": {"wer": 0.47}}, {"wer": 0.44})
     assert len(lines) == 1 and "codec's reconstruction" in lines[0] and "0.44" in lines[0]
+    assert "about as intelligible" in lines[0]
+    lines = _head_limit({"head": {"wer": 0.46}, "codec": {"wer": 0.47}}, {"wer": 0.35})  # better than the codec's own
+    assert len(lines) == 1 and "more intelligible" in lines[0] and "codec's reconstruction" in lines[0]
 
 
 def test_model_card_lm_hours_count_every_run():
@@ -422,3 +425,39 @@ def test_model_card_names_the_codec_rates_the_lm_start_and_a_gpu_fine_tune(tmp_p
                                         "eval": {"wall_s": 300.0, "cpu_s": 400.0, "peak_rss_mb": 3000, "commands": ["x"]}}})
     assert "| codec | reused | - | - |" in rows and "| eval | 300 | 400 | 3000 |" in rows
     assert "| voice | off | - | - |" in rows
+
+
+def test_shipped_decoding_defaults_are_checked_measured_and_exported(tmp_path):
+    from slm.recipe_steps import export_bundle, parse_sampling
+
+    assert parse_sampling("temperature=0.5, top_k=20") == {"temperature": 0.5, "top_k": 20}
+    assert parse_sampling({"head_temperature": 1}) == {"head_temperature": 1.0}
+    assert parse_sampling(None) == {} and parse_sampling("") == {}
+    with pytest.raises(ValueError, match="unknown sampling settings"):
+        parse_sampling("temprature=0.5")
+    with pytest.raises(ValueError, match="expected a number"):
+        parse_sampling("temperature=warm")
+    with pytest.raises(ValueError, match="bad sampling settings"):
+        parse_sampling("top_p=2")
+    with pytest.raises(ValueError, match="name=value"):
+        parse_sampling("temperature")
+
+    r = Recipe({"work_dir": "w", "corpus": {}, "codec": {}, "lm": {},
+                "eval": {"tasks": ["tts"]}, "export": {"sampling": {"temperature": 0.5, "head_temperature": 0.5}}},
+               tmp_path)
+    want = ["--sampling", "head_temperature=0.5,temperature=0.5"]
+    (ev,) = STAGE_TABLE["eval"].commands(r)
+    (ex,) = STAGE_TABLE["export"].commands(r)
+    assert ev[-2:] == want and ex[-2:] == want
+    r.s["export"]["sampling"] = {"temperature": "hot"}
+    with pytest.raises(ValueError, match="expected a number"):
+        run_recipe(r.s, tmp_path, only=["export"])
+    assert not (tmp_path / "w").exists()  # refused before any stage ran
+
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "slm_config.json").write_text(json.dumps({"sampling": {"max_seconds_per_char": 0.12}}))
+    dst = export_bundle(src, tmp_path / "bundle", sampling="temperature=0.5")
+    assert json.loads((dst / "slm_config.json").read_text())["sampling"] == {"max_seconds_per_char": 0.12,
+                                                                            "temperature": 0.5}
+    assert json.loads((src / "slm_config.json").read_text())["sampling"] == {"max_seconds_per_char": 0.12}

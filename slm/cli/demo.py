@@ -62,8 +62,14 @@ def run(args: argparse.Namespace) -> int:
 
         return SpeechPipeline.from_pretrained(args.model, device="cpu", threads=torch.get_num_threads(), int8=args.int8)
 
+    sampling = {}
+    if not args.codec_only:
+        from slm.pipeline import model_sampling
+
+        sp = model_sampling(args.model)
+        sampling = {"temperature": sp.temperature, "top_k": sp.top_k, "top_p": sp.top_p}
     app = build_app(None if args.codec_only else factory, codec_dirs=args.codec_dir or list(DEFAULT_CODEC_DIRS),
-                    limits=limits)
+                    limits=limits, sampling=sampling)
     launch(app, host=args.host, port=args.port or None, share=args.share, limits=limits,
            ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return 0
