@@ -25,6 +25,7 @@ import gradio as gr
 
 from demos.codec_lab import CodecCache, find_codecs
 from demos.limits import DemoLimits, InputError
+from slm.generate import Sampling
 
 log = logging.getLogger("dualstream.demo")
 
@@ -75,8 +76,8 @@ class DemoContext:
     pipeline: LazyPipeline
     codecs: CodecCache
     limits: DemoLimits = field(default_factory=DemoLimits)
-    # the model's own temperature / top_k / top_p (``slm.pipeline.model_sampling``): the sliders start there
-    sampling: dict = field(default_factory=dict)
+    # the model's own decoding defaults (``slm.pipeline.model_sampling``): the sampling sliders start there
+    sampling: Sampling = field(default_factory=Sampling)
 
 
 def _as_gr_error(e: Exception) -> gr.Error:
@@ -111,15 +112,15 @@ def user_errors(fn: Callable) -> Callable:
 
 def build_app(pipeline_factory: Callable[[], Any] | None, codec_dirs: list[str | Path] | tuple = DEFAULT_CODEC_DIRS,
               limits: DemoLimits | None = None, *, speech_tabs: bool = True,
-              sampling: dict | None = None) -> gr.Blocks:
+              sampling: Sampling | None = None) -> gr.Blocks:
     """The whole demo as a ``gr.Blocks`` with its queue configured (not launched).
 
     pipeline_factory: returns a ``SpeechPipeline``; called once, on the first request that needs it.
         ``None`` builds the codec lab alone (no speech LM available).
     codec_dirs: folders searched for codec checkpoints for the codec lab.
     limits: per-request limits (duration, upload size, text length, queue).
-    sampling: the model's own ``temperature`` / ``top_k`` / ``top_p``, where the sampling sliders start
-        (read from its ``slm_config.json`` without loading it); missing ones start at 0.8 / 50 / 0.95.
+    sampling: the model's decoding defaults (``slm.pipeline.model_sampling``, read without loading it), where
+        the sampling sliders start; None: ``Sampling()``'s.
     """
     from demos.codec_tab import codec_lab_tab
     from demos.speech_tabs import asr_tab, continuation_tab, dialogue_tab, tts_tab, voice_choices
@@ -130,7 +131,7 @@ def build_app(pipeline_factory: Callable[[], Any] | None, codec_dirs: list[str |
     lazy = LazyPipeline(pipeline_factory) if pipeline_factory is not None else None
     codecs = CodecCache(find_codecs(list(codec_dirs)),
                         pipeline_codec=(lambda: lazy.get().codec) if lazy is not None else None)
-    ctx = DemoContext(pipeline=lazy, codecs=codecs, limits=limits, sampling=dict(sampling or {}))  # type: ignore[arg-type]
+    ctx = DemoContext(pipeline=lazy, codecs=codecs, limits=limits, sampling=sampling or Sampling())  # type: ignore[arg-type]
     with gr.Blocks(title="dualstream-slm demo") as app:
         gr.Markdown(HEADER)
         with gr.Tabs():

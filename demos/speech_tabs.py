@@ -22,10 +22,10 @@ def _sampling_controls(ctx: DemoContext, seconds_label: str, seconds_default: fl
     sp = ctx.sampling
     with gr.Accordion("Sampling", open=False):
         with gr.Row():
-            temperature = gr.Slider(0.0, 1.5, value=float(sp.get("temperature", 0.8)), step=0.05, label="Temperature",
+            temperature = gr.Slider(0.0, 1.5, value=sp.temperature, step=0.05, label="Temperature",
                                     info="0 = greedy; starts at the model's own setting")
-            top_k = gr.Slider(0, 200, value=int(sp.get("top_k", 50)), step=1, label="Top-k", info="0 = off")
-            top_p = gr.Slider(0.05, 1.0, value=float(sp.get("top_p", 0.95)), step=0.01, label="Top-p")
+            top_k = gr.Slider(0, 200, value=sp.top_k, step=1, label="Top-k", info="0 = off")
+            top_p = gr.Slider(0.05, 1.0, value=sp.top_p, step=0.01, label="Top-p")
         with gr.Row():
             seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random; same seed + settings = same audio")
             seconds = gr.Slider(0.5, ctx.limits.max_generate_seconds, step=0.5,

@@ -129,8 +129,7 @@ def test_sampling_sliders_start_at_the_models_own_settings(tmp_path):
         return {b.label: b.value for b in app.blocks.values() if isinstance(b, gr.Slider)
                 and b.label in ("Temperature", "Top-k", "Top-p")}
 
-    app = build_app(lambda: None, codec_dirs=[tiny_codec_root()],
-                    sampling={"temperature": sp.temperature, "top_k": sp.top_k, "top_p": sp.top_p})
+    app = build_app(lambda: None, codec_dirs=[tiny_codec_root()], sampling=sp)
     assert sliders(app) == {"Temperature": 0.3, "Top-k": 20, "Top-p": 0.95}
     assert sliders(build_app(lambda: None, codec_dirs=[tiny_codec_root()])) == {
         "Temperature": 0.8, "Top-k": 50, "Top-p": 0.95}

@@ -62,12 +62,11 @@ def run(args: argparse.Namespace) -> int:
 
         return SpeechPipeline.from_pretrained(args.model, device="cpu", threads=torch.get_num_threads(), int8=args.int8)
 
-    sampling = {}
+    sampling = None
     if not args.codec_only:
         from slm.pipeline import model_sampling
 
-        sp = model_sampling(args.model)
-        sampling = {"temperature": sp.temperature, "top_k": sp.top_k, "top_p": sp.top_p}
+        sampling = model_sampling(args.model)
     app = build_app(None if args.codec_only else factory, codec_dirs=args.codec_dir or list(DEFAULT_CODEC_DIRS),
                     limits=limits, sampling=sampling)
     launch(app, host=args.host, port=args.port or None, share=args.share, limits=limits,
