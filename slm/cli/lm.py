@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(subparsers) -> None:
@@ -153,6 +154,8 @@ def _train(args) -> int:
     cfg = TrainConfig.from_yaml(args.config, backbone=args.backbone, out_dir=args.out_dir, steps=args.steps,
                                 codec=args.codec, tokens=args.tokens, init_from=args.init_from)
     final = train(cfg, stop_after=args.stop_after)
+    if int(os.environ.get("RANK", "0")) != 0:  # one line for a multi-process run, from rank 0
+        return 0
     print(f"model dir: {final}" if final.exists() else f"stopped; resume with the same command ({cfg.out_dir})")
     return 0
 
