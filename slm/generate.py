@@ -29,6 +29,10 @@ class Sampling:
     repetition_window: int = 32
     head_temperature: float = 0.7
     head_top_k: int = 50
+    # TTS: classifier-free guidance on the semantic tokens (1 = off). The unconditional stream is the same
+    # audio in the continuation form (no text); each semantic step samples from
+    # log p(s|text) + (scale - 1) (log p(s|text) - log p(s)), at the cost of a second LM pass per frame
+    cfg_scale: float = 1.0
     # TTS length bound from the text: a sentence of n characters gets at most 0.5 + n * this many seconds
     # (0 = only `max_seconds`). `slm train` writes twice the training data's median seconds per character
     # into the model dir, above every training utterance's own length: it stops runaway speech, not speech.
@@ -40,9 +44,9 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if (self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0 or self.max_seconds_per_char < 0
-                or self.min_seconds_per_char < 0):
+                or self.min_seconds_per_char < 0 or not 0 < self.cfg_scale <= 10):
             raise ValueError(f"bad sampling settings: top_k={self.top_k} (>=0), top_p={self.top_p} (0..1], "
-                             f"repetition_penalty={self.repetition_penalty} (>0), "
+                             f"repetition_penalty={self.repetition_penalty} (>0), cfg_scale={self.cfg_scale} (0..10], "
                              f"max_seconds_per_char={self.max_seconds_per_char} (>=0), "
                              f"min_seconds_per_char={self.min_seconds_per_char} (>=0)")
 
@@ -364,7 +368,8 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
                     generator: torch.Generator | None = None, min_frames: int = 1,
                     words: list[list[int]] | None = None,
                     max_word_frames: int | list[int] | None = None,
-                    past_acoustic: list[Tensor] | None = None) -> Iterator[Frame]:
+                    past_acoustic: list[Tensor] | None = None,
+                    uncond_prompt: Tensor | None = None) -> Iterator[Frame]:
     """Generate semantic frames after ``prompt`` (which ends inside an audio span) until
     ``<|audio_end|>`` or ``max_frames``; the head turns each frame into acoustic codes on the fly.
 
@@ -377,7 +382,13 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
     number for all, or one per word; then the next word is fed, or the sentence ends).
 
     A head with acoustic context sees the codes of the frames before (``past_acoustic``: the frames of
-    the same audio span already in the prompt, e.g. a continuation's, ``[L]`` each; then its own)."""
+    the same audio span already in the prompt, e.g. a continuation's, ``[L]`` each; then its own).
+
+    ``uncond_prompt`` (with ``sampling.cfg_scale != 1``): classifier-free guidance. A second decoder reads the
+    same frames after this prompt (the continuation form: audio without the text) and the semantic logits
+    become ``c + (scale - 1)(c - u)`` in log-probabilities over the semantic ids; how likely it is to move
+    to the next word or end stays the conditional model's. Until the unconditional stream has seen a frame
+    (no voice prompt) there is nothing to guide with, so the first frame is the conditional model's."""
     if max_frames <= 0:
         raise ValueError(f"max_frames must be > 0, got {max_frames}")
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -400,6 +411,14 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
     leave = [w[0] for w in (words or [])[1:]] + [layout.audio_end]
     or_leave = [torch.cat([sem, pos[t : t + 1]]) for t in leave[: len(words or [])]]
     dec = Decoder(model, prompt, allowed, max_new=max_frames + sum(len(w) for w in (words or [[]])[1:]))
+    guide = uncond_prompt is not None and sampling.cfg_scale != 1.0
+    udec = Decoder(model, uncond_prompt, allowed, need_hidden=False, max_new=max_frames) if guide else None
+    # the continuation form trains no prediction of its first frame: guide once one is there
+    u_ready = guide and int(layout.is_semantic(uncond_prompt).sum()) > 0
+
+    def logits() -> Tensor:
+        return _guided(dec.logits, udec.logits, sem, sampling.cfg_scale) if u_ready else dec.logits
+
     recent: list[int] = []
     k, in_word = 0, 0  # current word, its frames so far
     hist = FrameContext(head.cfg.context, head.cfg.frame_len) if head is not None else None
@@ -407,16 +426,16 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
         hist.push(f)
     for n in range(max_frames):
         if words is None:
-            tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, early if n < min_frames else None)
+            tok = _pick(logits(), allowed, pos, sampling, recent, generator, early if n < min_frames else None)
         elif in_word >= caps[k]:  # this word has had its frames: on to the next one, or the end
             tok = leave[k]
         else:  # a word gets one frame before it may be left, and the last one not before min_frames
             stay = in_word == 0 or (k == len(words) - 1 and n < min_frames)
-            tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, sem if stay else or_leave[k])
+            tok = _pick(logits(), allowed, pos, sampling, recent, generator, sem if stay else or_leave[k])
         if words is not None and tok == leave[k] and tok != layout.audio_end:
             k, in_word = k + 1, 0
             dec.push_many(words[k])  # the whole word in one pass
-            tok = _pick(dec.logits, allowed, pos, sampling, recent, generator, sem)  # its first frame
+            tok = _pick(logits(), allowed, pos, sampling, recent, generator, sem)  # its first frame
         if tok == layout.audio_end:
             return
         code = tok - layout.semantic_offset
@@ -432,6 +451,20 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
         in_word += 1
         if n + 1 < max_frames:
             dec.push(tok)
+            if udec is not None:
+                udec.push(tok)
+                u_ready = True
+
+
+def _guided(c: Tensor, u: Tensor, sem: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance over the semantic positions ``sem`` of the logits ``c`` (conditional) and
+    ``u`` (unconditional): ``log p_c + (scale - 1)(log p_c - log p_u)`` within the semantic ids, scaled back to
+    the conditional's total semantic mass, so the choice between a frame and the next word / the end is not
+    changed."""
+    lc, lu = c[sem].log_softmax(-1), u[sem].log_softmax(-1)
+    out = c.clone()
+    out[sem] = (lc + (scale - 1.0) * (lc - lu)).log_softmax(-1) + torch.logsumexp(c[sem], -1)
+    return out
 
 
 def generate_text(model: torch.nn.Module, prompt: Tensor, allowed: Tensor, stop_ids: set[int],

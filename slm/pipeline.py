@@ -419,6 +419,10 @@ class SpeechPipeline:
             words = split_words(sentence) if aligned else []
             if words:  # a sentence with no word characters ("...", "?!") is spoken in the plain form
                 kw |= {"words": self._word_ids(words), "max_word_frames": s.word_caps(words, rate)}
+            if s.cfg_scale != 1.0:  # guidance: the same audio without the text, in the continuation form
+                kw["uncond_prompt"] = torch.cat([torch.tensor([self.layout.special_id("continue"), self.layout.audio_start]),
+                                                 self.layout.codes_to_ids(pcodes.long()).reshape(-1) if pcodes is not None
+                                                 else torch.zeros(0, dtype=torch.long)])
             yield tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, hi, v, gen, kw
 
     def _word_ids(self, words: list[str]) -> list[list[int]]:

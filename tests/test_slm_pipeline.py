@@ -406,3 +406,59 @@ def test_semantic_only_needs_a_two_stream_codec(tmp_path):
     final = train(tiny_train_config(tmp_path, "secousticodec", steps=1, save_every=100), progress=False)
     with pytest.raises(ValueError, match="decodes its semantic stream alone"):
         SpeechPipeline.from_pretrained(final, semantic_only=True)
+
+
+def test_classifier_free_guidance(pipe, monkeypatch):
+    """``Sampling.cfg_scale``: the semantic log-probs become c + (s - 1)(c - u), the mass on moving to the next
+    word / ending stays the conditional's; the unconditional stream reads the same frames in the continuation
+    form (the voice's frames, no text); streaming still equals offline; scale 1 is the unguided decoder."""
+    import dataclasses
+
+    import slm.pipeline as sp
+    from slm.generate import Sampling, _guided, generate_frames
+    from slm.templates import tts_prompt
+
+    g = torch.Generator().manual_seed(0)
+    c, u, sem = torch.randn(10, generator=g), torch.randn(10, generator=g), torch.arange(8)  # 8, 9: not frames
+    out = _guided(c, u, sem, 2.0)
+    assert torch.equal(out[8:], c[8:])
+    assert torch.allclose(torch.logsumexp(out[sem], -1), torch.logsumexp(c[sem], -1))
+    lc, lu = c[sem].log_softmax(-1), u[sem].log_softmax(-1)
+    torch.testing.assert_close(out[sem].log_softmax(-1), (2 * lc - lu).log_softmax(-1))
+    torch.testing.assert_close(_guided(c, c, sem, 3.0), c)  # nothing to guide against
+    with pytest.raises(ValueError, match="cfg_scale"):
+        Sampling(cfg_scale=0.0)
+
+    # an unconditional stream that is the conditional one (same prompt) must leave greedy decoding unchanged:
+    # both decoders read the same frames, step for step
+    lay = pipe.layout
+    prompt = tts_prompt(pipe.tokenizer, lay, "hello world")
+    greedy = Sampling(temperature=0.0, head_temperature=0.0, cfg_scale=3.0)
+    same = [f.code for f in generate_frames(pipe.lm, lay, prompt, pipe.head, greedy, 12, uncond_prompt=prompt)]
+    off = [f.code for f in generate_frames(pipe.lm, lay, prompt, pipe.head, greedy, 12)]
+    assert same == off and len(off) > 3
+
+    seen = []
+    real = sp.generate_frames
+
+    def spy(*a, **kw):
+        seen.append(kw.get("uncond_prompt"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sp, "generate_frames", spy)
+    base, text, voice = pipe.sampling, "the cat sat on the mat.", pipe.voices()[0]
+    try:
+        pipe.sampling = dataclasses.replace(base, cfg_scale=1.0)
+        plain = pipe.tts_tokens(text, voice=voice, seed=4, max_seconds=2.0, aligned=True)
+        assert seen == [None]
+        pipe.sampling = dataclasses.replace(base, cfg_scale=4.0)
+        guided = pipe.tts_tokens(text, voice=voice, seed=4, max_seconds=2.0, aligned=True)
+        v = pipe._voice(voice).tokens.semantic.reshape(-1)
+        want = torch.cat([torch.tensor([lay.special_id("continue"), lay.audio_start]), lay.codes_to_ids(v)])
+        assert torch.equal(seen[1], want)
+        assert not torch.equal(plain[0].semantic, guided[0].semantic)
+        chunks = list(pipe.tts_stream(text, voice=voice, seed=4, max_seconds=2.0, aligned=True))
+        assert torch.equal(torch.cat(chunks, -1), pipe.tts(text, voice=voice, seed=4, max_seconds=2.0, aligned=True))
+        assert pipe.tts_tokens(text, seed=4, max_seconds=2.0)  # no voice: guidance from the second frame on
+    finally:
+        pipe.sampling = base

@@ -28,6 +28,10 @@ SETTINGS = {  # name -> Sampling fields changed from the bundle's own (T0.8_head
     "T0.3_head0.3": {"temperature": 0.3, "head_temperature": 0.3},
     "T0.2_head0.2": {"temperature": 0.2, "head_temperature": 0.2},
     "greedy_head0.3": {"temperature": 0.0, "head_temperature": 0.3},
+    # classifier-free guidance on top of the bundle's T0.3 / head 0.3
+    "T0.3_head0.3_cfg1.5": {"temperature": 0.3, "head_temperature": 0.3, "cfg_scale": 1.5},
+    "T0.3_head0.3_cfg2": {"temperature": 0.3, "head_temperature": 0.3, "cfg_scale": 2.0},
+    "T0.3_head0.3_cfg3": {"temperature": 0.3, "head_temperature": 0.3, "cfg_scale": 3.0},
 }
 
 
