@@ -30,7 +30,14 @@ from codec.contracts import CodecTokens, check_audio
 from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio
 from slm.generate import Sampling, generate_frames, generate_text, inference_copy, transcribe_aligned
 from slm.layout import TokenLayout
-from slm.templates import asr_prompt, continuation_prompt, split_words, tts_prompt, word_ids
+from slm.templates import (
+    asr_prompt,
+    audio_only_prompt,
+    continuation_prompt,
+    split_words,
+    tts_prompt,
+    word_ids,
+)
 
 BUNDLE_VERSION = 1
 MAX_TEXT_CHARS = 5000  # beyond this, split the text yourself: a bound against accidental endless input
@@ -420,9 +427,7 @@ class SpeechPipeline:
             if words:  # a sentence with no word characters ("...", "?!") is spoken in the plain form
                 kw |= {"words": self._word_ids(words), "max_word_frames": s.word_caps(words, rate)}
             if s.cfg_scale != 1.0:  # guidance: the same audio without the text, in the continuation form
-                kw["uncond_prompt"] = torch.cat([torch.tensor([self.layout.special_id("continue"), self.layout.audio_start]),
-                                                 self.layout.codes_to_ids(pcodes.long()).reshape(-1) if pcodes is not None
-                                                 else torch.zeros(0, dtype=torch.long)])
+                kw["uncond_prompt"] = audio_only_prompt(self.layout, pcodes)
             yield tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, hi, v, gen, kw
 
     def _word_ids(self, words: list[str]) -> list[list[int]]:

@@ -262,12 +262,23 @@ def continuation_example(layout: TokenLayout, codes: Tensor, acoustic: Tensor | 
     if codes.numel() < 2:
         raise ValueError(f"continuation needs at least 2 semantic frames, got {codes.numel()}")
     sem = layout.codes_to_ids(codes)
-    head = [layout.special_id("continue"), layout.audio_start]
+    head = _continue_head(layout)
     return _build("continue", [(head, False), (sem[:1], False), (sem[1:], True)], len(head), len(sem), acoustic)
 
 
 def continuation_prompt(layout: TokenLayout, codes: Tensor) -> Tensor:
     return continuation_example(layout, _semantic(codes)).input_ids
+
+
+def _continue_head(layout: TokenLayout) -> list[int]:
+    return [layout.special_id("continue"), layout.audio_start]
+
+
+def audio_only_prompt(layout: TokenLayout, codes: Tensor | None = None) -> Tensor:
+    """``<|continue|> <|audio_start|> [s..]``: audio without any text, in the continuation form (any number of
+    frames, none included): the unconditional stream of TTS guidance (``Sampling.cfg_scale``)."""
+    sem = layout.codes_to_ids(_semantic(codes)) if codes is not None else torch.zeros(0, dtype=torch.long)
+    return torch.cat([torch.tensor(_continue_head(layout)), sem])
 
 
 def interleave_example(tokenizer, layout: TokenLayout, words: list, codes: Tensor, duration: float,

@@ -23,6 +23,20 @@ def pipe(trained):
     return SpeechPipeline.from_pretrained(trained[1])
 
 
+def _spy_generate_frames(monkeypatch, arg: str) -> list:
+    """Record the ``arg`` keyword of every ``generate_frames`` call the pipeline makes (the list fills up)."""
+    import slm.pipeline as sp
+
+    seen, real = [], sp.generate_frames
+
+    def spy(*a, **kw):
+        seen.append(kw.get(arg))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sp, "generate_frames", spy)
+    return seen
+
+
 def _logits(model, ids):
     with torch.no_grad():
         return model(input_ids=ids[None]).logits[0]
@@ -300,7 +314,6 @@ def test_phone_bridged_tts_feeds_g2p_phones_and_follows_the_model_flag(trained, 
     import json
     import shutil
 
-    import slm.pipeline as sp
     from adapters.g2p import phonemize
     from slm.templates import word_ids
 
@@ -310,14 +323,7 @@ def test_phone_bridged_tts_feeds_g2p_phones_and_follows_the_model_flag(trained, 
     (d / "slm_config.json").write_text(json.dumps({**cfg, "tts_aligned": True, "tts_phones": True}))
     p2 = SpeechPipeline.from_pretrained(d)
     assert p2.tts_phones is True and pipe.tts_phones is False
-    fed = []
-    real = sp.generate_frames
-
-    def spy(*a, **kw):
-        fed.append(kw.get("words"))
-        return real(*a, **kw)
-
-    monkeypatch.setattr(sp, "generate_frames", spy)
+    fed = _spy_generate_frames(monkeypatch, "words")
     text = "Hello there, world."
     toks = p2.tts_tokens(text, seed=3, max_seconds=3.0)
     words = ["hello", "there", "world"]
@@ -414,7 +420,6 @@ def test_classifier_free_guidance(pipe, monkeypatch):
     form (the voice's frames, no text); streaming still equals offline; scale 1 is the unguided decoder."""
     import dataclasses
 
-    import slm.pipeline as sp
     from slm.generate import Sampling, _guided, generate_frames
     from slm.templates import tts_prompt
 
@@ -438,14 +443,7 @@ def test_classifier_free_guidance(pipe, monkeypatch):
     off = [f.code for f in generate_frames(pipe.lm, lay, prompt, pipe.head, greedy, 12)]
     assert same == off and len(off) > 3
 
-    seen = []
-    real = sp.generate_frames
-
-    def spy(*a, **kw):
-        seen.append(kw.get("uncond_prompt"))
-        return real(*a, **kw)
-
-    monkeypatch.setattr(sp, "generate_frames", spy)
+    seen = _spy_generate_frames(monkeypatch, "uncond_prompt")
     base, text, voice = pipe.sampling, "the cat sat on the mat.", pipe.voices()[0]
     try:
         pipe.sampling = dataclasses.replace(base, cfg_scale=1.0)
