@@ -221,7 +221,7 @@ def _accelerator(mixed_precision: str, cfg: TrainConfig | None = None):
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    deepspeed = deepspeed_launch()
     cpu = not torch.cuda.is_available() and not deepspeed
     # step_scheduler_with_optimizer=False: each rank steps the schedule once per optimizer step (every rank
     # draws its own batches; accelerate would otherwise step it once per process, running it num_processes
@@ -250,6 +250,11 @@ def _accelerator(mixed_precision: str, cfg: TrainConfig | None = None):
     if _is_deepspeed(acc) and cfg is not None:
         _deepspeed_config(acc, cfg)
     return acc
+
+
+def deepspeed_launch() -> bool:
+    """Whether this process was launched for DeepSpeed (an accelerate config with ``distributed_type: DEEPSPEED``)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def _is_deepspeed(acc) -> bool:
@@ -368,8 +373,8 @@ def save_checkpoint(d: Path, model: SpeechLM, opt, sched, step: int, acc=None) -
     tmp.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(tmp / "trainable.safetensors"))
     # opt_by_name: the optimizer state is keyed by parameter name (FSDP's full state dict), not by index
-    torch.save({"opt": optim, "opt_by_name": fsdp, "deepspeed_world": acc.num_processes if ds else None, "sched": sched.state_dict(), "rng": torch.get_rng_state(),
-                "rng_ranks": rng_ranks,
+    torch.save({"opt": optim, "opt_by_name": fsdp, "deepspeed_world": acc.num_processes if ds else None,
+                "sched": sched.state_dict(), "rng": torch.get_rng_state(), "rng_ranks": rng_ranks,
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "state.pt")
     (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
     if d.exists():
@@ -676,7 +681,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
                 acc.backward(losses["loss"] if ds else losses["loss"] / cfg.grad_accum)
             for k, v in losses.items():
                 logs[k] = logs.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-        if cfg.max_grad_norm:
+        if cfg.max_grad_norm and not ds:  # DeepSpeed clips inside its step (gradient_clipping)
             acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
         opt.step()
         sched.step()

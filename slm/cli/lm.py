@@ -149,14 +149,14 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args) -> int:
-    from slm.train import TrainConfig, train
+    from slm.train import TrainConfig, deepspeed_launch, train
 
     cfg = TrainConfig.from_yaml(args.config, backbone=args.backbone, out_dir=args.out_dir, steps=args.steps,
                                 codec=args.codec, tokens=args.tokens, init_from=args.init_from)
     final = train(cfg, stop_after=args.stop_after)
     if int(os.environ.get("RANK", "0")) == 0:  # one line for a multi-process run, from rank 0
         print(f"model dir: {final}" if final.exists() else f"stopped; resume with the same command ({cfg.out_dir})")
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    if deepspeed_launch():
         _leave_deepspeed_rank()
     return 0
 
