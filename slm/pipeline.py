@@ -28,6 +28,7 @@ from torch import Tensor
 from codec.config import TWO_STREAM
 from codec.contracts import CodecTokens, check_audio
 from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio
+from slm.ctc_reader import CTCPrefixScorer, CTCReader, JointConfig, joint_transcribe
 from slm.generate import Sampling, generate_frames, generate_text, inference_copy, transcribe_aligned
 from slm.layout import TokenLayout
 from slm.templates import (
@@ -40,6 +41,7 @@ from slm.templates import (
 )
 
 BUNDLE_VERSION = 1
+ASR_METHODS = ("joint", "lm", "ctc")  # SpeechPipeline.asr's method
 MAX_TEXT_CHARS = 5000  # beyond this, split the text yourself: a bound against accidental endless input
 DEFAULT_DIR_ENV = "DUALSTREAM_SLM_DEFAULT"
 
@@ -194,7 +196,8 @@ class SpeechPipeline:
                  voices: dict[str, Voice] | None = None, sampling: Sampling | None = None,
                  chunk_frames: int = 12, context_frames: int = 8, teacher_spec: str = "whisper-base-ct2",
                  first_chunk_frames: int = 4, merge: bool = False, int8: bool = False, tts_aligned: bool = False,
-                 asr_aligned: bool = False, tts_phones: bool = False, semantic_only: bool = False):
+                 asr_aligned: bool = False, tts_phones: bool = False, semantic_only: bool = False,
+                 reader: CTCReader | None = None, joint: JointConfig | None = None):
         if codec.semantic_codebook_size != layout.n_semantic:
             raise ValueError(f"codec has {codec.semantic_codebook_size} semantic codes, layout {layout.n_semantic}")
         variant = getattr(getattr(codec, "config", None), "variant", type(codec).__name__)
@@ -218,6 +221,12 @@ class SpeechPipeline:
         # speak from the semantic tokens alone: the codec decodes them without acoustic codes (sac / sacodec
         # trained with acoustic_dropout), so the acoustic head is skipped (slm_config.json "semantic_only")
         self.semantic_only = semantic_only
+        # a CTC reader of the semantic tokens (slm.ctc_reader): with it, ASR is joint decoding by default (the
+        # LM's beam search scored by the reader's CTC prefix probabilities; `joint` sets its weight and beam)
+        if reader is not None and reader.cfg.n_codes != layout.n_semantic:
+            raise ValueError(f"the CTC reader reads {reader.cfg.n_codes} semantic codes, the layout has "
+                             f"{layout.n_semantic}: a reader of another codec's tokens")
+        self.reader, self.joint = (reader.eval() if reader is not None else None), joint or JointConfig()
         # a short first chunk lowers time to first audio; later chunks are longer (fewer decode calls)
         self.chunk_frames, self.context_frames, self.first_chunk_frames = chunk_frames, context_frames, first_chunk_frames
         self.teacher_spec, self._teacher = teacher_spec, None  # only for codecs that encode with a teacher
@@ -269,10 +278,12 @@ class SpeechPipeline:
         voices = {name: Voice(name, CodecTokens.load(f), text) for name, f, text in voice_files(d)}
         info = cpath / "training.json"
         spec = (json.loads(info.read_text()).get("teacher_spec") if info.exists() else None) or "whisper-base-ct2"
+        reader = CTCReader.from_pretrained(d / "ctc_reader").to(device) if (d / "ctc_reader").is_dir() else None
         return cls(lm, bb.tokenizer, layout, codec, head, voices, Sampling(**cfg.get("sampling", {})), teacher_spec=spec,
                    merge=merge, int8=int8, tts_aligned=bool(cfg.get("tts_aligned", False)),
                    asr_aligned=bool(cfg.get("asr_aligned", False)), tts_phones=bool(cfg.get("tts_phones", False)),
-                   semantic_only=bool(cfg.get("semantic_only", False)) if semantic_only is None else semantic_only)
+                   semantic_only=bool(cfg.get("semantic_only", False)) if semantic_only is None else semantic_only,
+                   reader=reader, joint=JointConfig(**cfg.get("asr_joint", {})))
 
     # ---- basics ---------------------------------------------------------------------------------------------
     @property
@@ -498,11 +509,15 @@ class SpeechPipeline:
         return toks
 
     @torch.no_grad()
-    def asr(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200, aligned: bool | None = None) -> str:
-        """Transcribe ``wav``. ``aligned``: the streaming form, each word written right after its frames (the
-        default of a model trained that way, see :attr:`asr_aligned`); False: the whole transcript after
-        the whole audio."""
-        return self.asr_tokens(self._encode_one(wav, sample_rate).semantic[0, 0], max_new_tokens, aligned)
+    def asr(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200, aligned: bool | None = None,
+            method: str | None = None) -> str:
+        """Transcribe ``wav``. ``method``: ``"joint"`` (the default when the model has a CTC reader): the LM's
+        beam search in the plain form, scored by the reader's CTC prefix probabilities
+        (:func:`slm.ctc_reader.joint_transcribe`); ``"lm"`` (the default otherwise): the LM alone, in the
+        aligned form when ``aligned`` (the streaming form, each word written right after its frames; the
+        default of a model trained that way, see :attr:`asr_aligned`), else the whole transcript after the
+        whole audio; ``"ctc"``: the reader alone (greedy CTC, lower case, no punctuation)."""
+        return self.asr_tokens(self._encode_one(wav, sample_rate).semantic[0, 0], max_new_tokens, aligned, method)
 
     def asr_stream(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200) -> Iterator[str]:
         """Aligned ASR as it goes: the transcript so far, once per word written (needs a model trained
@@ -527,8 +542,28 @@ class SpeechPipeline:
         return self._word_start
 
     @torch.no_grad()
-    def asr_tokens(self, codes: Tensor, max_new_tokens: int = 200, aligned: bool | None = None) -> str:
+    def asr_tokens(self, codes: Tensor, max_new_tokens: int = 200, aligned: bool | None = None,
+                   method: str | None = None) -> str:
         """:meth:`asr` on semantic codes ``[Ts]`` (from this pipeline's codec)."""
+        method = method or ("joint" if self.reader is not None else "lm")
+        if method not in ASR_METHODS:
+            raise ValueError(f"unknown ASR method {method!r}; expected one of {ASR_METHODS}")
+        codes = torch.as_tensor(codes).long().flatten()
+        if codes.numel() == 0:
+            raise ValueError("no semantic frames to transcribe (empty audio?)")
+        if method in ("joint", "ctc") and self.reader is None:
+            raise ValueError(f"ASR method {method!r} needs a CTC reader: this model dir has no ctc_reader/ "
+                             "(train one with `slm ctc-reader train`)")
+        if method == "ctc":
+            return self.reader.transcribe(codes)
+        if method == "joint":
+            scorer = CTCPrefixScorer(self.reader.log_probs(codes), self.reader.blank, self.reader.cfg.alphabet)
+            vocab = self.lm.get_input_embeddings().weight.shape[0]
+            cfg = dataclasses.replace(self.joint, max_new_tokens=max_new_tokens)
+            ids = joint_transcribe(self.infer_lm, self.tokenizer, asr_prompt(self.tokenizer, self.layout, codes),
+                                   self.layout.text_mask(vocab).nonzero().flatten(), self.tokenizer.eos_token_id,
+                                   scorer, cfg)
+            return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         aligned = self.asr_aligned if aligned is None else bool(aligned)
         if aligned:
             ids = [t for w in self._aligned_words(codes, max_new_tokens) for t in w]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = ("synth", "real", "teacher", "codec", "tokenize", "lm", "voice", "eval", "export")
+STAGES = ("synth", "real", "teacher", "codec", "tokenize", "lm", "voice", "reader", "eval", "export")
 
 
 def ft_run_dir(work: Path, i: int) -> Path:
@@ -464,6 +464,25 @@ def _voice_ok(r: Recipe) -> list[str]:
     return [] if (r.bundle / "slm_config.json").is_file() and (r.bundle / "codec" / "config.json").is_file() else [str(r.bundle)]
 
 
+def _reader(r: Recipe) -> list[list[str]]:
+    """The CTC reader of the LM's semantic tokens (slm.ctc_reader), installed into the model for joint ASR."""
+    c = r.s.get("reader")
+    if not c:
+        return []
+    cmd = r.slm("ctc-reader", "train", "--tokens", str(r.tokens), "--out", str(r.work / "ctc_reader"),
+                "--steps", str(c.get("steps", 4000)), "--install", str(r.bundle))
+    for k in ("ctc_weight", "beam", "pre_beam", "dim", "layers", "heads", "upsample"):
+        if k in c:
+            cmd += [f"--{k.replace('_', '-')}", str(c[k])]
+    return [cmd]
+
+
+def _reader_ok(r: Recipe) -> list[str]:
+    if not r.s.get("reader"):
+        return []
+    return [] if (r.bundle / "ctc_reader" / "config.json").is_file() else [str(r.bundle / "ctc_reader")]
+
+
 def _eval(r: Recipe) -> list[list[str]]:
     e = r.s.get("eval", {})
     tasks = e.get("tasks", ["codec", "semantic", "tts", "asr"])
@@ -523,6 +542,7 @@ STAGE_TABLE = {
     "tokenize": Stage("tokenize", "tokenise the corpus with the codec", _tokenize, _tokenize_ok),
     "lm": Stage("lm", "train the LM (LoRA) + acoustic head", _lm, _lm_ok),
     "voice": Stage("voice", "fine-tune the codec's decoder on the acoustic head's codes", _voice, _voice_ok),
+    "reader": Stage("reader", "train the CTC reader of the semantic tokens (joint ASR)", _reader, _reader_ok),
     "eval": Stage("eval", "evaluate codec / semantic stream / TTS / ASR", _eval, _eval_ok),
     "export": Stage("export", "fp16 bundle + model card", _export, _export_ok),
 }

@@ -68,7 +68,7 @@ def test_overrides_and_bad_input(tmp_path):
 
 def test_stage_selection():
     assert select_stages() == list(STAGES)
-    assert select_stages(from_stage="lm") == ["lm", "voice", "eval", "export"]
+    assert select_stages(from_stage="lm") == ["lm", "voice", "reader", "eval", "export"]
     assert select_stages(only=["export", "codec"]) == ["codec", "export"]
     with pytest.raises(ValueError, match="unknown stage 'lmm'"):
         select_stages(from_stage="lmm")

@@ -29,7 +29,7 @@ def test_every_stage_ran_and_produced_its_outputs(built):
 
     _, work, first = built
     assert [r.name for r in first if not r.skipped] == ["synth", "real", "teacher", "codec", "tokenize", "lm",
-                                                          "voice", "eval", "export"]
+                                                          "voice", "reader", "eval", "export"]
     n = len((work / "corpus" / "manifest.jsonl").read_text().splitlines())
     assert n > 0 and len((work / "tokens" / "index.jsonl").read_text().splitlines()) == n
     assert (work / "real" / "manifest.jsonl").stat().st_size > 0

@@ -1,7 +1,8 @@
-"""`slm train | tts | asr | continue | head-tokens | head-fit`: fine-tune and run the speech LM."""
+"""`slm train | tts | asr | continue | head-tokens | head-fit | ctc-reader`: fine-tune and run the speech LM."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 
@@ -42,6 +43,9 @@ def register(subparsers) -> None:
                        help="write each word right after its frames, printing words as they come (the default of "
                             "models trained with asr_aligned)")
     aform.add_argument("--plain", dest="aligned", action="store_false", help="the transcript after the whole audio")
+    a.add_argument("--method", choices=("joint", "lm", "ctc"), default=None,
+                   help="joint: the LM's beam search scored by the model's CTC reader (the default when the model "
+                        "has one); lm: the LM alone (--aligned / --plain); ctc: the reader alone")
     a.set_defaults(func=_asr)
 
     c = subparsers.add_parser("continue", help="continue the speech in a wav")
@@ -63,6 +67,26 @@ def register(subparsers) -> None:
     h.set_defaults(func=_head_tokens)
 
     _head_fit_args(subparsers)
+
+    r = subparsers.add_parser("ctc-reader", help="train the CTC reader of a token dir's semantic tokens (joint ASR)")
+    rsub = r.add_subparsers(dest="reader_cmd", required=True)
+    rt = rsub.add_parser("train", help="train on TOKENS' train split (valid split scored), resumable")
+    rt.add_argument("--tokens", required=True, help="token dir (`slm codec tokenize`) of the model's codec")
+    rt.add_argument("--out", required=True, help="work dir: state.pt (resume), train_log.json, reader/ (final)")
+    rt.add_argument("--steps", type=int, default=3000)
+    rt.add_argument("--batch-size", type=int, default=16)
+    rt.add_argument("--lr", type=float, default=1.5e-3)
+    rt.add_argument("--eval-every", type=int, default=500)
+    rt.add_argument("--stop-after", type=int, default=None, help="leave after N steps (resume later)")
+    for k, h in (("dim", "width (192)"), ("layers", "transformer layers (4)"), ("heads", "attention heads (4)"),
+                 ("upsample", "CTC outputs per frame (2)")):
+        rt.add_argument(f"--{k}", type=int, default=None, help=f"reader {h}")
+    rt.add_argument("--install", default=None, metavar="MODEL_DIR",
+                    help="when done, copy the reader into MODEL_DIR/ctc_reader (its ASR then decodes jointly)")
+    rt.add_argument("--ctc-weight", type=float, default=None, help="with --install: the model's joint ASR weight")
+    rt.add_argument("--beam", type=int, default=None, help="with --install: the model's joint ASR beam")
+    rt.add_argument("--pre-beam", type=int, default=None, help="with --install: LM candidates per beam CTC-scored")
+    rt.set_defaults(func=_reader_train)
 
 
 def _head_fit_args(subparsers) -> None:
@@ -212,11 +236,53 @@ def _tts(args) -> int:
     return 0
 
 
+def _reader_train(args) -> int:
+    import shutil
+    from pathlib import Path
+
+    from slm.ctc_reader import JointConfig, ReaderTrainConfig, train_reader
+    from slm.layout import TokenLayout
+    from slm.pipeline import model_dir
+
+    target = None
+    joint = {k: getattr(args, k) for k in ("ctc_weight", "beam", "pre_beam") if getattr(args, k) is not None}
+    JointConfig(**joint)  # bad values fail before training, not after
+    if args.install:
+        target = model_dir(args.install)
+        n_sem = TokenLayout.load(target).n_semantic
+    res = train_reader(ReaderTrainConfig(token_dir=args.tokens, out_dir=args.out, steps=args.steps,
+                                         batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
+                                         reader={k: getattr(args, k) for k in ("dim", "layers", "heads", "upsample")
+                                                 if getattr(args, k) is not None}),
+                       stop_after=args.stop_after)
+    if res["log"]:
+        print(json.dumps(res["log"][-1]))
+    final = Path(args.out) / "reader"
+    if target is not None and res["step"] >= args.steps:
+        from slm.ctc_reader import CTCReader
+
+        if CTCReader.from_pretrained(final).cfg.n_codes != n_sem:
+            raise SystemExit(f"the reader reads {CTCReader.from_pretrained(final).cfg.n_codes} codes, {target} has "
+                             f"{n_sem}: tokens of another codec")
+        shutil.rmtree(target / "ctc_reader", ignore_errors=True)
+        shutil.copytree(final, target / "ctc_reader")
+        if joint:
+            cfg_f = target / "slm_config.json"
+            cfg = json.loads(cfg_f.read_text())
+            cfg["asr_joint"] = {**cfg.get("asr_joint", {}), **joint}
+            cfg_f.write_text(json.dumps(cfg, indent=2) + "\n")
+        print(f"installed: {target / 'ctc_reader'}")
+    return 0
+
+
 def _asr(args) -> int:
     from codec.audio import load_audio
 
     pipe = _pipe(args.model, args.int8)
     wav = load_audio(args.wav, pipe.sample_rate)
+    if args.method in ("joint", "ctc") or (args.method is None and pipe.reader is not None):
+        print(pipe.asr(wav, pipe.sample_rate, method=args.method))
+        return 0
     if args.aligned is False or (args.aligned is None and not pipe.asr_aligned):
         print(pipe.asr(wav, pipe.sample_rate, aligned=False))
         return 0

@@ -119,22 +119,25 @@ def eval_head(pipe, items: list[EvalItem], judges: Judges, seed: int = 0) -> dic
     return res
 
 
-def eval_asr(pipe, items: list[EvalItem], judges: Judges, aligned: bool | None = None) -> dict:
-    """WER of the pipeline's ASR-by-token next to Whisper's WER on the same audio. ``aligned``: the form
-    (SpeechPipeline.asr; None: the model's default); the row says which one ran (``form``)."""
+def eval_asr(pipe, items: list[EvalItem], judges: Judges, aligned: bool | None = None, method: str | None = None) -> dict:
+    """WER of the pipeline's ASR-by-token next to Whisper's WER on the same audio. ``method`` / ``aligned``:
+    as SpeechPipeline.asr (None: the model's defaults); the row says which ran (``form``: joint, ctc, or the
+    LM's aligned / plain form)."""
     from adapters.judges import error_rates
 
     hyps, spent = [], 0.0
     for it in tqdm(items, desc="asr"):
         t0 = time.perf_counter()
         wav = _resample(it.wav, it.sample_rate, pipe.sample_rate)
-        hyps.append(pipe.asr(wav, pipe.sample_rate) if aligned is None else pipe.asr(wav, pipe.sample_rate, aligned=aligned))
+        hyps.append(pipe.asr(wav, pipe.sample_rate, aligned=aligned, method=method))
         spent += time.perf_counter() - t0
     whisper = judges.asr.transcribe([it.wav[0].numpy() for it in items], items[0].sample_rate if items else 16000)
     refs = [it.text for it in items]
     ours, floor = error_rates(refs, hyps), error_rates(refs, whisper)
     audio_s = sum(it.wav.shape[-1] / it.sample_rate for it in items)
-    form = "aligned" if (getattr(pipe, "asr_aligned", False) if aligned is None else aligned) else "plain"
+    method = method or ("joint" if getattr(pipe, "reader", None) is not None else "lm")
+    form = method if method != "lm" else (
+        "aligned" if (getattr(pipe, "asr_aligned", False) if aligned is None else aligned) else "plain")
     return {"task": "asr", "form": form, "wer": ours.wer, "cer": ours.cer, "whisper_wer": floor.wer, "whisper_cer": floor.cer,
             "n": len(items), "rtf": spent / audio_s if audio_s else float("nan"),
             "items": [{"id": it.id, "ref": r, "hyp": h, "whisper": w}

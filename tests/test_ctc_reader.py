@@ -1,0 +1,177 @@
+"""The CTC reader of semantic tokens and joint (LM + CTC) ASR: exact prefix scores, training, resume,
+save/load, and the pipeline's ASR methods."""
+import itertools
+import math
+import shutil
+
+import pytest
+import torch
+
+from slm.ctc_reader import (
+    CTCPrefixScorer,
+    CTCReader,
+    JointConfig,
+    ReaderConfig,
+    ReaderTrainConfig,
+    joint_transcribe,
+    normalize,
+    train_reader,
+)
+from tests.test_slm_helpers import tiny_token_dir
+
+TINY = {"dim": 32, "layers": 1, "heads": 2, "ff_mult": 2}
+
+
+def test_normalize():
+    assert normalize("  Hello, World!  It's 2-3 o'clock. ") == "hello world it's o'clock"
+    assert normalize("...") == ""
+
+
+def test_prefix_scores_are_exact():
+    """Against torch's CTC loss (full scores) and brute force over every string (prefix scores)."""
+    torch.manual_seed(0)
+    T, alpha = 5, "ab"
+    logp = torch.randn(T, 3, dtype=torch.float64).log_softmax(-1)
+    sc = CTCPrefixScorer(logp, blank=2, alphabet=alpha)
+
+    def full_ref(h: str) -> float:
+        if not h:
+            return float(logp[:, 2].double().sum())
+        tgt = torch.tensor([[alpha.index(c) for c in h]])
+        return -float(torch.nn.functional.ctc_loss(logp[:, None].double(), tgt, torch.tensor([T]),
+                                                   torch.tensor([len(h)]), blank=2, reduction="sum"))
+
+    every = ["".join(p) for n in range(T + 1) for p in itertools.product(alpha, repeat=n)]
+    assert math.isclose(sum(math.exp(full_ref(s)) for s in every), 1.0, rel_tol=1e-6)
+    for h in ["", "a", "ab", "aa", "bab", "abba", "aaa"]:
+        assert sc.full(h) == pytest.approx(full_ref(h), abs=1e-9)
+        brute = sum(math.exp(full_ref(s)) for s in every if s.startswith(h))
+        assert sc.prefix(h) == pytest.approx(math.log(brute) if brute > 0 else -math.inf, abs=1e-9)
+    assert sc.prefix("aaaaaa") == -math.inf  # 6 characters cannot come out of 5 frames
+
+
+def test_reader_shapes_and_bad_input():
+    r = CTCReader(ReaderConfig(n_codes=16, **TINY))
+    out = r(torch.randint(0, 16, (2, 7)), torch.tensor([7, 4]))
+    assert out.shape == (2, 14, len(r.cfg.alphabet) + 1)
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(2, 14))
+    with pytest.raises(ValueError, match="another codec"):
+        r(torch.tensor([[3, 16]]))
+    with pytest.raises(ValueError, match="divisible"):
+        ReaderConfig(dim=30, heads=4)
+
+
+def _cfg(tmp_path, **kw):
+    return ReaderTrainConfig(token_dir=tiny_token_dir(), out_dir=str(tmp_path), steps=30, batch_size=4, lr=3e-3,
+                             eval_every=10, reader={**TINY, "upsample": 8}, **kw)
+
+
+def test_training_lowers_the_loss_resumes_exactly_and_round_trips(tmp_path):
+    with pytest.raises(ValueError, match="raise the reader's upsample"):  # 0.6-0.8 s clips of ~30 characters
+        train_reader(ReaderTrainConfig(**{**_cfg(tmp_path / "c").__dict__, "reader": dict(TINY)}), progress=False)
+    full = train_reader(_cfg(tmp_path / "a"), progress=False)
+    losses = [r["loss"] for r in full["log"]]
+    assert losses[-1] < losses[0]
+    assert "valid_cer" in full["log"][-1]
+    # killed after 10 steps (its checkpoint), then resumed: the same weights as the uninterrupted run
+    part = train_reader(_cfg(tmp_path / "b"), progress=False, stop_after=10)
+    assert part["step"] == 10 and not (tmp_path / "b" / "reader").exists()
+    train_reader(_cfg(tmp_path / "b"), progress=False)
+    a = CTCReader.from_pretrained(tmp_path / "a" / "reader")
+    b = CTCReader.from_pretrained(tmp_path / "b" / "reader")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    codes = torch.randint(0, a.cfg.n_codes, (9,))
+    assert torch.equal(a.log_probs(codes), b.log_probs(codes)) and a.transcribe(codes) == b.transcribe(codes)
+    with pytest.raises(ValueError, match="another reader config"):
+        train_reader(ReaderTrainConfig(**{**_cfg(tmp_path / "b").__dict__, "steps": 40}), progress=False)
+
+
+def test_from_pretrained_checks(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a CTC reader dir"):
+        CTCReader.from_pretrained(tmp_path)
+    r = CTCReader(ReaderConfig(n_codes=16, **TINY))
+    r.save_pretrained(tmp_path)
+    meta = (tmp_path / "config.json").read_text().replace('"format_version": 1', '"format_version": 99')
+    (tmp_path / "config.json").write_text(meta)
+    with pytest.raises(ValueError, match="format 99"):
+        CTCReader.from_pretrained(tmp_path)
+
+
+def _spelling(text: str, frames_per_char: int = 2) -> torch.Tensor:
+    """CTC log-probs that spell ``text`` almost surely (each character, then a blank)."""
+    alpha = ReaderConfig().alphabet
+    rows = []
+    for c in text:
+        rows += [alpha.index(c)] * frames_per_char + [len(alpha)]
+    return torch.nn.functional.one_hot(torch.tensor(rows), len(alpha) + 1).float().mul(30).log_softmax(-1)
+
+
+def test_joint_decoding_follows_the_reader_at_weight_one(pipe_with_reader):
+    """With w = 1 and every text token a candidate, the beam spells what the reader spells (in the LM's own
+    tokens), and ends there; with w = 0 it is the LM's own choice, which differs."""
+    pipe = pipe_with_reader[1]
+    from slm.templates import asr_prompt
+
+    vocab = pipe.lm.get_input_embeddings().weight.shape[0]
+    text_ids = pipe.layout.text_mask(vocab).nonzero().flatten()
+    prompt = asr_prompt(pipe.tokenizer, pipe.layout, torch.tensor([1, 2, 3, 4]))
+    target = "the cat sat on the mat"
+    scorer = CTCPrefixScorer(_spelling(target), blank=len(ReaderConfig().alphabet))
+    ids = joint_transcribe(pipe.infer_lm, pipe.tokenizer, prompt, text_ids, pipe.tokenizer.eos_token_id, scorer,
+                           JointConfig(ctc_weight=1.0, beam=4, pre_beam=len(text_ids) + 1, max_new_tokens=40))
+    assert normalize(pipe.tokenizer.decode(ids)) == target
+    lm_only = joint_transcribe(pipe.infer_lm, pipe.tokenizer, prompt, text_ids, pipe.tokenizer.eos_token_id, scorer,
+                               JointConfig(ctc_weight=0.0, beam=4, max_new_tokens=40))
+    assert normalize(pipe.tokenizer.decode(lm_only)) != target
+    with pytest.raises(ValueError, match="ctc_weight"):
+        JointConfig(ctc_weight=1.5)
+
+
+@pytest.fixture(scope="module")
+def pipe_with_reader(tmp_path_factory):
+    from slm.pipeline import SpeechPipeline
+    from slm.train import train
+    from tests.test_slm_helpers import tiny_train_config
+
+    tmp = tmp_path_factory.mktemp("joint")
+    final = train(tiny_train_config(tmp, steps=2), progress=False)
+    n = SpeechPipeline.from_pretrained(final).layout.n_semantic
+    torch.manual_seed(0)
+    CTCReader(ReaderConfig(n_codes=n, **TINY)).save_pretrained(final / "ctc_reader")
+    return final, SpeechPipeline.from_pretrained(final)
+
+
+def test_pipeline_asr_methods(pipe_with_reader, monkeypatch):
+    import slm.pipeline as sp
+
+    pipe = pipe_with_reader[1]
+    assert pipe.reader is not None
+    sr = pipe.sample_rate
+    wav = torch.randn(1, sr // 2) * 0.1
+    codes = pipe.encode(wav, sr).semantic[0, 0]
+    calls = []
+    real = sp.joint_transcribe
+    monkeypatch.setattr(sp, "joint_transcribe", lambda *a, **kw: calls.append(a[-1]) or real(*a, **kw))
+    out = pipe.asr(wav, sr, max_new_tokens=12)  # a model with a reader decodes jointly by default
+    assert isinstance(out, str) and len(calls) == 1 and calls[0].max_new_tokens == 12
+    assert pipe.asr(wav, sr, method="ctc") == pipe.reader.transcribe(codes)
+    assert pipe.asr(wav, sr, method="lm", aligned=False, max_new_tokens=12) == pipe.asr_tokens(codes, 12, False, "lm")
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="unknown ASR method"):
+        pipe.asr(wav, sr, method="beam")
+    with pytest.raises(ValueError, match="another codec's tokens"):
+        sp.SpeechPipeline(pipe.lm, pipe.tokenizer, pipe.layout, pipe.codec, pipe.head,
+                          reader=CTCReader(ReaderConfig(n_codes=pipe.layout.n_semantic + 1, **TINY)))
+
+
+def test_methods_that_need_a_reader_say_so(pipe_with_reader, tmp_path):
+    from slm.pipeline import SpeechPipeline
+
+    d = tmp_path / "m"
+    shutil.copytree(pipe_with_reader[0], d)
+    shutil.rmtree(d / "ctc_reader")
+    p = SpeechPipeline.from_pretrained(d)
+    assert p.reader is None
+    with pytest.raises(ValueError, match="needs a CTC reader"):
+        p.asr(torch.randn(1, p.sample_rate // 2) * 0.1, p.sample_rate, method="joint")
