@@ -50,7 +50,8 @@ def _rtf_line(seconds_audio: float, seconds_compute: float, first_chunk: float |
 # ---- text to speech ------------------------------------------------------------------------------
 # the TTS / ASR form (SpeechPipeline.tts / asr(aligned=...)): the model's own default, or one of the two asked for
 TTS_FORMS = {"model default": None, "aligned": True, "plain": False}
-ASR_FORMS = TTS_FORMS
+# ASR also by the model's CTC reader of the semantic tokens alone (slm.ctc_reader; models that have one)
+ASR_FORMS = {**TTS_FORMS, "CTC reader": "ctc"}
 DEFAULT_FORM = "model default"
 
 
@@ -126,7 +127,8 @@ def asr_tab(ctx: DemoContext) -> None:
             audio = gr.Audio(sources=MIC_AND_UPLOAD, type="filepath", label="Speech", elem_id="asr-input")
             form = gr.Radio(list(ASR_FORMS), value=DEFAULT_FORM, label="How to transcribe",
                             info="aligned: each word written right after its frames, shown as it comes; "
-                                 "plain: the transcript after the whole clip")
+                                 "plain: the transcript after the whole clip; CTC reader: a small reader of the "
+                                 "tokens (lower case, no punctuation)")
             go = gr.Button("Transcribe", variant="primary")
             transcript = gr.Textbox(label="Transcript", lines=3, interactive=False, elem_id="asr-transcript",
                                     buttons=["copy"])
@@ -140,22 +142,29 @@ def asr_tab(ctx: DemoContext) -> None:
             raise InputError(f"unknown ASR form {form_value!r}: expected one of {list(ASR_FORMS)}")
         p = ctx.pipeline.get()
         wav = load_audio_input(path, ctx.limits, p.sample_rate, name="speech")
-        aligned = ASR_FORMS[form_value]
-        aligned = p.asr_aligned if aligned is None else aligned
+        choice = ASR_FORMS[form_value]
+        if choice is None and p.asr_method != "lm":  # the model's default is its CTC reader (or joint decoding)
+            choice = p.asr_method
+        if choice in ("ctc", "joint") and p.reader is None:
+            raise InputError("this model has no CTC reader: choose aligned or plain")
+        aligned = p.asr_aligned if choice is None else choice
+        label = {"ctc": "CTC reader", "joint": "joint LM + CTC reader", True: "aligned form", False: "plain form"}[aligned]
         t0 = time.perf_counter()
         text = ""
-        if aligned:  # words as they are written
+        if aligned is True:  # words as they are written
             for text in p.asr_stream(wav, p.sample_rate):
                 yield text, gr.skip(), "transcribing..."
+        elif aligned is False:
+            text = p.asr(wav, p.sample_rate, aligned=False, method="lm")
         else:
-            text = p.asr(wav, p.sample_rate, aligned=False)
+            text = p.asr(wav, p.sample_rate, method=aligned)
         spent = time.perf_counter() - t0
         tokens = p.encode(wav, p.sample_rate)
         fig = tokens_over_spectrogram(wav, p.sample_rate, tokens.semantic[0], p.codec.semantic_rate)
         n = tokens.semantic.shape[-1]
         yield (text.strip() or "(no words recognised)", fig,
                (f"{wav.shape[-1] / p.sample_rate:.2f} s -> {n} semantic tokens; transcribed in {spent:.2f} s "
-                f"({'aligned' if aligned else 'plain'} form)"))
+                f"({label})"))
 
     go.click(on_asr, [audio, form], [transcript, plot, info], api_name="asr",
               concurrency_id=MODELS)

@@ -197,7 +197,7 @@ class SpeechPipeline:
                  chunk_frames: int = 12, context_frames: int = 8, teacher_spec: str = "whisper-base-ct2",
                  first_chunk_frames: int = 4, merge: bool = False, int8: bool = False, tts_aligned: bool = False,
                  asr_aligned: bool = False, tts_phones: bool = False, semantic_only: bool = False,
-                 reader: CTCReader | None = None, joint: JointConfig | None = None):
+                 reader: CTCReader | None = None, joint: JointConfig | None = None, asr_method: str | None = None):
         if codec.semantic_codebook_size != layout.n_semantic:
             raise ValueError(f"codec has {codec.semantic_codebook_size} semantic codes, layout {layout.n_semantic}")
         variant = getattr(getattr(codec, "config", None), "variant", type(codec).__name__)
@@ -221,12 +221,19 @@ class SpeechPipeline:
         # speak from the semantic tokens alone: the codec decodes them without acoustic codes (sac / sacodec
         # trained with acoustic_dropout), so the acoustic head is skipped (slm_config.json "semantic_only")
         self.semantic_only = semantic_only
-        # a CTC reader of the semantic tokens (slm.ctc_reader): with it, ASR is joint decoding by default (the
+        # a CTC reader of the semantic tokens (slm.ctc_reader): ASR by it alone ("ctc") or by joint decoding (the
         # LM's beam search scored by the reader's CTC prefix probabilities; `joint` sets its weight and beam)
         if reader is not None and reader.cfg.n_codes != layout.n_semantic:
             raise ValueError(f"the CTC reader reads {reader.cfg.n_codes} semantic codes, the layout has "
                              f"{layout.n_semantic}: a reader of another codec's tokens")
         self.reader, self.joint = (reader.eval() if reader is not None else None), joint or JointConfig()
+        # what asr() does by default (slm_config.json "asr_method"): the LM unless the model says otherwise
+        # (joint decoding measured worse than either part alone on the bundle: docs/results/joint_asr)
+        self.asr_method = asr_method or "lm"
+        if self.asr_method not in ASR_METHODS:
+            raise ValueError(f"unknown ASR method {self.asr_method!r}; expected one of {ASR_METHODS}")
+        if self.asr_method != "lm" and reader is None:
+            raise ValueError(f"ASR method {self.asr_method!r} needs a CTC reader (ctc_reader/ in the model dir)")
         # a short first chunk lowers time to first audio; later chunks are longer (fewer decode calls)
         self.chunk_frames, self.context_frames, self.first_chunk_frames = chunk_frames, context_frames, first_chunk_frames
         self.teacher_spec, self._teacher = teacher_spec, None  # only for codecs that encode with a teacher
@@ -283,7 +290,7 @@ class SpeechPipeline:
                    merge=merge, int8=int8, tts_aligned=bool(cfg.get("tts_aligned", False)),
                    asr_aligned=bool(cfg.get("asr_aligned", False)), tts_phones=bool(cfg.get("tts_phones", False)),
                    semantic_only=bool(cfg.get("semantic_only", False)) if semantic_only is None else semantic_only,
-                   reader=reader, joint=JointConfig(**cfg.get("asr_joint", {})))
+                   reader=reader, joint=JointConfig(**cfg.get("asr_joint", {})), asr_method=cfg.get("asr_method"))
 
     # ---- basics ---------------------------------------------------------------------------------------------
     @property
@@ -511,7 +518,8 @@ class SpeechPipeline:
     @torch.no_grad()
     def asr(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200, aligned: bool | None = None,
             method: str | None = None) -> str:
-        """Transcribe ``wav``. ``method``: ``"joint"`` (the default when the model has a CTC reader): the LM's
+        """Transcribe ``wav``. ``method`` (None: :attr:`asr_method`, the model's setting, "lm" if unset): ``"joint"``
+        (needs a CTC reader): the LM's
         beam search in the plain form, scored by the reader's CTC prefix probabilities
         (:func:`slm.ctc_reader.joint_transcribe`); ``"lm"`` (the default otherwise): the LM alone, in the
         aligned form when ``aligned`` (the streaming form, each word written right after its frames; the
@@ -545,7 +553,7 @@ class SpeechPipeline:
     def asr_tokens(self, codes: Tensor, max_new_tokens: int = 200, aligned: bool | None = None,
                    method: str | None = None) -> str:
         """:meth:`asr` on semantic codes ``[Ts]`` (from this pipeline's codec)."""
-        method = method or ("joint" if self.reader is not None else "lm")
+        method = method or self.asr_method
         if method not in ASR_METHODS:
             raise ValueError(f"unknown ASR method {method!r}; expected one of {ASR_METHODS}")
         codes = torch.as_tensor(codes).long().flatten()

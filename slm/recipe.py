@@ -471,7 +471,7 @@ def _reader(r: Recipe) -> list[list[str]]:
         return []
     cmd = r.slm("ctc-reader", "train", "--tokens", str(r.tokens), "--out", str(r.work / "ctc_reader"),
                 "--steps", str(c.get("steps", 4000)), "--install", str(r.bundle))
-    for k in ("ctc_weight", "beam", "pre_beam", "dim", "layers", "heads", "upsample"):
+    for k in ("ctc_weight", "beam", "pre_beam", "dim", "layers", "heads", "upsample", "method"):
         if k in c:
             cmd += [f"--{k.replace('_', '-')}", str(c[k])]
     return [cmd]

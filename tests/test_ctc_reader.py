@@ -1,6 +1,7 @@
 """The CTC reader of semantic tokens and joint (LM + CTC) ASR: exact prefix scores, training, resume,
 save/load, and the pipeline's ASR methods."""
 import itertools
+import json
 import math
 import shutil
 
@@ -139,6 +140,8 @@ def pipe_with_reader(tmp_path_factory):
     n = SpeechPipeline.from_pretrained(final).layout.n_semantic
     torch.manual_seed(0)
     CTCReader(ReaderConfig(n_codes=n, **TINY)).save_pretrained(final / "ctc_reader")
+    cfg = json.loads((final / "slm_config.json").read_text())
+    (final / "slm_config.json").write_text(json.dumps({**cfg, "asr_method": "joint"}))  # what --install --method writes
     return final, SpeechPipeline.from_pretrained(final)
 
 
@@ -153,13 +156,16 @@ def test_pipeline_asr_methods(pipe_with_reader, monkeypatch):
     calls = []
     real = sp.joint_transcribe
     monkeypatch.setattr(sp, "joint_transcribe", lambda *a, **kw: calls.append(a[-1]) or real(*a, **kw))
-    out = pipe.asr(wav, sr, max_new_tokens=12)  # a model with a reader decodes jointly by default
+    out = pipe.asr(wav, sr, max_new_tokens=12)  # the model's asr_method
     assert isinstance(out, str) and len(calls) == 1 and calls[0].max_new_tokens == 12
     assert pipe.asr(wav, sr, method="ctc") == pipe.reader.transcribe(codes)
     assert pipe.asr(wav, sr, method="lm", aligned=False, max_new_tokens=12) == pipe.asr_tokens(codes, 12, False, "lm")
     assert len(calls) == 1
     with pytest.raises(ValueError, match="unknown ASR method"):
         pipe.asr(wav, sr, method="beam")
+    ctc_default = sp.SpeechPipeline(pipe.lm, pipe.tokenizer, pipe.layout, pipe.codec, pipe.head, reader=pipe.reader,
+                                    asr_method="ctc")  # a model dir's slm_config.json "asr_method"
+    assert ctc_default.asr(wav, sr) == pipe.reader.transcribe(codes)
     with pytest.raises(ValueError, match="another codec's tokens"):
         sp.SpeechPipeline(pipe.lm, pipe.tokenizer, pipe.layout, pipe.codec, pipe.head,
                           reader=CTCReader(ReaderConfig(n_codes=pipe.layout.n_semantic + 1, **TINY)))
@@ -171,7 +177,11 @@ def test_methods_that_need_a_reader_say_so(pipe_with_reader, tmp_path):
     d = tmp_path / "m"
     shutil.copytree(pipe_with_reader[0], d)
     shutil.rmtree(d / "ctc_reader")
+    cfg = json.loads((d / "slm_config.json").read_text())
+    (d / "slm_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "asr_method"}))
     p = SpeechPipeline.from_pretrained(d)
-    assert p.reader is None
+    assert p.reader is None and p.asr_method == "lm"
     with pytest.raises(ValueError, match="needs a CTC reader"):
         p.asr(torch.randn(1, p.sample_rate // 2) * 0.1, p.sample_rate, method="joint")
+    with pytest.raises(ValueError, match="needs a CTC reader"):
+        SpeechPipeline(p.lm, p.tokenizer, p.layout, p.codec, p.head, asr_method="ctc")

@@ -44,8 +44,8 @@ def register(subparsers) -> None:
                             "models trained with asr_aligned)")
     aform.add_argument("--plain", dest="aligned", action="store_false", help="the transcript after the whole audio")
     a.add_argument("--method", choices=("joint", "lm", "ctc"), default=None,
-                   help="joint: the LM's beam search scored by the model's CTC reader (the default when the model "
-                        "has one); lm: the LM alone (--aligned / --plain); ctc: the reader alone")
+                   help="joint: the LM's beam search scored by the model's CTC reader; lm: the LM alone (--aligned / "
+                        "--plain); ctc: the reader alone (default: the model's asr_method, else lm)")
     a.set_defaults(func=_asr)
 
     c = subparsers.add_parser("continue", help="continue the speech in a wav")
@@ -86,6 +86,8 @@ def register(subparsers) -> None:
     rt.add_argument("--ctc-weight", type=float, default=None, help="with --install: the model's joint ASR weight")
     rt.add_argument("--beam", type=int, default=None, help="with --install: the model's joint ASR beam")
     rt.add_argument("--pre-beam", type=int, default=None, help="with --install: LM candidates per beam CTC-scored")
+    rt.add_argument("--method", choices=("joint", "lm", "ctc"), default=None,
+                    help="with --install: the model's default ASR method (unset: the LM)")
     rt.set_defaults(func=_reader_train)
 
 
@@ -266,10 +268,13 @@ def _reader_train(args) -> int:
                              f"{n_sem}: tokens of another codec")
         shutil.rmtree(target / "ctc_reader", ignore_errors=True)
         shutil.copytree(final, target / "ctc_reader")
-        if joint:
+        if joint or args.method:
             cfg_f = target / "slm_config.json"
             cfg = json.loads(cfg_f.read_text())
-            cfg["asr_joint"] = {**cfg.get("asr_joint", {}), **joint}
+            if joint:
+                cfg["asr_joint"] = {**cfg.get("asr_joint", {}), **joint}
+            if args.method:
+                cfg["asr_method"] = args.method
             cfg_f.write_text(json.dumps(cfg, indent=2) + "\n")
         print(f"installed: {target / 'ctc_reader'}")
     return 0
@@ -280,7 +285,7 @@ def _asr(args) -> int:
 
     pipe = _pipe(args.model, args.int8)
     wav = load_audio(args.wav, pipe.sample_rate)
-    if args.method in ("joint", "ctc") or (args.method is None and pipe.reader is not None):
+    if args.method in ("joint", "ctc") or (args.method is None and pipe.asr_method != "lm"):
         print(pipe.asr(wav, pipe.sample_rate, method=args.method))
         return 0
     if args.aligned is False or (args.aligned is None and not pipe.asr_aligned):

@@ -135,7 +135,7 @@ def eval_asr(pipe, items: list[EvalItem], judges: Judges, aligned: bool | None =
     refs = [it.text for it in items]
     ours, floor = error_rates(refs, hyps), error_rates(refs, whisper)
     audio_s = sum(it.wav.shape[-1] / it.sample_rate for it in items)
-    method = method or ("joint" if getattr(pipe, "reader", None) is not None else "lm")
+    method = method or getattr(pipe, "asr_method", "lm")
     form = method if method != "lm" else (
         "aligned" if (getattr(pipe, "asr_aligned", False) if aligned is None else aligned) else "plain")
     return {"task": "asr", "form": form, "wer": ours.wer, "cer": ours.cer, "whisper_wer": floor.wer, "whisper_cer": floor.cer,
