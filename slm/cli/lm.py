@@ -254,8 +254,10 @@ def _reader_train(args) -> int:
         n_sem = TokenLayout.load(target).n_semantic
     res = train_reader(ReaderTrainConfig(token_dir=args.tokens, out_dir=args.out, steps=args.steps,
                                          batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-                                         reader={k: getattr(args, k) for k in ("dim", "layers", "heads", "upsample")
-                                                 if getattr(args, k) is not None}),
+                                         reader={**{k: getattr(args, k) for k in ("dim", "layers", "heads", "upsample")
+                                                    if getattr(args, k) is not None},
+                                                 # the codebook size, not the largest code seen
+                                                 **({"n_codes": n_sem} if target is not None else {})}),
                        stop_after=args.stop_after)
     if res["log"]:
         print(json.dumps(res["log"][-1]))

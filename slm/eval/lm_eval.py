@@ -129,7 +129,8 @@ def eval_asr(pipe, items: list[EvalItem], judges: Judges, aligned: bool | None =
     for it in tqdm(items, desc="asr"):
         t0 = time.perf_counter()
         wav = _resample(it.wav, it.sample_rate, pipe.sample_rate)
-        hyps.append(pipe.asr(wav, pipe.sample_rate, aligned=aligned, method=method))
+        kw = {k: v for k, v in (("aligned", aligned), ("method", method)) if v is not None}
+        hyps.append(pipe.asr(wav, pipe.sample_rate, **kw))
         spent += time.perf_counter() - t0
     whisper = judges.asr.transcribe([it.wav[0].numpy() for it in items], items[0].sample_rate if items else 16000)
     refs = [it.text for it in items]
