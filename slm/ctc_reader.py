@@ -145,13 +145,9 @@ class CTCReader(nn.Module):
 
 
 def ctc_greedy(logp: Tensor, blank: int, alphabet: str = ALPHABET) -> str:
-    ids = logp.argmax(-1).tolist()
-    out, prev = [], None
-    for i in ids:
-        if i != prev and i != blank:
-            out.append(alphabet[i])
-        prev = i
-    return " ".join("".join(out).split())
+    from slm.eval.probe import greedy_decode
+
+    return " ".join("".join(alphabet[i] for i in greedy_decode(logp, len(logp), blank)).split())
 
 
 # --- training -----------------------------------------------------------------------------------------

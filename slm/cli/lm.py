@@ -265,9 +265,9 @@ def _reader_train(args) -> int:
     if target is not None and res["step"] >= args.steps:
         from slm.ctc_reader import CTCReader
 
-        if CTCReader.from_pretrained(final).cfg.n_codes != n_sem:
-            raise SystemExit(f"the reader reads {CTCReader.from_pretrained(final).cfg.n_codes} codes, {target} has "
-                             f"{n_sem}: tokens of another codec")
+        n_codes = CTCReader.from_pretrained(final).cfg.n_codes
+        if n_codes != n_sem:
+            raise SystemExit(f"the reader reads {n_codes} codes, {target} has {n_sem}: tokens of another codec")
         shutil.rmtree(target / "ctc_reader", ignore_errors=True)
         shutil.copytree(final, target / "ctc_reader")
         if joint or args.method:
