@@ -168,12 +168,6 @@ class ReaderTrainConfig:
     reader: dict = field(default_factory=dict)  # ReaderConfig fields
 
 
-def _batch(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    codes = nn.utils.rnn.pad_sequence([c for c, _ in items], batch_first=True)
-    return (codes, torch.tensor([len(c) for c, _ in items]), torch.cat([t for _, t in items]),
-            torch.tensor([len(t) for _, t in items]))
-
-
 def _pairs(utts) -> list[tuple[Tensor, Tensor]]:
     out = []
     for u in utts:
@@ -203,6 +197,7 @@ def train_reader(cfg: ReaderTrainConfig, progress: bool = True, stop_after: int 
     final reader goes to ``out_dir/reader``. ``stop_after``: stop after that many steps (a kill, for tests)."""
     from tqdm import tqdm
 
+    from slm.eval.probe import ctc_batch
     from slm.lm_data import load_tokens
 
     out = Path(cfg.out_dir)
@@ -248,7 +243,7 @@ def train_reader(cfg: ReaderTrainConfig, progress: bool = True, stop_after: int 
     t0, losses = time.time(), []
     while step < cfg.steps:
         idx = rng.sample(range(len(train)), min(cfg.batch_size, len(train)))
-        codes, lens, tgt, tlens = _batch([train[i] for i in idx])
+        codes, lens, tgt, tlens = ctc_batch([train[i] for i in idx])
         logp = model(codes, lens)
         loss = ctc(logp.transpose(0, 1), tgt, lens * rcfg.upsample, tlens)
         opt.zero_grad()

@@ -85,7 +85,8 @@ class ProbeResult:
     empty: float  # share of test items decoded to no phone at all (the all-blank phase of CTC training)
 
 
-def _batch(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def ctc_batch(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(codes [T], labels [L])`` pairs -> padded codes, their lengths, concatenated labels, label lengths."""
     codes = nn.utils.rnn.pad_sequence([c for c, _ in items], batch_first=True)
     lens = torch.tensor([len(c) for c, _ in items])
     targets = torch.cat([t for _, t in items])
@@ -127,7 +128,7 @@ def train_probe(train: list[tuple[Tensor, Tensor]], test: list[tuple[Tensor, Ten
     ctc = nn.CTCLoss(blank=model.blank, zero_infinity=True)
     losses = []
     for _ in tqdm(range(cfg.steps), desc="ctc probe", disable=not progress):
-        codes, lens, targets, tlens = _batch(rng.sample(train, min(cfg.batch_size, len(train))))
+        codes, lens, targets, tlens = ctc_batch(rng.sample(train, min(cfg.batch_size, len(train))))
         logp = model(codes, lens)  # [B, T*up, L+1]
         loss = ctc(logp.transpose(0, 1), targets, lens * up, tlens)
         opt.zero_grad()
