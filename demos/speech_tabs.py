@@ -51,7 +51,7 @@ def _rtf_line(seconds_audio: float, seconds_compute: float, first_chunk: float |
 # the TTS / ASR form (SpeechPipeline.tts / asr(aligned=...)): the model's own default, or one of the two asked for
 TTS_FORMS = {"model default": None, "aligned": True, "plain": False}
 # ASR also by the model's CTC reader of the semantic tokens alone (slm.ctc_reader; models that have one)
-ASR_FORMS = {**TTS_FORMS, "CTC reader": "ctc"}
+ASR_FORMS = {**TTS_FORMS, "CTC reader": "ctc", "CTC reader + LM": "fused"}
 DEFAULT_FORM = "model default"
 
 
@@ -128,7 +128,8 @@ def asr_tab(ctx: DemoContext) -> None:
             form = gr.Radio(list(ASR_FORMS), value=DEFAULT_FORM, label="How to transcribe",
                             info="aligned: each word written right after its frames, shown as it comes; "
                                  "plain: the transcript after the whole clip; CTC reader: a small reader of the "
-                                 "tokens (lower case, no punctuation)")
+                                 "tokens (lower case, no punctuation); CTC reader + LM: the reader kept to real "
+                                 "words and scored by the backbone's LM")
             go = gr.Button("Transcribe", variant="primary")
             transcript = gr.Textbox(label="Transcript", lines=3, interactive=False, elem_id="asr-transcript",
                                     buttons=["copy"])
@@ -145,10 +146,11 @@ def asr_tab(ctx: DemoContext) -> None:
         choice = ASR_FORMS[form_value]
         if choice is None and p.asr_method != "lm":  # the model's default is its CTC reader (or joint decoding)
             choice = p.asr_method
-        if choice in ("ctc", "joint") and p.reader is None:
+        if choice in ("ctc", "joint", "fused") and p.reader is None:
             raise InputError("this model has no CTC reader: choose aligned or plain")
         aligned = p.asr_aligned if choice is None else choice
-        label = {"ctc": "CTC reader", "joint": "joint LM + CTC reader", True: "aligned form", False: "plain form"}[aligned]
+        label = {"ctc": "CTC reader", "joint": "joint LM + CTC reader", "fused": "CTC reader + LM", True: "aligned form",
+                 False: "plain form"}[aligned]
         t0 = time.perf_counter()
         text = ""
         if aligned is True:  # words as they are written

@@ -29,6 +29,7 @@ from codec.config import TWO_STREAM
 from codec.contracts import CodecTokens, check_audio
 from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio
 from slm.ctc_reader import CTCPrefixScorer, CTCReader, JointConfig, joint_transcribe
+from slm.fused_asr import FusionConfig, Lexicon, TextScorer, fused_transcribe
 from slm.generate import Sampling, generate_frames, generate_text, inference_copy, transcribe_aligned
 from slm.layout import TokenLayout
 from slm.templates import (
@@ -41,7 +42,7 @@ from slm.templates import (
 )
 
 BUNDLE_VERSION = 1
-ASR_METHODS = ("joint", "lm", "ctc")  # SpeechPipeline.asr's method
+ASR_METHODS = ("fused", "joint", "lm", "ctc")  # SpeechPipeline.asr's method
 MAX_TEXT_CHARS = 5000  # beyond this, split the text yourself: a bound against accidental endless input
 DEFAULT_DIR_ENV = "DUALSTREAM_SLM_DEFAULT"
 
@@ -197,7 +198,8 @@ class SpeechPipeline:
                  chunk_frames: int = 12, context_frames: int = 8, teacher_spec: str = "whisper-base-ct2",
                  first_chunk_frames: int = 4, merge: bool = False, int8: bool = False, tts_aligned: bool = False,
                  asr_aligned: bool = False, tts_phones: bool = False, semantic_only: bool = False,
-                 reader: CTCReader | None = None, joint: JointConfig | None = None, asr_method: str | None = None):
+                 reader: CTCReader | None = None, joint: JointConfig | None = None, asr_method: str | None = None,
+                 fusion: FusionConfig | None = None, model_dir: str | Path | None = None):
         if codec.semantic_codebook_size != layout.n_semantic:
             raise ValueError(f"codec has {codec.semantic_codebook_size} semantic codes, layout {layout.n_semantic}")
         variant = getattr(getattr(codec, "config", None), "variant", type(codec).__name__)
@@ -227,6 +229,11 @@ class SpeechPipeline:
             raise ValueError(f"the CTC reader reads {reader.cfg.n_codes} semantic codes, the layout has "
                              f"{layout.n_semantic}: a reader of another codec's tokens")
         self.reader, self.joint = (reader.eval() if reader is not None else None), joint or JointConfig()
+        # "fused": the reader's CTC beam search with a lexicon and the backbone's own LM at word ends
+        # (slm.fused_asr); `fusion` sets weights, beam and lexicon (a spec, or a file relative to `model_dir`)
+        self.fusion, self.model_dir = fusion or FusionConfig(), model_dir
+        self._lexicon: Lexicon | None = None
+        self._text_scorer: TextScorer | None = None
         # what asr() does by default (slm_config.json "asr_method"): the LM unless the model says otherwise
         # (joint decoding measured worse than either part alone on the bundle: docs/results/joint_asr)
         self.asr_method = asr_method or "lm"
@@ -290,7 +297,8 @@ class SpeechPipeline:
                    merge=merge, int8=int8, tts_aligned=bool(cfg.get("tts_aligned", False)),
                    asr_aligned=bool(cfg.get("asr_aligned", False)), tts_phones=bool(cfg.get("tts_phones", False)),
                    semantic_only=bool(cfg.get("semantic_only", False)) if semantic_only is None else semantic_only,
-                   reader=reader, joint=JointConfig(**cfg.get("asr_joint", {})), asr_method=cfg.get("asr_method"))
+                   reader=reader, joint=JointConfig(**cfg.get("asr_joint", {})), asr_method=cfg.get("asr_method"),
+                   fusion=FusionConfig(**cfg.get("asr_fused", {})), model_dir=d)
 
     # ---- basics ---------------------------------------------------------------------------------------------
     @property
@@ -518,9 +526,10 @@ class SpeechPipeline:
     @torch.no_grad()
     def asr(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200, aligned: bool | None = None,
             method: str | None = None) -> str:
-        """Transcribe ``wav``. ``method`` (None: :attr:`asr_method`, the model's setting, "lm" if unset): ``"joint"``
-        (needs a CTC reader): the LM's
-        beam search in the plain form, scored by the reader's CTC prefix probabilities
+        """Transcribe ``wav``. ``method`` (None: :attr:`asr_method`, the model's setting, "lm" if unset):
+        ``"fused"`` (needs a CTC reader): the reader's CTC beam search over characters, kept to the words of a
+        lexicon and scored at each word end by the backbone's own LM (:func:`slm.fused_asr.fused_transcribe`,
+        settings in :attr:`fusion`); ``"joint"`` (needs a CTC reader): the LM's beam search in the plain form, scored by the reader's CTC prefix probabilities
         (:func:`slm.ctc_reader.joint_transcribe`); ``"lm"`` (the default otherwise): the LM alone, in the
         aligned form when ``aligned`` (the streaming form, each word written right after its frames; the
         default of a model trained that way, see :attr:`asr_aligned`), else the whole transcript after the
@@ -541,6 +550,34 @@ class SpeechPipeline:
         """Aligned ASR of semantic codes, word by word (:func:`slm.generate.transcribe_aligned`)."""
         return transcribe_aligned(self.infer_lm, self.layout, codes, max_new_tokens, word_start=self.word_start())
 
+    def lexicon(self) -> Lexicon | None:
+        """The fused ASR's lexicon (:attr:`fusion` ``.lexicon``), built once; None: no lexicon."""
+        spec = self.fusion.lexicon
+        if spec is None:
+            return None
+        if self._lexicon is None or getattr(self, "_lexicon_spec", None) != spec:
+            self._lexicon, self._lexicon_spec = Lexicon.from_spec(spec, self.model_dir), spec
+        return self._lexicon
+
+    def text_scorer(self) -> TextScorer:
+        """The fused ASR's language model: the backbone's own (a plain copy without the adapter, built once:
+        peft's disabled wrappers would cost more per call), or the speech LM itself (``fusion.text_lm``
+        "adapted": the merged copy, no extra memory)."""
+        want = self.fusion.text_lm
+        if self._text_scorer is None or getattr(self, "_text_lm_kind", None) != want:
+            if want == "adapted" or not hasattr(self.lm, "unload"):
+                model = self.infer_lm if want == "adapted" else self.lm
+                scorer = TextScorer(model, self.tokenizer, base_only=want != "adapted", vocab=self.layout.base_vocab)
+            else:
+                import copy
+
+                base = copy.deepcopy(self.lm).unload().eval()
+                for q in base.parameters():
+                    q.requires_grad_(False)
+                scorer = TextScorer(base, self.tokenizer, base_only=False, vocab=self.layout.base_vocab)
+            self._text_scorer, self._text_lm_kind = scorer, want
+        return self._text_scorer
+
     def word_start(self) -> Tensor:
         """``[base_vocab]`` bool: the text tokens that begin a word (a leading space: byte-level BPE's ``Ġ``,
         sentencepiece's ``▁``), what aligned ASR keeps words apart with. Built once."""
@@ -559,11 +596,14 @@ class SpeechPipeline:
         codes = torch.as_tensor(codes).long().flatten()
         if codes.numel() == 0:
             raise ValueError("no semantic frames to transcribe (empty audio?)")
-        if method in ("joint", "ctc") and self.reader is None:
+        if method in ("fused", "joint", "ctc") and self.reader is None:
             raise ValueError(f"ASR method {method!r} needs a CTC reader: this model dir has no ctc_reader/ "
                              "(train one with `slm ctc-reader train`)")
         if method == "ctc":
             return self.reader.transcribe(codes)
+        if method == "fused":
+            return fused_transcribe(self.reader.log_probs(codes), self.reader.blank, self.text_scorer(), self.lexicon(),
+                                    self.fusion, self.reader.cfg.alphabet)
         if method == "joint":
             scorer = CTCPrefixScorer(self.reader.log_probs(codes), self.reader.blank, self.reader.cfg.alphabet)
             vocab = self.lm.get_input_embeddings().weight.shape[0]

@@ -465,13 +465,14 @@ def _voice_ok(r: Recipe) -> list[str]:
 
 
 def _reader(r: Recipe) -> list[list[str]]:
-    """The CTC reader of the LM's semantic tokens (slm.ctc_reader), installed into the model for joint ASR."""
+    """The CTC reader of the LM's semantic tokens (slm.ctc_reader), installed into the model with its ASR settings (fused and joint decoding)."""
     c = r.s.get("reader")
     if not c:
         return []
     cmd = r.slm("ctc-reader", "train", "--tokens", str(r.tokens), "--out", str(r.work / "ctc_reader"),
                 "--steps", str(c.get("steps", 4000)), "--install", str(r.bundle))
-    for k in ("ctc_weight", "beam", "pre_beam", "dim", "layers", "heads", "upsample", "method"):
+    for k in ("ctc_weight", "beam", "pre_beam", "dim", "layers", "heads", "upsample", "method", "lm_weight",
+              "word_bonus", "fused_beam", "lexicon"):
         if k in c:
             cmd += [f"--{k.replace('_', '-')}", str(c[k])]
     return [cmd]
@@ -542,7 +543,7 @@ STAGE_TABLE = {
     "tokenize": Stage("tokenize", "tokenise the corpus with the codec", _tokenize, _tokenize_ok),
     "lm": Stage("lm", "train the LM (LoRA) + acoustic head", _lm, _lm_ok),
     "voice": Stage("voice", "fine-tune the codec's decoder on the acoustic head's codes", _voice, _voice_ok),
-    "reader": Stage("reader", "train the CTC reader of the semantic tokens (joint ASR)", _reader, _reader_ok),
+    "reader": Stage("reader", "train the CTC reader of the semantic tokens (fused / joint ASR)", _reader, _reader_ok),
     "eval": Stage("eval", "evaluate codec / semantic stream / TTS / ASR", _eval, _eval_ok),
     "export": Stage("export", "fp16 bundle + model card", _export, _export_ok),
 }

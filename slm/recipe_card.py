@@ -402,7 +402,17 @@ def _decoding_line(m: dict[str, Any]) -> list[str]:
                  f"top-k {sp.get('top_k')}, top-p {_f(sp.get('top_p'), 2)}; acoustic head temperature "
                  f"{_f(sp.get('head_temperature'), 2)}, top-k {sp.get('head_top_k')}"
                  + (f" (`export.sampling` sets {', '.join(f'{k} {v}' for k, v in sorted(shipped.items()))})."
-                    if shipped else ".") + " ASR-by-token takes the most likely token at each step.")]
+                    if shipped else ".") + " " + _ASR_HOW.get((m["lm"].get("asr") or {}).get("form"), _ASR_HOW["lm"]))]
+
+
+# how the card's ASR-by-token rows were decoded, by eval_asr's "form" (the method, or the LM's form)
+_ASR_FORM_NAMES = {"aligned": "aligned form", "plain": "plain form", "ctc": "CTC reader alone",
+                   "fused": "CTC reader + lexicon + backbone LM", "joint": "joint LM + CTC reader"}
+_ASR_HOW = {"lm": "ASR-by-token takes the most likely token at each step.",
+            "fused": ("ASR-by-token (the bundle's default, `asr_method: fused`): the CTC reader's beam search over "
+                      "characters, kept to a lexicon's words and scored at word ends by the backbone's own LM "
+                      "(slm.fused_asr, settings in `asr_fused`)."),
+            "ctc": "ASR-by-token (the bundle's default, `asr_method: ctc`): greedy CTC of the reader."}
 
 
 def _metric_table(m: dict[str, Any]) -> list[str]:
@@ -423,13 +433,15 @@ def _metric_table(m: dict[str, Any]) -> list[str]:
         ("TTS", "DNSMOS OVRL", tts.get("dnsmos_ovrl"), tf.get("dnsmos_ovrl"), "the corpus audio"),
         ("TTS", "RTF (generation s / audio s)", tts.get("rtf"), None, "< 1 is real time"),
         ("TTS", "time to first audio (s)", tts.get("first_audio_s"), None, ""),
-        ("ASR-by-token", "WER" + (" (aligned form)" if asr.get("form") == "aligned" else ""),
+        ("ASR-by-token", "WER" + (f" ({_ASR_FORM_NAMES[asr['form']]})" if asr.get("form") in _ASR_FORM_NAMES else ""),
          asr.get("wer"), asr.get("whisper_wer"), "Whisper-base on the same audio"),
     ]
-    plain = m["lm"].get("asr_plain") or {}
-    if plain:
-        rows.append(("ASR-by-token", "WER (plain form)", plain.get("wer"), plain.get("whisper_wer"),
-                     "Whisper-base on the same audio"))
+    for key in ("asr_fused", "asr_lm", "asr_ctc", "asr_plain"):  # the other methods measured beside the default
+        other = m["lm"].get(key) or {}
+        if other and other.get("form") != asr.get("form"):
+            name = _ASR_FORM_NAMES.get(other.get("form"), "plain form" if key == "asr_plain" else key)
+            rows.append(("ASR-by-token", f"WER ({name})", other.get("wer"), other.get("whisper_wer"),
+                         "Whisper-base on the same audio"))
     cont, cf = m["lm"].get("continue") or {}, m["lm"].get("continue_floor") or {}
     if cont:
         rest = f"the rest of the original after a {_f(cf.get('prompt_seconds'), 0)} s prompt"

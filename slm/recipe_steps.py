@@ -149,9 +149,10 @@ def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tu
             "dnsmos_ovrl": float(np.mean([judges.mos(w, it.sample_rate).ovrl for it, w in zip(items, wavs)]))}
     if "asr" in tasks:
         res["asr"] = eval_asr(pipe, items, judges)
-        if pipe.reader is not None:  # joint decoding above; the LM alone and the CTC reader alone, for comparison
-            res["asr_lm"] = eval_asr(pipe, items, judges, method="lm")
-            res["asr_ctc"] = eval_asr(pipe, items, judges, method="ctc")
+        if pipe.reader is not None:  # the model's method above; each other method, for comparison
+            for m in ("lm", "ctc", "fused"):
+                if m != pipe.asr_method:
+                    res[f"asr_{m}"] = eval_asr(pipe, items, judges, method=m)
         if pipe.asr_aligned:  # the plain form of the LM alone, for comparison
             res["asr_plain"] = eval_asr(pipe, items, judges, aligned=False, method="lm")
     if "continue" in tasks:
@@ -168,7 +169,7 @@ def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tu
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
     (o / "lm_eval.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
-    for t in ("tts", "asr", "asr_lm", "asr_ctc", "asr_plain", "continue", "conditioning", "head"):
+    for t in ("tts", "asr", "asr_lm", "asr_ctc", "asr_fused", "asr_plain", "continue", "conditioning", "head"):
         if t in res:
             print(t, json.dumps({k: v for k, v in res[t].items() if k not in ("items", "per_voice")}, default=float))
     return res

@@ -129,22 +129,6 @@ def test_joint_decoding_follows_the_reader_at_weight_one(pipe_with_reader):
         JointConfig(ctc_weight=1.5)
 
 
-@pytest.fixture(scope="module")
-def pipe_with_reader(tmp_path_factory):
-    from slm.pipeline import SpeechPipeline
-    from slm.train import train
-    from tests.test_slm_helpers import tiny_train_config
-
-    tmp = tmp_path_factory.mktemp("joint")
-    final = train(tiny_train_config(tmp, steps=2), progress=False)
-    n = SpeechPipeline.from_pretrained(final).layout.n_semantic
-    torch.manual_seed(0)
-    CTCReader(ReaderConfig(n_codes=n, **TINY)).save_pretrained(final / "ctc_reader")
-    cfg = json.loads((final / "slm_config.json").read_text())
-    (final / "slm_config.json").write_text(json.dumps({**cfg, "asr_method": "joint"}))  # what --install --method writes
-    return final, SpeechPipeline.from_pretrained(final)
-
-
 def test_pipeline_asr_methods(pipe_with_reader, monkeypatch):
     import slm.pipeline as sp
 

@@ -58,6 +58,11 @@ def test_every_stage_ran_and_produced_its_outputs(built):
     lm_eval = json.loads((work / "eval" / "lm" / "lm_eval.json").read_text())
     assert {"tts", "asr", "asr_plain", "tts_floor"} <= set(lm_eval) and 0 <= lm_eval["asr"]["wer"]
     assert lm_eval["asr"]["form"] == "aligned" and lm_eval["asr_plain"]["form"] == "plain"
+    # the reader stage installed the reader with its ASR settings; eval compares the other methods
+    assert lm_eval["asr_ctc"]["form"] == "ctc" and lm_eval["asr_fused"]["form"] == "fused"
+    voice = json.loads((work / "voice" / "final" / "slm_config.json").read_text())
+    assert voice["asr_fused"] == {"lm_weight": 0.5, "beam": 2, "lexicon": "wordfreq:5000"}
+    assert voice["asr_joint"] == {"ctc_weight": 0.5, "beam": 2} and voice.get("asr_method", "lm") == "lm"
     assert {"floor", "codec", "head"} <= set(lm_eval["head"])  # where TTS loses intelligibility
     # the voice stage: head tokens, a decoder fine-tune on them (same tokens), the LM with that decoder
     assert len((work / "head_tokens" / "index.jsonl").read_text().splitlines()) == 6

@@ -43,9 +43,14 @@ def register(subparsers) -> None:
                        help="write each word right after its frames, printing words as they come (the default of "
                             "models trained with asr_aligned)")
     aform.add_argument("--plain", dest="aligned", action="store_false", help="the transcript after the whole audio")
-    a.add_argument("--method", choices=("joint", "lm", "ctc"), default=None,
-                   help="joint: the LM's beam search scored by the model's CTC reader; lm: the LM alone (--aligned / "
-                        "--plain); ctc: the reader alone (default: the model's asr_method, else lm)")
+    a.add_argument("--method", choices=("fused", "joint", "lm", "ctc"), default=None,
+                   help="fused: the model's CTC reader's beam search kept to a lexicon's words and scored by the "
+                        "backbone's LM; joint: the LM's beam search scored by the reader; lm: the LM alone (--aligned "
+                        "/ --plain); ctc: the reader alone (default: the model's asr_method, else lm)")
+    a.add_argument("--lexicon", default=None, metavar="SPEC",
+                   help="with --method fused: 'wordfreq:N' (the N most frequent English words) or a word list "
+                        "(one word per line, optionally word<TAB>count), e.g. your domain's vocabulary")
+    a.add_argument("--lm-weight", type=float, default=None, help="with --method fused: the LM's weight")
     a.set_defaults(func=_asr)
 
     c = subparsers.add_parser("continue", help="continue the speech in a wav")
@@ -86,7 +91,13 @@ def register(subparsers) -> None:
     rt.add_argument("--ctc-weight", type=float, default=None, help="with --install: the model's joint ASR weight")
     rt.add_argument("--beam", type=int, default=None, help="with --install: the model's joint ASR beam")
     rt.add_argument("--pre-beam", type=int, default=None, help="with --install: LM candidates per beam CTC-scored")
-    rt.add_argument("--method", choices=("joint", "lm", "ctc"), default=None,
+    rt.add_argument("--lm-weight", type=float, default=None, help="with --install: the model's fused ASR LM weight")
+    rt.add_argument("--word-bonus", type=float, default=None, help="with --install: the model's fused ASR word bonus")
+    rt.add_argument("--fused-beam", type=int, default=None, help="with --install: the model's fused ASR beam")
+    rt.add_argument("--lexicon", default=None, metavar="SPEC",
+                    help="with --install: the model's fused ASR lexicon ('wordfreq:N' or a word-list file; a "
+                         "relative path is read from the model dir)")
+    rt.add_argument("--method", choices=("fused", "joint", "lm", "ctc"), default=None,
                     help="with --install: the model's default ASR method (unset: the LM)")
     rt.set_defaults(func=_reader_train)
 
@@ -243,12 +254,16 @@ def _reader_train(args) -> int:
     from pathlib import Path
 
     from slm.ctc_reader import JointConfig, ReaderTrainConfig, train_reader
+    from slm.fused_asr import FusionConfig
     from slm.layout import TokenLayout
     from slm.pipeline import model_dir
 
     target = None
     joint = {k: getattr(args, k) for k in ("ctc_weight", "beam", "pre_beam") if getattr(args, k) is not None}
     JointConfig(**joint)  # bad values fail before training, not after
+    fused = {k: v for k, v in (("lm_weight", args.lm_weight), ("word_bonus", args.word_bonus),
+                               ("beam", args.fused_beam), ("lexicon", args.lexicon)) if v is not None}
+    FusionConfig(**fused)
     if args.install:
         target = model_dir(args.install)
         n_sem = TokenLayout.load(target).n_semantic
@@ -270,11 +285,13 @@ def _reader_train(args) -> int:
             raise SystemExit(f"the reader reads {n_codes} codes, {target} has {n_sem}: tokens of another codec")
         shutil.rmtree(target / "ctc_reader", ignore_errors=True)
         shutil.copytree(final, target / "ctc_reader")
-        if joint or args.method:
+        if joint or fused or args.method:
             cfg_f = target / "slm_config.json"
             cfg = json.loads(cfg_f.read_text())
             if joint:
                 cfg["asr_joint"] = {**cfg.get("asr_joint", {}), **joint}
+            if fused:
+                cfg["asr_fused"] = {**cfg.get("asr_fused", {}), **fused}
             if args.method:
                 cfg["asr_method"] = args.method
             cfg_f.write_text(json.dumps(cfg, indent=2) + "\n")
@@ -287,7 +304,12 @@ def _asr(args) -> int:
 
     pipe = _pipe(args.model, args.int8)
     wav = load_audio(args.wav, pipe.sample_rate)
-    if args.method in ("joint", "ctc") or (args.method is None and pipe.asr_method != "lm"):
+    over = {k: v for k, v in (("lexicon", args.lexicon), ("lm_weight", args.lm_weight)) if v is not None}
+    if over:
+        import dataclasses
+
+        pipe.fusion = dataclasses.replace(pipe.fusion, **over)
+    if args.method in ("fused", "joint", "ctc") or (args.method is None and pipe.asr_method != "lm"):
         print(pipe.asr(wav, pipe.sample_rate, method=args.method))
         return 0
     if args.aligned is False or (args.aligned is None and not pipe.asr_aligned):

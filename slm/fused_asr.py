@@ -1,0 +1,413 @@
+"""ASR by the CTC reader with a lexicon and the backbone's own language model (shallow fusion at word ends).
+
+Why: the CTC reader (:mod:`slm.ctc_reader`) spells what the semantic tokens carry far better than the speech
+LM writes it (CER 0.37-0.49 against 0.79), but it has no notion of words: "the most ha bemeri di can ameten"
+for "the most happy marriage i can imagine". Joint decoding driven by the speech LM failed because the LM's
+candidates rarely held the right word (``docs/results/joint_asr``). Here the reader drives: a CTC prefix beam
+search over characters, where
+
+* a **lexicon** (a character trie of words, each with a unigram log-probability) keeps every partial word a
+  prefix of a real word; the best unigram log-probability below the prefix is its look-ahead score;
+* at each word end (and at the end of the clip) the **backbone's language model** scores the words so far,
+  ``log p_LM(w_1 .. w_k)``, replacing the look-ahead; the backbone is the speech LM's own (the LoRA adapter
+  disabled), so no model is added;
+
+and a hypothesis ``h`` is ranked by
+
+    log p_CTC(h) + a * (log p_LM(complete words of h) + lookahead(partial word)) + b * words(h)
+
+(``a``: ``lm_weight``, ``b``: ``word_bonus``). The beam search is the standard CTC prefix search (blank and
+non-blank path probabilities per prefix, repeats merged across a blank only); characters below ``char_prune``
+at a frame are not tried. The language model's scores are memoised per word sequence and computed in batches,
+so a word sequence that many prefixes share costs one forward.
+
+Pieces: :class:`Lexicon` (from a word list, texts, or the ``wordfreq`` package's English list),
+:class:`TextScorer` (a causal LM's log-probability of texts), :class:`FusionConfig` and :func:`fused_transcribe`.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from slm.ctc_reader import ALPHABET, normalize
+
+NEG = -math.inf
+
+
+def _lse(a: float, b: float) -> float:
+    if a == NEG:
+        return b
+    if b == NEG:
+        return a
+    m = max(a, b)
+    return m + math.log1p(math.exp(-abs(a - b)))
+
+
+class Lexicon:
+    """Words with unigram log-probabilities, as a sorted list: a string is a valid partial word when some word
+    starts with it (one bisection), and its look-ahead is the best log-probability among those words
+    (memoised). Words are normalised to the reader's alphabet (no spaces)."""
+
+    def __init__(self, words: dict[str, float]):
+        clean: dict[str, float] = {}
+        for w, lp in words.items():
+            w = normalize(w).replace(" ", "")
+            if w and (w not in clean or lp > clean[w]):
+                clean[w] = float(lp)
+        if not clean:
+            raise ValueError("empty lexicon: no word survives normalisation to the reader's alphabet")
+        self.words = sorted(clean)
+        self.logp = torch.tensor([clean[w] for w in self.words], dtype=torch.float64)
+        self._index = {w: i for i, w in enumerate(self.words)}
+        self._ahead: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self._index
+
+    def word_logp(self, word: str) -> float:
+        i = self._index.get(word)
+        return NEG if i is None else float(self.logp[i])
+
+    def lookahead(self, prefix: str) -> float:
+        """Best unigram log-prob of the words that start with ``prefix``; -inf when none does."""
+        got = self._ahead.get(prefix)
+        if got is None:
+            lo = bisect.bisect_left(self.words, prefix)
+            hi = bisect.bisect_left(self.words, prefix + "\x7f", lo)
+            got = float(self.logp[lo:hi].max()) if hi > lo else NEG
+            self._ahead[prefix] = got
+        return got
+
+    # ---- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_counts(cls, counts: dict[str, float]) -> Lexicon:
+        total = float(sum(counts.values()))
+        if total <= 0:
+            raise ValueError("empty lexicon: no word counts")
+        return cls({w: math.log(c / total) for w, c in counts.items() if c > 0})
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> Lexicon:
+        """Word frequencies of ``texts`` (e.g. a training manifest's transcripts)."""
+        return cls.from_counts(Counter(w for t in texts for w in normalize(t).split()))
+
+    @classmethod
+    def from_wordfreq(cls, top_n: int = 100_000, lang: str = "en") -> Lexicon:
+        """The ``top_n`` most frequent words of the ``wordfreq`` package (installed with the project)."""
+        try:
+            import wordfreq
+        except ImportError as e:  # pragma: no cover - a dependency of the project
+            raise ImportError("a wordfreq lexicon needs the wordfreq package: pip install wordfreq") from e
+        words = wordfreq.top_n_list(lang, top_n)
+        return cls({w: math.log(max(wordfreq.word_frequency(w, lang), 1e-9)) for w in words})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Lexicon:
+        """One word per line, optionally ``word<TAB>count``."""
+        counts: Counter = Counter()
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            w, _, c = line.partition("\t")
+            counts[w.strip()] += float(c) if c.strip() else 1.0
+        return cls.from_counts(counts)
+
+    @classmethod
+    def from_spec(cls, spec: str, base: str | Path | None = None) -> Lexicon:
+        """``wordfreq[:N]``, or a word-list file: as given, else relative to ``base`` (a model dir)."""
+        if spec == "wordfreq" or spec.startswith("wordfreq:"):
+            return cls.from_wordfreq(int(spec.partition(":")[2] or 100_000))
+        p = Path(spec)
+        if not p.is_file() and base is not None and not p.is_absolute():
+            p = Path(base) / p
+        if not p.is_file():
+            raise FileNotFoundError(f"lexicon {spec!r}: no such file (expected 'wordfreq[:N]' or a word list)")
+        return cls.from_file(p)
+
+    def extend(self, texts: Iterable[str]) -> Lexicon:
+        """This lexicon plus the words of ``texts`` (new words get the lexicon's smallest log-prob)."""
+        floor = float(self.logp.min())
+        words = dict(zip(self.words, self.logp.tolist()))
+        for w in {w for t in texts for w in normalize(t).split()}:
+            words.setdefault(w, floor)
+        return Lexicon(words)
+
+
+_I = re.compile(r"\bi\b")
+
+
+def lm_text(words: str) -> str:
+    """How normalised words are shown to a cased LM: sentence case and a capital "I" (as in "I'm")."""
+    s = _I.sub("I", words)
+    return s[:1].upper() + s[1:]
+
+
+class TextScorer:
+    """``log p(text)`` of whole-word texts under a causal LM: the text's words, each tokenised on its own (with
+    its leading space), after a start token. Incremental: a text is scored as its parent (all words but the
+    last) plus the last word's tokens, read with the parent's KV cache, so a beam that grows word by word
+    forwards ~2 tokens per new text, batched. ``model`` may be a peft model: ``base_only`` scores with the
+    adapter disabled (the backbone's own language model). ``vocab``: normalise over the first ``vocab`` ids
+    only (the text vocabulary of an extended model: its audio rows are not words). :meth:`reset` frees the
+    caches (the decoder calls it per clip)."""
+
+    def __init__(self, model, tokenizer, start_id: int | None = None, batch: int = 32, base_only: bool = True,
+                 vocab: int | None = None):
+        self.model, self.tokenizer, self.batch, self.vocab = model, tokenizer, batch, vocab
+        self.base_only = base_only and hasattr(model, "disable_adapter")
+        if start_id is None:
+            start_id = tokenizer.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in tokenizer.get_vocab() \
+                else (tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id)
+        if start_id is None:
+            raise ValueError("the tokenizer has no start token (bos/eos/<|endoftext|>): pass start_id")
+        self.start_id = int(start_id)
+        self.forwards = 0
+        self.reset()
+
+    def reset(self) -> None:
+        # text -> (log p(text), per-layer (k, v) [H, L, D], log-probs [V] of the next token)
+        self.state: dict[str, tuple[float, list[tuple[Tensor, Tensor]], Tensor]] = {}
+
+    def retain(self, texts: Iterable[str]) -> None:
+        """Free the caches of every text but ``texts`` (and the start): the decoder keeps only what its beam can
+        still extend, so memory stays ~beam x text length whatever the clip's length."""
+        keep = set(texts) | {""}
+        for t in [t for t in self.state if t not in keep]:
+            del self.state[t]
+
+    def __call__(self, texts: list[str]) -> list[float]:
+        for t in texts:
+            self._ensure(t)
+        return [self.state[t][0] for t in texts]
+
+    def _word_ids(self, parent: str, word: str) -> list[int]:
+        shown = lm_text(word) if not parent else " " + _I.sub("I", word)
+        ids = self.tokenizer(shown, add_special_tokens=False).input_ids
+        if not ids:
+            raise ValueError(f"the tokenizer gives no tokens for {shown!r}")
+        return ids
+
+    def _ensure(self, text: str) -> None:
+        """Score ``text`` and, in one batch, any of its ancestors' unscored siblings asked for meanwhile."""
+        if text in self.state:
+            return
+        chain = []
+        t = text
+        while t not in self.state:
+            chain.append(t)
+            if not t:
+                break
+            t = t[:t.rfind(" ")] if " " in t else ""
+        for t in reversed(chain):
+            self._extend([t])
+
+    def prefetch(self, texts: list[str]) -> None:
+        """Score ``texts`` whose parents are scored, in batches (what the decoder calls per frame)."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self.state))
+        ready = [t for t in todo if (t[:t.rfind(" ")] if " " in t else "") in self.state and t]
+        for i in range(0, len(ready), self.batch):
+            self._extend(ready[i:i + self.batch])
+        for t in todo:
+            self._ensure(t)
+
+    @torch.no_grad()
+    def _extend(self, texts: list[str]) -> None:
+        dev = next(self.model.parameters()).device
+        ctx = self.model.disable_adapter() if self.base_only else _Null()
+        if texts == [""]:
+            with ctx:
+                out = self.model(input_ids=torch.tensor([[self.start_id]], device=dev), use_cache=True)
+            self.forwards += 1
+            kv = [(k[0], v[0]) for k, v in _layers(out.past_key_values)]
+            self.state[""] = (0.0, kv, out.logits[0, -1, :self.vocab].float().log_softmax(-1))
+            return
+        parents = [t[:t.rfind(" ")] if " " in t else "" for t in texts]
+        news = [self._word_ids(p, t[len(p):].strip()) for p, t in zip(parents, texts)]
+        lp_len = [self.state[p][1][0][0].shape[1] for p in parents]
+        L, n = max(lp_len), max(len(x) for x in news)
+        B = len(texts)
+        n_layers = len(self.state[parents[0]][1])
+        kv = []
+        for li in range(n_layers):
+            k0 = self.state[parents[0]][1][li][0]
+            K = k0.new_zeros(B, k0.shape[0], L, k0.shape[2])
+            V = torch.zeros_like(K)
+            for i, p in enumerate(parents):
+                k, v = self.state[p][1][li]
+                K[i, :, :k.shape[1]] = k
+                V[i, :, :v.shape[1]] = v
+            kv.append((K, V))
+        ids = torch.zeros(B, n, dtype=torch.long)
+        mask = torch.zeros(B, L + n, dtype=torch.long)
+        pos = torch.zeros(B, n, dtype=torch.long)
+        for i, (lp, x) in enumerate(zip(lp_len, news)):
+            ids[i, :len(x)] = torch.tensor(x)
+            mask[i, :lp] = 1
+            mask[i, L:L + len(x)] = 1
+            pos[i] = lp + torch.arange(n)
+        from transformers import DynamicCache
+
+        cache = DynamicCache(kv)
+        with ctx:
+            out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                             past_key_values=cache, use_cache=True)
+        self.forwards += 1
+        logp = out.logits[..., :self.vocab].float().log_softmax(-1)  # [B, n, V]
+        layers = _layers(out.past_key_values)
+        for i, (t, p, lp, x) in enumerate(zip(texts, parents, lp_len, news)):
+            base, _, last = self.state[p]
+            s = base + float(last[x[0]])
+            for j in range(1, len(x)):
+                s += float(logp[i, j - 1, x[j]])
+            kv_i = [(torch.cat([k[i, :, :lp], k[i, :, L:L + len(x)]], 1), torch.cat([v[i, :, :lp], v[i, :, L:L + len(x)]], 1))
+                    for k, v in layers]
+            self.state[t] = (s, kv_i, logp[i, len(x) - 1])
+
+
+def _layers(cache) -> list[tuple[Tensor, Tensor]]:
+    """Per-layer (keys, values) ``[B, H, L, D]`` of a transformers cache (any version's layout)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(k, v) for k, v in cache]
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+@dataclass
+class FusionConfig:
+    # defaults: the best of a grid on 20 valid items of the bundle (docs/results/fused_asr)
+    beam: int = 32
+    lm_weight: float = 0.8  # a above: the LM's (and the look-ahead's) weight against the reader's log-prob
+    word_bonus: float = 2.0  # b above: per word, against the LM's preference for fewer words
+    char_prune: float = -8.0  # characters with a log-prob below this at a frame are not tried
+    lexicon: str | None = "wordfreq:100000"  # Lexicon.from_spec; None: any spelling (the LM judges whole words)
+    text_lm: str = "base"  # the backbone without the adapter ("base") or the speech LM itself ("adapted")
+
+    def __post_init__(self) -> None:
+        if self.beam < 1:
+            raise ValueError(f"beam must be >= 1, got {self.beam}")
+        if self.lm_weight < 0:
+            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
+        if self.text_lm not in ("base", "adapted"):
+            raise ValueError(f"text_lm must be 'base' or 'adapted', got {self.text_lm!r}")
+
+
+def _adder(paths: dict[str, list[float]]) -> Callable[[str, float, float], None]:
+    """Adds path probabilities (blank-ending, non-blank-ending) to a prefix of ``paths``."""
+    def add(h: str, pb: float, pnb: float) -> None:
+        cur = paths.get(h)
+        if cur is None:
+            paths[h] = [pb, pnb]
+        else:
+            cur[0], cur[1] = _lse(cur[0], pb), _lse(cur[1], pnb)
+    return add
+
+
+def fused_transcribe(logp: Tensor, blank: int, score_words: Callable[[list[str]], list[float]],
+                     lexicon: Lexicon | None = None, cfg: FusionConfig | None = None,
+                     alphabet: str = ALPHABET) -> str:
+    """CTC prefix beam search over one clip's reader log-probs ``[T, C]`` with lexicon look-ahead and LM
+    shallow fusion at word ends (see the module doc). ``score_words(texts)`` gives ``log p_LM`` of each text of
+    whole words (a :class:`TextScorer`). Returns the best transcript (normalised words)."""
+    cfg = cfg or FusionConfig()
+    a, b = cfg.lm_weight, cfg.word_bonus
+    space = alphabet.index(" ")
+    x = logp.double().cpu()
+    if x.ndim != 2 or x.shape[1] != len(alphabet) + 1:
+        raise ValueError(f"log-probs must be [T, {len(alphabet) + 1}], got {tuple(x.shape)}")
+    x_list = x.tolist()
+    if hasattr(score_words, "reset"):
+        score_words.reset()  # caches are per clip
+    # per prefix h: [log p_blank-ending, log p_nonblank-ending]; h never starts or ends a word with two spaces
+    beams: dict[str, list[float]] = {"": [0.0, NEG]}
+
+    def partial(h: str) -> str:
+        return h[h.rfind(" ") + 1:]
+
+    def complete(h: str) -> str:
+        return h[:h.rfind(" ")] if " " in h else ""
+
+    lm_of: dict[str, float] = {"": 0.0}  # LM log-prob of whole-word texts, as far as asked
+
+    def fusion(h: str, lm: float) -> float:
+        p = partial(h)
+        ahead = 0.0 if not p else (lexicon.lookahead(p) if lexicon is not None else 0.0)
+        return a * (lm + ahead) + b * (h.count(" ") + (1 if p else 0))
+
+    def rank(paths: dict[str, list[float]]) -> dict[str, float]:
+        """Fusion scores of the best ``beam`` prefixes of ``paths``. A prefix that has just ended a word is
+        first ranked with its parent's LM score plus the word's unigram log-prob (an estimate); the LM scores
+        only those that survive that."""
+        est = {}
+        for h in paths:
+            c = complete(h)
+            if c in lm_of:
+                est[h] = fusion(h, lm_of[c])
+            else:  # h ends in a space that ended word `w` after the text `c0`
+                c0 = complete(c)
+                w = partial(c)
+                guess = lm_of.get(c0, 0.0) + (lexicon.word_logp(w) if lexicon is not None else 0.0)
+                est[h] = fusion(h, guess)
+        keep = sorted(paths, key=lambda h: -(_lse(*paths[h]) + est[h]))[:cfg.beam]
+        new = list(dict.fromkeys(complete(h) for h in keep if complete(h) not in lm_of))
+        if hasattr(score_words, "prefetch"):
+            score_words.prefetch(new)  # one batch
+        for c, lm in zip(new, score_words(new)):
+            lm_of[c] = lm
+        return {h: fusion(h, lm_of[complete(h)]) for h in keep}
+
+    for t in range(x.shape[0]):
+        row = x_list[t]
+        cands = [c for c in range(len(row)) if c != blank and row[c] >= cfg.char_prune]
+        nxt: dict[str, list[float]] = {}
+        add = _adder(nxt)
+
+        for h, (pb, pnb) in beams.items():
+            tot = _lse(pb, pnb)
+            add(h, tot + row[blank], NEG)  # a blank: h stays, now blank-ending
+            last = alphabet.index(h[-1]) if h else -1
+            if last >= 0:
+                add(h, NEG, pnb + row[last])  # the last character repeated without a blank: merged
+            for c in cands:
+                ch = alphabet[c]
+                if c == space:
+                    if not h or h[-1] == " " or (lexicon is not None and partial(h) not in lexicon):
+                        continue  # a word ends only after a whole word
+                elif lexicon is not None and lexicon.lookahead(partial(h) + ch) == NEG:
+                    continue  # no word starts like this
+                via = pb if c == last else tot  # a repeat needs a blank in between
+                if via == NEG:
+                    continue
+                add(h + ch, NEG, via + row[c])
+        scores = rank(nxt)
+        order = sorted(scores, key=lambda h: -(_lse(*nxt[h]) + scores[h]))
+        beams = {h: nxt[h] for h in order[:cfg.beam]}
+        if hasattr(score_words, "retain"):
+            score_words.retain({complete(h) for h in beams})
+    # the end: the last partial word must be a whole word; the LM scores all words
+    finals: dict[str, float] = {}
+    for h, (pb, pnb) in beams.items():  # "w" and "w " are one transcript
+        finals[h.rstrip(" ")] = _lse(finals.get(h.rstrip(" "), NEG), _lse(pb, pnb))
+    keep = [(h, s) for h, s in finals.items() if not h or lexicon is None or partial(h) in lexicon]
+    if not keep:  # no hypothesis ends on a whole word: the best one as it stands
+        return max(beams, key=lambda h: _lse(*beams[h])).strip()
+    lms = score_words([h for h, _ in keep])
+    best = max(range(len(keep)), key=lambda i: keep[i][1] + a * lms[i] + b * len(keep[i][0].split()))
+    return keep[best][0]

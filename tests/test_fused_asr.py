@@ -1,0 +1,161 @@
+"""slm.fused_asr: the reader's CTC beam search with a lexicon and LM shallow fusion."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from slm.ctc_reader import ALPHABET, CTCPrefixScorer
+from slm.fused_asr import FusionConfig, Lexicon, fused_transcribe, lm_text
+
+BLANK = len(ALPHABET)
+
+
+def _frames(rows: list[dict[str, float]]) -> torch.Tensor:
+    """Log-probs ``[T, C]`` from per-frame probabilities of a few symbols ("-" is the blank); every other
+    symbol gets a tiny share (below the decoder's pruning)."""
+    out = torch.full((len(rows), BLANK + 1), 1e-9, dtype=torch.float64)
+    for t, r in enumerate(rows):
+        for c, p in r.items():
+            out[t, BLANK if c == "-" else ALPHABET.index(c)] = p
+    return (out / out.sum(1, keepdim=True)).log()
+
+
+def _spell(text: str) -> list[dict[str, float]]:
+    rows = []
+    for c in text:
+        rows += [{c: 0.9, "-": 0.1}, {"-": 0.95, c: 0.05}]
+    return rows
+
+
+def test_lm_text():
+    assert lm_text("i think i'm here") == "I think I'm here" and lm_text("") == ""
+
+
+def test_lexicon_lookup_and_sources(tmp_path):
+    lex = Lexicon.from_texts(["The cat sat.", "the CAT ran; a dog's bone"])
+    assert len(lex) == 7 and "cat" in lex and "dog's" in lex and "dogs" not in lex
+    assert lex.word_logp("the") == pytest.approx(math.log(2 / 9)) and lex.word_logp("zebra") == -math.inf
+    assert lex.lookahead("ca") == lex.word_logp("cat")
+    assert lex.lookahead("") == max(lex.logp.tolist()) and lex.lookahead("cx") == -math.inf
+    f = tmp_path / "words.txt"
+    f.write_text("red\t3\nrad\t1\n\nred\n")
+    lf = Lexicon.from_spec(str(f))
+    assert lf.word_logp("red") == pytest.approx(math.log(4 / 5))
+    assert Lexicon.from_spec("words.txt", base=tmp_path).words == lf.words
+    assert "zebra" in lf.extend(["a zebra"]) and lf.extend(["a zebra"]).word_logp("zebra") == lf.word_logp("rad")
+    with pytest.raises(FileNotFoundError, match="wordfreq"):
+        Lexicon.from_spec("nope.txt", base=tmp_path)
+    with pytest.raises(ValueError, match="empty lexicon"):
+        Lexicon.from_texts(["... !!!"])
+    big = Lexicon.from_spec("wordfreq:2000")  # the package the default lexicon comes from
+    assert len(big) > 1500 and "the" in big and big.word_logp("the") > big.word_logp("water")
+
+
+def test_beam_search_finds_the_most_probable_labelling():
+    """No LM, no lexicon, a beam as wide as all prefixes: the result is the labelling with the highest total CTC
+    probability (brute force over every string), which the best path (greedy) misses here."""
+    x = _frames([{"a": 0.35, "b": 0.25, "-": 0.4}] * 2)
+    got = fused_transcribe(x, BLANK, lambda ts: [0.0] * len(ts), None, FusionConfig(beam=64, lm_weight=0, word_bonus=0))
+    assert got == "a"  # greedy: two blanks, ""
+    torch.manual_seed(1)
+    for _ in range(5):
+        p = torch.rand(4, 3) + 0.05
+        p = p / p.sum(1, keepdim=True)
+        x = _frames([{"a": float(r[0]), "b": float(r[1]), "-": float(r[2])} for r in p])
+        sc = CTCPrefixScorer(x, BLANK)
+        best = max(("".join(s) for n in range(5) for s in itertools.product("ab", repeat=n)), key=sc.full)
+        got = fused_transcribe(x, BLANK, lambda ts: [0.0] * len(ts), None,
+                               FusionConfig(beam=64, lm_weight=0, word_bonus=0))
+        assert got == best
+
+
+def test_lexicon_keeps_words_real_and_the_lm_picks_between_them():
+    # "r?d": the middle letter is e or a, evenly
+    rows = _spell("the r") + [{"e": 0.45, "a": 0.45, "-": 0.1}, {"-": 0.95}] + _spell("d cat")
+    x = _frames(rows)
+    lex = Lexicon.from_texts(["the red rad cat"])
+    likes = {"red": lambda t: -1.0 if "red" in t else -9.0, "rad": lambda t: -1.0 if "rad" in t else -9.0}
+    for word, f in likes.items():
+        calls: list[str] = []
+
+        def lm(ts, f=f, calls=calls):
+            calls.extend(ts)
+            return [f(t) for t in ts]
+
+        got = fused_transcribe(x, BLANK, lm, lex, FusionConfig(beam=8, lm_weight=1.0, word_bonus=0.0))
+        assert got == f"the {word} cat"
+        assert calls and all(t == "" or set(t.split()) <= set(lex.words) for t in calls)  # whole words only
+    # a spelling the lexicon lacks is replaced by the nearest word it has ("cot" -> "cat")
+    x2 = _frames(_spell("the c") + [{"o": 0.7, "a": 0.25, "-": 0.05}, {"-": 0.95}] + _spell("t"))
+    assert fused_transcribe(x2, BLANK, lambda ts: [0.0] * len(ts), None, FusionConfig(lm_weight=0)) == "the cot"
+    assert fused_transcribe(x2, BLANK, lambda ts: [0.0] * len(ts), lex, FusionConfig(lm_weight=0)) == "the cat"
+    with pytest.raises(ValueError, match="log-probs must be"):
+        fused_transcribe(x2[:, :5], BLANK, lambda ts: [0.0] * len(ts), lex)
+    with pytest.raises(ValueError, match="beam"):
+        FusionConfig(beam=0)
+    with pytest.raises(ValueError, match="text_lm"):
+        FusionConfig(text_lm="other")
+
+
+def test_text_scorer_incremental_equals_a_full_forward(pipe_with_reader):
+    pipe = pipe_with_reader[1]
+    sc = pipe.text_scorer()
+    texts = ["i saw", "i saw the", "i saw the cat", "a dog", "i saw a dog"]
+    sc.prefetch(texts[:1] + texts[3:4])
+    got = sc(texts)
+    base = sc.model
+    V = pipe.layout.base_vocab
+    for t, g in zip(texts, got):  # one forward over the whole text, no cache
+        words = t.split()
+        ids = [sc.start_id] + [i for k, w in enumerate(words) for i in sc._word_ids(" ".join(words[:k]), w)]
+        with torch.no_grad():
+            lp = base(input_ids=torch.tensor([ids])).logits[0, :, :V].float().log_softmax(-1)
+        assert g == pytest.approx(sum(float(lp[j - 1, ids[j]]) for j in range(1, len(ids))), abs=1e-3)
+    assert sc._word_ids("", "i") == pipe.tokenizer("I", add_special_tokens=False).input_ids
+    # the scorer's model is the backbone without the adapter: its text logits equal the adapter-disabled LM's
+    ids = torch.tensor([[sc.start_id, 5, 6, 7]])
+    with torch.no_grad(), pipe.lm.disable_adapter():
+        ref = pipe.lm(input_ids=ids).logits[..., :V]
+    with torch.no_grad():
+        assert torch.allclose(base(input_ids=ids).logits[..., :V], ref, atol=1e-5)
+
+
+def test_pipeline_fused_method(pipe_with_reader, tmp_path):
+    pipe = pipe_with_reader[1]
+    sr = pipe.sample_rate
+    wav = torch.randn(1, sr // 2) * 0.1
+    (tmp_path / "words.txt").write_text("the\ncat\nsat\na\n")
+    pipe.fusion = FusionConfig(beam=4, lexicon=str(tmp_path / "words.txt"))
+    out = pipe.asr(wav, sr, method="fused")
+    assert isinstance(out, str) and set(out.split()) <= {"the", "cat", "sat", "a"}
+    assert pipe.asr(wav, sr, method="fused") == out  # deterministic
+    # the LM's caches hold what the beam can extend (plus the final texts), not every text ever scored
+    long = fused_transcribe(_frames(_spell("the cat sat a cat " * 6)), BLANK, pipe.text_scorer(), pipe.lexicon(),
+                            pipe.fusion)
+    assert long == ("the cat sat a cat " * 6).strip()
+    assert len(pipe.text_scorer().state) <= 2 * pipe.fusion.beam + 1
+    pipe.fusion = FusionConfig(beam=4, lexicon="missing.txt")
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        pipe.asr(wav, sr, method="fused")
+
+
+def test_model_dir_fusion_settings(pipe_with_reader, tmp_path):
+    import shutil
+
+    from slm.pipeline import SpeechPipeline
+
+    d = tmp_path / "m"
+    shutil.copytree(pipe_with_reader[0], d)
+    (d / "lexicon.txt").write_text("hello\nworld\n")
+    cfg = json.loads((d / "slm_config.json").read_text())
+    cfg.update(asr_method="fused", asr_fused={"beam": 3, "lm_weight": 0.2, "lexicon": "lexicon.txt"})
+    (d / "slm_config.json").write_text(json.dumps(cfg))
+    p = SpeechPipeline.from_pretrained(d)
+    assert p.asr_method == "fused" and p.fusion.beam == 3 and p.fusion.lm_weight == 0.2
+    assert p.lexicon().words == ["hello", "world"]  # relative to the model dir
+    out = p.asr(torch.randn(1, p.sample_rate // 2) * 0.1, p.sample_rate)
+    assert set(out.split()) <= {"hello", "world"}
