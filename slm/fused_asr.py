@@ -31,6 +31,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,7 +225,7 @@ class TextScorer:
     @torch.no_grad()
     def _extend(self, texts: list[str]) -> None:
         dev = next(self.model.parameters()).device
-        ctx = self.model.disable_adapter() if self.base_only else _Null()
+        ctx = self.model.disable_adapter() if self.base_only else nullcontext()
         if texts == [""]:
             with ctx:
                 out = self.model(input_ids=torch.tensor([[self.start_id]], device=dev), use_cache=True)
@@ -280,14 +281,6 @@ def _layers(cache) -> list[tuple[Tensor, Tensor]]:
     if hasattr(cache, "layers"):
         return [(layer.keys, layer.values) for layer in cache.layers]
     return [(k, v) for k, v in cache]
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 @dataclass
