@@ -11,6 +11,7 @@ import torch
 from demos.app import MODELS, DemoContext, user_errors
 from demos.limits import InputError, check_text, load_audio_input, to_gradio_audio
 from demos.plots import continuation_plot, tokens_over_spectrogram
+from slm import READER_ASR_METHODS
 
 DEFAULT_VOICE = "(model default)"
 MIC_AND_UPLOAD = ["upload", "microphone"]  # upload first: works on any host (the mic needs https)
@@ -146,7 +147,7 @@ def asr_tab(ctx: DemoContext) -> None:
         choice = ASR_FORMS[form_value]
         if choice is None and p.asr_method != "lm":  # the model's default is its CTC reader (or joint decoding)
             choice = p.asr_method
-        if choice in ("ctc", "joint", "fused") and p.reader is None:
+        if choice in READER_ASR_METHODS and p.reader is None:
             raise InputError("this model has no CTC reader: choose aligned or plain")
         aligned = p.asr_aligned if choice is None else choice
         label = {"ctc": "CTC reader", "joint": "joint LM + CTC reader", "fused": "CTC reader + LM", True: "aligned form",

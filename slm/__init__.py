@@ -5,3 +5,8 @@
 from codec.runtime import omp_defaults  # codec/__init__ applies them first
 
 omp_defaults()
+
+# SpeechPipeline.asr's methods (here, not in slm.pipeline, so that the CLI's parser and the demo name them without
+# loading the pipeline), and those that need the model's CTC reader (slm.ctc_reader)
+ASR_METHODS = ("fused", "joint", "lm", "ctc")
+READER_ASR_METHODS = ("fused", "joint", "ctc")

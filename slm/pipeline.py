@@ -27,6 +27,7 @@ from torch import Tensor
 
 from codec.config import TWO_STREAM
 from codec.contracts import CodecTokens, check_audio
+from slm import ASR_METHODS, READER_ASR_METHODS
 from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio
 from slm.ctc_reader import CTCPrefixScorer, CTCReader, JointConfig, joint_transcribe
 from slm.fused_asr import FusionConfig, Lexicon, TextScorer, fused_transcribe
@@ -42,7 +43,6 @@ from slm.templates import (
 )
 
 BUNDLE_VERSION = 1
-ASR_METHODS = ("fused", "joint", "lm", "ctc")  # SpeechPipeline.asr's method
 MAX_TEXT_CHARS = 5000  # beyond this, split the text yourself: a bound against accidental endless input
 DEFAULT_DIR_ENV = "DUALSTREAM_SLM_DEFAULT"
 
@@ -232,8 +232,8 @@ class SpeechPipeline:
         # "fused": the reader's CTC beam search with a lexicon and the backbone's own LM at word ends
         # (slm.fused_asr); `fusion` sets weights, beam and lexicon (a spec, or a file relative to `model_dir`)
         self.fusion, self.model_dir = fusion or FusionConfig(), model_dir
-        self._lexicon: Lexicon | None = None
-        self._text_scorer: TextScorer | None = None
+        self._lexicon: tuple[str, Lexicon] | None = None  # (spec, lexicon): rebuilt when fusion.lexicon changes
+        self._text_scorer: tuple[str, TextScorer] | None = None  # (fusion.text_lm, scorer)
         # what asr() does by default (slm_config.json "asr_method"): the LM unless the model says otherwise
         # (joint decoding measured worse than either part alone on the bundle: docs/results/joint_asr)
         self.asr_method = asr_method or "lm"
@@ -529,11 +529,11 @@ class SpeechPipeline:
         """Transcribe ``wav``. ``method`` (None: :attr:`asr_method`, the model's setting, "lm" if unset):
         ``"fused"`` (needs a CTC reader): the reader's CTC beam search over characters, kept to the words of a
         lexicon and scored at each word end by the backbone's own LM (:func:`slm.fused_asr.fused_transcribe`,
-        settings in :attr:`fusion`); ``"joint"`` (needs a CTC reader): the LM's beam search in the plain form, scored by the reader's CTC prefix probabilities
-        (:func:`slm.ctc_reader.joint_transcribe`); ``"lm"`` (the default otherwise): the LM alone, in the
-        aligned form when ``aligned`` (the streaming form, each word written right after its frames; the
-        default of a model trained that way, see :attr:`asr_aligned`), else the whole transcript after the
-        whole audio; ``"ctc"``: the reader alone (greedy CTC, lower case, no punctuation)."""
+        settings in :attr:`fusion`); ``"joint"`` (needs a CTC reader): the LM's beam search in the plain form,
+        scored by the reader's CTC prefix probabilities (:func:`slm.ctc_reader.joint_transcribe`); ``"lm"`` (the
+        default otherwise): the LM alone, in the aligned form when ``aligned`` (the streaming form, each word
+        written right after its frames; the default of a model trained that way, see :attr:`asr_aligned`), else
+        the whole transcript after the whole audio; ``"ctc"``: the reader alone (greedy CTC, lower case, no punctuation)."""
         return self.asr_tokens(self._encode_one(wav, sample_rate).semantic[0, 0], max_new_tokens, aligned, method)
 
     def asr_stream(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200) -> Iterator[str]:
@@ -555,16 +555,16 @@ class SpeechPipeline:
         spec = self.fusion.lexicon
         if spec is None:
             return None
-        if self._lexicon is None or getattr(self, "_lexicon_spec", None) != spec:
-            self._lexicon, self._lexicon_spec = Lexicon.from_spec(spec, self.model_dir), spec
-        return self._lexicon
+        if self._lexicon is None or self._lexicon[0] != spec:
+            self._lexicon = (spec, Lexicon.from_spec(spec, self.model_dir))
+        return self._lexicon[1]
 
     def text_scorer(self) -> TextScorer:
         """The fused ASR's language model: the backbone's own (a plain copy without the adapter, built once:
         peft's disabled wrappers would cost more per call), or the speech LM itself (``fusion.text_lm``
         "adapted": the merged copy, no extra memory)."""
         want = self.fusion.text_lm
-        if self._text_scorer is None or getattr(self, "_text_lm_kind", None) != want:
+        if self._text_scorer is None or self._text_scorer[0] != want:
             if want == "adapted" or not hasattr(self.lm, "unload"):
                 model = self.infer_lm if want == "adapted" else self.lm
                 scorer = TextScorer(model, self.tokenizer, base_only=want != "adapted", vocab=self.layout.base_vocab)
@@ -575,8 +575,8 @@ class SpeechPipeline:
                 for q in base.parameters():
                     q.requires_grad_(False)
                 scorer = TextScorer(base, self.tokenizer, base_only=False, vocab=self.layout.base_vocab)
-            self._text_scorer, self._text_lm_kind = scorer, want
-        return self._text_scorer
+            self._text_scorer = (want, scorer)
+        return self._text_scorer[1]
 
     def word_start(self) -> Tensor:
         """``[base_vocab]`` bool: the text tokens that begin a word (a leading space: byte-level BPE's ``Ġ``,
@@ -596,7 +596,7 @@ class SpeechPipeline:
         codes = torch.as_tensor(codes).long().flatten()
         if codes.numel() == 0:
             raise ValueError("no semantic frames to transcribe (empty audio?)")
-        if method in ("fused", "joint", "ctc") and self.reader is None:
+        if method in READER_ASR_METHODS and self.reader is None:
             raise ValueError(f"ASR method {method!r} needs a CTC reader: this model dir has no ctc_reader/ "
                              "(train one with `slm ctc-reader train`)")
         if method == "ctc":

@@ -5,6 +5,8 @@ import argparse
 import json
 import os
 
+from slm import ASR_METHODS, READER_ASR_METHODS
+
 
 def register(subparsers) -> None:
     t = subparsers.add_parser("train", help="fine-tune a causal LM (LoRA) + acoustic head on codec tokens")
@@ -43,7 +45,7 @@ def register(subparsers) -> None:
                        help="write each word right after its frames, printing words as they come (the default of "
                             "models trained with asr_aligned)")
     aform.add_argument("--plain", dest="aligned", action="store_false", help="the transcript after the whole audio")
-    a.add_argument("--method", choices=("fused", "joint", "lm", "ctc"), default=None,
+    a.add_argument("--method", choices=ASR_METHODS, default=None,
                    help="fused: the model's CTC reader's beam search kept to a lexicon's words and scored by the "
                         "backbone's LM; joint: the LM's beam search scored by the reader; lm: the LM alone (--aligned "
                         "/ --plain); ctc: the reader alone (default: the model's asr_method, else lm)")
@@ -97,7 +99,7 @@ def register(subparsers) -> None:
     rt.add_argument("--lexicon", default=None, metavar="SPEC",
                     help="with --install: the model's fused ASR lexicon ('wordfreq:N' or a word-list file; a "
                          "relative path is read from the model dir)")
-    rt.add_argument("--method", choices=("fused", "joint", "lm", "ctc"), default=None,
+    rt.add_argument("--method", choices=ASR_METHODS, default=None,
                     help="with --install: the model's default ASR method (unset: the LM)")
     rt.set_defaults(func=_reader_train)
 
@@ -309,7 +311,7 @@ def _asr(args) -> int:
         import dataclasses
 
         pipe.fusion = dataclasses.replace(pipe.fusion, **over)
-    if args.method in ("fused", "joint", "ctc") or (args.method is None and pipe.asr_method != "lm"):
+    if args.method in READER_ASR_METHODS or (args.method is None and pipe.asr_method != "lm"):
         print(pipe.asr(wav, pipe.sample_rate, method=args.method))
         return 0
     if args.aligned is False or (args.aligned is None and not pipe.asr_aligned):
