@@ -62,22 +62,40 @@ class ReaderConfig:
     dropout: float = 0.1
     upsample: int = 2  # CTC outputs per frame: 50 per second at 25 Hz, above the ~15 characters/s of fast speech
     alphabet: str = ALPHABET
+    # also read the acoustic stream: its codebook size (0 = semantic codes only) and codes per semantic frame
+    # (r * Ka); the codes then come as [.., T, 1 + acoustic_per_frame], the semantic code first
+    acoustic_codes: int = 0
+    acoustic_per_frame: int = 0
+    acoustic_dim: int = 64
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or self.dim % 16:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads}) and by 16")
         if self.upsample < 1 or self.n_codes < 1:
             raise ValueError(f"upsample and n_codes must be >= 1, got {self.upsample} and {self.n_codes}")
+        if (self.acoustic_codes > 0) != (self.acoustic_per_frame > 0):
+            raise ValueError("acoustic_codes and acoustic_per_frame are set together (both > 0, or both 0), got "
+                             f"{self.acoustic_codes} and {self.acoustic_per_frame}")
+
+    @property
+    def columns(self) -> int:
+        """Code columns per frame: 1 (semantic) or 1 + acoustic_per_frame."""
+        return 1 + self.acoustic_per_frame
 
 
 class CTCReader(nn.Module):
-    """Semantic codes ``[B, T]`` -> CTC log-probs ``[B, T * upsample, len(alphabet) + 1]`` (blank last)."""
+    """Semantic codes ``[B, T]`` -> CTC log-probs ``[B, T * upsample, len(alphabet) + 1]`` (blank last). A reader
+    of both streams (``cfg.acoustic_codes > 0``) takes ``[B, T, 1 + acoustic_per_frame]``: each frame's semantic
+    code, then its acoustic codes; their embeddings are concatenated, projected and added to the semantic one."""
 
     def __init__(self, cfg: ReaderConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.n_out = len(cfg.alphabet) + 1
         self.embed = nn.Embedding(cfg.n_codes, cfg.dim)
+        if cfg.acoustic_codes:
+            self.acoustic_embed = nn.Embedding(cfg.acoustic_codes, cfg.acoustic_dim)
+            self.acoustic_proj = nn.Linear(cfg.acoustic_per_frame * cfg.acoustic_dim, cfg.dim)
         self.conv = nn.Conv1d(cfg.dim, cfg.dim, cfg.kernel_size, padding=cfg.kernel_size // 2, groups=cfg.dim // 16)
         layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, cfg.ff_mult * cfg.dim, cfg.dropout, batch_first=True,
                                            norm_first=True, activation="gelu")
@@ -90,13 +108,24 @@ class CTCReader(nn.Module):
         return self.n_out - 1
 
     def forward(self, codes: Tensor, lengths: Tensor | None = None) -> Tensor:
-        if codes.dim() != 2:
-            raise ValueError(f"expected codes [B, T], got {tuple(codes.shape)}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cfg.n_codes):
-            raise ValueError(f"codes must be in [0, {self.cfg.n_codes}), got [{int(codes.min())}, {int(codes.max())}]: "
+        cols = self.cfg.columns
+        if cols == 1 and codes.dim() == 3 and codes.shape[-1] == 1:
+            codes = codes[..., 0]
+        want = "[B, T]" if cols == 1 else f"[B, T, {cols}] (semantic, then {cols - 1} acoustic codes per frame)"
+        if (cols == 1 and codes.dim() != 2) or (cols > 1 and (codes.dim() != 3 or codes.shape[-1] != cols)):
+            raise ValueError(f"expected codes {want}, got {tuple(codes.shape)}")
+        sem = codes if cols == 1 else codes[..., 0]
+        if sem.numel() and (int(sem.min()) < 0 or int(sem.max()) >= self.cfg.n_codes):
+            raise ValueError(f"codes must be in [0, {self.cfg.n_codes}), got [{int(sem.min())}, {int(sem.max())}]: "
                              "tokens of another codec?")
-        b, t = codes.shape
-        x = self.embed(codes)
+        b, t = sem.shape
+        x = self.embed(sem)
+        if cols > 1:
+            ac = codes[..., 1:]
+            if ac.numel() and (int(ac.min()) < 0 or int(ac.max()) >= self.cfg.acoustic_codes):
+                raise ValueError(f"acoustic codes must be in [0, {self.cfg.acoustic_codes}), got "
+                                 f"[{int(ac.min())}, {int(ac.max())}]: tokens of another codec?")
+            x = x + self.acoustic_proj(self.acoustic_embed(ac).flatten(2))
         pad = None
         if lengths is not None:
             pad = torch.arange(t, device=codes.device)[None] >= lengths.to(codes.device)[:, None]
@@ -107,11 +136,13 @@ class CTCReader(nn.Module):
 
     @torch.no_grad()
     def log_probs(self, codes: Tensor) -> Tensor:
-        """One clip's codes ``[T]`` -> ``[T * upsample, C]`` log-probs (eval mode)."""
+        """One clip's codes ``[T]`` (``[T, 1 + acoustic_per_frame]`` for a reader of both streams) ->
+        ``[T * upsample, C]`` log-probs (eval mode)."""
         was = self.training
         self.eval()
+        codes = torch.as_tensor(codes).long().to(self.embed.weight.device)
         try:
-            return self(torch.as_tensor(codes).long().view(1, -1).to(self.embed.weight.device))[0].float()
+            return self(codes.view(1, -1) if self.cfg.columns == 1 else codes[None])[0].float()
         finally:
             self.train(was)
 
@@ -166,15 +197,64 @@ class ReaderTrainConfig:
     eval_items: int = 200
     seed: int = 0
     reader: dict = field(default_factory=dict)  # ReaderConfig fields
+    acoustic: bool = False  # read the acoustic stream too (its codebook size and codes per frame from the tokens)
+    # token noise against overfitting to the train voices: each code replaced by a random one with probability
+    # `substitute`; and about `time_mask` of the frames, in spans of 1..`mask_span`, replaced by random codes
+    substitute: float = 0.0
+    time_mask: float = 0.0
+    mask_span: int = 4
+
+    def __post_init__(self) -> None:
+        for k in ("substitute", "time_mask"):
+            if not 0.0 <= getattr(self, k) < 1.0:
+                raise ValueError(f"{k} must be in [0, 1), got {getattr(self, k)}")
+        if self.mask_span < 1:
+            raise ValueError(f"mask_span must be >= 1, got {self.mask_span}")
 
 
-def _pairs(utts) -> list[tuple[Tensor, Tensor]]:
+def reader_codes(semantic: Tensor, acoustic: Tensor | None, columns: int) -> Tensor:
+    """What a reader with ``columns`` code columns reads from one clip: ``semantic [T]`` as it is (1 column), or
+    ``[T, 1 + L]`` with the per-frame acoustic codes ``[T, L]`` (``Utterance.acoustic``) beside it."""
+    semantic = torch.as_tensor(semantic).long().flatten()
+    if columns == 1:
+        return semantic
+    if acoustic is None or acoustic.dim() != 2 or acoustic.shape != (len(semantic), columns - 1):
+        got = None if acoustic is None else tuple(acoustic.shape)
+        raise ValueError(f"this reader reads {columns - 1} acoustic codes per semantic frame ([{len(semantic)}, "
+                         f"{columns - 1}]), got {got}: tokens without the acoustic stream, or of another codec")
+    return torch.cat([semantic[:, None], acoustic.long()], 1)
+
+
+def _pairs(utts, columns: int = 1) -> list[tuple[Tensor, Tensor]]:
     out = []
     for u in utts:
         ids = char_ids(u.text)
         if len(ids):
-            out.append((u.semantic.long(), ids))
+            out.append((reader_codes(u.semantic, u.acoustic, columns), ids))
     return out
+
+
+def corrupt(codes: Tensor, lengths: Tensor, sizes: list[int], substitute: float, time_mask: float,
+            mask_span: int) -> Tensor:
+    """Token noise for training (draws from torch's global RNG): codes ``[B, T]`` or ``[B, T, C]`` with column
+    ``c``'s codebook size ``sizes[c]``. Each code becomes a random one with probability ``substitute``; spans
+    of 1..``mask_span`` frames covering about ``time_mask`` of each clip get random codes in every column."""
+    if not substitute and not time_mask:
+        return codes
+    x = codes if codes.dim() == 3 else codes[..., None]
+    b, t, c = x.shape
+    rand = torch.stack([torch.randint(0, n, (b, t)) for n in sizes], -1)
+    hit = torch.rand(b, t, c) < substitute
+    if time_mask:
+        n_spans = (lengths.float() * time_mask / ((mask_span + 1) / 2)).round().long()
+        frame = torch.arange(t)
+        for i in range(b):
+            for _ in range(int(n_spans[i])):
+                w = int(torch.randint(1, mask_span + 1, ()))
+                s0 = int(torch.randint(0, max(1, int(lengths[i]) - w + 1), ()))
+                hit[i, (frame >= s0) & (frame < s0 + w)] = True
+    x = torch.where(hit, rand, x)
+    return x if codes.dim() == 3 else x[..., 0]
 
 
 def ctc_fits(n_frames: int, ids: Tensor, upsample: int) -> bool:
@@ -202,14 +282,28 @@ def train_reader(cfg: ReaderTrainConfig, progress: bool = True, stop_after: int 
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train = _pairs(load_tokens(cfg.token_dir, "train"))
-    valid = _pairs(load_tokens(cfg.token_dir, "valid", limit=cfg.eval_items))
-    if not train:
+    utts = load_tokens(cfg.token_dir, "train")
+    if not any(char_ids(u.text).numel() for u in utts):
         raise ValueError(f"{cfg.token_dir}: no train utterances with text")
-    seen = int(max(int(c.max()) for c, _ in train)) + 1
-    rcfg = ReaderConfig(**{"n_codes": seen, **cfg.reader})
-    if rcfg.n_codes < seen:
-        raise ValueError(f"reader n_codes {rcfg.n_codes} < the largest code in {cfg.token_dir} + 1 ({seen})")
+    extra: dict = {}
+    if cfg.acoustic:
+        per_frame = {int(u.acoustic.shape[-1]) if u.acoustic.dim() == 2 else 0 for u in utts}
+        if len(per_frame) != 1 or 0 in per_frame:
+            raise ValueError(f"{cfg.token_dir}: acoustic=True needs acoustic codes on every frame of every "
+                             f"utterance (codes per frame seen: {sorted(per_frame)})")
+        top = int(max(int(u.acoustic.max()) for u in utts if u.acoustic.numel()))
+        # the codebook size: the smallest power of two above the largest code seen (codebooks are; a code
+        # unseen in training must still be readable at inference). reader: {acoustic_codes: N} overrides it
+        extra = {"acoustic_per_frame": per_frame.pop(), "acoustic_codes": 1 << top.bit_length()}
+    rcfg = ReaderConfig(**{"n_codes": 1, **extra, **cfg.reader})
+    train = _pairs(utts, rcfg.columns)
+    valid = _pairs(load_tokens(cfg.token_dir, "valid", limit=cfg.eval_items), rcfg.columns)
+    seen = [int(max(int(c.view(len(c), -1)[:, j].max()) for c, _ in train)) + 1 for j in range(rcfg.columns)]
+    if "n_codes" not in cfg.reader:
+        rcfg.n_codes = seen[0]  # as before: the semantic codes the reader was trained on
+    sizes = [rcfg.n_codes] + [rcfg.acoustic_codes] * (rcfg.columns - 1)
+    if any(n < m for n, m in zip(sizes, seen)):
+        raise ValueError(f"reader codebook sizes {sizes} < the largest codes in {cfg.token_dir} + 1 ({seen})")
     n_all = len(train)
     train = [p for p in train if ctc_fits(len(p[0]), p[1], rcfg.upsample)]  # CTC would give them zero loss
     if not train:
@@ -244,6 +338,7 @@ def train_reader(cfg: ReaderTrainConfig, progress: bool = True, stop_after: int 
     while step < cfg.steps:
         idx = rng.sample(range(len(train)), min(cfg.batch_size, len(train)))
         codes, lens, tgt, tlens = ctc_batch([train[i] for i in idx])
+        codes = corrupt(codes, lens, sizes, cfg.substitute, cfg.time_mask, cfg.mask_span)
         logp = model(codes, lens)
         loss = ctc(logp.transpose(0, 1), tgt, lens * rcfg.upsample, tlens)
         opt.zero_grad()

@@ -29,7 +29,7 @@ from codec.config import TWO_STREAM
 from codec.contracts import CodecTokens, check_audio
 from slm import ASR_METHODS, READER_ASR_METHODS
 from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio
-from slm.ctc_reader import CTCPrefixScorer, CTCReader, JointConfig, joint_transcribe
+from slm.ctc_reader import CTCPrefixScorer, CTCReader, JointConfig, joint_transcribe, reader_codes
 from slm.fused_asr import FusionConfig, Lexicon, TextScorer, fused_transcribe
 from slm.generate import Sampling, generate_frames, generate_text, inference_copy, transcribe_aligned
 from slm.layout import TokenLayout
@@ -228,6 +228,15 @@ class SpeechPipeline:
         if reader is not None and reader.cfg.n_codes != layout.n_semantic:
             raise ValueError(f"the CTC reader reads {reader.cfg.n_codes} semantic codes, the layout has "
                              f"{layout.n_semantic}: a reader of another codec's tokens")
+        if reader is not None and reader.cfg.acoustic_codes:
+            from slm.acoustic_head import acoustic_ratio
+
+            per_frame = acoustic_ratio(codec) * codec.n_acoustic_codebooks if codec.n_acoustic_codebooks else 0
+            size = getattr(getattr(codec, "config", None), "acoustic_codebook_size", None)
+            if per_frame != reader.cfg.acoustic_per_frame or (size is not None and size > reader.cfg.acoustic_codes):
+                raise ValueError(f"the CTC reader reads {reader.cfg.acoustic_per_frame} acoustic codes per frame "
+                                 f"out of {reader.cfg.acoustic_codes}; the codec gives {per_frame} out of {size}: "
+                                 "a reader of another codec's tokens")
         self.reader, self.joint = (reader.eval() if reader is not None else None), joint or JointConfig()
         # "fused": the reader's CTC beam search with a lexicon and the backbone's own LM at word ends
         # (slm.fused_asr); `fusion` sets weights, beam and lexicon (a spec, or a file relative to `model_dir`)
@@ -534,7 +543,13 @@ class SpeechPipeline:
         default otherwise): the LM alone, in the aligned form when ``aligned`` (the streaming form, each word
         written right after its frames; the default of a model trained that way, see :attr:`asr_aligned`), else
         the whole transcript after the whole audio; ``"ctc"``: the reader alone (greedy CTC, lower case, no punctuation)."""
-        return self.asr_tokens(self._encode_one(wav, sample_rate).semantic[0, 0], max_new_tokens, aligned, method)
+        toks = self._encode_one(wav, sample_rate)[0]
+        acoustic = None
+        if self.reader is not None and self.reader.cfg.acoustic_codes and toks.acoustic.shape[1]:
+            from slm.acoustic_head import frames_from_acoustic
+
+            acoustic = frames_from_acoustic(toks.acoustic[0], toks.ratio)
+        return self.asr_tokens(toks.semantic[0, 0], max_new_tokens, aligned, method, acoustic=acoustic)
 
     def asr_stream(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200) -> Iterator[str]:
         """Aligned ASR as it goes: the transcript so far, once per word written (needs a model trained
@@ -588,8 +603,9 @@ class SpeechPipeline:
 
     @torch.no_grad()
     def asr_tokens(self, codes: Tensor, max_new_tokens: int = 200, aligned: bool | None = None,
-                   method: str | None = None) -> str:
-        """:meth:`asr` on semantic codes ``[Ts]`` (from this pipeline's codec)."""
+                   method: str | None = None, acoustic: Tensor | None = None) -> str:
+        """:meth:`asr` on semantic codes ``[Ts]`` (from this pipeline's codec). ``acoustic``: the per-frame
+        acoustic codes ``[Ts, r * Ka]`` (``Utterance.acoustic``), needed by a CTC reader of both streams."""
         method = method or self.asr_method
         if method not in ASR_METHODS:
             raise ValueError(f"unknown ASR method {method!r}; expected one of {ASR_METHODS}")
@@ -599,13 +615,15 @@ class SpeechPipeline:
         if method in READER_ASR_METHODS and self.reader is None:
             raise ValueError(f"ASR method {method!r} needs a CTC reader: this model dir has no ctc_reader/ "
                              "(train one with `slm ctc-reader train`)")
+        if method in READER_ASR_METHODS:
+            rcodes = reader_codes(codes, acoustic, self.reader.cfg.columns)
         if method == "ctc":
-            return self.reader.transcribe(codes)
+            return self.reader.transcribe(rcodes)
         if method == "fused":
-            return fused_transcribe(self.reader.log_probs(codes), self.reader.blank, self.text_scorer(), self.lexicon(),
+            return fused_transcribe(self.reader.log_probs(rcodes), self.reader.blank, self.text_scorer(), self.lexicon(),
                                     self.fusion, self.reader.cfg.alphabet)
         if method == "joint":
-            scorer = CTCPrefixScorer(self.reader.log_probs(codes), self.reader.blank, self.reader.cfg.alphabet)
+            scorer = CTCPrefixScorer(self.reader.log_probs(rcodes), self.reader.blank, self.reader.cfg.alphabet)
             vocab = self.lm.get_input_embeddings().weight.shape[0]
             cfg = dataclasses.replace(self.joint, max_new_tokens=max_new_tokens)
             ids = joint_transcribe(self.infer_lm, self.tokenizer, asr_prompt(self.tokenizer, self.layout, codes),

@@ -472,9 +472,11 @@ def _reader(r: Recipe) -> list[list[str]]:
     cmd = r.slm("ctc-reader", "train", "--tokens", str(r.tokens), "--out", str(r.work / "ctc_reader"),
                 "--steps", str(c.get("steps", 4000)), "--install", str(r.bundle))
     for k in ("ctc_weight", "beam", "pre_beam", "dim", "layers", "heads", "upsample", "method", "lm_weight",
-              "word_bonus", "fused_beam", "lexicon"):
+              "word_bonus", "fused_beam", "lexicon", "substitute", "time_mask"):
         if k in c:
             cmd += [f"--{k.replace('_', '-')}", str(c[k])]
+    if c.get("acoustic"):
+        cmd.append("--acoustic")
     return [cmd]
 
 

@@ -169,3 +169,64 @@ def test_methods_that_need_a_reader_say_so(pipe_with_reader, tmp_path):
         p.asr(torch.randn(1, p.sample_rate // 2) * 0.1, p.sample_rate, method="joint")
     with pytest.raises(ValueError, match="needs a CTC reader"):
         SpeechPipeline(p.lm, p.tokenizer, p.layout, p.codec, p.head, asr_method="ctc")
+
+
+def test_token_noise():
+    from slm.ctc_reader import corrupt
+
+    torch.manual_seed(0)
+    codes = torch.cat([torch.randint(0, 50, (4, 200, 1)), torch.randint(0, 8, (4, 200, 2))], -1)
+    lens = torch.tensor([200, 150, 100, 20])
+    assert torch.equal(corrupt(codes, lens, [50, 8, 8], 0.0, 0.0, 4), codes)
+    sub = corrupt(codes, lens, [50, 8, 8], 0.2, 0.0, 4)
+    assert int(sub[..., 1:].max()) < 8 and int(sub[..., 0].max()) >= 8  # each column from its own codebook
+    changed = (sub[..., 0] != codes[..., 0]).float().mean()
+    assert 0.12 < changed < 0.25  # 0.2, less the draws that equal the old code
+    masked = corrupt(codes, lens, [50, 8, 8], 0.0, 0.3, 4)
+    hit = (masked != codes).any(-1)
+    for i, n in enumerate(lens.tolist()):
+        assert not hit[i, n:].any()  # padding stays as it was
+    assert 0.15 < hit[0].float().mean() < 0.4
+    one = corrupt(codes[..., 0], lens, [50], 0.3, 0.0, 4)  # [B, T] in, [B, T] out
+    assert one.shape == (4, 200)
+    with pytest.raises(ValueError, match="time_mask"):
+        ReaderTrainConfig(time_mask=1.0)
+
+
+def test_reader_of_both_streams(tmp_path, pipe_with_reader):
+    """acoustic=True: the reader takes each frame's acoustic codes beside its semantic code, trains (loss
+    falls), saves and loads, reads what the pipeline's codec gives, and a reader of other codes is refused."""
+    from slm.acoustic_head import frames_from_acoustic
+    from slm.ctc_reader import reader_codes
+    from slm.pipeline import SpeechPipeline
+
+    pipe = pipe_with_reader[1]
+    cfg = _cfg(tmp_path / "a", acoustic=True, substitute=0.05, time_mask=0.1)
+    cfg.reader["n_codes"] = pipe.layout.n_semantic  # as `--install` sets it
+    res = train_reader(cfg, progress=False)
+    losses = [r["loss"] for r in res["log"]]
+    assert losses[-1] < losses[0]
+    r = CTCReader.from_pretrained(tmp_path / "a" / "reader")
+    ratio = round(pipe.codec.acoustic_rate / pipe.codec.semantic_rate)
+    assert r.cfg.acoustic_per_frame == ratio * pipe.codec.n_acoustic_codebooks
+    assert r.cfg.acoustic_codes >= pipe.codec.config.acoustic_codebook_size and r.cfg.columns == 1 + ratio
+    sr = pipe.sample_rate
+    wav = torch.randn(1, sr // 2) * 0.1
+    toks = pipe.encode(wav, sr)[0]
+    sem, ac = toks.semantic[0, 0], frames_from_acoustic(toks.acoustic[0], toks.ratio)
+    both = reader_codes(sem, ac, r.cfg.columns)
+    assert both.shape == (len(sem), r.cfg.columns)
+    other = both.clone()
+    other[:, 1:] = (other[:, 1:] + 1) % r.cfg.acoustic_codes
+    assert not torch.equal(r.log_probs(both), r.log_probs(other))  # the acoustic codes are read
+    with pytest.raises(ValueError, match="acoustic codes per semantic frame"):
+        reader_codes(sem, None, r.cfg.columns)
+    with pytest.raises(ValueError, match=rf"expected codes \[B, T, {r.cfg.columns}\]"):
+        r(sem[None])
+    p2 = SpeechPipeline(pipe.lm, pipe.tokenizer, pipe.layout, pipe.codec, pipe.head, reader=r, asr_method="ctc")
+    assert p2.asr(wav, sr) == r.transcribe(both)
+    with pytest.raises(ValueError, match="needs a CTC reader|acoustic codes per semantic frame"):
+        p2.asr_tokens(sem, method="ctc")  # semantic codes alone are not enough for this reader
+    bad = CTCReader(ReaderConfig(**{**r.cfg.__dict__, "acoustic_per_frame": r.cfg.acoustic_per_frame + 1}))
+    with pytest.raises(ValueError, match="another codec's tokens"):
+        SpeechPipeline(pipe.lm, pipe.tokenizer, pipe.layout, pipe.codec, pipe.head, reader=bad)

@@ -88,6 +88,12 @@ def register(subparsers) -> None:
     for k, h in (("dim", "width (192)"), ("layers", "transformer layers (4)"), ("heads", "attention heads (4)"),
                  ("upsample", "CTC outputs per frame (2)")):
         rt.add_argument(f"--{k}", type=int, default=None, help=f"reader {h}")
+    rt.add_argument("--acoustic", action="store_true",
+                    help="read the acoustic codes too (beside each semantic frame's code)")
+    rt.add_argument("--substitute", type=float, default=0.0,
+                    help="training noise: each code replaced by a random one with this probability")
+    rt.add_argument("--time-mask", type=float, default=0.0,
+                    help="training noise: about this share of frames, in spans of 1-4, get random codes")
     rt.add_argument("--install", default=None, metavar="MODEL_DIR",
                     help="when done, copy the reader into MODEL_DIR/ctc_reader (its ASR then decodes jointly)")
     rt.add_argument("--ctc-weight", type=float, default=None, help="with --install: the model's joint ASR weight")
@@ -266,15 +272,25 @@ def _reader_train(args) -> int:
     fused = {k: v for k, v in (("lm_weight", args.lm_weight), ("word_bonus", args.word_bonus),
                                ("beam", args.fused_beam), ("lexicon", args.lexicon)) if v is not None}
     FusionConfig(**fused)
+    acoustic_size = {}
     if args.install:
         target = model_dir(args.install)
         n_sem = TokenLayout.load(target).n_semantic
+        if args.acoustic:  # the codec's acoustic codebook size, not a guess from the codes seen
+            from slm.pipeline import codec_dir
+
+            ccfg = json.loads((codec_dir(target, json.loads((target / "slm_config.json").read_text()))
+                               / "config.json").read_text())
+            acoustic_size = {"acoustic_codes": int(ccfg["codec"]["acoustic_codebook_size"])}
     res = train_reader(ReaderTrainConfig(token_dir=args.tokens, out_dir=args.out, steps=args.steps,
                                          batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
+                                         acoustic=args.acoustic, substitute=args.substitute,
+                                         time_mask=args.time_mask,
                                          reader={**{k: getattr(args, k) for k in ("dim", "layers", "heads", "upsample")
                                                     if getattr(args, k) is not None},
                                                  # the codebook size, not the largest code seen
-                                                 **({"n_codes": n_sem} if target is not None else {})}),
+                                                 **({"n_codes": n_sem} if target is not None else {}),
+                                                 **acoustic_size}),
                        stop_after=args.stop_after)
     if res["log"]:
         print(json.dumps(res["log"][-1]))
