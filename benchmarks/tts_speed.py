@@ -97,7 +97,7 @@ def main() -> int:
     set_threads(args.threads)
     load_before = os.getloadavg()
     pipe = _build(args)
-    prompt, _, _, voice, _, _ = next(pipe._tts_plan(args.text, None, None, None, None, 20.0, 0, False))
+    _, prompt, _, _, voice, _, _ = next(pipe._tts_plan(args.text, None, None, None, None, 20.0, 0, False))
     n = args.frames
     s = Sampling(temperature=0.8, top_k=50, top_p=0.95)
     audio_s = n / pipe.codec.semantic_rate
@@ -117,7 +117,7 @@ def main() -> int:
         decoding steps that make no audio)."""
         p, sa, hi, v, kw = prompt, s, n, voice, {"min_frames": n}
         if aligned:
-            p, sa, hi, v, _, kw = next(pipe._tts_plan(args.text, None, 0.8, 50, 0.95, 20.0, 0, True))
+            _, p, sa, hi, v, _, kw = next(pipe._tts_plan(args.text, None, 0.8, 50, 0.95, 20.0, 0, True))
         t = time.perf_counter()
         first, samples = None, 0
         for chunk in pipe._stream_frames(p, sa, hi, v, torch.Generator().manual_seed(0), **kw):

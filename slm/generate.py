@@ -41,8 +41,14 @@ class Sampling:
     # writes half the training data's median, below every training utterance's own rate: it stops a model
     # that ends a sentence after a frame or two, without padding real speech.
     min_seconds_per_char: float = 0.0
+    # TTS: sample this many candidates of each sentence and speak the one the model's CTC reader
+    # (slm.ctc_reader) reads as the sentence most probably (1 = off). Costs that many times the LM's time,
+    # and a sentence's audio starts only once its candidates are done; needs a model dir with a reader
+    best_of: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.best_of <= 16:
+            raise ValueError(f"best_of must be in 1..16, got {self.best_of}")
         if (self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0 or self.max_seconds_per_char < 0
                 or self.min_seconds_per_char < 0 or not 0 < self.cfg_scale <= 10):
             raise ValueError(f"bad sampling settings: top_k={self.top_k} (>=0), top_p={self.top_p} (0..1], "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import os
 import re
 import time
@@ -29,7 +30,7 @@ from codec.config import TWO_STREAM
 from codec.contracts import CodecTokens, check_audio
 from slm import ASR_METHODS, READER_ASR_METHODS
 from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio
-from slm.ctc_reader import CTCPrefixScorer, CTCReader, JointConfig, joint_transcribe, reader_codes
+from slm.ctc_reader import CTCPrefixScorer, CTCReader, JointConfig, char_ids, joint_transcribe, reader_codes
 from slm.fused_asr import FusionConfig, Lexicon, TextScorer, fused_transcribe
 from slm.generate import Sampling, generate_frames, generate_text, inference_copy, transcribe_aligned
 from slm.layout import TokenLayout
@@ -229,8 +230,6 @@ class SpeechPipeline:
             raise ValueError(f"the CTC reader reads {reader.cfg.n_codes} semantic codes, the layout has "
                              f"{layout.n_semantic}: a reader of another codec's tokens")
         if reader is not None and reader.cfg.acoustic_codes:
-            from slm.acoustic_head import acoustic_ratio
-
             per_frame = acoustic_ratio(codec) * codec.n_acoustic_codebooks if codec.n_acoustic_codebooks else 0
             size = getattr(getattr(codec, "config", None), "acoustic_codebook_size", None)
             if per_frame != reader.cfg.acoustic_per_frame or (size is not None and size > reader.cfg.acoustic_codes):
@@ -393,11 +392,12 @@ class SpeechPipeline:
 
     def _stream_frames(self, prompt: Tensor, sampling: Sampling, max_frames: int, v: Voice | None,
                        gen: torch.Generator, history: tuple[list[int], list] = ((), ()),
-                       **gen_kw) -> Iterator[Tensor]:
+                       given: list | None = None, **gen_kw) -> Iterator[Tensor]:
         """Generate frames after ``prompt`` and yield audio ``[1, n]`` every ``chunk_frames`` frames.
 
         ``history`` (codes, acoustic frames) is decoded as left context only (continuation); ``gen_kw``:
-        ``min_frames`` / ``words`` / ``max_word_frames`` of :func:`generate_frames`."""
+        ``min_frames`` / ``words`` / ``max_word_frames`` of :func:`generate_frames`. ``given``: frames made
+        already (a best-of-N choice), decoded instead of generating."""
         g = v.tokens.global_ if v is not None else None
         voice_vec = self._voice_vec(v)
         codes, frames = list(history[0]), list(history[1])
@@ -416,8 +416,9 @@ class SpeechPipeline:
 
         head = self._speaking_head
         past = [f for f in frames if f is not None] if head is not None and head.cfg.context else None
-        for fr in generate_frames(self.infer_lm, self.layout, prompt, head, sampling, max_frames, voice_vec, gen,
-                                  past_acoustic=past, **gen_kw):
+        made = given if given is not None else generate_frames(self.infer_lm, self.layout, prompt, head, sampling,
+                                                               max_frames, voice_vec, gen, past_acoustic=past, **gen_kw)
+        for fr in made:
             codes.append(fr.code)
             frames.append(fr.acoustic)
             if len(codes) - emitted >= (self.first_chunk_frames if emitted == start else self.chunk_frames):
@@ -434,12 +435,49 @@ class SpeechPipeline:
                    aligned: bool | None = None) -> list[CodecTokens]:
         """The codec tokens :meth:`tts` would decode, one :class:`CodecTokens` per sentence (same seed, same tokens)."""
         out = []
-        for prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed,
-                                                        aligned):
-            fr = list(generate_frames(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi, self._voice_vec(v),
-                                      gen, **kw))
+        for sentence, prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds,
+                                                                  seed, aligned):
+            fr = self._best_of(sentence, prompt, s, hi, v, gen, kw)
+            if fr is None:
+                fr = list(generate_frames(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi,
+                                          self._voice_vec(v), gen, **kw))
             out.append(self._tokens([f.code for f in fr], [f.acoustic for f in fr], v.tokens.global_ if v else None))
         return out
+
+    def _best_of(self, sentence: str, prompt: Tensor, s: Sampling, hi: int, v: Voice | None, gen: torch.Generator,
+                 kw: dict) -> list | None:
+        """``s.best_of`` candidates of one sentence's frames, drawn one after another from ``gen``; the one the
+        CTC reader scores highest (:meth:`reader_score`). None when ``best_of`` is 1."""
+        if s.best_of <= 1:
+            return None
+        cands = [list(generate_frames(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi,
+                                      self._voice_vec(v), gen, **kw)) for _ in range(s.best_of)]
+        scores = [self.reader_score(sentence, [f.code for f in c], [f.acoustic for f in c]) for c in cands]
+        return cands[max(range(len(cands)), key=scores.__getitem__)]
+
+    @torch.no_grad()
+    def reader_score(self, text: str, codes: list[int] | Tensor, frames: list | Tensor | None = None) -> float:
+        """log p(``text`` | tokens) by the CTC reader: how well generated speech tokens say ``text`` (in the
+        reader's alphabet; -inf when the frames are too few to spell it). ``frames``: the per-frame acoustic
+        codes (``[Ts, r * Ka]`` or a list of ``[r * Ka]``), needed by a reader of both streams."""
+        if self.reader is None:
+            raise ValueError("scoring speech tokens against text needs a CTC reader: this model dir has no "
+                             "ctc_reader/ (train one with `slm ctc-reader train`)")
+        codes = torch.as_tensor(codes).long().flatten()
+        ids = char_ids(text)
+        if codes.numel() == 0:
+            return -math.inf
+        ac = None
+        if self.reader.cfg.acoustic_codes:
+            if frames is None or (isinstance(frames, list) and any(f is None for f in frames)):
+                raise ValueError("this CTC reader reads the acoustic codes too: give each frame's")
+            ac = torch.stack(list(frames)) if isinstance(frames, list) else torch.as_tensor(frames)
+        logp = self.reader.log_probs(reader_codes(codes, ac, self.reader.cfg.columns))
+        if not len(ids):
+            return float(logp[:, self.reader.blank].sum())
+        nll = torch.nn.functional.ctc_loss(logp[:, None].double(), ids[None], torch.tensor([len(logp)]),
+                                           torch.tensor([len(ids)]), blank=self.reader.blank, reduction="sum")
+        return -float(nll)
 
     def _tts_plan(self, text, voice, temperature, top_k, top_p, max_seconds, seed, aligned):
         """Per sentence: (prompt, sampling, max frames, voice, generator, the rest of generate_frames' arguments)."""
@@ -453,6 +491,9 @@ class SpeechPipeline:
         v = self._voice(voice)
         s = self._sampling(temperature, top_k, top_p)
         gen = _generator(seed)
+        if s.best_of > 1 and self.reader is None:
+            raise ValueError(f"best_of={s.best_of} picks among candidates by the CTC reader: this model dir has no "
+                             "ctc_reader/ (train one with `slm ctc-reader train`, or use best_of=1)")
         rate = self.codec.semantic_rate
         ptext, pcodes = (v.text, v.tokens.semantic[0]) if (v is not None and v.text) else (None, None)
         for sentence in split_sentences(text):
@@ -463,7 +504,7 @@ class SpeechPipeline:
                 kw |= {"words": self._word_ids(words), "max_word_frames": s.word_caps(words, rate)}
             if s.cfg_scale != 1.0:  # guidance: the same audio without the text, in the continuation form
                 kw["uncond_prompt"] = audio_only_prompt(self.layout, pcodes)
-            yield tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, hi, v, gen, kw
+            yield sentence, tts_prompt(self.tokenizer, self.layout, sentence, ptext, pcodes), s, hi, v, gen, kw
 
     def _word_ids(self, words: list[str]) -> list[list[int]]:
         """Each word's token ids for aligned TTS, followed by its phones for a phone-bridged model."""
@@ -483,9 +524,10 @@ class SpeechPipeline:
         Long text is split into sentences (each bounded by ``max_seconds``), generated one after another.
         ``aligned``: feed each word before its frames (the default of a model trained that way, see
         :attr:`tts_aligned`); False speaks the plain form from the whole sentence."""
-        for prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds, seed,
-                                                        aligned):
-            yield from self._stream_frames(prompt, s, hi, v, gen, **kw)
+        for sentence, prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds,
+                                                                  seed, aligned):
+            yield from self._stream_frames(prompt, s, hi, v, gen, given=self._best_of(sentence, prompt, s, hi, v, gen, kw),
+                                           **kw)
 
     def tts(self, text: str, voice=None, **kw) -> Tensor:
         """Synthesize ``text`` -> ``[1, N]`` float audio at :attr:`sample_rate`."""

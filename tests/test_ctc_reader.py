@@ -230,3 +230,45 @@ def test_reader_of_both_streams(tmp_path, pipe_with_reader):
     bad = CTCReader(ReaderConfig(**{**r.cfg.__dict__, "acoustic_per_frame": r.cfg.acoustic_per_frame + 1}))
     with pytest.raises(ValueError, match="another codec's tokens"):
         SpeechPipeline(pipe.lm, pipe.tokenizer, pipe.layout, pipe.codec, pipe.head, reader=bad)
+
+
+def test_best_of_speaks_the_candidate_the_reader_scores_highest(pipe_with_reader):
+    """Sampling.best_of = 3: each sentence's 3 candidates come one after another from the seeded generator, the
+    reader's log p(text | tokens) picks one, and the stream decodes exactly that one (chunks = offline)."""
+    import dataclasses
+
+    from slm.generate import generate_frames
+    from slm.pipeline import SpeechPipeline, _generator
+
+    pipe = pipe_with_reader[1]
+    text = "hello there"
+    base = pipe.sampling
+    pipe.sampling = dataclasses.replace(base, best_of=3, temperature=1.0)
+    try:
+        sentence, prompt, s, hi, v, _, kw = next(pipe._tts_plan(text, None, None, None, None, 2.0, 7, None))
+        gen = _generator(7)
+        cands = [list(generate_frames(pipe.infer_lm, pipe.layout, prompt, pipe._speaking_head, s, hi,
+                                      pipe._voice_vec(v), gen, **kw)) for _ in range(3)]
+        codes = [[f.code for f in c] for c in cands]
+        assert len({tuple(c) for c in codes}) > 1  # the candidates differ
+        scores = [pipe.reader_score(sentence, c) for c in codes]
+        best = max(range(3), key=scores.__getitem__)
+        assert best != 0  # (with this seed) so best-of differs from the first draw
+        toks = pipe.tts_tokens(text, seed=7, max_seconds=2.0)
+        assert toks[0].semantic[0, 0].tolist() == codes[best]
+        chunks = list(pipe.tts_stream(text, seed=7, max_seconds=2.0))
+        torch.testing.assert_close(torch.cat(chunks, -1), pipe._decode(toks[0]).reshape(1, -1).float().clamp(-1, 1),
+                                   atol=1e-4, rtol=0)
+        pipe.sampling = dataclasses.replace(base, temperature=1.0)
+        assert pipe.tts_tokens(text, seed=7, max_seconds=2.0)[0].semantic[0, 0].tolist() == codes[0]  # best_of 1
+    finally:
+        pipe.sampling = base
+    # -inf when there are no frames, or too few to spell the text
+    assert pipe.reader_score("a", []) == -math.inf
+    assert pipe.reader_score("abcdefghij" * 5, [1]) == -math.inf
+    bare = SpeechPipeline(pipe.lm, pipe.tokenizer, pipe.layout, pipe.codec, pipe.head,
+                          sampling=dataclasses.replace(base, best_of=2))
+    with pytest.raises(ValueError, match="no ctc_reader"):
+        bare.tts(text, max_seconds=1.0)
+    with pytest.raises(ValueError, match="best_of"):
+        dataclasses.replace(base, best_of=0)

@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     s.add_argument("--list-voices", action="store_true", help="print the model's bundled voices and exit")
     _sampling_args(s)
     s.add_argument("--max-seconds", type=float, default=20.0)
+    s.add_argument("--best-of", type=int, default=None, metavar="N",
+                   help="sample N candidates per sentence, speak the one the CTC reader reads best (N x the time)")
     form = s.add_mutually_exclusive_group()
     form.add_argument("--aligned", dest="aligned", action="store_true", default=None,
                       help="feed each word before its frames (the default of models trained with tts_aligned)")
@@ -250,6 +252,10 @@ def _tts(args) -> int:
     if args.text is None or args.out is None:
         raise SystemExit("slm tts: give the text and --out FILE.wav (or --list-voices)")
     pipe = _pipe(args.model, args.int8, args.semantic_only)
+    if args.best_of is not None:
+        import dataclasses
+
+        pipe.sampling = dataclasses.replace(pipe.sampling, best_of=args.best_of)
     wav = pipe.tts(args.text, args.voice, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    max_seconds=args.max_seconds, seed=args.seed, aligned=args.aligned)
     save_audio(args.out, wav, pipe.sample_rate)
