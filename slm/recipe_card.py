@@ -402,7 +402,16 @@ def _decoding_line(m: dict[str, Any]) -> list[str]:
                  f"top-k {sp.get('top_k')}, top-p {_f(sp.get('top_p'), 2)}; acoustic head temperature "
                  f"{_f(sp.get('head_temperature'), 2)}, top-k {sp.get('head_top_k')}"
                  + (f" (`export.sampling` sets {', '.join(f'{k} {v}' for k, v in sorted(shipped.items()))})."
-                    if shipped else ".") + " " + _ASR_HOW.get((m["lm"].get("asr") or {}).get("form"), _ASR_HOW["lm"]))]
+                    if shipped else ".") + " " + _ASR_HOW.get((m["lm"].get("asr") or {}).get("form"), _ASR_HOW["lm"])
+                 + _reader_words(m.get("reader") or {}))]
+
+
+def _reader_words(r: dict[str, Any]) -> str:
+    if not r:
+        return ""
+    what = ("each frame's semantic code and its acoustic codes" if r.get("acoustic_codes")
+            else "the semantic codes")
+    return (f" The CTC reader (`ctc_reader/`, {r.get('layers')} layers of width {r.get('dim')}) reads {what}.")
 
 
 # how the card's ASR-by-token rows were decoded, by eval_asr's "form" (the method, or the LM's form)
@@ -507,6 +516,9 @@ def render_model_card(bundle: Path, m: dict[str, Any], curves: bool) -> Path:
     """README.md of ``bundle`` from the metrics dict ``m`` (also written, as metrics.json)."""
     _SUMMARIES.clear()
     _SUMMARIES.update(m.get("token_summaries") or {})
+    reader = _read(bundle / "ctc_reader" / "config.json")
+    if reader:  # the shipped CTC reader's shape (installed by the reader stage or `ctc-reader --install`)
+        m["reader"] = {k: v for k, v in reader.get("config", {}).items() if k != "alphabet"}
     s, corpus, ct, lt = m["settings"], m["corpus"], m["codec"]["training"], m["lm"]["training"]
     lcfg, tts, asr = m["lm"]["config"], m["lm"]["tts"], m["lm"]["asr"]
     splits = corpus.get("splits", {})

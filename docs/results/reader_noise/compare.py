@@ -48,6 +48,8 @@ def main() -> None:
             row[f"{s}_greedy"] = {"wer": er.wer, "cer": er.cer}
             print(name, s, "greedy", round(er.wer, 3), round(er.cer, 3), flush=True)
         save()
+    if not args.fused_items:
+        return
     pipe = SpeechPipeline.from_pretrained(args.model, threads=args.threads)
     utts = splits["test"][: args.fused_items]
     audio_s = sum(u.duration for u in utts)
