@@ -432,11 +432,11 @@ class SpeechPipeline:
     @torch.no_grad()
     def tts_tokens(self, text: str, voice=None, *, temperature: float | None = None, top_k: int | None = None,
                    top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None,
-                   aligned: bool | None = None) -> list[CodecTokens]:
+                   aligned: bool | None = None, best_of: int | None = None) -> list[CodecTokens]:
         """The codec tokens :meth:`tts` would decode, one :class:`CodecTokens` per sentence (same seed, same tokens)."""
         out = []
         for sentence, prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds,
-                                                                  seed, aligned):
+                                                                  seed, aligned, best_of):
             fr = self._best_of(sentence, prompt, s, hi, v, gen, kw)
             if fr is None:
                 fr = list(generate_frames(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi,
@@ -479,7 +479,7 @@ class SpeechPipeline:
                                            torch.tensor([len(ids)]), blank=self.reader.blank, reduction="sum")
         return -float(nll)
 
-    def _tts_plan(self, text, voice, temperature, top_k, top_p, max_seconds, seed, aligned):
+    def _tts_plan(self, text, voice, temperature, top_k, top_p, max_seconds, seed, aligned, best_of=None):
         """Per sentence: (prompt, sampling, max frames, voice, generator, the rest of generate_frames' arguments)."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text must be a non-empty string, got {text!r}")
@@ -490,6 +490,8 @@ class SpeechPipeline:
         aligned = self.tts_aligned if aligned is None else bool(aligned)
         v = self._voice(voice)
         s = self._sampling(temperature, top_k, top_p)
+        if best_of is not None:
+            s = dataclasses.replace(s, best_of=best_of)
         gen = _generator(seed)
         if s.best_of > 1 and self.reader is None:
             raise ValueError(f"best_of={s.best_of} picks among candidates by the CTC reader: this model dir has no "
@@ -518,14 +520,16 @@ class SpeechPipeline:
     @torch.no_grad()
     def tts_stream(self, text: str, voice=None, *, temperature: float | None = None, top_k: int | None = None,
                    top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None,
-                   aligned: bool | None = None) -> Iterator[Tensor]:
+                   aligned: bool | None = None, best_of: int | None = None) -> Iterator[Tensor]:
         """Audio chunks ``[1, n]`` as they are generated; they concatenate exactly to :meth:`tts`.
 
         Long text is split into sentences (each bounded by ``max_seconds``), generated one after another.
         ``aligned``: feed each word before its frames (the default of a model trained that way, see
-        :attr:`tts_aligned`); False speaks the plain form from the whole sentence."""
+        :attr:`tts_aligned`); False speaks the plain form from the whole sentence. ``best_of`` (None: the
+        model's ``Sampling.best_of``): sample that many candidates per sentence and speak the one the CTC
+        reader reads as the sentence best (N x the LM time; a sentence's audio starts when its candidates are done)."""
         for sentence, prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds,
-                                                                  seed, aligned):
+                                                                  seed, aligned, best_of):
             yield from self._stream_frames(prompt, s, hi, v, gen, given=self._best_of(sentence, prompt, s, hi, v, gen, kw),
                                            **kw)
 

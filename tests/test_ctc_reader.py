@@ -261,6 +261,7 @@ def test_best_of_speaks_the_candidate_the_reader_scores_highest(pipe_with_reader
                                    atol=1e-4, rtol=0)
         pipe.sampling = dataclasses.replace(base, temperature=1.0)
         assert pipe.tts_tokens(text, seed=7, max_seconds=2.0)[0].semantic[0, 0].tolist() == codes[0]  # best_of 1
+        assert pipe.tts_tokens(text, seed=7, max_seconds=2.0, best_of=3)[0].semantic[0, 0].tolist() == codes[best]
     finally:
         pipe.sampling = base
     # -inf when there are no frames, or too few to spell the text

@@ -252,12 +252,8 @@ def _tts(args) -> int:
     if args.text is None or args.out is None:
         raise SystemExit("slm tts: give the text and --out FILE.wav (or --list-voices)")
     pipe = _pipe(args.model, args.int8, args.semantic_only)
-    if args.best_of is not None:
-        import dataclasses
-
-        pipe.sampling = dataclasses.replace(pipe.sampling, best_of=args.best_of)
     wav = pipe.tts(args.text, args.voice, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   max_seconds=args.max_seconds, seed=args.seed, aligned=args.aligned)
+                   max_seconds=args.max_seconds, seed=args.seed, aligned=args.aligned, best_of=args.best_of)
     save_audio(args.out, wav, pipe.sample_rate)
     print(f"{args.out}: {wav.shape[-1] / pipe.sample_rate:.2f} s")
     return 0
