@@ -438,9 +438,7 @@ class SpeechPipeline:
         for sentence, prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds,
                                                                   seed, aligned, best_of):
             fr = self._best_of(sentence, prompt, s, hi, v, gen, kw)
-            if fr is None:
-                fr = list(generate_frames(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi,
-                                          self._voice_vec(v), gen, **kw))
+            fr = list(self._frames(prompt, s, hi, v, gen, kw)) if fr is None else fr
             out.append(self._tokens([f.code for f in fr], [f.acoustic for f in fr], v.tokens.global_ if v else None))
         return out
 
@@ -450,10 +448,14 @@ class SpeechPipeline:
         CTC reader scores highest (:meth:`reader_score`). None when ``best_of`` is 1."""
         if s.best_of <= 1:
             return None
-        cands = [list(generate_frames(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi,
-                                      self._voice_vec(v), gen, **kw)) for _ in range(s.best_of)]
+        cands = [list(self._frames(prompt, s, hi, v, gen, kw)) for _ in range(s.best_of)]
         scores = [self.reader_score(sentence, [f.code for f in c], [f.acoustic for f in c]) for c in cands]
         return cands[max(range(len(cands)), key=scores.__getitem__)]
+
+    def _frames(self, prompt: Tensor, s: Sampling, hi: int, v: Voice | None, gen: torch.Generator, kw: dict):
+        """One sentence's frames as :func:`generate_frames` makes them (an iterator)."""
+        return generate_frames(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi, self._voice_vec(v),
+                               gen, **kw)
 
     @torch.no_grad()
     def reader_score(self, text: str, codes: list[int] | Tensor, frames: list | Tensor | None = None) -> float:
@@ -496,6 +498,9 @@ class SpeechPipeline:
         if s.best_of > 1 and self.reader is None:
             raise ValueError(f"best_of={s.best_of} picks among candidates by the CTC reader: this model dir has no "
                              "ctc_reader/ (train one with `slm ctc-reader train`, or use best_of=1)")
+        if s.best_of > 1 and self.reader.cfg.acoustic_codes and self._speaking_head is None:
+            raise ValueError(f"best_of={s.best_of}: this CTC reader reads acoustic codes, which semantic-only "
+                             "speech does not make; use best_of=1 or speak with the acoustic head")
         rate = self.codec.semantic_rate
         ptext, pcodes = (v.text, v.tokens.semantic[0]) if (v is not None and v.text) else (None, None)
         for sentence in split_sentences(text):
