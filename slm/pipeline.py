@@ -29,7 +29,7 @@ from torch import Tensor
 from codec.config import TWO_STREAM
 from codec.contracts import CodecTokens, check_audio
 from slm import ASR_METHODS, READER_ASR_METHODS
-from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio
+from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio, frames_from_acoustic
 from slm.ctc_reader import CTCPrefixScorer, CTCReader, JointConfig, char_ids, joint_transcribe, reader_codes
 from slm.fused_asr import FusionConfig, Lexicon, TextScorer, fused_transcribe
 from slm.generate import Sampling, generate_frames, generate_text, inference_copy, transcribe_aligned
@@ -597,8 +597,6 @@ class SpeechPipeline:
         toks = self._encode_one(wav, sample_rate)[0]
         acoustic = None
         if self.reader is not None and self.reader.cfg.acoustic_codes and toks.acoustic.shape[1]:
-            from slm.acoustic_head import frames_from_acoustic
-
             acoustic = frames_from_acoustic(toks.acoustic[0], toks.ratio)
         return self.asr_tokens(toks.semantic[0, 0], max_new_tokens, aligned, method, acoustic=acoustic)
 
@@ -702,8 +700,6 @@ class SpeechPipeline:
         if codes.numel() < 2:
             raise ValueError(f"prompt too short: {codes.numel()} semantic frames, need at least 2")
         v = Voice("prompt", toks)
-        from slm.acoustic_head import frames_from_acoustic
-
         frames = list(frames_from_acoustic(toks.acoustic[0], toks.ratio)) if toks.acoustic.shape[1] else [None] * codes.numel()
         gen = _generator(seed)
         max_frames = max(1, int(seconds * self.codec.semantic_rate))
