@@ -10,7 +10,8 @@ adapter merged in); our loop, LM only, on that merged backbone (one-token steps 
 generation ran on before merging); full streaming TTS (LM + acoustic head per frame + codec decode
 per chunk) with its real-time factor and time to first audio; optionally the aligned TTS form
 (``--aligned``: the text's words fed before their frames, as many frames as the model makes; each word in one
-decoding pass, and, as the baseline of that, token by token), int8 backbone
+decoding pass, and, as the baseline of that, token by token), best-of-N TTS (``--best-of N``: the N candidates
+decoded side by side, and, as the baseline, one after another), int8 backbone
 weights (``--int8``, ``SpeechPipeline.from_pretrained(..., int8=True)``) and in bfloat16 (``--bf16``).
 
     python benchmarks/tts_speed.py --threads 2 --frames 50                 # the bundled default
@@ -83,6 +84,8 @@ def main() -> int:
     ap.add_argument("--int8", action="store_true", help="also time streaming TTS with int8 backbone weights")
     ap.add_argument("--aligned", action="store_true", help="also time streaming TTS in the aligned form (the text's "
                                                           "words fed before their frames; its own length)")
+    ap.add_argument("--best-of", type=int, default=0, help="also time best-of-N TTS of --text (pipe.tts_stream, "
+                    "seed 0): N candidates decoded side by side, one after another (the baseline), and best_of 1")
     ap.add_argument("--no-unmerged", action="store_true", help="skip the (slow) unmerged peft row")
     ap.add_argument("--text", default="The quick brown fox jumps over the lazy dog, twice.")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -127,6 +130,32 @@ def main() -> int:
         return {"time_to_first_audio_s": first, "audio_seconds": sec,
                 **({"frames": round(sec * pipe.codec.semantic_rate)} if aligned else {})}
 
+    def best_of_rows(suffix: str = "") -> None:
+        """Best-of-N TTS of the whole text as users call it: its candidates side by side (one padded decoding
+        pass per step) vs one after another (the loop before), and best_of 1; RTF per second of audio made."""
+        import slm.pipeline as P
+
+        def run(k: int) -> dict:
+            t, first, samples = time.perf_counter(), None, 0
+            for chunk in pipe.tts_stream(args.text, seed=0, best_of=k):
+                first = first if first is not None else time.perf_counter() - t
+                samples += chunk.shape[-1]
+            sec = samples / pipe.sample_rate
+            return {"time_to_first_audio_s": first, "audio_seconds": sec,
+                    "frames": round(sec * pipe.codec.semantic_rate)}
+
+        def one_after_another(model, layout, p, h, sa, hi, k, v, gen, **kw):
+            return [list(generate_frames(model, layout, p, h, sa, hi, v, gen, **kw)) for _ in range(k)]
+
+        rows[f"tts_best_of_1{suffix}"] = _best(lambda: run(1), args.repeats)
+        rows[f"tts_best_of_{args.best_of}_side_by_side{suffix}"] = _best(lambda: run(args.best_of), args.repeats)
+        together, P.generate_candidates = P.generate_candidates, one_after_another
+        try:
+            rows[f"tts_best_of_{args.best_of}_one_after_another{suffix}"] = _best(lambda: run(args.best_of),
+                                                                                   args.repeats)
+        finally:
+            P.generate_candidates = together
+
     lm_only(lm)  # warm-up (first-call allocations, lazy inits)
     rows = {"hf_generate": _best(plain, args.repeats), "our_loop_lm_only": _best(lambda: lm_only(lm), args.repeats)}
     rows["streaming_tts"] = _best(streaming, args.repeats)
@@ -141,6 +170,8 @@ def main() -> int:
             rows["streaming_tts_aligned_token_by_token"] = _best(lambda: streaming(aligned=True), args.repeats)
         finally:
             Decoder.push_many = whole
+    if args.best_of > 1:
+        best_of_rows()
     if not args.no_unmerged and pipe.lm is not lm:  # what generation ran on before merging
         rows["our_loop_lm_only_unmerged"] = _best(lambda: lm_only(pipe.lm), max(1, args.repeats - 1))
         pipe.infer_lm = pipe.lm
@@ -160,6 +191,8 @@ def main() -> int:
         rows["streaming_tts_int8"] = _best(streaming, args.repeats)
         if args.aligned:
             rows["streaming_tts_aligned_int8"] = _best(lambda: streaming(aligned=True), args.repeats)
+        if args.best_of > 1:
+            best_of_rows("_int8")
         pipe.infer_lm = lm
         del lm8
     if args.bf16:

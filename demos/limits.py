@@ -27,6 +27,7 @@ class DemoLimits:
     max_upload_mb: float = 20.0  # ~2 min of 44.1 kHz stereo wav; also passed to launch(max_file_size)
     max_text_chars: int = 400  # TTS text: the LM decodes one semantic token per step (DESIGN.md §8)
     max_generate_seconds: float = 20.0  # upper end of the TTS / continuation length slider
+    max_best_of: int = 4  # TTS candidates per sentence (best-of-N by the CTC reader): each costs LM time
     max_dialogue_turns: int = 8  # history kept for the chat backbone; older turns are dropped
     concurrency: int = 1  # requests computed at once: the CPU has 2 cores and torch uses them all
     queue_size: int = 16  # waiting requests beyond this are refused instead of piling up

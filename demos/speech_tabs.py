@@ -70,6 +70,10 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
             controls = _sampling_controls(ctx, "Max seconds", 8.0)
             form = gr.Radio(list(TTS_FORMS), value=DEFAULT_FORM, label="How to speak",
                             info="aligned: each word fed right before its frames; plain: from the whole sentence")
+            best_of = gr.Slider(1, max(1, ctx.limits.max_best_of), value=min(ctx.sampling.best_of, ctx.limits.max_best_of),
+                                step=1, label="Candidates per sentence (best of)",
+                                info="above 1: that many takes of each sentence, decoded side by side; the model's "
+                                     "CTC reader picks the one that says the text best (clearer, slower to start)")
             with gr.Row():
                 go = gr.Button("Speak", variant="primary")
                 stop = gr.Button("Stop")
@@ -80,7 +84,8 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
             info = gr.Markdown(label="Timing", elem_id="tts-info")
 
     @user_errors
-    def on_tts(text_value, voice_name, ref_path, temperature, top_k, top_p, seed, max_seconds, form_value=DEFAULT_FORM):
+    def on_tts(text_value, voice_name, ref_path, temperature, top_k, top_p, seed, max_seconds, form_value=DEFAULT_FORM,
+               best_of=None):
         text_value = check_text(text_value, ctx.limits)
         p = ctx.pipeline.get()
         voice_arg = _voice_arg(ctx, p, voice_name, ref_path)
@@ -88,6 +93,11 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
         if form_value not in TTS_FORMS:
             raise InputError(f"unknown TTS form {form_value!r}: expected one of {list(TTS_FORMS)}")
         kwargs["aligned"] = TTS_FORMS[form_value]
+        if best_of is not None:
+            n = int(best_of)
+            if not 1 <= n <= ctx.limits.max_best_of:
+                raise InputError(f"candidates per sentence: 1..{ctx.limits.max_best_of}, got {n}")
+            kwargs["best_of"] = n
         chunks, t0, first = [], time.perf_counter(), None
         for chunk in p.tts_stream(text_value, voice_arg, max_seconds=float(max_seconds), **kwargs):
             if chunk.numel() == 0:
@@ -101,7 +111,7 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
         yield gr.skip(), to_gradio_audio(wav, p.sample_rate), _rtf_line(
             wav.shape[-1] / p.sample_rate, time.perf_counter() - t0, first)
 
-    event = go.click(on_tts, [text, voice, reference, *controls, form], [live, full, info], api_name="tts",
+    event = go.click(on_tts, [text, voice, reference, *controls, form, best_of], [live, full, info], api_name="tts",
               concurrency_id=MODELS)
     stop.click(None, None, None, cancels=[event], api_visibility="private")
     return voice

@@ -32,7 +32,14 @@ from slm import ASR_METHODS, READER_ASR_METHODS
 from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio, frames_from_acoustic
 from slm.ctc_reader import CTCPrefixScorer, CTCReader, JointConfig, char_ids, joint_transcribe, reader_codes
 from slm.fused_asr import FusionConfig, Lexicon, TextScorer, fused_transcribe
-from slm.generate import Sampling, generate_frames, generate_text, inference_copy, transcribe_aligned
+from slm.generate import (
+    Sampling,
+    generate_candidates,
+    generate_frames,
+    generate_text,
+    inference_copy,
+    transcribe_aligned,
+)
 from slm.layout import TokenLayout
 from slm.templates import (
     asr_prompt,
@@ -444,11 +451,13 @@ class SpeechPipeline:
 
     def _best_of(self, sentence: str, prompt: Tensor, s: Sampling, hi: int, v: Voice | None, gen: torch.Generator,
                  kw: dict) -> list | None:
-        """``s.best_of`` candidates of one sentence's frames, drawn one after another from ``gen``; the one the
-        CTC reader scores highest (:meth:`reader_score`). None when ``best_of`` is 1."""
+        """``s.best_of`` candidates of one sentence's frames (decoded side by side where the backbone allows:
+        :func:`generate_candidates`); the one the CTC reader scores highest (:meth:`reader_score`). None when
+        ``best_of`` is 1."""
         if s.best_of <= 1:
             return None
-        cands = [list(self._frames(prompt, s, hi, v, gen, kw)) for _ in range(s.best_of)]
+        cands = generate_candidates(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi, s.best_of,
+                                    self._voice_vec(v), gen, **kw)
         scores = [self.reader_score(sentence, [f.code for f in c], [f.acoustic for f in c]) for c in cands]
         return cands[max(range(len(cands)), key=scores.__getitem__)]
 

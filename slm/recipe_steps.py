@@ -135,7 +135,7 @@ def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tu
     items = load_items(manifest, "test", limit)
     judges = Judges(metrics=tuple(metrics))
     res: dict = {"bundle": str(bundle), "manifest": str(manifest), "n": len(items), "semantic_only": pipe.semantic_only,
-                 "int8": int8, "sampling": dataclasses.asdict(pipe.sampling)}
+                 "int8": int8, "seed": seed, "sampling": dataclasses.asdict(pipe.sampling)}
     if "tts" in tasks:
         res["tts"] = eval_tts(pipe, items, judges, max_seconds=max_seconds, seed=seed)
         # floor: the corpus' own audio of the same sentences (speaker similarity: prompt vs original)
@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--semantic-only", action="store_true", default=None,
                    help="speak without the acoustic head (codecs trained with acoustic_dropout)")
     e.add_argument("--int8", action="store_true", help="decode with int8 backbone weights")
+    e.add_argument("--seed", type=int, default=0, help="seed of the sampled tasks (tts, continuation)")
     e.add_argument("--sampling", default=None, help="decoding settings over the model's own, e.g. temperature=0.5")
     x = sub.add_parser("export")
     x.add_argument("bundle")
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         lm_train_bounded(a.config, a.max_minutes, a.chunk)
     elif a.cmd == "lm-eval":
         lm_eval(a.bundle, a.manifest, a.out, tuple(a.tasks.split(",")), a.limit, tuple(a.metrics.split(",")),
-                a.max_seconds, semantic_only=a.semantic_only, int8=a.int8, sampling=a.sampling)
+                a.max_seconds, seed=a.seed, semantic_only=a.semantic_only, int8=a.int8, sampling=a.sampling)
     elif a.cmd == "voice-bundle":
         voice_bundle(a.lm_bundle, a.codec, a.dest)
     else:

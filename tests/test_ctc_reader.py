@@ -233,11 +233,12 @@ def test_reader_of_both_streams(tmp_path, pipe_with_reader):
 
 
 def test_best_of_speaks_the_candidate_the_reader_scores_highest(pipe_with_reader):
-    """Sampling.best_of = 3: each sentence's 3 candidates come one after another from the seeded generator, the
-    reader's log p(text | tokens) picks one, and the stream decodes exactly that one (chunks = offline)."""
+    """Sampling.best_of = 3: each sentence's 3 candidates come from the seeded generator (side by side,
+    slm.generate.generate_candidates), the reader's log p(text | tokens) picks one, and the stream decodes exactly
+    that one (chunks = offline)."""
     import dataclasses
 
-    from slm.generate import generate_frames
+    from slm.generate import generate_candidates, generate_frames
     from slm.pipeline import SpeechPipeline, _generator
 
     pipe = pipe_with_reader[1]
@@ -247,8 +248,8 @@ def test_best_of_speaks_the_candidate_the_reader_scores_highest(pipe_with_reader
     try:
         sentence, prompt, s, hi, v, _, kw = next(pipe._tts_plan(text, None, None, None, None, 2.0, 7, None))
         gen = _generator(7)
-        cands = [list(generate_frames(pipe.infer_lm, pipe.layout, prompt, pipe._speaking_head, s, hi,
-                                      pipe._voice_vec(v), gen, **kw)) for _ in range(3)]
+        cands = generate_candidates(pipe.infer_lm, pipe.layout, prompt, pipe._speaking_head, s, hi, 3,
+                                    pipe._voice_vec(v), gen, **kw)
         codes = [[f.code for f in c] for c in cands]
         assert len({tuple(c) for c in codes}) > 1  # the candidates differ
         scores = [pipe.reader_score(sentence, c) for c in codes]
@@ -260,7 +261,9 @@ def test_best_of_speaks_the_candidate_the_reader_scores_highest(pipe_with_reader
         torch.testing.assert_close(torch.cat(chunks, -1), pipe._decode(toks[0]).reshape(1, -1).float().clamp(-1, 1),
                                    atol=1e-4, rtol=0)
         pipe.sampling = dataclasses.replace(base, temperature=1.0)
-        assert pipe.tts_tokens(text, seed=7, max_seconds=2.0)[0].semantic[0, 0].tolist() == codes[0]  # best_of 1
+        one = [f.code for f in generate_frames(pipe.infer_lm, pipe.layout, prompt, pipe._speaking_head, s, hi,
+                                               pipe._voice_vec(v), _generator(7), **kw)]
+        assert pipe.tts_tokens(text, seed=7, max_seconds=2.0)[0].semantic[0, 0].tolist() == one  # best_of 1
         assert pipe.tts_tokens(text, seed=7, max_seconds=2.0, best_of=3)[0].semantic[0, 0].tolist() == codes[best]
     finally:
         pipe.sampling = base

@@ -80,5 +80,10 @@ def test_limits_come_back_as_messages(client, tmp_path):
 
     with pytest.raises(Exception, match="at most 80 characters"):
         client.predict("x" * 81, "spk0", None, 0.8, 20, 0.95, 0, 1.0, api_name="/tts")
+    # best-of-N: bounded, and a model without a CTC reader says it cannot pick among candidates
+    with pytest.raises(Exception, match="greater than maximum value 4"):  # the slider bounds it
+        client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, "plain", 9, api_name="/tts")
+    with pytest.raises(Exception, match="ctc_reader"):
+        client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, "plain", 2, api_name="/tts")
     with pytest.raises(Exception, match="limit is 4 s"):
         client.predict(handle_file(speechlike_wav(tmp_path / "long.wav", 5.0)), api_name="/asr")

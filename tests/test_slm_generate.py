@@ -196,7 +196,7 @@ def test_int8(lm, layout):
     x = torch.randn(1, 1, 32)
     assert not torch.equal(lin(x), lin.dense(x))  # one row: the int8 kernel, close to fp32, not equal
     torch.testing.assert_close(lin(x), lin.dense(x), atol=0.02, rtol=0.02)
-    assert torch.equal(lin(x.expand(1, 20, 32)), lin.dense(x.expand(1, 20, 32)))  # many rows: fp32 weights
+    assert torch.equal(lin(x.expand(1, 40, 32)), lin.dense(x.expand(1, 40, 32)))  # many rows: fp32 weights
     # models without a fused step get Int8Linear in place of their own linears
     plain = copy.deepcopy(lm)
     assert quantize_int8(plain) == 2 * 7
@@ -389,3 +389,74 @@ def test_aligned_asr_on_a_real_model_writes_only_text(lm, layout):
     for threshold in (0.01, 0.3):
         assert (list(transcribe_aligned(lm, layout, codes, max_new_tokens=20, threshold=threshold))
                 == list(transcribe_aligned(fast, layout, codes, max_new_tokens=20, threshold=threshold)))
+
+
+def test_candidates_decoded_side_by_side_follow_the_one_by_one_loop(lm, layout, monkeypatch):
+    """generate_candidates' rows, each fed its own tokens (a frame, a whole word, or nothing once it has ended)
+    in one padded pass: replaying each row's sampled choices through generate_frames (the one-sequence loop)
+    gives the same frames, hidden states and acoustic codes; the batched state equals per-row states."""
+    import slm.generate as G
+    from slm.generate import generate_candidates, inference_copy
+
+    fast = inference_copy(lm)
+    head = AcousticHead(AcousticHeadConfig(backbone_dim=32, n_semantic=64, codebook_size=16, n_codebooks=1, ratio=2,
+                                           dim=16, n_layers=1, n_heads=2, context=2)).eval()
+    prompt = torch.tensor([1, 2, 3, layout.audio_start])
+    words = [[7, 8], [9], [10, 11, 12], [13]]
+    s = Sampling(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.2, head_temperature=0.0)
+    picks: dict[int, list[int]] = {}
+    pick = G._pick
+
+    def recording(logits, allowed, pos, sp, recent, gen, subset=None):
+        """The loop's own pick, except that it moves on (next word, or the end) a quarter of the times it may:
+        the tiny random model alone almost never does, and the rows should go apart."""
+        tok = pick(logits, allowed, pos, sp, recent, gen, subset)
+        ways = [int(allowed[i]) for i in (subset if subset is not None else range(allowed.numel()))
+                if not layout.is_semantic(allowed[int(i)])]
+        if ways and float(torch.rand((), generator=gen)) < 0.25:
+            tok = ways[0]
+        picks.setdefault(id(recent), []).append(tok)
+        return tok
+
+    monkeypatch.setattr(G, "_pick", recording)
+    for kw in ({"words": words, "max_word_frames": [3, 2, 4, 5], "min_frames": 6}, {"min_frames": 3}):
+        picks.clear()
+        cands = generate_candidates(fast, layout, prompt, head, s, 14, 4, None, torch.Generator().manual_seed(1), **kw)
+        assert len(cands) == 4 and len({tuple(f.code for f in c) for c in cands}) > 1
+        assert len({len(c) for c in cands}) > 1  # the rows went apart (different lengths: ragged feeds)
+        scripts = list(picks.values())
+        assert len(scripts) == 4
+        for cand, script in zip(cands, scripts, strict=True):
+            it = iter(script)
+            monkeypatch.setattr(G, "_pick", lambda *a, it=it, **k: next(it))
+            one = list(generate_frames(fast, layout, prompt, head, s, 14, None, None, **kw))
+            monkeypatch.setattr(G, "_pick", recording)
+            assert [f.code for f in one] == [f.code for f in cand]
+            torch.testing.assert_close(torch.stack([f.hidden for f in cand]), torch.stack([f.hidden for f in one]),
+                                       atol=1e-5, rtol=1e-5)
+            assert torch.equal(torch.stack([f.acoustic for f in cand]), torch.stack([f.acoustic for f in one]))
+            assert len(cand) >= kw["min_frames"]
+    monkeypatch.setattr(G, "_pick", pick)
+    # the same seed, the same candidates; models without a fused step draw them one after another
+    a = generate_candidates(fast, layout, prompt, head, s, 10, 3, None, torch.Generator().manual_seed(2), words=words)
+    b = generate_candidates(fast, layout, prompt, head, s, 10, 3, None, torch.Generator().manual_seed(2), words=words)
+    assert [[f.code for f in c] for c in a] == [[f.code for f in c] for c in b]
+    gen, ref = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    seq = generate_candidates(lm, layout, prompt, None, s, 8, 2, None, gen)
+    assert [[f.code for f in c] for c in seq] == [[f.code for f in generate_frames(lm, layout, prompt, None, s, 8,
+                                                                                   None, ref)] for _ in range(2)]
+    with pytest.raises(ValueError, match="n must be"):
+        generate_candidates(fast, layout, prompt, head, s, 10, 0)
+    # the batched state itself: ragged feeds equal each row's own state
+    dec = Decoder(fast, prompt, None)
+    batch = fast.fused_step.start_batch(dec.cache, 4, 20, 3)
+    rows = [fast.fused_step.start(Decoder(fast, prompt, None).cache, 4, 20) for _ in range(3)]
+    for feeds in ([[510], [7, 8, 9], []], [[], [511], [12, 13]], [[520, 521], [530], [531]]):
+        h = batch.step(feeds)
+        for r, (state, f) in enumerate(zip(rows, feeds, strict=True)):
+            if f:
+                torch.testing.assert_close(h[r], state.step_many(f), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="feeds"):
+        batch.step([[1]])
+    with pytest.raises(RuntimeError, match="full"):
+        batch.step([[1] * 12, [], []])
