@@ -456,8 +456,7 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
     to the next word or end stays the conditional model's. Until the unconditional stream has seen a frame
     (no voice prompt) there is nothing to guide with, so the first frame is the conditional model's."""
     sp = _FramePlan(model, layout, prompt, max_frames, min_frames, words, max_word_frames)
-    prompt, allowed, pos, early, sem, caps, leave, or_leave = (sp.prompt, sp.allowed, sp.pos, sp.early, sp.sem,
-                                                               sp.caps, sp.leave, sp.or_leave)
+    prompt, allowed, pos, sem, leave = sp.prompt, sp.allowed, sp.pos, sp.sem, sp.leave
     dec = Decoder(model, prompt, allowed, max_new=sp.max_new)
     guide = uncond_prompt is not None and sampling.cfg_scale != 1.0
     udec = Decoder(model, uncond_prompt, allowed, need_hidden=False, max_new=max_frames) if guide else None
@@ -473,13 +472,7 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
     for f in past_acoustic or []:
         hist.push(f)
     for n in range(max_frames):
-        if words is None:
-            tok = _pick(logits(), allowed, pos, sampling, recent, generator, early if n < min_frames else None)
-        elif in_word >= caps[k]:  # this word has had its frames: on to the next one, or the end
-            tok = leave[k]
-        else:  # a word gets one frame before it may be left, and the last one not before min_frames
-            stay = in_word == 0 or (k == len(words) - 1 and n < min_frames)
-            tok = _pick(logits(), allowed, pos, sampling, recent, generator, sem if stay else or_leave[k])
+        tok = sp.choose(logits, sampling, recent, generator, n, k, in_word)
         if words is not None and tok == leave[k] and tok != layout.audio_end:
             k, in_word = k + 1, 0
             dec.push_many(words[k])  # the whole word in one pass
@@ -534,6 +527,19 @@ class _FramePlan:
         self.or_leave = [torch.cat([self.sem, self.pos[t : t + 1]]) for t in self.leave[: len(words or [])]]
         self.max_new = max_frames + sum(len(w) for w in (words or [[]])[1:])  # tokens fed after the prompt
 
+    def choose(self, logits, s: Sampling, recent: list[int], gen: torch.Generator | None, made: int, k: int,
+               in_word: int) -> int:
+        """The next token of a sequence that has ``made`` frames, is in word ``k`` with ``in_word`` frames of it:
+        a frame, or (aligned) the next word's first token / ``<|audio_end|>``. ``logits``: a callable giving
+        the allowed ids' logits (called only when something is sampled)."""
+        if self.words is None:
+            return _pick(logits(), self.allowed, self.pos, s, recent, gen, self.early if made < self.min_frames else None)
+        if in_word >= self.caps[k]:  # this word has had its frames: on to the next one, or the end
+            return self.leave[k]
+        # a word gets one frame before it may be left, and the last one not before min_frames
+        stay = in_word == 0 or (k == len(self.words) - 1 and made < self.min_frames)
+        return _pick(logits(), self.allowed, self.pos, s, recent, gen, self.sem if stay else self.or_leave[k])
+
 
 def generate_candidates(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor, head: AcousticHead | None,
                         sampling: Sampling, max_frames: int, n: int, voice: Tensor | None = None,
@@ -573,18 +579,10 @@ def generate_candidates(model: torch.nn.Module, layout: TokenLayout, prompt: Ten
         feeds: list[list[int]] = [[] for _ in range(n)]
         picked: list[tuple[int, int]] = []
         for b in (b for b in range(n) if live[b]):
-            made = len(out[b])
-            if words is None:
-                tok = _pick(logits[b], sp.allowed, sp.pos, sampling, recent[b], generator,
-                            sp.early if made < min_frames else None)
-            elif fresh[b]:  # a word just fed: its first frame
+            if fresh[b]:  # a word just fed: its first frame (as generate_frames picks it right after the word)
                 tok = _pick(logits[b], sp.allowed, sp.pos, sampling, recent[b], generator, sp.sem)
-            elif in_word[b] >= sp.caps[k[b]]:
-                tok = sp.leave[k[b]]
             else:
-                stay = in_word[b] == 0 or (k[b] == len(words) - 1 and made < min_frames)
-                tok = _pick(logits[b], sp.allowed, sp.pos, sampling, recent[b], generator,
-                            sp.sem if stay else sp.or_leave[k[b]])
+                tok = sp.choose(lambda b=b, lg=logits: lg[b], sampling, recent[b], generator, len(out[b]), k[b], in_word[b])
             fresh[b] = False
             if words is not None and tok == sp.leave[k[b]] and tok != layout.audio_end:
                 k[b], in_word[b], fresh[b] = k[b] + 1, 0, True
