@@ -48,6 +48,15 @@ def _rtf_line(seconds_audio: float, seconds_compute: float, first_chunk: float |
     return " - ".join(parts)
 
 
+def _timing_line(times: list, most: int = 60) -> str:
+    """Where each word is spoken (aligned TTS; whole sentences in the plain form), the first ``most`` of them."""
+    if not times:
+        return ""
+    cells = [f"{w.text} {w.start:.2f}-{w.end:.2f}" for w in times[:most]]
+    more = f" ... (+{len(times) - most})" if len(times) > most else ""
+    return "\n\nWhen each is spoken (s): " + " · ".join(cells) + more
+
+
 # ---- text to speech ------------------------------------------------------------------------------
 # the TTS / ASR form (SpeechPipeline.tts / asr(aligned=...)): the model's own default, or one of the two asked for
 TTS_FORMS = {"model default": None, "aligned": True, "plain": False}
@@ -98,8 +107,8 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
             if not 1 <= n <= ctx.limits.max_best_of:
                 raise InputError(f"candidates per sentence: 1..{ctx.limits.max_best_of}, got {n}")
             kwargs["best_of"] = n
-        chunks, t0, first = [], time.perf_counter(), None
-        for chunk in p.tts_stream(text_value, voice_arg, max_seconds=float(max_seconds), **kwargs):
+        chunks, t0, first, times = [], time.perf_counter(), None, []
+        for chunk in p.tts_stream(text_value, voice_arg, max_seconds=float(max_seconds), timings=times, **kwargs):
             if chunk.numel() == 0:
                 continue
             first = first if first is not None else time.perf_counter() - t0
@@ -109,7 +118,7 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
             raise InputError("the model produced no audio for this text; try a longer sentence or another seed")
         wav = torch.cat(chunks, dim=-1)
         yield gr.skip(), to_gradio_audio(wav, p.sample_rate), _rtf_line(
-            wav.shape[-1] / p.sample_rate, time.perf_counter() - t0, first)
+            wav.shape[-1] / p.sample_rate, time.perf_counter() - t0, first) + _timing_line(times)
 
     event = go.click(on_tts, [text, voice, reference, *controls, form, best_of], [live, full, info], api_name="tts",
               concurrency_id=MODELS)

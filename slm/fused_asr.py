@@ -292,12 +292,19 @@ class FusionConfig:
     char_prune: float = -8.0  # characters with a log-prob below this at a frame are not tried
     lexicon: str | None = "wordfreq:100000"  # Lexicon.from_spec; None: any spelling (the LM judges whole words)
     text_lm: str = "base"  # the backbone without the adapter ("base") or the speech LM itself ("adapted")
+    # rescoring (SpeechPipeline): the best `rescore_n` transcripts re-ranked by score + rescore_weight *
+    # the speech LM's log p(words | semantic tokens) in its aligned ASR form; 0: off
+    rescore_weight: float = 0.0
+    rescore_n: int = 8
 
     def __post_init__(self) -> None:
         if self.beam < 1:
             raise ValueError(f"beam must be >= 1, got {self.beam}")
         if self.lm_weight < 0:
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
+        if self.rescore_weight < 0 or self.rescore_n < 1:
+            raise ValueError(f"rescore_weight must be >= 0 and rescore_n >= 1, got {self.rescore_weight} and "
+                             f"{self.rescore_n}")
         if self.text_lm not in ("base", "adapted"):
             raise ValueError(f"text_lm must be 'base' or 'adapted', got {self.text_lm!r}")
 
@@ -319,6 +326,24 @@ def fused_transcribe(logp: Tensor, blank: int, score_words: Callable[[list[str]]
     """CTC prefix beam search over one clip's reader log-probs ``[T, C]`` with lexicon look-ahead and LM
     shallow fusion at word ends (see the module doc). ``score_words(texts)`` gives ``log p_LM`` of each text of
     whole words (a :class:`TextScorer`). Returns the best transcript (normalised words)."""
+    return fused_nbest(logp, blank, score_words, lexicon, cfg, alphabet)[0].text
+
+
+@dataclass
+class Hypothesis:
+    """One transcript of :func:`fused_nbest`: ``score = ctc + lm_weight * lm + word_bonus * words``."""
+
+    text: str
+    score: float
+    ctc: float  # log p_CTC of the transcript (summed over the beam's paths that spell it)
+    lm: float  # log p_LM of its words (0 for the fallback of a beam with no whole-word transcript)
+
+
+def fused_nbest(logp: Tensor, blank: int, score_words: Callable[[list[str]], list[float]],
+                lexicon: Lexicon | None = None, cfg: FusionConfig | None = None,
+                alphabet: str = ALPHABET) -> list[Hypothesis]:
+    """:func:`fused_transcribe`'s search, returning every transcript left in the beam at the end, best first
+    (at most ``cfg.beam``), for rescoring by another model."""
     cfg = cfg or FusionConfig()
     a, b = cfg.lm_weight, cfg.word_bonus
     space = alphabet.index(" ")
@@ -400,7 +425,48 @@ def fused_transcribe(logp: Tensor, blank: int, score_words: Callable[[list[str]]
         finals[h.rstrip(" ")] = _lse(finals.get(h.rstrip(" "), NEG), _lse(pb, pnb))
     keep = [(h, s) for h, s in finals.items() if not h or lexicon is None or partial(h) in lexicon]
     if not keep:  # no hypothesis ends on a whole word: the best one as it stands
-        return max(beams, key=lambda h: _lse(*beams[h])).strip()
+        h = max(beams, key=lambda h: _lse(*beams[h]))
+        return [Hypothesis(h.strip(), _lse(*beams[h]), _lse(*beams[h]), 0.0)]
     lms = score_words([h for h, _ in keep])
-    best = max(range(len(keep)), key=lambda i: keep[i][1] + a * lms[i] + b * len(keep[i][0].split()))
-    return keep[best][0]
+    out = [Hypothesis(h, c + a * lm + b * len(h.split()), c, lm) for (h, c), lm in zip(keep, lms, strict=True)]
+    return sorted(out, key=lambda x: -x.score)
+
+
+def ctc_align(logp: Tensor, ids: Tensor, blank: int) -> list[int]:
+    """The most probable CTC path (Viterbi) of the labels ``ids [L]`` through ``logp [T, C]``: the frame at which
+    each label is first emitted (non-decreasing; a repeated label comes after a blank). Raises when ``T`` frames
+    cannot emit the labels."""
+    x = logp.double().cpu()
+    ids = torch.as_tensor(ids).long().flatten()
+    T, L = x.shape[0], ids.numel()
+    if L == 0:
+        return []
+    ext = torch.full((2 * L + 1,), blank, dtype=torch.long)
+    ext[1::2] = ids
+    S = ext.numel()
+    # a state may be entered from s-2 when it is a label that differs from the label two states back
+    skip = torch.zeros(S, dtype=torch.bool)
+    skip[3::2] = ids[1:] != ids[:-1]
+    emit = x[:, ext]  # [T, S]
+    score = torch.full((S,), NEG, dtype=torch.float64)
+    score[0], score[1] = emit[0, 0], emit[0, 1]
+    back = torch.zeros((T, S), dtype=torch.long)
+    idx = torch.arange(S)
+    for t in range(1, T):
+        stay = score
+        step = torch.cat([torch.tensor([NEG], dtype=torch.float64), score[:-1]])
+        jump = torch.cat([torch.tensor([NEG, NEG], dtype=torch.float64), score[:-2]]).masked_fill(~skip, NEG)
+        cand = torch.stack([stay, step, jump])  # [3, S]
+        best, arg = cand.max(0)
+        score = best + emit[t]
+        back[t] = idx - arg
+    end = S - 1 if score[S - 1] >= score[S - 2] else S - 2
+    if score[end] == NEG:
+        raise ValueError(f"{T} CTC frames cannot emit {L} labels")
+    first = [T] * L
+    s = end
+    for t in range(T - 1, -1, -1):
+        if s % 2 == 1:
+            first[s // 2] = t
+        s = int(back[t, s]) if t else s
+    return first

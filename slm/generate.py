@@ -80,6 +80,7 @@ class Frame:
     code: int
     acoustic: Tensor | None
     hidden: Tensor  # [D] backbone state that sampled the code
+    word: int = 0  # aligned TTS: the index of the word it is spoken over (0 in the plain form)
 
 
 class Decoder:
@@ -487,7 +488,7 @@ def generate_frames(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor,
             acoustic = head.generate(h, torch.tensor([code], device=h.device), voice, sampling.head_temperature,
                                      sampling.head_top_k, generator, None if ctx is None else ctx.to(h.device))[0]
             hist.push(acoustic)
-        yield Frame(code, acoustic, dec.hidden)
+        yield Frame(code, acoustic, dec.hidden, k)
         recent.append(tok)
         in_word += 1
         if n + 1 < max_frames:
@@ -601,7 +602,7 @@ def generate_candidates(model: torch.nn.Module, layout: TokenLayout, prompt: Ten
                 acoustic = head.generate(h, codes.to(h.device), voice, sampling.head_temperature, sampling.head_top_k,
                                          generator, ctx)
             for j, (b, tok) in enumerate(picked):
-                out[b].append(Frame(int(codes[j]), None if acoustic is None else acoustic[j], hid[b].clone()))
+                out[b].append(Frame(int(codes[j]), None if acoustic is None else acoustic[j], hid[b].clone(), k[b]))
                 if hist is not None:
                     hist[b].push(acoustic[j])
                 recent[b].append(tok)

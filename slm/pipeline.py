@@ -12,8 +12,10 @@ writes, see :func:`save_bundle`) holds::
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import importlib
+import itertools
 import json
 import math
 import os
@@ -31,7 +33,15 @@ from codec.contracts import CodecTokens, check_audio
 from slm import ASR_METHODS, READER_ASR_METHODS
 from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio, frames_from_acoustic
 from slm.ctc_reader import CTCPrefixScorer, CTCReader, JointConfig, char_ids, joint_transcribe, reader_codes
-from slm.fused_asr import FusionConfig, Lexicon, TextScorer, fused_transcribe
+from slm.fused_asr import (
+    FusionConfig,
+    Hypothesis,
+    Lexicon,
+    TextScorer,
+    ctc_align,
+    fused_nbest,
+    fused_transcribe,
+)
 from slm.generate import (
     Sampling,
     generate_candidates,
@@ -490,6 +500,53 @@ class SpeechPipeline:
                                            torch.tensor([len(ids)]), blank=self.reader.blank, reduction="sum")
         return -float(nll)
 
+    @torch.no_grad()
+    def aligned_asr_scores(self, words: list[list[str]], codes: list, word_of_frame: list) -> list[float]:
+        """log p(``words[i]`` | speech) by the speech LM's aligned ASR form (slm.templates.asr_aligned_example), for
+        several token sequences at once: ``codes[i]`` (semantic codes) with ``word_of_frame[i]`` (the index of the
+        word of ``words[i]`` each frame is spoken over, non-decreasing from 0, as aligned TTS makes them:
+        ``Frame.word``). Each word is placed right after its frames and its text tokens are scored; a word without
+        frames gets none (it follows the word before). One padded forward for all sequences. -inf for a sequence
+        with no frames. How best-of TTS and fused ASR's rescoring ask the speech LM which tokens say which words."""
+        if not (len(words) == len(codes) == len(word_of_frame)):
+            raise ValueError(f"{len(words)} word lists, {len(codes)} code sequences and {len(word_of_frame)} word "
+                             "maps: give one of each per sequence")
+        seqs, out = [], [-math.inf] * len(codes)
+        for i, (ws, c, wf) in enumerate(zip(words, codes, word_of_frame, strict=True)):
+            if not ws:
+                raise ValueError(f"sequence {i}: aligned_asr_scores needs at least one word")
+            c = torch.as_tensor(c).long().flatten()
+            wf = [int(x) for x in wf]
+            if len(wf) != c.numel():
+                raise ValueError(f"sequence {i}: {c.numel()} frames but {len(wf)} word indices")
+            if any(b < a for a, b in itertools.pairwise(wf)) or any(not 0 <= x < len(ws) for x in wf):
+                raise ValueError(f"sequence {i}: word indices must be non-decreasing in [0, {len(ws)})")
+            if not c.numel():
+                continue
+            w_ids = word_ids(self.tokenizer, ws)
+            frames = self.layout.codes_to_ids(c).tolist()
+            ids, scored = [self.layout.special_id("asr"), self.layout.audio_start], []
+            for k, w in enumerate(w_ids):
+                ids += [frames[t] for t in range(len(frames)) if wf[t] == k]
+                scored.append((len(ids), len(w)))
+                ids += w
+            ids.append(self.layout.audio_end)
+            seqs.append((i, ids, scored))
+        if not seqs:
+            return out
+        dev = next(self.infer_lm.parameters()).device
+        n = max(len(s[1]) for s in seqs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        x = torch.full((len(seqs), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), n), dtype=torch.long)
+        for j, (_, ids, _) in enumerate(seqs):
+            x[j, : len(ids)] = torch.tensor(ids)
+            mask[j, : len(ids)] = 1
+        logp = self.infer_lm(input_ids=x.to(dev), attention_mask=mask.to(dev)).logits.float().log_softmax(-1).cpu()
+        for j, (i, ids, scored) in enumerate(seqs):
+            out[i] = float(sum(logp[j, s - 1 + t, ids[s + t]] for s, m in scored for t in range(m)))
+        return out
+
     def _tts_plan(self, text, voice, temperature, top_k, top_p, max_seconds, seed, aligned, best_of=None):
         """Per sentence: (prompt, sampling, max frames, voice, generator, the rest of generate_frames' arguments)."""
         if not isinstance(text, str) or not text.strip():
@@ -534,7 +591,8 @@ class SpeechPipeline:
     @torch.no_grad()
     def tts_stream(self, text: str, voice=None, *, temperature: float | None = None, top_k: int | None = None,
                    top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None,
-                   aligned: bool | None = None, best_of: int | None = None) -> Iterator[Tensor]:
+                   aligned: bool | None = None, best_of: int | None = None,
+                   timings: list | None = None) -> Iterator[Tensor]:
         """Audio chunks ``[1, n]`` as they are generated; they concatenate exactly to :meth:`tts`.
 
         Long text is split into sentences (each bounded by ``max_seconds``), generated one after another.
@@ -542,13 +600,26 @@ class SpeechPipeline:
         :attr:`tts_aligned`); False speaks the plain form from the whole sentence. ``best_of`` (None: the
         model's ``Sampling.best_of``): sample that many candidates per sentence and speak the one the CTC
         reader reads as the sentence best (N x the LM time; a sentence's audio starts when its candidates are done)."""
+        offset = 0  # samples spoken so far
         for sentence, prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds,
                                                                   seed, aligned, best_of):
-            yield from self._stream_frames(prompt, s, hi, v, gen, given=self._best_of(sentence, prompt, s, hi, v, gen, kw),
-                                           **kw)
+            made = self._best_of(sentence, prompt, s, hi, v, gen, kw)
+            made = made if made is not None else self._frames(prompt, s, hi, v, gen, kw)
+            seen: list[int] = []  # each frame's word
+            n = 0
+            for chunk in self._stream_frames(prompt, s, hi, v, gen, given=_tap(made, seen), **kw):
+                n += chunk.shape[-1]
+                yield chunk
+            if timings is not None:
+                timings += _word_times(split_words(sentence) if "words" in kw else [], sentence, seen,
+                                       offset / self.sample_rate, n / self.sample_rate)
+            offset += n
 
     def tts(self, text: str, voice=None, **kw) -> Tensor:
-        """Synthesize ``text`` -> ``[1, N]`` float audio at :attr:`sample_rate`."""
+        """Synthesize ``text`` -> ``[1, N]`` float audio at :attr:`sample_rate`. ``timings=[]`` (also for
+        :meth:`tts_stream`, filled as each sentence is spoken): a list that receives one :class:`WordTime` per word
+        (aligned TTS: when the frames of that word begin and end, in seconds from the start of the audio), or
+        per sentence spoken in the plain form."""
         return torch.cat(list(self.tts_stream(text, voice, **kw)), dim=-1)
 
     @torch.no_grad()
@@ -659,6 +730,26 @@ class SpeechPipeline:
             self._word_start = torch.tensor([bool(t) and t[0] in "Ġ▁ " for t in toks])
         return self._word_start
 
+    def _rescore(self, codes: Tensor, logp: Tensor, hyps: list[Hypothesis]) -> list[tuple[Hypothesis, float]]:
+        """Fused ASR's best ``fusion.rescore_n`` transcripts re-ranked by ``score + rescore_weight * log p_aligned``,
+        the speech LM's own log p(words | semantic tokens) in its aligned ASR form, each word placed after the
+        frames the reader's CTC alignment gives it (:func:`slm.fused_asr.ctc_align`). Best first, with the
+        aligned log p of each."""
+        hyps = [h for h in hyps[: self.fusion.rescore_n] if h.text]
+        if len(hyps) <= 1:
+            return [(h, 0.0) for h in hyps] or [(Hypothesis("", 0.0, 0.0, 0.0), 0.0)]
+        words, maps, up = [], [], self.reader.cfg.upsample
+        for h in hyps:
+            ws = h.text.split()
+            starts = [0] + [i + 1 for i, ch in enumerate(h.text) if ch == " "]  # each word's first character
+            first = ctc_align(logp, char_ids(h.text), self.reader.blank)
+            begin = [first[i] // up for i in starts]
+            words.append(ws)
+            maps.append([max(0, bisect.bisect_right(begin, t) - 1) for t in range(codes.numel())])
+        lp = self.aligned_asr_scores(words, [codes] * len(hyps), maps)
+        w = self.fusion.rescore_weight
+        return sorted(zip(hyps, lp, strict=True), key=lambda x: -(x[0].score + w * x[1]))
+
     @torch.no_grad()
     def asr_tokens(self, codes: Tensor, max_new_tokens: int = 200, aligned: bool | None = None,
                    method: str | None = None, acoustic: Tensor | None = None) -> str:
@@ -678,8 +769,11 @@ class SpeechPipeline:
         if method == "ctc":
             return self.reader.transcribe(rcodes)
         if method == "fused":
-            return fused_transcribe(self.reader.log_probs(rcodes), self.reader.blank, self.text_scorer(), self.lexicon(),
-                                    self.fusion, self.reader.cfg.alphabet)
+            logp = self.reader.log_probs(rcodes)
+            args = (logp, self.reader.blank, self.text_scorer(), self.lexicon(), self.fusion, self.reader.cfg.alphabet)
+            if not self.fusion.rescore_weight:
+                return fused_transcribe(*args)
+            return self._rescore(codes, logp, fused_nbest(*args))[0][0].text
         if method == "joint":
             scorer = CTCPrefixScorer(self.reader.log_probs(rcodes), self.reader.blank, self.reader.cfg.alphabet)
             vocab = self.lm.get_input_embeddings().weight.shape[0]
@@ -752,6 +846,58 @@ def _generator(seed: int | None) -> torch.Generator:
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
     return torch.Generator().manual_seed(int(seed))
+
+
+@dataclass
+class WordTime:
+    """Where a word (or, in the plain TTS form, a whole sentence) is spoken in TTS output, in seconds."""
+
+    text: str
+    start: float
+    end: float
+
+
+def subtitles(times: list[WordTime], max_words: int = 7, max_seconds: float = 3.5) -> str:
+    """SubRip (.srt) text of TTS word timings: consecutive words grouped into cues of at most ``max_words``
+    words and ``max_seconds``."""
+    def stamp(t: float) -> str:
+        ms = round(t * 1000)
+        return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+    cues: list[list[WordTime]] = []
+    for w in times:
+        if cues and len(cues[-1]) < max_words and w.end - cues[-1][0].start <= max_seconds:
+            cues[-1].append(w)
+        else:
+            cues.append([w])
+    return "".join(f"{i}\n{stamp(c[0].start)} --> {stamp(c[-1].end)}\n{' '.join(w.text for w in c)}\n\n"
+                   for i, c in enumerate(cues, 1))
+
+
+def _tap(frames, words: list[int]) -> Iterator:
+    """``frames`` passed through, each one's ``word`` noted in ``words``."""
+    for f in frames:
+        words.append(f.word)
+        yield f
+
+
+def _word_times(words: list[str], sentence: str, word_of_frame: list[int], start: float, seconds: float) -> list[WordTime]:
+    """One sentence's :class:`WordTime` entries: per word from the frames spoken over it (``word_of_frame``, a
+    frame lasting ``seconds / frames``; a word that got no frame, as when the sentence hit its length bound,
+    is left out), or the whole sentence when ``words`` is empty (the plain form). ``start``: the sentence's
+    offset in the audio."""
+    n = len(word_of_frame)
+    if not n:
+        return []
+    if not words:
+        return [WordTime(sentence, round(start, 4), round(start + seconds, 4))]
+    hop = seconds / n
+    out = []
+    for k, w in enumerate(words):
+        idx = [t for t, x in enumerate(word_of_frame) if x == k]
+        if idx:
+            out.append(WordTime(w, round(start + idx[0] * hop, 4), round(start + (idx[-1] + 1) * hop, 4)))
+    return out
 
 
 def _drain(queue: list) -> Iterator:

@@ -41,7 +41,8 @@ def test_tts_returns_a_wav_and_timing(client):
     assert "real time" in info
     # the TTS form: the model's default (above, the tiny model's plain form) or one asked for
     _, plain, _ = client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, "plain", api_name="/tts")
-    _, aligned, _ = client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, "aligned", api_name="/tts")
+    _, aligned, info2 = client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, "aligned", api_name="/tts")
+    assert "When each is spoken (s): hello world. 0.00-" in info and "hello 0.00-" in info2 and "· world " in info2
     from pathlib import Path
 
     assert Path(plain).read_bytes() == Path(full).read_bytes() != Path(aligned).read_bytes()

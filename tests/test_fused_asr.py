@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slm.ctc_reader import ALPHABET, CTCPrefixScorer
-from slm.fused_asr import FusionConfig, Lexicon, fused_transcribe, lm_text
+from slm.fused_asr import FusionConfig, Lexicon, ctc_align, fused_nbest, fused_transcribe, lm_text
 
 BLANK = len(ALPHABET)
 
@@ -101,6 +101,82 @@ def test_lexicon_keeps_words_real_and_the_lm_picks_between_them():
         FusionConfig(text_lm="other")
 
 
+def test_nbest_is_ranked_and_led_by_the_transcript():
+    rows = _spell("the r") + [{"e": 0.45, "a": 0.45, "-": 0.1}, {"-": 0.95}] + _spell("d cat")
+    x = _frames(rows)
+    lex = Lexicon.from_texts(["the red rad cat"])
+    cfg = FusionConfig(beam=8, lm_weight=0.5, word_bonus=1.5)
+
+    def lm(ts):
+        return [-1.0 if "red" in t else -3.0 for t in ts]
+
+    hyps = fused_nbest(x, BLANK, lm, lex, cfg)
+    assert [h.text for h in hyps][:2] == ["the red cat", "the rad cat"]
+    assert hyps[0].text == fused_transcribe(x, BLANK, lm, lex, cfg)
+    assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+    sc = CTCPrefixScorer(x, BLANK)
+    for h in hyps:
+        assert h.score == pytest.approx(h.ctc + 0.5 * h.lm + 1.5 * len(h.text.split()))
+        assert h.lm == lm([h.text])[0] and h.ctc == pytest.approx(sc.full(h.text), abs=1e-6)
+    with pytest.raises(ValueError, match="rescore"):
+        FusionConfig(rescore_n=0)
+
+
+def test_ctc_align_is_the_best_path():
+    """The frames ctc_align gives each label are those of the most probable single path (brute force over every
+    path of a few frames), repeats included."""
+    torch.manual_seed(3)
+    C, blank = 4, 3
+    for labels in ([0], [0, 1], [1, 1], [2, 0, 2], [0, 0, 0]):
+        for _ in range(4):
+            lp = torch.randn(6, C).log_softmax(-1)
+            best, first = -math.inf, None
+            for path in itertools.product(range(C), repeat=6):
+                out, starts, prev = [], [], None
+                for t, c in enumerate(path):
+                    if c != blank and c != prev:
+                        out.append(c)
+                        starts.append(t)
+                    prev = c
+                if out == labels:
+                    s = sum(float(lp[t, c]) for t, c in enumerate(path))
+                    if s > best:
+                        best, first = s, starts
+            assert ctc_align(lp, torch.tensor(labels), blank) == first
+    assert ctc_align(torch.zeros(3, C), torch.tensor([], dtype=torch.long), blank) == []
+    with pytest.raises(ValueError, match="cannot emit"):
+        ctc_align(torch.zeros(2, C).log_softmax(-1), torch.tensor([1, 1]), blank)  # a repeat needs a blank between
+
+
+def test_aligned_asr_scores_follow_the_template(pipe_with_reader):
+    """The speech LM's log p(words | tokens) in the aligned ASR form equals the word tokens' log-probs in
+    asr_aligned_example for the same cuts; sequences scored together give what each gives alone."""
+    from slm.templates import IGNORE, asr_aligned_example
+
+    pipe = pipe_with_reader[1]
+    n = pipe.layout.n_semantic
+    codes = torch.randint(0, n, (10,))
+    words = ["the", "cat", "sat"]
+    wof = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+    ex = asr_aligned_example(pipe.tokenizer, pipe.layout, [(0.0, 0.3, "the"), (0.3, 0.7, "cat"), (0.7, 1.0, "sat")],
+                             codes, 1.0)
+    with torch.no_grad():
+        lp = pipe.infer_lm(input_ids=ex.input_ids[None]).logits[0].float().log_softmax(-1)
+    want = sum(float(lp[j - 1, int(y)]) for j, y in enumerate(ex.labels)
+               if int(y) != IGNORE and int(y) < pipe.layout.base_vocab)
+    other = (["a", "dog"], torch.randint(0, n, (4,)), [0, 1, 1, 1])
+    both = pipe.aligned_asr_scores([words, other[0], ["x"]], [codes, other[1], []], [wof, other[2], []])
+    assert both[0] == pytest.approx(want, abs=1e-3)
+    assert both[1] == pytest.approx(pipe.aligned_asr_scores([other[0]], [other[1]], [other[2]])[0], abs=1e-3)
+    assert both[2] == -math.inf  # no frames
+    assert pipe.aligned_asr_scores([words], [codes], [[0] * 10])[0] != pytest.approx(want, abs=1e-3)  # cuts count
+    for bad in (([words], [codes, codes], [wof]), ([words], [codes], [wof[:-1]]),
+                       ([words], [codes], [[0, 1, 0] + wof[3:]]), ([words], [codes], [wof[:-1] + [3]]),
+                       ([[]], [codes], [wof])):
+        with pytest.raises(ValueError, match="word|frames"):
+            pipe.aligned_asr_scores(*bad)
+
+
 def test_text_scorer_incremental_equals_a_full_forward(pipe_with_reader):
     pipe = pipe_with_reader[1]
     sc = pipe.text_scorer()
@@ -124,7 +200,7 @@ def test_text_scorer_incremental_equals_a_full_forward(pipe_with_reader):
         assert torch.allclose(base(input_ids=ids).logits[..., :V], ref, atol=1e-5)
 
 
-def test_pipeline_fused_method(pipe_with_reader, tmp_path):
+def test_pipeline_fused_method(pipe_with_reader, tmp_path, monkeypatch):
     pipe = pipe_with_reader[1]
     sr = pipe.sample_rate
     wav = torch.randn(1, sr // 2) * 0.1
@@ -138,6 +214,19 @@ def test_pipeline_fused_method(pipe_with_reader, tmp_path):
                             pipe.fusion)
     assert long == ("the cat sat a cat " * 6).strip()
     assert len(pipe.text_scorer().state) <= 2 * pipe.fusion.beam + 1
+    # rescoring: the n-best re-ranked by the speech LM's aligned ASR log p; weight 0 keeps fused ASR's order
+    from slm.fused_asr import fused_nbest as nbest
+
+    logp = _frames(_spell("the ") + [{"c": 0.4, "s": 0.4, "-": 0.2}, {"-": 0.95}] + _spell("at a cat"))
+    codes = torch.randint(0, pipe.layout.n_semantic, (logp.shape[0] // pipe.reader.cfg.upsample,))
+    monkeypatch.setattr(pipe.reader, "log_probs", lambda c: logp)  # a reader that spells "the [cs]at a cat"
+    hyps = nbest(logp, pipe.reader.blank, pipe.text_scorer(), pipe.lexicon(), pipe.fusion)
+    assert {h.text for h in hyps} == {"the cat a cat", "the sat a cat"}
+    pipe.fusion = FusionConfig(beam=4, lexicon=str(tmp_path / "words.txt"), rescore_weight=1e6, rescore_n=2)
+    ranked = pipe._rescore(codes, logp, hyps)
+    assert [h.text for h, _ in sorted(ranked, key=lambda x: -x[0].score)] == [h.text for h in hyps]
+    assert ranked[0][1] == max(a for _, a in ranked)  # a huge weight: the speech LM's choice
+    assert pipe.asr_tokens(codes, method="fused") == ranked[0][0].text
     pipe.fusion = FusionConfig(beam=4, lexicon="missing.txt")
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         pipe.asr(wav, sr, method="fused")

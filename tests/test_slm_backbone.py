@@ -1,4 +1,5 @@
 """Backbone loading from a local dir, vocabulary extension, LoRA adapter size, configs, CLI."""
+import json
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,15 @@ def test_cli_tts_and_asr(tmp_path):
     assert main(["--threads", "1", "tts", "hello world", "--model", str(final), "--out", str(al), "--seed", "0",
                  "--max-seconds", "1", "--aligned"]) == 0
     assert al.exists() and al.read_bytes() != out.read_bytes()
+    # word timings as subtitles or JSON, the same audio
+    for name in ("t.srt", "t.json"):
+        assert main(["--threads", "1", "tts", "hello world", "--model", str(final), "--out", str(tmp_path / "b.wav"),
+                     "--seed", "0", "--max-seconds", "1", "--aligned", "--timings", str(tmp_path / name)]) == 0
+        assert (tmp_path / "b.wav").read_bytes() == al.read_bytes()
+    srt = (tmp_path / "t.srt").read_text()
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:0") and "hello world" in srt
+    js = json.loads((tmp_path / "t.json").read_text())
+    assert [w["text"] for w in js] == ["hello", "world"] and js[0]["start"] == 0.0 < js[0]["end"] == js[1]["start"]
     with pytest.raises(SystemExit):
         main(["tts", "hello", "--model", str(final), "--out", str(al), "--aligned", "--plain"])
     assert main(["--threads", "1", "asr", str(out), "--model", str(final)]) == 0

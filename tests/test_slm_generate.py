@@ -1,5 +1,7 @@
 """Decoding loop details (slm.generate, AcousticHead.generate): the fast paths compute what the plain
 ones compute."""
+import itertools
+
 import pytest
 import torch
 
@@ -432,6 +434,13 @@ def test_candidates_decoded_side_by_side_follow_the_one_by_one_loop(lm, layout, 
             one = list(generate_frames(fast, layout, prompt, head, s, 14, None, None, **kw))
             monkeypatch.setattr(G, "_pick", recording)
             assert [f.code for f in one] == [f.code for f in cand]
+            ws = [f.word for f in cand]
+            assert ws == [f.word for f in one]
+            if "words" in kw:  # each frame knows its word: in order, every word its frames, within its cap
+                assert ws[0] == 0 and all(b - a in (0, 1) for a, b in itertools.pairwise(ws))
+                assert all(ws.count(k) <= cap for k, cap in enumerate(kw["max_word_frames"]))
+            else:
+                assert set(ws) == {0}
             torch.testing.assert_close(torch.stack([f.hidden for f in cand]), torch.stack([f.hidden for f in one]),
                                        atol=1e-5, rtol=1e-5)
             assert torch.equal(torch.stack([f.acoustic for f in cand]), torch.stack([f.acoustic for f in one]))

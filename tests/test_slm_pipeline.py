@@ -1,5 +1,6 @@
 """Speech LM end to end on a tiny backbone + tiny codec: save/load, merge, constrained decoding,
 streaming, dialogue with the adapter disabled, bad inputs."""
+import itertools
 from pathlib import Path
 
 import pytest
@@ -293,6 +294,29 @@ def test_aligned_tts_streams_and_follows_the_model_flag(trained, pipe, tmp_path)
         caps = pipe.sampling.word_caps(words, rate)
         assert len(caps) == len(words) and all(c >= 2 for c in caps) and caps[words.index(max(words, key=len))] == max(caps)
         assert len(words) <= t.semantic.shape[-1] <= min(sum(caps), pipe.sampling.max_frames(sentence, 3.0, rate))
+    # word timings: where each word's frames are in the audio; asking for them changes nothing
+    times: list = []
+    assert torch.equal(pipe.tts(text, seed=5, max_seconds=3.0, aligned=True, timings=times), full)
+    streamed: list = []
+    assert torch.equal(torch.cat(list(pipe.tts_stream(text, seed=5, max_seconds=3.0, aligned=True,
+                                                      timings=streamed)), -1), full)
+    assert streamed == times
+    sr, at = pipe.sample_rate, 0.0
+    for sentence, t in zip(split_sentences(text), toks):
+        n = t.semantic.shape[-1]
+        secs = pipe.codec.decode(t).shape[-1] / sr
+        mine = [w for w in times if at - 1e-6 <= w.start < at + secs - 1e-6]
+        assert [w.text for w in mine] == split_words(sentence)[: len(mine)] and mine
+        assert mine[0].start == pytest.approx(at, abs=1e-3)  # a sentence's first word starts with its audio
+        assert mine[-1].end == pytest.approx(at + secs, abs=1e-3)
+        assert all(a.end == pytest.approx(b.start, abs=1e-3) for a, b in itertools.pairwise(mine))
+        assert sum(round((w.end - w.start) / secs * n) for w in mine) == n  # every frame in one word
+        at += secs
+    assert times[-1].end == pytest.approx(full.shape[-1] / sr, abs=1e-3)
+    plain: list = []
+    wav = pipe.tts(text, seed=5, max_seconds=3.0, aligned=False, timings=plain)
+    assert [w.text for w in plain] == split_sentences(text) and plain[0].start == 0.0
+    assert plain[-1].end == pytest.approx(wav.shape[-1] / sr, abs=1e-3) and plain[0].end == plain[1].start
     assert split_words("Seventy-six trombones, O'Brien!") == ["seventy", "six", "trombones", "o'brien"]
     assert pipe.tts_tokens("?!", seed=0, aligned=True)  # no words: the plain form
     d = tmp_path / "aligned"

@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     form.add_argument("--aligned", dest="aligned", action="store_true", default=None,
                       help="feed each word before its frames (the default of models trained with tts_aligned)")
     form.add_argument("--plain", dest="aligned", action="store_false", help="speak from the whole sentence only")
+    s.add_argument("--timings", default=None, metavar="FILE",
+                   help="also write when each word is spoken: FILE.srt (subtitles) or JSON (any other name); "
+                        "per sentence in the plain form")
     s.set_defaults(func=_tts)
 
     a = subparsers.add_parser("asr", help="speech -> text by the speech LM")
@@ -253,10 +256,22 @@ def _tts(args) -> int:
     if args.text is None or args.out is None:
         raise SystemExit("slm tts: give the text and --out FILE.wav (or --list-voices)")
     pipe = _pipe(args.model, args.int8, args.semantic_only)
+    times: list = []
     wav = pipe.tts(args.text, args.voice, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   max_seconds=args.max_seconds, seed=args.seed, aligned=args.aligned, best_of=args.best_of)
+                   max_seconds=args.max_seconds, seed=args.seed, aligned=args.aligned, best_of=args.best_of,
+                   timings=times)
     save_audio(args.out, wav, pipe.sample_rate)
     print(f"{args.out}: {wav.shape[-1] / pipe.sample_rate:.2f} s")
+    if args.timings:
+        from pathlib import Path
+
+        from slm.pipeline import subtitles
+
+        path = Path(args.timings)
+        path.write_text(subtitles(times) if path.suffix.lower() == ".srt"
+                        else json.dumps([{"text": w.text, "start": w.start, "end": w.end} for w in times], indent=1))
+        aligned = pipe.tts_aligned if args.aligned is None else args.aligned
+        print(f"{path}: {len(times)} timed {'words' if aligned else 'sentences'}")
     return 0
 
 

@@ -7,6 +7,9 @@ computed over all sentences:
 - ``first``: candidate 0 (what best_of 1 would speak, statistically);
 - ``reader``: the highest CTC log p(text | tokens) (what ``best_of`` does);
 - ``reader_per_frame``: that log p divided by the candidate's frames;
+- ``lm_asr``: the speech LM's own log p(words | tokens) in its aligned ASR form, each word right after the
+  frames generated for it (``SpeechPipeline.aligned_asr_scores``); ``reader+lm_asr`` and
+  ``rank(reader)+rank(lm_asr)``: the two together, by summed log p and by summed rank;
 - ``shortest`` / ``longest``: by length alone (a check of length bias);
 - ``oracle``: the fewest word errors by the judge itself (an upper bound, not a usable rule).
 
@@ -22,6 +25,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+
+
+def _rank(cs: list[dict], key: str, i: int) -> int:
+    """0 for the candidate with the highest ``key``; ties share the better rank."""
+    return sum(c[key] > cs[i][key] for c in cs)
 
 
 def main() -> int:
@@ -47,6 +55,7 @@ def main() -> int:
     from slm.eval.lm_eval import _np, _resample, voice_prompts
     from slm.generate import generate_candidates
     from slm.pipeline import SpeechPipeline
+    from slm.templates import split_words
 
     set_threads(args.threads)
     pipe = SpeechPipeline.from_pretrained(args.model, int8=args.int8)
@@ -65,10 +74,13 @@ def main() -> int:
                                             pipe._voice_vec(v), gen, **kw)
                 g = v.tokens.global_ if v is not None else None
                 row = {"seed": seed, "item": it.id, "text": sentence, "cands": []}
-                for c in cands:
+                lm = pipe.aligned_asr_scores([split_words(sentence) or [sentence]] * len(cands),
+                                             [[f.code for f in c] for c in cands], [[f.word for f in c] for c in cands])
+                for c, lm_c in zip(cands, lm, strict=True):
                     codes, frames = [f.code for f in c], [f.acoustic for f in c]
                     wav = pipe._decode(pipe._tokens(codes, frames, g)).reshape(1, -1).float().cpu()
                     row["cands"].append({"frames": len(c), "reader": pipe.reader_score(sentence, codes, frames),
+                                         "lm_asr": lm_c,
                                          "audio": _np(_resample(wav, pipe.sample_rate, 16000))})
                 rows.append(row)
     gen_s = time.perf_counter() - t0
@@ -86,6 +98,9 @@ def main() -> int:
         "first": lambda cs: 0,
         "reader": lambda cs: max(range(len(cs)), key=lambda i: cs[i]["reader"]),
         "reader_per_frame": lambda cs: max(range(len(cs)), key=lambda i: cs[i]["reader"] / max(1, cs[i]["frames"])),
+        "lm_asr": lambda cs: max(range(len(cs)), key=lambda i: cs[i]["lm_asr"]),
+        "reader+lm_asr": lambda cs: max(range(len(cs)), key=lambda i: cs[i]["reader"] + cs[i]["lm_asr"]),
+        "rank(reader)+rank(lm_asr)": lambda cs: min(range(len(cs)), key=lambda i: _rank(cs, "reader", i) + _rank(cs, "lm_asr", i)),
         "shortest": lambda cs: min(range(len(cs)), key=lambda i: cs[i]["frames"]),
         "longest": lambda cs: max(range(len(cs)), key=lambda i: cs[i]["frames"]),
         "oracle": lambda cs: min(range(len(cs)), key=lambda i: cs[i]["word_errors"]),
