@@ -4,7 +4,7 @@ The app only talks to the ``SpeechPipeline`` facade (``slm.pipeline``) and to co
 ``codec.contracts.Codec``; it holds no model code. ``build_app`` takes a *factory*, so the models load
 on first use (once, cached) and tests can inject a tiny pipeline::
 
-    app = build_app(lambda: SpeechPipeline.from_pretrained("default"))
+    app = build_app(lambda: SpeechPipeline.from_pretrained("default", int8=None))
     launch(app, host="127.0.0.1", port=7860)
 
 Every event has an ``api_name`` so ``gradio_client.Client`` can drive the demo (README, "The demo").

@@ -288,11 +288,12 @@ class SpeechPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path = "default", device: str = "cpu", threads: int | None = None,
-                        backbone: str | None = None, merge: bool = True, int8: bool = False,
+                        backbone: str | None = None, merge: bool = True, int8: bool | None = False,
                         semantic_only: bool | None = None) -> SpeechPipeline:
         """Load a model dir. ``merge``: generate with the adapter merged into a copy of the backbone
         (:meth:`merge_for_inference`, ~2x faster decoding); False keeps peft's wrappers (less memory).
-        ``int8``: decode with int8 backbone weights as well (faster, approximate; see Int8Linear).
+        ``int8``: decode with int8 backbone weights as well (faster, approximate; see Int8Linear); None: the
+        model dir's own setting (``"int8"`` in slm_config.json, on CPU only; what the CLI and demo use).
         ``semantic_only``: speak without the acoustic head (see :attr:`semantic_only`); None: the model's own
         setting (slm_config.json)."""
         from adapters.backbones import extend_vocabulary, load_backbone
@@ -305,6 +306,8 @@ class SpeechPipeline:
         if not (d / "slm_config.json").exists():
             raise FileNotFoundError(f"{d} is not a speech-LM model dir (slm_config.json missing)")
         cfg = json.loads((d / "slm_config.json").read_text())
+        if int8 is None:
+            int8 = bool(cfg.get("int8", False)) and torch.device(device).type == "cpu"
         layout = TokenLayout.load(d)
         bb = load_backbone(backbone or cfg["backbone"])
         extend_vocabulary(bb.model, bb.tokenizer, layout)

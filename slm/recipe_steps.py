@@ -217,10 +217,11 @@ def dir_mb(d: Path, skip: tuple[str, ...] = ()) -> float:
 
 
 def export_bundle(bundle: str | Path, dest: str | Path, recipe_work: str | Path | None = None,
-                  max_mb: float = 80.0, sampling: str | dict | None = None) -> Path:
+                  max_mb: float = 80.0, sampling: str | dict | None = None, int8: bool | None = None) -> Path:
     """Copy a model dir to ``dest`` with every float tensor in fp16; write the model card; check size.
     ``sampling`` (:func:`parse_sampling`) goes into the bundle's ``slm_config.json`` over the model's own
-    decoding defaults."""
+    decoding defaults; ``int8`` (unless None) as its ``"int8"``: whether the CLI and demo decode with int8
+    backbone weights on CPU by default (``SpeechPipeline.from_pretrained(int8=None)``)."""
     src, dst = Path(bundle), Path(dest)
     if not (src / "slm_config.json").is_file():
         raise FileNotFoundError(f"{src} is not a model dir (slm_config.json missing)")
@@ -228,9 +229,12 @@ def export_bundle(bundle: str | Path, dest: str | Path, recipe_work: str | Path 
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.tmp", "__pycache__"))
-    if overrides:
+    if overrides or int8 is not None:
         cfg = json.loads((tmp / "slm_config.json").read_text())
-        cfg["sampling"] = {**cfg.get("sampling", {}), **overrides}
+        if overrides:
+            cfg["sampling"] = {**cfg.get("sampling", {}), **overrides}
+        if int8 is not None:
+            cfg["int8"] = bool(int8)
         (tmp / "slm_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     for f in tmp.rglob("*.safetensors"):
         _to_fp16(f)
@@ -298,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--recipe-work", default=None)
     x.add_argument("--max-mb", type=float, default=80.0)
     x.add_argument("--sampling", default=None, help="decoding defaults written into the bundle, e.g. temperature=0.5")
+    x.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the bundle's CPU decoding default: int8 backbone weights (--int8) or fp32 (--no-int8)")
     v = sub.add_parser("voice-bundle")
     v.add_argument("lm_bundle")
     v.add_argument("codec")
@@ -315,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.cmd == "voice-bundle":
         voice_bundle(a.lm_bundle, a.codec, a.dest)
     else:
-        export_bundle(a.bundle, a.dest, a.recipe_work, a.max_mb, sampling=a.sampling)
+        export_bundle(a.bundle, a.dest, a.recipe_work, a.max_mb, sampling=a.sampling, int8=a.int8)
     return 0
 
 

@@ -461,3 +461,10 @@ def test_shipped_decoding_defaults_are_checked_measured_and_exported(tmp_path):
     assert json.loads((dst / "slm_config.json").read_text())["sampling"] == {"max_seconds_per_char": 0.12,
                                                                             "temperature": 0.5}
     assert json.loads((src / "slm_config.json").read_text())["sampling"] == {"max_seconds_per_char": 0.12}
+    assert "int8" not in json.loads((dst / "slm_config.json").read_text())
+    # the CPU decoding default (int8 backbone weights) travels the same way
+    r.s["export"] = {"int8": True}
+    (ex,) = STAGE_TABLE["export"].commands(r)
+    assert ex[-1] == "--int8"
+    dst = export_bundle(src, tmp_path / "bundle", int8=True)
+    assert json.loads((dst / "slm_config.json").read_text())["int8"] is True

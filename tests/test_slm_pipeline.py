@@ -484,3 +484,24 @@ def test_classifier_free_guidance(pipe, monkeypatch):
         assert pipe.tts_tokens(text, seed=4, max_seconds=2.0)  # no voice: guidance from the second frame on
     finally:
         pipe.sampling = base
+
+
+def test_int8_default_comes_from_the_model_dir(trained, tmp_path):
+    """``from_pretrained(int8=None)`` (the CLI's and demo's default) decodes with int8 weights when the model dir
+    says ``"int8": true``, on CPU; an explicit value wins, and the library default stays fp32."""
+    import json
+    import shutil
+
+    from slm.generate import Int8Linear
+
+    def int8_layers(p) -> int:  # the fused decoding step's matrices
+        return sum(isinstance(m, Int8Linear) for layer in p.infer_lm.fused_step.layers for m in layer)
+
+    d = tmp_path / "m"
+    shutil.copytree(trained[1], d)
+    assert int8_layers(SpeechPipeline.from_pretrained(d, int8=None)) == 0  # no setting: fp32
+    cfg = json.loads((d / "slm_config.json").read_text())
+    (d / "slm_config.json").write_text(json.dumps({**cfg, "int8": True}))
+    assert int8_layers(SpeechPipeline.from_pretrained(d, int8=None)) > 0
+    assert int8_layers(SpeechPipeline.from_pretrained(d)) == 0
+    assert int8_layers(SpeechPipeline.from_pretrained(d, int8=False)) == 0

@@ -45,7 +45,9 @@ def register(subparsers) -> None:
     a = subparsers.add_parser("asr", help="speech -> text by the speech LM")
     a.add_argument("wav")
     a.add_argument("--model", default="default")
-    a.add_argument("--int8", action="store_true", help="decode with int8 backbone weights (faster, approximate)")
+    a.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                   help="int8 backbone weights for decoding (faster on CPU, approximate; README 'TTS speed on CPU'); "
+                        "default: the model dir's own setting (slm_config.json \"int8\"), --no-int8: fp32")
     aform = a.add_mutually_exclusive_group()
     aform.add_argument("--aligned", dest="aligned", action="store_true", default=None,
                        help="write each word right after its frames, printing words as they come (the default of "
@@ -192,8 +194,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--int8", action="store_true",
-                   help="decode with int8 backbone weights (faster on CPU, approximate; README 'TTS speed on CPU')")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                   help="int8 backbone weights for decoding (faster on CPU, approximate; README 'TTS speed on CPU'); "
+                        "default: the model dir's own setting (slm_config.json \"int8\"), --no-int8: fp32")
     p.add_argument("--semantic-only", action="store_true", default=None,
                    help="speak from the semantic tokens alone, without the acoustic head (codecs trained with "
                         "acoustic_dropout; README 'Speaking from the semantic stream')")
@@ -229,7 +232,7 @@ def _leave_deepspeed_rank() -> None:
     os._exit(0)
 
 
-def _pipe(model: str, int8: bool = False, semantic_only: bool | None = None):
+def _pipe(model: str, int8: bool | None = None, semantic_only: bool | None = None):
     from slm.pipeline import SpeechPipeline
 
     return SpeechPipeline.from_pretrained(model, int8=int8, semantic_only=semantic_only)

@@ -7,6 +7,8 @@ computed over all sentences:
 - ``first``: candidate 0 (what best_of 1 would speak, statistically);
 - ``reader``: the highest CTC log p(text | tokens) (what ``best_of`` does);
 - ``reader_per_frame``: that log p divided by the candidate's frames;
+- ``reader_rt``: the reader's log p(text | tokens) of the take decoded to audio and encoded again by the codec
+  (what the decoder made of the candidate, as the codec hears it);
 - ``lm_asr``: the speech LM's own log p(words | tokens) in its aligned ASR form, each word right after the
   frames generated for it (``SpeechPipeline.aligned_asr_scores``); ``reader+lm_asr`` and
   ``rank(reader)+rank(lm_asr)``: the two together, by summed log p and by summed rank;
@@ -50,6 +52,7 @@ def main() -> int:
 
     from adapters.judges import error_rates
     from codec.runtime import set_threads
+    from slm.acoustic_head import frames_from_acoustic
     from slm.eval.codec_eval import Judges
     from slm.eval.data import load_items
     from slm.eval.lm_eval import _np, _resample, voice_prompts
@@ -79,7 +82,11 @@ def main() -> int:
                 for c, lm_c in zip(cands, lm, strict=True):
                     codes, frames = [f.code for f in c], [f.acoustic for f in c]
                     wav = pipe._decode(pipe._tokens(codes, frames, g)).reshape(1, -1).float().cpu()
+                    rt = pipe._encode_one(wav, pipe.sample_rate)  # the take as the codec hears it again
+                    rt_ac = frames_from_acoustic(rt.acoustic[0], rt.ratio) if rt.acoustic.shape[1] else None
                     row["cands"].append({"frames": len(c), "reader": pipe.reader_score(sentence, codes, frames),
+                                         "reader_rt": pipe.reader_score(sentence, rt.semantic[0, 0],
+                                                                        None if rt_ac is None else list(rt_ac)),
                                          "lm_asr": lm_c,
                                          "audio": _np(_resample(wav, pipe.sample_rate, 16000))})
                 rows.append(row)
@@ -98,6 +105,7 @@ def main() -> int:
         "first": lambda cs: 0,
         "reader": lambda cs: max(range(len(cs)), key=lambda i: cs[i]["reader"]),
         "reader_per_frame": lambda cs: max(range(len(cs)), key=lambda i: cs[i]["reader"] / max(1, cs[i]["frames"])),
+        "reader_rt": lambda cs: max(range(len(cs)), key=lambda i: cs[i]["reader_rt"]),
         "lm_asr": lambda cs: max(range(len(cs)), key=lambda i: cs[i]["lm_asr"]),
         "reader+lm_asr": lambda cs: max(range(len(cs)), key=lambda i: cs[i]["reader"] + cs[i]["lm_asr"]),
         "rank(reader)+rank(lm_asr)": lambda cs: min(range(len(cs)), key=lambda i: _rank(cs, "reader", i) + _rank(cs, "lm_asr", i)),
