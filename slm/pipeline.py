@@ -52,6 +52,8 @@ from slm.generate import (
 )
 from slm.layout import TokenLayout
 from slm.templates import (
+    IGNORE,
+    asr_aligned_from_cuts,
     asr_prompt,
     audio_only_prompt,
     continuation_prompt,
@@ -526,28 +528,24 @@ class SpeechPipeline:
                 raise ValueError(f"sequence {i}: word indices must be non-decreasing in [0, {len(ws)})")
             if not c.numel():
                 continue
-            w_ids = word_ids(self.tokenizer, ws)
-            frames = self.layout.codes_to_ids(c).tolist()
-            ids, scored = [self.layout.special_id("asr"), self.layout.audio_start], []
-            for k, w in enumerate(w_ids):
-                ids += [frames[t] for t in range(len(frames)) if wf[t] == k]
-                scored.append((len(ids), len(w)))
-                ids += w
-            ids.append(self.layout.audio_end)
-            seqs.append((i, ids, scored))
+            cuts = [bisect.bisect_left(wf, k) for k in range(len(ws))] + [len(wf)]
+            ex = asr_aligned_from_cuts(self.layout, self.layout.codes_to_ids(c).tolist(), cuts,
+                                       word_ids(self.tokenizer, ws))
+            seqs.append((i, ex.input_ids, ex.labels))
         if not seqs:
             return out
         dev = next(self.infer_lm.parameters()).device
-        n = max(len(s[1]) for s in seqs)
+        n = max(len(x) for _, x, _ in seqs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         x = torch.full((len(seqs), n), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), n), dtype=torch.long)
         for j, (_, ids, _) in enumerate(seqs):
-            x[j, : len(ids)] = torch.tensor(ids)
+            x[j, : len(ids)] = ids
             mask[j, : len(ids)] = 1
         logp = self.infer_lm(input_ids=x.to(dev), attention_mask=mask.to(dev)).logits.float().log_softmax(-1).cpu()
-        for j, (i, ids, scored) in enumerate(seqs):
-            out[i] = float(sum(logp[j, s - 1 + t, ids[s + t]] for s, m in scored for t in range(m)))
+        for j, (i, _, labels) in enumerate(seqs):
+            at = ((labels != IGNORE) & (labels < self.layout.base_vocab)).nonzero().flatten()  # the words' tokens
+            out[i] = float(logp[j, at - 1, labels[at]].sum())
         return out
 
     def _tts_plan(self, text, voice, temperature, top_k, top_p, max_seconds, seed, aligned, best_of=None):

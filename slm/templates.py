@@ -237,13 +237,23 @@ def asr_aligned_example(tokenizer, layout: TokenLayout, words: list, codes: Tens
     if aligned is None:
         return None
     sem, cuts, word_tokens = aligned
+    return asr_aligned_from_cuts(layout, sem, cuts, word_tokens, acoustic)
+
+
+def asr_aligned_from_cuts(layout: TokenLayout, sem: list[int], cuts: list[int], word_tokens: list[list[int]],
+                          acoustic: Tensor | None = None) -> Example:
+    """:func:`asr_aligned_example` from its parts: the frames' ids ``sem``, ``cuts`` (word ``k`` owns frames
+    ``[cuts[k], cuts[k+1])``; an empty span puts the word right after the one before) and each word's token ids.
+    What scoring a transcript of generated or recognised tokens in this form builds
+    (``SpeechPipeline.aligned_asr_scores``)."""
     ids = [layout.special_id("asr"), layout.audio_start]
     labels, pos = [IGNORE] * len(ids), []
     for k, w in enumerate(word_tokens):
         a, b = cuts[k], cuts[k + 1]
         pos += range(len(ids), len(ids) + b - a)
         ids += sem[a:b]
-        labels += ([IGNORE] if a == 0 else [sem[a]]) + sem[a + 1 : b]  # the first frame has nothing before it
+        if b > a:
+            labels += ([IGNORE] if a == 0 else [sem[a]]) + sem[a + 1 : b]  # the first frame has nothing before it
         ids += w
         labels += w
     ids.append(layout.audio_end)
