@@ -152,6 +152,31 @@ def model_sampling(path: str | Path) -> Sampling:
     return Sampling(**json.loads(f.read_text()).get("sampling", {}))
 
 
+def model_sample_rate(path: str | Path) -> int:
+    """A model dir's audio rate (its codec's ``sample_rate``), read without loading the model, so that
+    input audio can be read and checked before the slow load."""
+    import json
+
+    d = model_dir(path)
+    f = d / "slm_config.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{d} is not a speech-LM model dir (slm_config.json missing)")
+    c = codec_dir(d, json.loads(f.read_text())) / "config.json"
+    if not c.is_file():
+        raise FileNotFoundError(f"{c.parent}: the model's codec dir has no config.json")
+    return int(json.loads(c.read_text())["codec"]["sample_rate"])
+
+
+def check_text(text) -> str:
+    """The text TTS accepts: a non-empty string of at most :data:`MAX_TEXT_CHARS` characters."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text must be a non-empty string, got {text!r}")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"text has {len(text)} characters; at most {MAX_TEXT_CHARS} per call "
+                         "(split a long text into several calls)")
+    return text
+
+
 def codec_dir(d: Path, cfg: dict) -> Path:
     """The codec dir a model dir's ``slm_config.json`` (``cfg``) names: absolute, or relative to ``d``."""
     return Path(cfg["codec"]) if Path(cfg["codec"]).is_absolute() else d / cfg["codec"]
@@ -550,10 +575,7 @@ class SpeechPipeline:
 
     def _tts_plan(self, text, voice, temperature, top_k, top_p, max_seconds, seed, aligned, best_of=None):
         """Per sentence: (prompt, sampling, max frames, voice, generator, the rest of generate_frames' arguments)."""
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"text must be a non-empty string, got {text!r}")
-        if len(text) > MAX_TEXT_CHARS:
-            raise ValueError(f"text has {len(text)} characters; at most {MAX_TEXT_CHARS} per call")
+        check_text(text)
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
         aligned = self.tts_aligned if aligned is None else bool(aligned)

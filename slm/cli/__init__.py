@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 COMMAND_MODULES: list[str] = [
     "slm.cli.data",
@@ -41,11 +42,30 @@ def main(argv: list[str] | None = None) -> int:
     from codec.runtime import set_threads
 
     set_threads(args.threads if args.threads is not None else int(os.environ.get("SLM_THREADS", "0")) or None)
+    # peft asks transformers a deprecated question on every adapter load; the notice is for peft, not for users
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except USER_ERRORS as e:
+        if os.environ.get("SLM_DEBUG"):
+            raise
+        print(f"slm {args.command}: error: {_message(e)}\n(set SLM_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
+# Errors that say what was wrong with the user's input (bad audio or text, a missing file, a model dir of the
+# wrong kind): one line on stderr and exit code 2, as argparse does for bad arguments. Anything else is a bug
+# and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from slm import ASR_METHODS, READER_ASR_METHODS
 
@@ -61,6 +62,7 @@ def register(subparsers) -> None:
                    help="with --method fused: 'wordfreq:N' (the N most frequent English words) or a word list "
                         "(one word per line, optionally word<TAB>count), e.g. your domain's vocabulary")
     a.add_argument("--lm-weight", type=float, default=None, help="with --method fused: the LM's weight")
+    _input_seconds_arg(a)
     a.set_defaults(func=_asr)
 
     c = subparsers.add_parser("continue", help="continue the speech in a wav")
@@ -68,6 +70,7 @@ def register(subparsers) -> None:
     c.add_argument("--model", default="default")
     c.add_argument("--seconds", type=float, default=3.0)
     c.add_argument("--out", required=True)
+    _input_seconds_arg(c)
     _sampling_args(c)
     c.set_defaults(func=_continue)
 
@@ -220,7 +223,6 @@ def _leave_deepspeed_rank() -> None:
     leave without the interpreter's teardown and C++ static destructors. There, a finished CPU run aborted once
     in about a dozen launches (SIGABRT, "terminate called without an active exception", after the last step
     and checkpoint), so a successful run could exit non-zero."""
-    import sys
 
     import torch.distributed as dist
 
@@ -230,6 +232,29 @@ def _leave_deepspeed_rank() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+# Longer input is refused (before the model loads) rather than silently cut: the transcript has a token budget and
+# the models are trained on sentences. Split long recordings, or raise the bound on purpose.
+MAX_INPUT_SECONDS = 60.0
+
+
+def _input_seconds_arg(p) -> None:
+    p.add_argument("--max-input-seconds", type=float, default=MAX_INPUT_SECONDS,
+                   help=f"refuse input audio longer than this (default {MAX_INPUT_SECONDS:g} s; split long recordings)")
+
+
+def _read_input(args):
+    """The input wav at the model's rate, checked before the (slow) model load: a missing, unreadable, empty,
+    non-finite or too long file fails at once. Returns ``(wav [1, N], sample_rate)``."""
+    from codec.audio import load_audio
+    from slm.pipeline import model_sample_rate
+
+    sr = model_sample_rate(args.model)
+    wav = load_audio(args.wav, sr, max_seconds=args.max_input_seconds)
+    if wav.abs().max() < 1e-4:
+        print(f"slm {args.command}: note: {args.wav} is silent (peak below -80 dBFS)", file=sys.stderr)
+    return wav, sr
 
 
 def _pipe(model: str, int8: bool | None = None, semantic_only: bool | None = None):
@@ -258,6 +283,13 @@ def _tts(args) -> int:
         return _list_voices(args.model)
     if args.text is None or args.out is None:
         raise SystemExit("slm tts: give the text and --out FILE.wav (or --list-voices)")
+    from slm.pipeline import check_text, model_dir, voice_files
+
+    check_text(args.text)  # before the (slow) model load
+    if args.voice is not None and args.voice not in {v[0] for v in voice_files(model_dir(args.model))} \
+            and not os.path.isfile(args.voice):
+        raise ValueError(f"unknown voice {args.voice!r}: not a wav file nor one of the model's voices "
+                         f"(see `slm tts --list-voices --model {args.model}`)")
     pipe = _pipe(args.model, args.int8, args.semantic_only)
     times: list = []
     wav = pipe.tts(args.text, args.voice, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -339,34 +371,42 @@ def _reader_train(args) -> int:
 
 
 def _asr(args) -> int:
-    from codec.audio import load_audio
-
+    wav, sr = _read_input(args)
     pipe = _pipe(args.model, args.int8)
-    wav = load_audio(args.wav, pipe.sample_rate)
     over = {k: v for k, v in (("lexicon", args.lexicon), ("lm_weight", args.lm_weight)) if v is not None}
     if over:
         import dataclasses
 
         pipe.fusion = dataclasses.replace(pipe.fusion, **over)
     if args.method in READER_ASR_METHODS or (args.method is None and pipe.asr_method != "lm"):
-        print(pipe.asr(wav, pipe.sample_rate, method=args.method))
-        return 0
+        return _print_transcript(pipe.asr(wav, sr, method=args.method))
     if args.aligned is False or (args.aligned is None and not pipe.asr_aligned):
-        print(pipe.asr(wav, pipe.sample_rate, aligned=False))
-        return 0
+        return _print_transcript(pipe.asr(wav, sr, aligned=False))
     shown = ""
-    for text in pipe.asr_stream(wav, pipe.sample_rate):  # words as they are written
+    for text in pipe.asr_stream(wav, sr):  # words as they are written
         print(text[len(shown):] if text.startswith(shown) else "\n" + text, end="", flush=True)
         shown = text
     print()
+    if not shown:
+        print("slm asr: no words recognised", file=sys.stderr)
+    return 0
+
+
+def _print_transcript(text: str) -> int:
+    print(text)
+    if not text.strip():  # stdout keeps its one line per file; the note goes to stderr
+        print("slm asr: no words recognised", file=sys.stderr)
     return 0
 
 
 def _continue(args) -> int:
-    from codec.audio import load_audio, save_audio
+    from codec.audio import save_audio
 
+    if not args.seconds > 0:
+        raise ValueError(f"--seconds must be > 0, got {args.seconds:g}")
+    wav, sr = _read_input(args)
     pipe = _pipe(args.model, args.int8, args.semantic_only)
-    wav = pipe.continue_(load_audio(args.wav, pipe.sample_rate), pipe.sample_rate, seconds=args.seconds,
+    wav = pipe.continue_(wav, sr, seconds=args.seconds,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     save_audio(args.out, wav, pipe.sample_rate)
     print(f"{args.out}: {wav.shape[-1] / pipe.sample_rate:.2f} s of continuation")
