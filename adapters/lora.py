@@ -8,6 +8,8 @@ by ``adapters.backbones.extend_vocabulary`` before the adapter is loaded.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,7 +62,17 @@ def apply_lora(model: torch.nn.Module, settings: LoraSettings, new_token_ids: li
     if missing:
         raise ValueError(f"LoRA target modules {missing} not in this backbone (it has e.g. "
                          f"{sorted(m for m in present if 'proj' in m)[:10]}); set lora.target_modules")
-    return get_peft_model(model, settings.to_peft(new_token_ids))
+    with _peft_quiet():
+        return get_peft_model(model, settings.to_peft(new_token_ids))
+
+
+@contextlib.contextmanager
+def _peft_quiet():
+    """peft asks transformers a deprecated question on every wrap/load; its FutureWarning is for peft's
+    authors, not for our users, so it is silenced here (and only here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        yield
 
 
 def save_adapter(peft_model, directory: str | Path) -> Path:
@@ -77,7 +89,8 @@ def load_adapter(model: torch.nn.Module, directory: str | Path, trainable: bool 
     directory = Path(directory)
     if not (directory / "adapter_config.json").exists():
         raise FileNotFoundError(f"no LoRA adapter at {directory} (adapter_config.json missing)")
-    return PeftModel.from_pretrained(model, str(directory), is_trainable=trainable)
+    with _peft_quiet():
+        return PeftModel.from_pretrained(model, str(directory), is_trainable=trainable)
 
 
 def merge(peft_model) -> torch.nn.Module:

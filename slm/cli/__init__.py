@@ -11,7 +11,6 @@ import argparse
 import importlib
 import os
 import sys
-import warnings
 
 COMMAND_MODULES: list[str] = [
     "slm.cli.data",
@@ -42,8 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     from codec.runtime import set_threads
 
     set_threads(args.threads if args.threads is not None else int(os.environ.get("SLM_THREADS", "0")) or None)
-    # peft asks transformers a deprecated question on every adapter load; the notice is for peft, not for users
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
