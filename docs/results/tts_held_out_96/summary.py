@@ -1,0 +1,91 @@
+"""TTS WER on 96 held-out items against the corpus' own audio: per best_of and seed, the mean over seeds, the
+ratio to the floor with a paired bootstrap 95% interval over items, and a plot.
+
+Inputs next to this file: ``lm_eval_best_of_{N}_seed{S}.json`` (``python -m slm.recipe_steps lm-eval ...
+--limit 96 --tasks tts --metrics asr --int8 --sampling best_of=N --seed S``) and ``floor_96.json``
+(``floor.py``).
+
+    python docs/results/tts_held_out_96/summary.py   # -> summary.json, wer_ratio.png
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+TARGET = 1.5  # issue 5: TTS WER <= 1.5x the WER of the corpus' own audio, same sentences and voices
+
+
+def _edits(refs: list[str], hyps: list[str]) -> np.ndarray:
+    from adapters.judges import error_rates
+
+    out = []
+    for r, h in zip(refs, hyps):
+        e = error_rates([r], [h])
+        out.append(e.wer * e.n_words)
+    return np.array(out)
+
+
+def main() -> dict:
+    floor = json.loads((HERE / "floor_96.json").read_text())
+    ids = floor["ids"]
+    f_edits = np.array([p["wer_edits"] for p in floor["items"]])
+    words = np.array([p["n_words"] for p in floor["items"]])
+    runs: dict[int, dict[int, np.ndarray]] = {}
+    rows: dict[int, dict[int, dict]] = {}
+    for f in sorted(HERE.glob("lm_eval_best_of_*_seed*.json")):
+        n, seed = map(int, re.match(r"lm_eval_best_of_(\d+)_seed(\d+)\.json", f.name).groups())
+        tts = json.loads(f.read_text())["tts"]
+        if [t["id"] for t in tts["items"]] != ids:
+            raise SystemExit(f"{f.name} covers other items than floor_96.json")
+        runs.setdefault(n, {})[seed] = _edits([t["ref"] for t in tts["items"]], [t["hyp"] for t in tts["items"]])
+        rows.setdefault(n, {})[seed] = {k: tts[k] for k in ("wer", "cer", "spk_sim", "dnsmos_ovrl", "rtf", "first_audio_s")}
+    rng = np.random.default_rng(0)
+    boot = rng.integers(0, len(ids), size=(10000, len(ids)))
+    floor_wer = f_edits.sum() / words.sum()
+    out: dict = {"n": len(ids), "floor_wer": floor_wer, "target_wer": TARGET * floor_wer, "settings": {}}
+    for n in sorted(runs):
+        e = np.mean(list(runs[n].values()), axis=0)  # per item, mean over seeds
+        ratio = e.sum() / f_edits.sum()
+        ci = np.percentile(e[boot].sum(1) / f_edits[boot].sum(1), [2.5, 97.5])
+        out["settings"][n] = {"seeds": sorted(runs[n]), "wer_mean": e.sum() / words.sum(), "ratio": ratio,
+                              "ratio_ci95": ci.tolist(), "per_seed": rows[n]}
+    (HERE / "summary.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
+    print(f"floor (Whisper-base on the corpus audio, {len(ids)} items): WER {floor_wer:.3f}; target <= {TARGET * floor_wer:.3f}")
+    print("| best_of | seeds | WER per seed | WER mean | ratio to floor (95% CI) | eval-loop RTF | first audio (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for n, r in out["settings"].items():
+        ps = r["per_seed"]
+        wers = " / ".join(f"{p['wer']:.3f}" for p in ps.values())
+        print(f"| {n} | {len(ps)} | {wers} | {r['wer_mean']:.3f} | "
+              f"{r['ratio']:.2f} ({r['ratio_ci95'][0]:.2f}-{r['ratio_ci95'][1]:.2f}) | "
+              f"{np.mean([p['rtf'] for p in ps.values()]):.2f} | {np.mean([p['first_audio_s'] for p in ps.values()]):.2f} |")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ns = list(out["settings"])
+    xs = np.arange(len(ns))
+    r = [out["settings"][n]["ratio"] for n in ns]
+    lo = [out["settings"][n]["ratio"] - out["settings"][n]["ratio_ci95"][0] for n in ns]
+    hi = [out["settings"][n]["ratio_ci95"][1] - out["settings"][n]["ratio"] for n in ns]
+    ax.bar(xs, r, yerr=[lo, hi], capsize=4, color="C0", alpha=0.8)
+    ax.axhline(TARGET, color="gray", ls="--", lw=1, label=f"target: {TARGET}x the corpus audio's WER")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(xs, [f"best_of {n}" for n in ns])
+    ax.set_ylabel("TTS WER / corpus-audio WER")
+    ax.set_title(f"TTS on {len(ids)} held-out items, int8, 2 threads\n(mean of seeds; 95% bootstrap over items)",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(HERE / "wer_ratio.png", dpi=120)
+    return out
+
+
+if __name__ == "__main__":
+    main()
