@@ -144,12 +144,17 @@ def model_dir(path: str | Path) -> Path:
 def model_sampling(path: str | Path) -> Sampling:
     """A model dir's decoding defaults (``slm_config.json`` ``"sampling"`` over :class:`Sampling`'s), read
     without loading the model: what ``from_pretrained(path).sampling`` will be."""
+    return Sampling(**read_model_config(model_dir(path)).get("sampling", {}))
+
+
+def read_model_config(d: Path) -> dict:
+    """A speech-LM model dir's ``slm_config.json``; a clear error when ``d`` is not such a dir."""
     import json
 
-    f = model_dir(path) / "slm_config.json"
+    f = Path(d) / "slm_config.json"
     if not f.is_file():
-        raise FileNotFoundError(f"{f.parent} is not a speech-LM model dir (slm_config.json missing)")
-    return Sampling(**json.loads(f.read_text()).get("sampling", {}))
+        raise FileNotFoundError(f"{d} is not a speech-LM model dir (slm_config.json missing)")
+    return json.loads(f.read_text())
 
 
 def model_sample_rate(path: str | Path) -> int:
@@ -158,10 +163,7 @@ def model_sample_rate(path: str | Path) -> int:
     import json
 
     d = model_dir(path)
-    f = d / "slm_config.json"
-    if not f.is_file():
-        raise FileNotFoundError(f"{d} is not a speech-LM model dir (slm_config.json missing)")
-    c = codec_dir(d, json.loads(f.read_text())) / "config.json"
+    c = codec_dir(d, read_model_config(d)) / "config.json"
     if not c.is_file():
         raise FileNotFoundError(f"{c.parent}: the model's codec dir has no config.json")
     return int(json.loads(c.read_text())["codec"]["sample_rate"])
@@ -190,9 +192,7 @@ def set_decoder(model_dir: str | Path, codec: str | Path) -> Path:
     import shutil
 
     d, src = Path(model_dir), Path(codec)
-    if not (d / "slm_config.json").is_file():
-        raise FileNotFoundError(f"{d} is not a speech-LM model dir (slm_config.json missing)")
-    cfg = json.loads((d / "slm_config.json").read_text())
+    cfg = read_model_config(d)
     own_dir = codec_dir(d, cfg)
     own, new = _load_codec(own_dir, cfg.get("codec_class")), _load_codec(src, cfg.get("codec_class"))
     if not hasattr(own, "tokenises_like") or not own.tokenises_like(new):
@@ -330,9 +330,7 @@ class SpeechPipeline:
         if threads:
             set_threads(threads)
         d = model_dir(path)
-        if not (d / "slm_config.json").exists():
-            raise FileNotFoundError(f"{d} is not a speech-LM model dir (slm_config.json missing)")
-        cfg = json.loads((d / "slm_config.json").read_text())
+        cfg = read_model_config(d)
         if int8 is None:
             int8 = bool(cfg.get("int8", False)) and torch.device(device).type == "cpu"
         layout = TokenLayout.load(d)

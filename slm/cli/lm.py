@@ -223,7 +223,6 @@ def _leave_deepspeed_rank() -> None:
     leave without the interpreter's teardown and C++ static destructors. There, a finished CPU run aborted once
     in about a dozen launches (SIGABRT, "terminate called without an active exception", after the last step
     and checkpoint), so a successful run could exit non-zero."""
-
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
