@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from slm.lm_data import INDEX, read_jsonl
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -18,8 +20,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=96)
     args = ap.parse_args()
     src = Path(args.tokens)
-    rows = {r["id"]: r for r in map(json.loads, (src / "index.jsonl").read_text().splitlines())}
-    ids = [json.loads(line)["id"] for line in Path(args.test_manifest).read_text().splitlines()][: args.n]
+    rows = {r["id"]: r for r in read_jsonl(src / INDEX)}
+    ids = [r["id"] for r in read_jsonl(args.test_manifest)][: args.n]
     missing = [i for i in ids if i not in rows]
     if missing:
         raise SystemExit(f"{len(missing)} test items are not in {src} (first: {missing[0]})")
@@ -28,7 +30,7 @@ def main() -> None:
     if not (out / "items").exists():
         (out / "items").symlink_to((src / "items").resolve())
     keep = [r for r in rows.values() if r["split"] == "valid"] + [{**rows[i], "split": "test"} for i in ids]
-    (out / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    (out / INDEX).write_text("".join(json.dumps(r) + "\n" for r in keep))
     print(f"{out}: {len(keep) - len(ids)} valid + {len(ids)} test items")
 
 
