@@ -29,12 +29,26 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray, int] | None:
     return data.T, int(sr)
 
 
-def _read_ffmpeg(path: Path, sample_rate: int) -> tuple[np.ndarray, int]:
-    """Decode with ffmpeg straight to mono float32 at ``sample_rate`` (ffmpeg resamples)."""
+def header_seconds(path: str | Path) -> float | None:
+    """The duration a file's header states (soundfile's formats), without reading the samples; None when soundfile
+    cannot open it (ffmpeg formats) or the header gives no length."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return None
+    return info.frames / info.samplerate if info.frames > 0 and info.samplerate > 0 else None
+
+
+def _read_ffmpeg(path: Path, sample_rate: int, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode with ffmpeg straight to mono float32 at ``sample_rate`` (ffmpeg resamples); with ``max_seconds``, at
+    most a little more than that is decoded (enough to tell that the file is too long)."""
     if shutil.which("ffmpeg") is None:
         raise AudioError(f"{path}: soundfile cannot read it and ffmpeg is not installed "
                          "(expected a wav/flac/ogg file or ffmpeg on PATH)")
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-acodec", "pcm_f32le",
+    limit = ["-t", f"{max_seconds + 1:.3f}"] if max_seconds is not None else []
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), *limit, "-f", "f32le", "-acodec", "pcm_f32le",
            "-ac", "1", "-ar", str(sample_rate), "-"]
     res = subprocess.run(cmd, capture_output=True, timeout=600, check=False)
     if res.returncode != 0:
@@ -54,8 +68,12 @@ def load_audio(path: str | Path, sample_rate: int = 16000, *, max_seconds: float
         raise ValueError(f"sample_rate: expected a positive integer, got {sample_rate}")
     if not path.is_file():
         raise AudioError(f"{path}: expected an audio file, got no such file")
+    if max_seconds is not None:  # a huge file is refused from its header, before it is read
+        seconds = header_seconds(path)
+        if seconds is not None and seconds > max_seconds:
+            raise AudioError(f"{path}: expected at most {max_seconds:g} s, got {seconds:.2f} s")
     got = _read_soundfile(path)
-    data, sr = got if got is not None else _read_ffmpeg(path, sample_rate)
+    data, sr = got if got is not None else _read_ffmpeg(path, sample_rate, max_seconds)
     if data.size == 0 or data.shape[-1] == 0:
         raise AudioError(f"{path}: expected audio samples, got an empty file (0 samples)")
     if max_seconds is not None and data.shape[-1] / sr > max_seconds:

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from codec.config import TWO_STREAM
 from codec.contracts import CodecTokens, check_audio
+from codec.segment import PauseConfig, split_at_pauses
 from slm import ASR_METHODS, READER_ASR_METHODS
 from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio, frames_from_acoustic
 from slm.ctc_reader import CTCPrefixScorer, CTCReader, JointConfig, char_ids, joint_transcribe, reader_codes
@@ -701,6 +702,25 @@ class SpeechPipeline:
             acoustic = frames_from_acoustic(toks.acoustic[0], toks.ratio)
         return self.asr_tokens(toks.semantic[0, 0], max_new_tokens, aligned, method, acoustic=acoustic)
 
+    def asr_segments(self, wav: Tensor, sample_rate: int, pauses: PauseConfig | None = None,
+                     **kw) -> Iterator[WordTime]:
+        """Transcribe a recording of any length piece by piece: it is split at its pauses into segments of at most
+        ``pauses.max_seconds`` (:func:`codec.segment.split_at_pauses`; default 15 s, the models are trained on
+        sentences), and each segment goes through :meth:`asr` (``kw``: its arguments). Yields one
+        :class:`WordTime` per segment, in order, as it is done: its transcript and where it lies in ``wav`` (s).
+        Silence gives no segment; a segment read as no words is skipped."""
+        wav = torch.as_tensor(wav)
+        if wav.dim() == 3 and wav.shape[:2] == (1, 1):
+            wav = wav[0]
+        if wav.dim() == 1:
+            wav = wav[None]
+        if wav.dim() != 2 or wav.shape[0] != 1:
+            raise ValueError(f"expected one mono clip ([N], [1, N] or [1, 1, N]), got shape {tuple(wav.shape)}")
+        for a, b in split_at_pauses(wav[0], sample_rate, pauses):
+            text = self.asr(wav[:, a:b], sample_rate, **kw)
+            if text.strip():
+                yield WordTime(text.strip(), round(a / sample_rate, 3), round(b / sample_rate, 3))
+
     def asr_stream(self, wav: Tensor, sample_rate: int, max_new_tokens: int = 200) -> Iterator[str]:
         """Aligned ASR as it goes: the transcript so far, once per word written (needs a model trained
         with the aligned ASR form to make sense; any model runs)."""
@@ -871,7 +891,8 @@ def _generator(seed: int | None) -> torch.Generator:
 
 @dataclass
 class WordTime:
-    """Where a word (or, in the plain TTS form, a whole sentence) is spoken in TTS output, in seconds."""
+    """Where a word (or, in the plain TTS form, a whole sentence) is spoken in TTS output, or where a transcribed
+    segment lies in a recording (:meth:`SpeechPipeline.asr_segments`), in seconds."""
 
     text: str
     start: float
@@ -879,8 +900,8 @@ class WordTime:
 
 
 def subtitles(times: list[WordTime], max_words: int = 7, max_seconds: float = 3.5) -> str:
-    """SubRip (.srt) text of TTS word timings: consecutive words grouped into cues of at most ``max_words``
-    words and ``max_seconds``."""
+    """SubRip (.srt) text of timed words (TTS) or segments (ASR): consecutive entries grouped into cues of at most
+    ``max_words`` entries and ``max_seconds``."""
     def stamp(t: float) -> str:
         ms = round(t * 1000)
         return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"

@@ -38,13 +38,33 @@ def register(subparsers) -> None:
     form.add_argument("--aligned", dest="aligned", action="store_true", default=None,
                       help="feed each word before its frames (the default of models trained with tts_aligned)")
     form.add_argument("--plain", dest="aligned", action="store_false", help="speak from the whole sentence only")
+    s.add_argument("--batch", default=None, metavar="FILE",
+                   help="speak every line of FILE (text, or name<TAB>text) into --out-dir, one model load; "
+                        "resumable: rerun to finish an interrupted batch")
+    s.add_argument("--out-dir", default=None, metavar="DIR",
+                   help="with --batch: DIR/<name>.wav per line and DIR/manifest.jsonl")
     s.add_argument("--timings", default=None, metavar="FILE",
                    help="also write when each word is spoken: FILE.srt (subtitles) or JSON (any other name); "
                         "per sentence in the plain form")
     s.set_defaults(func=_tts)
 
-    a = subparsers.add_parser("asr", help="speech -> text by the speech LM")
-    a.add_argument("wav")
+    a = subparsers.add_parser("asr", help="speech -> text by the speech LM (one file, many, or long recordings)",
+                              description="Transcribe audio files with a speech-LM dir. Recordings longer than "
+                                          "--segment-seconds are split at their pauses and read piece by piece; "
+                                          "several files load the model once (README 'Batch and long-form use').")
+    a.add_argument("wav", nargs="*", help="audio file(s): wav/flac/ogg, anything else through ffmpeg")
+    a.add_argument("--list", default=None, metavar="FILE",
+                   help="more inputs: a text file with one audio path per line, or a .jsonl manifest (its 'path' "
+                        "keys, relative to the manifest's folder, as `slm data` writes them)")
+    a.add_argument("--out", default=None, metavar="FILE.jsonl",
+                   help="write one JSON line per file (audio, seconds, text, timed segments) as each is done; "
+                        "rerunning with the same --out skips the files already in it")
+    a.add_argument("--srt", default=None, metavar="FILE.srt", help="subtitles of one input, one cue per segment")
+    a.add_argument("--segment-seconds", type=float, default=15.0,
+                   help="audio longer than this is split at pauses into segments of at most this (default 15 s)")
+    a.add_argument("--skip-bad", action="store_true",
+                   help="note unreadable, empty or too long inputs on stderr and go on (default: stop before the "
+                        "model loads, naming the file)")
     a.add_argument("--model", default="default")
     a.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
                    help="int8 backbone weights for decoding (faster on CPU, approximate; README 'TTS speed on CPU'); "
@@ -62,7 +82,8 @@ def register(subparsers) -> None:
                    help="with --method fused: 'wordfreq:N' (the N most frequent English words) or a word list "
                         "(one word per line, optionally word<TAB>count), e.g. your domain's vocabulary")
     a.add_argument("--lm-weight", type=float, default=None, help="with --method fused: the LM's weight")
-    _input_seconds_arg(a)
+    a.add_argument("--max-input-seconds", type=float, default=MAX_ASR_SECONDS,
+                   help=f"refuse input audio longer than this (default {MAX_ASR_SECONDS:g} s)")
     a.set_defaults(func=_asr)
 
     c = subparsers.add_parser("continue", help="continue the speech in a wav")
@@ -236,6 +257,9 @@ def _leave_deepspeed_rank() -> None:
 # Longer input is refused (before the model loads) rather than silently cut: the transcript has a token budget and
 # the models are trained on sentences. Split long recordings, or raise the bound on purpose.
 MAX_INPUT_SECONDS = 60.0
+# ASR splits long recordings at pauses, so it takes up to an hour by default (a bound all the same: a file of
+# days is a mistake worth a message, not hours of work).
+MAX_ASR_SECONDS = 3600.0
 
 
 def _input_seconds_arg(p) -> None:
@@ -280,16 +304,34 @@ def _tts(args) -> int:
 
     if args.list_voices:
         return _list_voices(args.model)
-    if args.text is None or args.out is None:
-        raise SystemExit("slm tts: give the text and --out FILE.wav (or --list-voices)")
     from slm.pipeline import check_text, model_dir, voice_files
 
-    check_text(args.text)  # before the (slow) model load
+    if args.batch is not None:
+        if args.text is not None or args.out is not None or args.timings is not None:
+            raise ValueError("--batch takes its texts from the file and writes into --out-dir: "
+                             "leave out the text, --out and --timings")
+        if args.out_dir is None:
+            raise ValueError("--batch needs --out-dir DIR")
+        from slm.cli.batch import tts_lines
+
+        items = tts_lines(args.batch)  # every line checked before the (slow) model load
+    elif args.text is None or args.out is None:
+        raise SystemExit("slm tts: give the text and --out FILE.wav (or --batch FILE --out-dir DIR, or --list-voices)")
+    else:
+        check_text(args.text)  # before the (slow) model load
     if args.voice is not None and args.voice not in {v[0] for v in voice_files(model_dir(args.model))} \
             and not os.path.isfile(args.voice):
         raise ValueError(f"unknown voice {args.voice!r}: not a wav file nor one of the model's voices "
                          f"(see `slm tts --list-voices --model {args.model}`)")
     pipe = _pipe(args.model, args.int8, args.semantic_only)
+    if args.batch is not None:
+        from slm.cli.batch import synthesize_lines
+
+        kw = {"voice": args.voice, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+              "max_seconds": args.max_seconds, "aligned": args.aligned, "best_of": args.best_of}
+        made = synthesize_lines(pipe, items, args.out_dir, kw, args.seed)
+        print(f"{args.out_dir}: {made} new utterances, manifest.jsonl lists {len(items)}")
+        return 0
     times: list = []
     wav = pipe.tts(args.text, args.voice, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    max_seconds=args.max_seconds, seed=args.seed, aligned=args.aligned, best_of=args.best_of,
@@ -370,13 +412,43 @@ def _reader_train(args) -> int:
 
 
 def _asr(args) -> int:
-    wav, sr = _read_input(args)
+    from slm.cli.batch import asr_inputs, check_inputs, read_done
+
+    paths = asr_inputs(args.wav, args.list)
+    if args.srt and len(paths) != 1:
+        raise ValueError(f"--srt writes the subtitles of one input, got {len(paths)}; use --out FILE.jsonl for several")
+    if not args.segment_seconds > 0:
+        raise ValueError(f"--segment-seconds must be > 0, got {args.segment_seconds:g}")
+    done = read_done(args.out) if args.out else set()
+    todo = [p for p in paths if p not in done]
+    if done:
+        print(f"slm asr: {len(paths) - len(todo)} of {len(paths)} inputs already in {args.out}", file=sys.stderr)
+    if not todo:
+        return 0
+    seconds = check_inputs(todo, args.max_input_seconds, skip_bad=args.skip_bad)  # before the (slow) model load
+    if len(paths) == 1 and not (args.out or args.srt) and seconds[todo[0]] <= args.segment_seconds:
+        args.wav = todo[0]  # one short clip: as it always was, words streamed as they come in the aligned form
+        wav, sr = _read_input(args)
+        return _asr_one(_asr_pipe(args), wav, sr, args)
+    from slm.cli.batch import transcribe_files
+
+    pipe = _asr_pipe(args)
+    bad = transcribe_files(pipe, [p for p in todo if p in seconds], seconds, args,
+                           method=args.method, aligned=args.aligned)
+    return 1 if bad or len(seconds) < len(todo) else 0  # 1: --skip-bad left inputs out
+
+
+def _asr_pipe(args):
     pipe = _pipe(args.model, args.int8)
     over = {k: v for k, v in (("lexicon", args.lexicon), ("lm_weight", args.lm_weight)) if v is not None}
     if over:
         import dataclasses
 
         pipe.fusion = dataclasses.replace(pipe.fusion, **over)
+    return pipe
+
+
+def _asr_one(pipe, wav, sr, args) -> int:
     if args.method in READER_ASR_METHODS or (args.method is None and pipe.asr_method != "lm"):
         return _print_transcript(pipe.asr(wav, sr, method=args.method))
     if args.aligned is False or (args.aligned is None and not pipe.asr_aligned):
