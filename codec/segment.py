@@ -27,7 +27,7 @@ class PauseConfig:
     - ``pad``: silence kept before and after each segment's speech (s).
     """
 
-    max_seconds: float = 15.0
+    max_seconds: float = 8.0
     min_pause: float = 0.25
     frame: float = 0.02
     relative_db: float = 35.0

@@ -8,6 +8,7 @@ import time
 import gradio as gr
 import torch
 
+from codec.segment import PauseConfig
 from demos.app import MODELS, DemoContext, user_errors
 from demos.limits import InputError, check_text, load_audio_input, to_gradio_audio
 from demos.plots import continuation_plot, tokens_over_spectrogram
@@ -173,7 +174,16 @@ def asr_tab(ctx: DemoContext) -> None:
                  False: "plain form"}[aligned]
         t0 = time.perf_counter()
         text = ""
-        if aligned is True:  # words as they are written
+        pauses = PauseConfig(max_seconds=ctx.limits.asr_segment_seconds)
+        if wav.shape[-1] > pauses.max_seconds * p.sample_rate:  # a long clip: piece by piece, split at pauses
+            kw = {"method": "lm", "aligned": aligned} if isinstance(aligned, bool) else {"method": aligned}
+            pieces = []
+            for seg in p.asr_segments(wav, p.sample_rate, pauses, **kw):
+                pieces.append(seg.text)
+                text = " ".join(pieces)
+                yield text, gr.skip(), f"transcribing... ({seg.end:.1f} s done)"
+            label += f", split at pauses into {len(pieces)} pieces of at most {pauses.max_seconds:g} s"
+        elif aligned is True:  # words as they are written
             for text in p.asr_stream(wav, p.sample_rate):
                 yield text, gr.skip(), "transcribing..."
         elif aligned is False:

@@ -705,7 +705,7 @@ class SpeechPipeline:
     def asr_segments(self, wav: Tensor, sample_rate: int, pauses: PauseConfig | None = None,
                      **kw) -> Iterator[WordTime]:
         """Transcribe a recording of any length piece by piece: it is split at its pauses into segments of at most
-        ``pauses.max_seconds`` (:func:`codec.segment.split_at_pauses`; default 15 s, the models are trained on
+        ``pauses.max_seconds`` (:func:`codec.segment.split_at_pauses`; default 8 s, the models are trained on
         sentences), and each segment goes through :meth:`asr` (``kw``: its arguments). Yields one
         :class:`WordTime` per segment, in order, as it is done: its transcript and where it lies in ``wav`` (s).
         Silence gives no segment; a segment read as no words is skipped."""

@@ -232,6 +232,8 @@ def test_asr_batch_bad_input(tmp_path, capsys, model, monkeypatch, pipe):
                                "--method", "lm", "--plain"])
     assert rc == 1 and "skipped" in err and "1 of 2 inputs skipped" in err
     assert [json.loads(x)["audio"] for x in out.read_text().splitlines()] == [good]
+    rc, _, err = _run(capsys, ["asr", junk, "--model", model, "--skip-bad"])
+    assert rc == 1 and "1 of 1 inputs skipped" in err
 
 
 def test_tts_batch_resumes_with_the_same_audio(tmp_path, capsys, model, shared_pipe):

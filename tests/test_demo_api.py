@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def client(tmp_path_factory):
     from gradio_client import Client
 
-    limits = DemoLimits(max_audio_seconds=4.0, max_text_chars=80, max_generate_seconds=3.0)
+    limits = DemoLimits(max_audio_seconds=4.0, max_text_chars=80, max_generate_seconds=3.0, asr_segment_seconds=1.5)
     app = build_app(tiny_pipeline, codec_dirs=[tiny_codec_root()], limits=limits)
     url = serve(app)
     yield Client(url, verbose=False)
@@ -56,6 +56,24 @@ def test_asr_returns_text_and_token_plot(client, clip):
     text2, plot2, info2 = client.predict(clip, "aligned", api_name="/asr")
     assert isinstance(text2, str) and text2 and plot2 and "aligned form" in info2
     assert client.predict(clip, "plain", api_name="/asr")[0] == text
+
+
+def test_asr_splits_a_long_clip_at_its_pauses(client, tmp_path):
+    import numpy as np
+    from gradio_client import handle_file
+
+    from codec.segment import PauseConfig, split_at_pauses
+
+    a, sr = sf.read(speechlike_wav(tmp_path / "a.wav", 1.2), dtype="float32")
+    gap = np.full(int(0.6 * sr), 1e-5, np.float32)
+    sf.write(tmp_path / "two.wav", np.concatenate([a, gap, a[::-1].copy(), gap]), sr)
+    import torch
+
+    n = len(split_at_pauses(torch.from_numpy(sf.read(tmp_path / "two.wav", dtype="float32")[0]), sr,
+                            PauseConfig(max_seconds=1.5)))
+    assert n == 2
+    text, plot, info = client.predict(handle_file(str(tmp_path / "two.wav")), "plain", api_name="/asr")
+    assert text and plot and "split at pauses into" in info and "at most 1.5 s" in info
 
 
 def test_continue_and_dialogue(client, clip):

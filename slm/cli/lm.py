@@ -60,8 +60,8 @@ def register(subparsers) -> None:
                    help="write one JSON line per file (audio, seconds, text, timed segments) as each is done; "
                         "rerunning with the same --out skips the files already in it")
     a.add_argument("--srt", default=None, metavar="FILE.srt", help="subtitles of one input, one cue per segment")
-    a.add_argument("--segment-seconds", type=float, default=15.0,
-                   help="audio longer than this is split at pauses into segments of at most this (default 15 s)")
+    a.add_argument("--segment-seconds", type=float, default=8.0,
+                   help="audio longer than this is split at pauses into segments of at most this (default 8 s)")
     a.add_argument("--skip-bad", action="store_true",
                    help="note unreadable, empty or too long inputs on stderr and go on (default: stop before the "
                         "model loads, naming the file)")
@@ -254,8 +254,8 @@ def _leave_deepspeed_rank() -> None:
     os._exit(0)
 
 
-# Longer input is refused (before the model loads) rather than silently cut: the transcript has a token budget and
-# the models are trained on sentences. Split long recordings, or raise the bound on purpose.
+# A longer continuation prompt is refused (before the model loads) rather than silently cut: the models are trained
+# on sentences and the prompt is read whole. Trim it, or raise the bound on purpose.
 MAX_INPUT_SECONDS = 60.0
 # ASR splits long recordings at pauses, so it takes up to an hour by default (a bound all the same: a file of
 # days is a mistake worth a message, not hours of work).
@@ -426,6 +426,8 @@ def _asr(args) -> int:
     if not todo:
         return 0
     seconds = check_inputs(todo, args.max_input_seconds, skip_bad=args.skip_bad)  # before the (slow) model load
+    if not seconds:
+        return 1  # --skip-bad, and every input was bad (each named on stderr)
     if len(paths) == 1 and not (args.out or args.srt) and seconds[todo[0]] <= args.segment_seconds:
         args.wav = todo[0]  # one short clip: as it always was, words streamed as they come in the aligned form
         wav, sr = _read_input(args)
