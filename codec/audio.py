@@ -29,6 +29,19 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray, int] | None:
     return data.T, int(sr)
 
 
+def check_audio_file(path: str | Path, max_seconds: float | None = None) -> float | None:
+    """What can be checked without reading the samples: the file exists and, where its header states a length,
+    that length is at most ``max_seconds`` (:class:`AudioError` otherwise). Returns the length in seconds, None
+    when only decoding can tell (ffmpeg formats, a header without a length)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: expected an audio file, got no such file")
+    seconds = header_seconds(path)
+    if max_seconds is not None and seconds is not None and seconds > max_seconds:
+        raise AudioError(f"{path}: expected at most {max_seconds:g} s, got {seconds:.2f} s")
+    return seconds
+
+
 def header_seconds(path: str | Path) -> float | None:
     """The duration a file's header states (soundfile's formats), without reading the samples; None when soundfile
     cannot open it (ffmpeg formats) or the header gives no length."""
@@ -66,12 +79,7 @@ def load_audio(path: str | Path, sample_rate: int = 16000, *, max_seconds: float
     path = Path(path)
     if sample_rate <= 0:
         raise ValueError(f"sample_rate: expected a positive integer, got {sample_rate}")
-    if not path.is_file():
-        raise AudioError(f"{path}: expected an audio file, got no such file")
-    if max_seconds is not None:  # a huge file is refused from its header, before it is read
-        seconds = header_seconds(path)
-        if seconds is not None and seconds > max_seconds:
-            raise AudioError(f"{path}: expected at most {max_seconds:g} s, got {seconds:.2f} s")
+    check_audio_file(path, max_seconds)  # a huge file is refused from its header, before it is read
     got = _read_soundfile(path)
     data, sr = got if got is not None else _read_ffmpeg(path, sample_rate, max_seconds)
     if data.size == 0 or data.shape[-1] == 0:

@@ -39,20 +39,14 @@ def check_inputs(paths: list[str], max_seconds: float, *, skip_bad: bool = False
     """Each input's length in seconds, checked without the model: a missing, unreadable, empty or too long file
     raises :class:`codec.audio.AudioError` naming it, or with ``skip_bad`` is noted on stderr and left out.
     Files soundfile reads are checked from their header; others (ffmpeg formats) are decoded once."""
-    from codec.audio import AudioError, header_seconds, load_audio
+    from codec.audio import AudioError, check_audio_file, load_audio
 
     seconds: dict[str, float] = {}
     bad = []
     for p in paths:
         try:
-            if not os.path.isfile(p):
-                raise AudioError(f"{p}: expected an audio file, got no such file")
-            s = header_seconds(p)
-            if s is None:
-                s = load_audio(p, 16000, max_seconds=max_seconds).shape[-1] / 16000
-            elif s > max_seconds:
-                raise AudioError(f"{p}: expected at most {max_seconds:g} s, got {s:.2f} s")
-            seconds[p] = s
+            s = check_audio_file(p, max_seconds)
+            seconds[p] = s if s is not None else load_audio(p, 16000, max_seconds=max_seconds).shape[-1] / 16000
         except AudioError as e:
             if not skip_bad:
                 more = f" ({len(paths)} inputs; --skip-bad goes on without the bad ones)" if len(paths) > 1 else ""
