@@ -709,13 +709,10 @@ class SpeechPipeline:
         sentences), and each segment goes through :meth:`asr` (``kw``: its arguments). Yields one
         :class:`WordTime` per segment, in order, as it is done: its transcript and where it lies in ``wav`` (s).
         Silence gives no segment; a segment read as no words is skipped."""
-        wav = torch.as_tensor(wav)
-        if wav.dim() == 3 and wav.shape[:2] == (1, 1):
-            wav = wav[0]
-        if wav.dim() == 1:
-            wav = wav[None]
-        if wav.dim() != 2 or wav.shape[0] != 1:
-            raise ValueError(f"expected one mono clip ([N], [1, N] or [1, 1, N]), got shape {tuple(wav.shape)}")
+        wav = check_audio(wav, sample_rate, sample_rate)  # [B, 1, N]; any rate: asr() resamples
+        if wav.shape[0] != 1:
+            raise ValueError(f"expected one clip ([N], [1, N] or [1, 1, N]), got a batch of {wav.shape[0]}")
+        wav = wav[0]
         for a, b in split_at_pauses(wav[0], sample_rate, pauses):
             text = self.asr(wav[:, a:b], sample_rate, **kw)
             if text.strip():
