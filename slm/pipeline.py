@@ -44,6 +44,7 @@ from slm.fused_asr import (
     fused_transcribe,
 )
 from slm.generate import (
+    FusedStep,
     Sampling,
     generate_candidates,
     generate_frames,
@@ -286,7 +287,7 @@ class SpeechPipeline:
         # (slm.fused_asr); `fusion` sets weights, beam and lexicon (a spec, or a file relative to `model_dir`)
         self.fusion, self.model_dir = fusion or FusionConfig(), model_dir
         self._lexicon: tuple[str, Lexicon] | None = None  # (spec, lexicon): rebuilt when fusion.lexicon changes
-        self._text_scorer: tuple[str, TextScorer] | None = None  # (fusion.text_lm, scorer)
+        self._text_scorer: tuple[tuple, TextScorer] | None = None  # ((fusion.text_lm, dtype), scorer)
         # what asr() does by default (slm_config.json "asr_method"): the LM unless the model says otherwise
         # (joint decoding measured worse than either part alone on the bundle: docs/results/joint_asr)
         self.asr_method = asr_method or "lm"
@@ -742,22 +743,28 @@ class SpeechPipeline:
         return self._lexicon[1]
 
     def text_scorer(self) -> TextScorer:
-        """The fused ASR's language model: the backbone's own (a plain copy without the adapter, built once:
-        peft's disabled wrappers would cost more per call), or the speech LM itself (``fusion.text_lm``
-        "adapted": the merged copy, no extra memory)."""
+        """The fused ASR's language model: the backbone's own (a plain copy without the adapter, built once, in
+        ``fusion.dtype()``: peft's disabled wrappers would cost more per call), or the speech LM itself
+        (``fusion.text_lm`` "adapted": the merged copy as it is, no extra memory)."""
         want = self.fusion.text_lm
-        if self._text_scorer is None or self._text_scorer[0] != want:
-            if want == "adapted" or not hasattr(self.lm, "unload"):
-                model = self.infer_lm if want == "adapted" else self.lm
-                scorer = TextScorer(model, self.tokenizer, base_only=want != "adapted", vocab=self.layout.base_vocab)
+        dtype = self.fusion.dtype(next(self.lm.parameters()).device) if want == "base" else None
+        if self._text_scorer is None or self._text_scorer[0] != (want, dtype):
+            if want == "adapted":
+                scorer = TextScorer(self.infer_lm, self.tokenizer, base_only=False, vocab=self.layout.base_vocab,
+                                    step=getattr(self.infer_lm, "fused_step", None))
+            elif not hasattr(self.lm, "unload") and dtype == next(self.lm.parameters()).dtype:
+                scorer = TextScorer(self.lm, self.tokenizer, base_only=False, vocab=self.layout.base_vocab)
             else:
                 import copy
 
-                base = copy.deepcopy(self.lm).unload().eval()
+                base = copy.deepcopy(self.lm)
+                base = base.unload() if hasattr(base, "unload") else base
+                base = base.eval().to(dtype)
                 for q in base.parameters():
                     q.requires_grad_(False)
-                scorer = TextScorer(base, self.tokenizer, base_only=False, vocab=self.layout.base_vocab)
-            self._text_scorer = (want, scorer)
+                scorer = TextScorer(base, self.tokenizer, base_only=False, vocab=self.layout.base_vocab,
+                                    step=FusedStep(base) if FusedStep.supports(base) else None)
+            self._text_scorer = ((want, dtype), scorer)
         return self._text_scorer[1]
 
     def word_start(self) -> Tensor:

@@ -82,6 +82,9 @@ def register(subparsers) -> None:
                    help="with --method fused: 'wordfreq:N' (the N most frequent English words) or a word list "
                         "(one word per line, optionally word<TAB>count), e.g. your domain's vocabulary")
     a.add_argument("--lm-weight", type=float, default=None, help="with --method fused: the LM's weight")
+    a.add_argument("--lm-dtype", choices=("auto", "float32", "bfloat16"), default=None,
+                   help="with --method fused: the LM's weights (default auto: bfloat16 where the CPU or GPU has "
+                        "bf16 units, ~2x faster here; float32 gives the exact float32 scores)")
     a.add_argument("--max-input-seconds", type=float, default=MAX_ASR_SECONDS,
                    help=f"refuse input audio longer than this (default {MAX_ASR_SECONDS:g} s)")
     a.set_defaults(func=_asr)
@@ -442,7 +445,8 @@ def _asr(args) -> int:
 
 def _asr_pipe(args):
     pipe = _pipe(args.model, args.int8)
-    over = {k: v for k, v in (("lexicon", args.lexicon), ("lm_weight", args.lm_weight)) if v is not None}
+    over = {k: v for k, v in (("lexicon", args.lexicon), ("lm_weight", args.lm_weight),
+                                             ("lm_dtype", args.lm_dtype)) if v is not None}
     if over:
         import dataclasses
 
