@@ -308,3 +308,18 @@ def test_cli_asr_fused_overrides(pipe_with_reader, tmp_path, capsys):
     assert _asr_pipe(args).fusion.lm_dtype == "bfloat16"
     with pytest.raises(SystemExit):
         main(["asr", str(wav), "--model", str(pipe_with_reader[0]), "--lm-dtype", "float16"])
+
+
+def test_text_scorer_adapted_uses_the_speech_lm_and_its_step(pipe_with_reader):
+    """text_lm "adapted": the merged speech LM scores, through its own FusedStep, what one full forward gives."""
+    pipe = pipe_with_reader[1]
+    pipe.fusion = FusionConfig(text_lm="adapted")
+    sc = pipe.text_scorer()
+    assert sc.model is pipe.infer_lm and sc.step is pipe.infer_lm.fused_step is not None
+    V = pipe.layout.base_vocab
+    for t, g in zip(["i saw", "i saw the cat"], sc(["i saw", "i saw the cat"])):
+        words = t.split()
+        ids = [sc.start_id] + [i for k, w in enumerate(words) for i in sc._word_ids(" ".join(words[:k]), w)]
+        with torch.no_grad():
+            lp = pipe.infer_lm(input_ids=torch.tensor([ids])).logits[0, :, :V].float().log_softmax(-1)
+        assert g == pytest.approx(sum(float(lp[j - 1, ids[j]]) for j in range(1, len(ids))), abs=1e-3)

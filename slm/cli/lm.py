@@ -445,8 +445,8 @@ def _asr(args) -> int:
 
 def _asr_pipe(args):
     pipe = _pipe(args.model, args.int8)
-    over = {k: v for k, v in (("lexicon", args.lexicon), ("lm_weight", args.lm_weight),
-                                             ("lm_dtype", args.lm_dtype)) if v is not None}
+    named = (("lexicon", args.lexicon), ("lm_weight", args.lm_weight), ("lm_dtype", args.lm_dtype))
+    over = {k: v for k, v in named if v is not None}
     if over:
         import dataclasses
 
