@@ -86,6 +86,8 @@ def main() -> int:
                                                           "words fed before their frames; its own length)")
     ap.add_argument("--best-of", type=int, default=0, help="also time best-of-N TTS of --text (pipe.tts_stream, "
                     "seed 0): N candidates decoded side by side, one after another (the baseline), and best_of 1")
+    ap.add_argument("--best-of-words", type=int, default=0, metavar="W", help="with --best-of: also time the "
+                    "choice every W words (aligned form: the chosen words stream while the rest is drawn)")
     ap.add_argument("--no-unmerged", action="store_true", help="skip the (slow) unmerged peft row")
     ap.add_argument("--text", default="The quick brown fox jumps over the lazy dog, twice.")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -133,11 +135,11 @@ def main() -> int:
     def best_of_rows(suffix: str = "") -> None:
         """Best-of-N TTS of the whole text as users call it: its candidates side by side (one padded decoding
         pass per step) vs one after another (the loop before), and best_of 1; RTF per second of audio made."""
-        import slm.pipeline as P
+        import slm.generate as G
 
-        def run(k: int) -> dict:
+        def run(k: int, every: int = 0) -> dict:
             t, first, samples = time.perf_counter(), None, 0
-            for chunk in pipe.tts_stream(args.text, seed=0, best_of=k):
+            for chunk in pipe.tts_stream(args.text, seed=0, best_of=k, best_of_words=every):
                 first = first if first is not None else time.perf_counter() - t
                 samples += chunk.shape[-1]
             sec = samples / pipe.sample_rate
@@ -149,12 +151,15 @@ def main() -> int:
 
         rows[f"tts_best_of_1{suffix}"] = _best(lambda: run(1), args.repeats)
         rows[f"tts_best_of_{args.best_of}_side_by_side{suffix}"] = _best(lambda: run(args.best_of), args.repeats)
-        together, P.generate_candidates = P.generate_candidates, one_after_another
+        if args.best_of_words:
+            rows[f"tts_best_of_{args.best_of}_every_{args.best_of_words}_words{suffix}"] = _best(
+                lambda: run(args.best_of, args.best_of_words), args.repeats)
+        together, G.generate_candidates = G.generate_candidates, one_after_another
         try:
             rows[f"tts_best_of_{args.best_of}_one_after_another{suffix}"] = _best(lambda: run(args.best_of),
                                                                                    args.repeats)
         finally:
-            P.generate_candidates = together
+            G.generate_candidates = together
 
     lm_only(lm)  # warm-up (first-call allocations, lazy inits)
     rows = {"hf_generate": _best(plain, args.repeats), "our_loop_lm_only": _best(lambda: lm_only(lm), args.repeats)}

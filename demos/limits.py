@@ -28,6 +28,7 @@ class DemoLimits:
     max_text_chars: int = 400  # TTS text: the LM decodes one semantic token per step (DESIGN.md §8)
     max_generate_seconds: float = 20.0  # upper end of the TTS / continuation length slider
     max_best_of: int = 4  # TTS candidates per sentence (best-of-N by the CTC reader): each costs LM time
+    max_best_of_words: int = 8  # best-of: the reader chooses every N words (0: once per sentence)
     asr_segment_seconds: float = 8.0  # longer ASR input is split at its pauses and read piece by piece (`slm asr`)
     max_dialogue_turns: int = 8  # history kept for the chat backbone; older turns are dropped
     concurrency: int = 1  # requests computed at once: the CPU has 2 cores and torch uses them all

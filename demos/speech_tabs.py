@@ -84,6 +84,11 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
                                 step=1, label="Candidates per sentence (best of)",
                                 info="above 1: that many takes of each sentence, decoded side by side; the model's "
                                      "CTC reader picks the one that says the text best (clearer, slower to start)")
+            best_of_words = gr.Slider(0, ctx.limits.max_best_of_words,
+                                      value=min(ctx.sampling.best_of_words, ctx.limits.max_best_of_words), step=1,
+                                      label="Choose every N words (0: once per sentence)",
+                                      info="with candidates above 1: the reader chooses every N words and the chosen "
+                                           "words play at once (speech starts after N words, not a whole sentence)")
             with gr.Row():
                 go = gr.Button("Speak", variant="primary")
                 stop = gr.Button("Stop")
@@ -95,7 +100,7 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
 
     @user_errors
     def on_tts(text_value, voice_name, ref_path, temperature, top_k, top_p, seed, max_seconds, form_value=DEFAULT_FORM,
-               best_of=None):
+               best_of=None, best_of_words=None):
         text_value = check_text(text_value, ctx.limits)
         p = ctx.pipeline.get()
         voice_arg = _voice_arg(ctx, p, voice_name, ref_path)
@@ -108,6 +113,11 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
             if not 1 <= n <= ctx.limits.max_best_of:
                 raise InputError(f"candidates per sentence: 1..{ctx.limits.max_best_of}, got {n}")
             kwargs["best_of"] = n
+        if best_of_words is not None:
+            w = int(best_of_words)
+            if not 0 <= w <= ctx.limits.max_best_of_words:
+                raise InputError(f"choose every N words: 0..{ctx.limits.max_best_of_words}, got {w}")
+            kwargs["best_of_words"] = w
         chunks, t0, first, times = [], time.perf_counter(), None, []
         for chunk in p.tts_stream(text_value, voice_arg, max_seconds=float(max_seconds), timings=times, **kwargs):
             if chunk.numel() == 0:
@@ -121,7 +131,7 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
         yield gr.skip(), to_gradio_audio(wav, p.sample_rate), _rtf_line(
             wav.shape[-1] / p.sample_rate, time.perf_counter() - t0, first) + _timing_line(times)
 
-    event = go.click(on_tts, [text, voice, reference, *controls, form, best_of], [live, full, info], api_name="tts",
+    event = go.click(on_tts, [text, voice, reference, *controls, form, best_of, best_of_words], [live, full, info], api_name="tts",
               concurrency_id=MODELS)
     stop.click(None, None, None, cancels=[event], api_visibility="private")
     return voice

@@ -273,6 +273,11 @@ class FrameContext:
     def tensor(self) -> Tensor | None:
         return self.codes[None] if self.frames else None
 
+    def copy(self) -> FrameContext:
+        other = FrameContext(self.frames, self.frame_len)
+        other.codes = self.codes.clone()
+        return other
+
 
 def frame_context(codes: Tensor, item: Tensor, frames: int) -> Tensor:
     """Teacher-forced context for :meth:`AcousticHead.forward`: ``codes [N, L]`` of frames in time order within

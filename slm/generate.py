@@ -7,7 +7,7 @@ sample" step; everything else (cache, attention) is transformers'.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -43,13 +43,18 @@ class Sampling:
     min_seconds_per_char: float = 0.0
     # TTS: sample this many candidates of each sentence and speak the one the model's CTC reader
     # (slm.ctc_reader) reads as the sentence most probably (1 = off). The candidates decode side by side
-    # (generate_candidates: on CPU with int8 weights 4 cost ~1.7x the time of 1), and a sentence's audio
-    # starts only once its candidates are done; needs a model dir with a reader
+    # (generate_candidates: on CPU with int8 weights 4 cost ~1.7x the time of 1); a sentence's audio starts
+    # once its candidates are done, or their first `best_of_words` words are; needs a model dir with a reader
     best_of: int = 1
+    # with best_of > 1 in aligned TTS: choose among the candidates every this many words (generate_best): the
+    # chosen words stream at once and every candidate goes on from the chosen one (0 = one choice per sentence)
+    best_of_words: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.best_of <= 16:
             raise ValueError(f"best_of must be in 1..16, got {self.best_of}")
+        if not 0 <= self.best_of_words <= 64:
+            raise ValueError(f"best_of_words must be in 0..64 (0: choose once per sentence), got {self.best_of_words}")
         if (self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0 or self.max_seconds_per_char < 0
                 or self.min_seconds_per_char < 0 or not 0 < self.cfg_scale <= 10):
             raise ValueError(f"bad sampling settings: top_k={self.top_k} (>=0), top_p={self.top_p} (0..1], "
@@ -558,67 +563,158 @@ def generate_candidates(model: torch.nn.Module, layout: TokenLayout, prompt: Ten
     guidance) the candidates are drawn one after another."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    fused = getattr(model, "fused_step", None)
-    guide = uncond_prompt is not None and sampling.cfg_scale != 1.0
-    if fused is None or guide or n == 1:
+    if not _side_by_side(model, sampling, uncond_prompt) or n == 1:
         return [list(generate_frames(model, layout, prompt, head, sampling, max_frames, voice, generator,
                                      min_frames, words, max_word_frames, uncond_prompt=uncond_prompt))
                 for _ in range(n)]
-    sp = _FramePlan(model, layout, prompt, max_frames, min_frames, words, max_word_frames)
-    dec = Decoder(model, sp.prompt, sp.allowed)  # the prompt, once (its own projection and cache)
-    if dec.rows is None:  # pragma: no cover - a fused model is a plain Llama, whose logits are its projection
-        raise RuntimeError("generate_candidates needs the model's output projection")
-    wide = max((len(w) for w in words or [[0]]), default=1)
-    state = fused.start_batch(dec.cache, sp.prompt.numel(), sp.prompt.numel() + sp.max_new + wide + 1, n)
-    hid = dec.hidden[None].expand(n, -1).clone()
-    logits = dec.logits[None].expand(n, -1)
-    out: list[list[Frame]] = [[] for _ in range(n)]
-    recent: list[list[int]] = [[] for _ in range(n)]
-    k, in_word, fresh, live = [0] * n, [0] * n, [False] * n, [True] * n
-    hist = [FrameContext(head.cfg.context, head.cfg.frame_len) for _ in range(n)] if head is not None else None
-    while any(live):
-        feeds: list[list[int]] = [[] for _ in range(n)]
-        picked: list[tuple[int, int]] = []
-        for b in (b for b in range(n) if live[b]):
-            if fresh[b]:  # a word just fed: its first frame (as generate_frames picks it right after the word)
-                tok = _pick(logits[b], sp.allowed, sp.pos, sampling, recent[b], generator, sp.sem)
-            else:
-                tok = sp.choose(lambda b=b, lg=logits: lg[b], sampling, recent[b], generator, len(out[b]), k[b], in_word[b])
-            fresh[b] = False
-            if words is not None and tok == sp.leave[k[b]] and tok != layout.audio_end:
-                k[b], in_word[b], fresh[b] = k[b] + 1, 0, True
-                feeds[b] = list(words[k[b]])  # the whole word in one pass, then its first frame
-            elif tok == layout.audio_end:
-                live[b] = False
-            else:
-                picked.append((b, tok))
-        if picked:
-            rows = torch.tensor([b for b, _ in picked])
-            codes = torch.tensor([t - layout.semantic_offset for _, t in picked])
-            acoustic = None
-            if head is not None:
-                h = hid[rows].to(head.in_proj.weight.dtype)
-                ctx = torch.cat([hist[b].tensor() for b, _ in picked]).to(h.device) if head.cfg.context else None
-                acoustic = head.generate(h, codes.to(h.device), voice, sampling.head_temperature, sampling.head_top_k,
-                                         generator, ctx)
-            for j, (b, tok) in enumerate(picked):
-                out[b].append(Frame(int(codes[j]), None if acoustic is None else acoustic[j], hid[b].clone(), k[b]))
-                if hist is not None:
-                    hist[b].push(acoustic[j])
-                recent[b].append(tok)
-                in_word[b] += 1
-                if len(out[b]) >= max_frames:
-                    live[b] = False
+    rows = _Rows(model, layout, _FramePlan(model, layout, prompt, max_frames, min_frames, words, max_word_frames),
+                 head, sampling, n, voice, generator)
+    rows.run()
+    return rows.out
+
+
+def generate_best(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor, head: AcousticHead | None,
+                  sampling: Sampling, max_frames: int, n: int, score: Callable[[list[Frame], int | None], float],
+                  every: int = 0, voice: Tensor | None = None, generator: torch.Generator | None = None,
+                  min_frames: int = 1, words: list[list[int]] | None = None,
+                  max_word_frames: int | list[int] | None = None,
+                  uncond_prompt: Tensor | None = None) -> Iterator[Frame]:
+    """Best-of-``n`` frames, chosen as they go: ``n`` rows decode side by side (:func:`generate_candidates`)
+    and, in the aligned form with ``every > 0``, stop each time they have spoken ``every`` more words. Then
+    ``score(frames, words_spoken)`` (higher is better) ranks each row's frames so far, the best row's new frames
+    are yielded (so speech can stream), and every row goes on from that row's state (its K/V, word, repetition
+    window and acoustic context), drawing anew. At the end of the sentence (``words_spoken`` None) the rows are
+    ranked once more. ``every == 0`` (or the plain form, or no side-by-side decoding): one choice per sentence,
+    among whole candidates.
+
+    Why: choosing once per sentence makes the first audio wait for the whole sentence's ``n`` candidates; and a
+    sentence's one bad word sinks a candidate whose other words were good, where a choice every few words
+    keeps the good parts of each."""
+    nw = len(words or [])
+    if n == 1:
+        yield from generate_frames(model, layout, prompt, head, sampling, max_frames, voice, generator, min_frames,
+                                   words, max_word_frames, uncond_prompt=uncond_prompt)
+        return
+    if not (every > 0 and nw > every and _side_by_side(model, sampling, uncond_prompt)):
+        cands = generate_candidates(model, layout, prompt, head, sampling, max_frames, n, voice, generator,
+                                    min_frames, words, max_word_frames, uncond_prompt)
+        scores = [score(c, None) for c in cands]
+        yield from cands[max(range(n), key=scores.__getitem__)]
+        return
+    rows = _Rows(model, layout, _FramePlan(model, layout, prompt, max_frames, min_frames, words, max_word_frames),
+                 head, sampling, n, voice, generator)
+    done: list[Frame] = []
+    spoken: int | None = every
+    while True:
+        rows.run(spoken)
+        scores = [score(done + o, spoken) for o in rows.out]
+        b = max(range(n), key=scores.__getitem__)
+        yield from rows.out[b]
+        done += rows.out[b]
+        if spoken is None or not rows.live[b]:
+            return
+        rows.adopt(b)
+        spoken = spoken + every if spoken + every < nw else None
+
+
+def _side_by_side(model: torch.nn.Module, sampling: Sampling, uncond_prompt: Tensor | None) -> bool:
+    """Whether candidates can decode as one batch: a FusedStep backbone and no guidance."""
+    return getattr(model, "fused_step", None) is not None and (uncond_prompt is None or sampling.cfg_scale == 1.0)
+
+
+class _Rows:
+    """``n`` draws of one sentence's frames, decoded side by side through a :class:`_FusedBatch`: each row its own
+    words, caps, repetition window, acoustic context and end. :meth:`run` decodes until every row has ended or
+    waits at a word; :meth:`adopt` makes every row a copy of one."""
+
+    def __init__(self, model: torch.nn.Module, layout: TokenLayout, sp: _FramePlan, head: AcousticHead | None,
+                 sampling: Sampling, n: int, voice: Tensor | None, generator: torch.Generator | None):
+        self.layout, self.sp, self.head, self.s, self.n, self.voice, self.gen = layout, sp, head, sampling, n, voice, generator
+        dec = Decoder(model, sp.prompt, sp.allowed)  # the prompt, once (its own projection and cache)
+        if dec.rows is None:  # pragma: no cover - a fused model is a plain Llama, whose logits are its projection
+            raise RuntimeError("side-by-side decoding needs the model's output projection")
+        self.proj = dec.rows
+        wide = max((len(w) for w in sp.words or [[0]]), default=1)
+        self.state = model.fused_step.start_batch(dec.cache, sp.prompt.numel(),
+                                                  sp.prompt.numel() + sp.max_new + wide + 1, n)
+        self.hid = dec.hidden[None].expand(n, -1).clone()
+        self.logits = dec.logits[None].expand(n, -1)
+        self.out: list[list[Frame]] = [[] for _ in range(n)]  # each row's frames since the last adopt
+        self.made, self.recent = [0] * n, [[] for _ in range(n)]
+        self.k, self.in_word, self.fresh, self.live = [0] * n, [0] * n, [False] * n, [True] * n
+        self.hist = [FrameContext(head.cfg.context, head.cfg.frame_len) for _ in range(n)] if head is not None else None
+
+    def run(self, wait_at: int | None = None) -> None:
+        """Decode until every row has ended or (``wait_at``, aligned form) has just been fed word ``wait_at``."""
+        sp, s, n, gen = self.sp, self.s, self.n, self.gen
+        while True:
+            feeds: list[list[int]] = [[] for _ in range(n)]
+            picked: list[tuple[int, int]] = []
+            for b in range(n):
+                if not self.live[b] or (wait_at is not None and self.fresh[b] and self.k[b] >= wait_at):
+                    continue
+                if self.fresh[b]:  # a word just fed: its first frame (as generate_frames picks it right after the word)
+                    tok = _pick(self.logits[b], sp.allowed, sp.pos, s, self.recent[b], gen, sp.sem)
                 else:
-                    feeds[b] = [tok]
-        if not any(feeds):
-            break
-        fed = torch.tensor([bool(x) for x in feeds])
-        hid = torch.where(fed[:, None].to(hid.device), state.step(feeds), hid)
-        w, bias, gather = dec.rows
-        logits = F.linear(hid, w, bias).float()
-        logits = logits[:, sp.allowed] if gather else logits
-    return out
+                    tok = sp.choose(lambda b=b, lg=self.logits: lg[b], s, self.recent[b], gen, self.made[b],
+                                    self.k[b], self.in_word[b])
+                self.fresh[b] = False
+                if sp.words is not None and tok == sp.leave[self.k[b]] and tok != self.layout.audio_end:
+                    self.k[b], self.in_word[b], self.fresh[b] = self.k[b] + 1, 0, True
+                    feeds[b] = list(sp.words[self.k[b]])  # the whole word in one pass, then its first frame
+                elif tok == self.layout.audio_end:
+                    self.live[b] = False
+                else:
+                    picked.append((b, tok))
+            if picked:
+                self._frames(picked, feeds)
+            if not any(feeds):
+                return
+            fed = torch.tensor([bool(x) for x in feeds])
+            self.hid = torch.where(fed[:, None].to(self.hid.device), self.state.step(feeds), self.hid)
+            w, bias, gather = self.proj
+            logits = F.linear(self.hid, w, bias).float()
+            self.logits = logits[:, sp.allowed] if gather else logits
+
+    def _frames(self, picked: list[tuple[int, int]], feeds: list[list[int]]) -> None:
+        """The rows in ``picked`` (row, semantic token) make a frame each: acoustic codes by the head, all at once."""
+        head, hist = self.head, self.hist
+        rows = torch.tensor([b for b, _ in picked])
+        codes = torch.tensor([t - self.layout.semantic_offset for _, t in picked])
+        acoustic = None
+        if head is not None:
+            h = self.hid[rows].to(head.in_proj.weight.dtype)
+            ctx = torch.cat([hist[b].tensor() for b, _ in picked]).to(h.device) if head.cfg.context else None
+            acoustic = head.generate(h, codes.to(h.device), self.voice, self.s.head_temperature, self.s.head_top_k,
+                                     self.gen, ctx)
+        for j, (b, tok) in enumerate(picked):
+            self.out[b].append(Frame(int(codes[j]), None if acoustic is None else acoustic[j], self.hid[b].clone(),
+                                     self.k[b]))
+            if hist is not None:
+                hist[b].push(acoustic[j])
+            self.recent[b].append(tok)
+            self.in_word[b] += 1
+            self.made[b] += 1
+            if self.made[b] >= self.sp.max_frames:
+                self.live[b] = False
+            else:
+                feeds[b] = [tok]
+
+    def adopt(self, b: int) -> None:
+        """Every row becomes a copy of row ``b`` (its K/V and position, state, word and context); frames so far
+        are forgotten (``out`` empties)."""
+        n, st = self.n, self.state
+        st.k.copy_(st.k[:, b : b + 1].clone().expand_as(st.k))
+        st.v.copy_(st.v[:, b : b + 1].clone().expand_as(st.v))
+        st.t.fill_(int(st.t[b]))
+        self.hid = self.hid[b].expand(n, -1).clone()
+        self.logits = self.logits[b].expand(n, -1)
+        self.out = [[] for _ in range(n)]
+        self.made, self.recent = [self.made[b]] * n, [list(self.recent[b]) for _ in range(n)]
+        self.k, self.in_word = [self.k[b]] * n, [self.in_word[b]] * n
+        self.fresh, self.live = [self.fresh[b]] * n, [self.live[b]] * n
+        if self.hist is not None:
+            self.hist = [self.hist[b].copy() for _ in range(n)]
 
 
 def _guided(c: Tensor, u: Tensor, sem: Tensor, scale: float) -> Tensor:

@@ -46,7 +46,7 @@ from slm.fused_asr import (
 from slm.generate import (
     FusedStep,
     Sampling,
-    generate_candidates,
+    generate_best,
     generate_frames,
     generate_text,
     inference_copy,
@@ -479,27 +479,33 @@ class SpeechPipeline:
     @torch.no_grad()
     def tts_tokens(self, text: str, voice=None, *, temperature: float | None = None, top_k: int | None = None,
                    top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None,
-                   aligned: bool | None = None, best_of: int | None = None) -> list[CodecTokens]:
+                   aligned: bool | None = None, best_of: int | None = None,
+                   best_of_words: int | None = None) -> list[CodecTokens]:
         """The codec tokens :meth:`tts` would decode, one :class:`CodecTokens` per sentence (same seed, same tokens)."""
         out = []
         for sentence, prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds,
-                                                                  seed, aligned, best_of):
+                                                                  seed, aligned, best_of, best_of_words):
             fr = self._best_of(sentence, prompt, s, hi, v, gen, kw)
-            fr = list(self._frames(prompt, s, hi, v, gen, kw)) if fr is None else fr
+            fr = list(self._frames(prompt, s, hi, v, gen, kw) if fr is None else fr)
             out.append(self._tokens([f.code for f in fr], [f.acoustic for f in fr], v.tokens.global_ if v else None))
         return out
 
     def _best_of(self, sentence: str, prompt: Tensor, s: Sampling, hi: int, v: Voice | None, gen: torch.Generator,
-                 kw: dict) -> list | None:
-        """``s.best_of`` candidates of one sentence's frames (decoded side by side where the backbone allows:
-        :func:`generate_candidates`); the one the CTC reader scores highest (:meth:`reader_score`). None when
-        ``best_of`` is 1."""
+                 kw: dict) -> Iterator | None:
+        """``s.best_of`` candidates of one sentence's frames (decoded side by side where the backbone allows) and the
+        frames of the one the CTC reader scores highest (:meth:`reader_score`), as they are chosen: every
+        ``s.best_of_words`` words in the aligned form (:func:`generate_best`, scored against the words spoken so far),
+        else once per sentence. None when ``best_of`` is 1."""
         if s.best_of <= 1:
             return None
-        cands = generate_candidates(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi, s.best_of,
-                                    self._voice_vec(v), gen, **kw)
-        scores = [self.reader_score(sentence, [f.code for f in c], [f.acoustic for f in c]) for c in cands]
-        return cands[max(range(len(cands)), key=scores.__getitem__)]
+        words = split_words(sentence) if "words" in kw else []
+
+        def score(frames: list, spoken: int | None) -> float:
+            text = sentence if spoken is None else " ".join(words[:spoken])
+            return self.reader_score(text, [f.code for f in frames], [f.acoustic for f in frames])
+
+        return generate_best(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi, s.best_of, score,
+                             s.best_of_words, self._voice_vec(v), gen, **kw)
 
     def _frames(self, prompt: Tensor, s: Sampling, hi: int, v: Voice | None, gen: torch.Generator, kw: dict):
         """One sentence's frames as :func:`generate_frames` makes them (an iterator)."""
@@ -573,7 +579,8 @@ class SpeechPipeline:
             out[i] = float(logp[j, at - 1, labels[at]].sum())
         return out
 
-    def _tts_plan(self, text, voice, temperature, top_k, top_p, max_seconds, seed, aligned, best_of=None):
+    def _tts_plan(self, text, voice, temperature, top_k, top_p, max_seconds, seed, aligned, best_of=None,
+                  best_of_words=None):
         """Per sentence: (prompt, sampling, max frames, voice, generator, the rest of generate_frames' arguments)."""
         check_text(text)
         if not max_seconds > 0:
@@ -583,6 +590,8 @@ class SpeechPipeline:
         s = self._sampling(temperature, top_k, top_p)
         if best_of is not None:
             s = dataclasses.replace(s, best_of=best_of)
+        if best_of_words is not None:
+            s = dataclasses.replace(s, best_of_words=best_of_words)
         gen = _generator(seed)
         if s.best_of > 1 and self.reader is None:
             raise ValueError(f"best_of={s.best_of} picks among candidates by the CTC reader: this model dir has no "
@@ -614,7 +623,7 @@ class SpeechPipeline:
     @torch.no_grad()
     def tts_stream(self, text: str, voice=None, *, temperature: float | None = None, top_k: int | None = None,
                    top_p: float | None = None, max_seconds: float = 20.0, seed: int | None = None,
-                   aligned: bool | None = None, best_of: int | None = None,
+                   aligned: bool | None = None, best_of: int | None = None, best_of_words: int | None = None,
                    timings: list | None = None) -> Iterator[Tensor]:
         """Audio chunks ``[1, n]`` as they are generated; they concatenate exactly to :meth:`tts`.
 
@@ -622,10 +631,12 @@ class SpeechPipeline:
         ``aligned``: feed each word before its frames (the default of a model trained that way, see
         :attr:`tts_aligned`); False speaks the plain form from the whole sentence. ``best_of`` (None: the
         model's ``Sampling.best_of``): sample that many candidates per sentence and speak the one the CTC
-        reader reads as the sentence best (N x the LM time; a sentence's audio starts when its candidates are done)."""
+        reader reads as the sentence best (N candidates side by side; a sentence's audio starts when its candidates
+        are done). ``best_of_words`` (None: the model's): choose every that many words instead, so the chosen words
+        stream while the rest is drawn (aligned form; :func:`slm.generate.generate_best`)."""
         offset = 0  # samples spoken so far
         for sentence, prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds,
-                                                                  seed, aligned, best_of):
+                                                                  seed, aligned, best_of, best_of_words):
             made = self._best_of(sentence, prompt, s, hi, v, gen, kw)
             made = made if made is not None else self._frames(prompt, s, hi, v, gen, kw)
             seen: list[int] = []  # each frame's word

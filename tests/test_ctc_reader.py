@@ -267,6 +267,20 @@ def test_best_of_speaks_the_candidate_the_reader_scores_highest(pipe_with_reader
         assert pipe.tts_tokens(text, seed=7, max_seconds=2.0, best_of=3)[0].semantic[0, 0].tolist() == codes[best]
     finally:
         pipe.sampling = base
+    # best_of_words: a choice every word, each scored against the words spoken so far (the last against the
+    # sentence); what is chosen streams, and the stream equals the offline tokens of the same seed
+    said: list[str] = []
+    score = pipe.reader_score
+    pipe.reader_score = lambda t, *a, **k: (said.append(t), score(t, *a, **k))[1]
+    try:
+        long = "hello there my friend"
+        toks = pipe.tts_tokens(long, seed=7, max_seconds=2.0, aligned=True, best_of=3, best_of_words=1)
+        assert said[:6] == ["hello"] * 3 + ["hello there"] * 3 and said[-1] == long
+        chunks = list(pipe.tts_stream(long, seed=7, max_seconds=2.0, aligned=True, best_of=3, best_of_words=1))
+    finally:
+        del pipe.reader_score
+    torch.testing.assert_close(torch.cat(chunks, -1), pipe._decode(toks[0]).reshape(1, -1).float().clamp(-1, 1),
+                               atol=1e-4, rtol=0)
     # -inf when there are no frames, or too few to spell the text
     assert pipe.reader_score("a", []) == -math.inf
     assert pipe.reader_score("abcdefghij" * 5, [1]) == -math.inf

@@ -102,6 +102,8 @@ def test_limits_come_back_as_messages(client, tmp_path):
     # best-of-N: bounded, and a model without a CTC reader says it cannot pick among candidates
     with pytest.raises(Exception, match="greater than maximum value 4"):  # the slider bounds it
         client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, "plain", 9, api_name="/tts")
+    with pytest.raises(Exception, match="greater than maximum value 8"):  # and how often it chooses
+        client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, "plain", 1, 9, api_name="/tts")
     with pytest.raises(Exception, match="ctc_reader"):
         client.predict("hello world.", "spk0", None, 0.8, 20, 0.95, 0, 1.0, "plain", 2, api_name="/tts")
     with pytest.raises(Exception, match="limit is 4 s"):

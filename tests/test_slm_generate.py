@@ -469,3 +469,82 @@ def test_candidates_decoded_side_by_side_follow_the_one_by_one_loop(lm, layout, 
         batch.step([[1]])
     with pytest.raises(RuntimeError, match="full"):
         batch.step([[1] * 12, [], []])
+
+
+def test_best_of_chosen_every_few_words_streams_the_chosen_rows(lm, layout, monkeypatch):
+    """generate_best with ``every``: the rows wait after each ``every`` words, the score ranks them, the best row's
+    frames are yielded before the next words are drawn, and all rows go on from its state. The frames made are
+    those of one sequence: each frame's hidden state equals a full forward over the prompt, words and frames before
+    it, and the acoustic codes equal the head's over that sequence with its context (nothing of the other rows
+    leaks in). ``every = 0``: the whole candidate the score ranks highest (generate_candidates')."""
+    import slm.generate as G
+    from slm.generate import generate_best, generate_candidates, inference_copy
+
+    fast = inference_copy(lm)
+    head = AcousticHead(AcousticHeadConfig(backbone_dim=32, n_semantic=64, codebook_size=16, n_codebooks=1, ratio=2,
+                                           dim=16, n_layers=1, n_heads=2, context=2)).eval()
+    prompt = torch.tensor([1, 2, 3, layout.audio_start])
+    words = [[7, 8], [9], [10, 11, 12], [13], [14, 15], [16]]
+    kw = {"words": words, "max_word_frames": [3, 2, 4, 5, 3, 3], "min_frames": 6}
+    s = Sampling(temperature=1.0, top_k=0, top_p=1.0, head_temperature=0.0)
+    pick = G._pick
+
+    def moving(logits, allowed, pos, sp, recent, gen, subset=None):
+        """The loop's pick, moving on a third of the times it may (the tiny random model alone rarely does)."""
+        tok = pick(logits, allowed, pos, sp, recent, gen, subset)
+        ways = [int(allowed[i]) for i in (subset if subset is not None else range(allowed.numel()))
+                if not layout.is_semantic(allowed[int(i)])]
+        return ways[0] if ways and float(torch.rand((), generator=gen)) < 0.35 else tok
+
+    monkeypatch.setattr(G, "_pick", moving)
+    calls: list[tuple[list[int], int | None]] = []
+
+    def rank(codes: list[int]) -> float:  # any fixed ranking of a row's frames
+        return float(sum(c * (i + 1) for i, c in enumerate(codes)) % 97)
+
+    def score(frames, spoken):
+        calls.append(([f.code for f in frames], spoken))
+        return rank(calls[-1][0])
+
+    for every in (1, 2):
+        calls.clear()
+        it = generate_best(fast, layout, prompt, head, s, 20, 3, score, every, None, torch.Generator().manual_seed(3),
+                           **kw)
+        first = next(it)
+        assert len(calls) == 3 and calls[0][1] == every  # the first frame came after one choice, at `every` words
+        out = [first, *it]
+        groups = [calls[i : i + 3] for i in range(0, len(calls), 3)]
+        assert all(len(g) == 3 and len({c[1] for c in g}) == 1 for g in groups) and len(groups) > 1
+        assert [g[0][1] for g in groups[:-1]] == list(range(every, len(words), every))[: len(groups) - 1]
+        assert groups[-1][0][1] is None or len(out) == 20  # the sentence's end is a choice too (or the cap ended it)
+        done: list[int] = []
+        for g in groups:  # each choice: the rows share what was chosen before; the one yielded scored highest
+            assert all(c[0][: len(done)] == done for c in g)
+            assert len({tuple(c[0]) for c in g}) > 1  # the rows went apart after the last choice
+            done = max((c[0] for c in g), key=rank)
+        assert [f.code for f in out] == done
+        ws = [f.word for f in out]  # aligned rules hold across the choices
+        assert ws[0] == 0 and all(b - a in (0, 1) for a, b in itertools.pairwise(ws))
+        assert all(ws.count(k) <= cap for k, cap in enumerate(kw["max_word_frames"]))
+        # one sequence: prompt + first word, then each frame's token, each later word before its first frame
+        seq = prompt.tolist() + words[0]
+        for i, f in enumerate(out):
+            if i and f.word != out[i - 1].word:
+                seq += words[f.word]
+            _, h = _full(lm, torch.tensor(seq))
+            torch.testing.assert_close(f.hidden, h, atol=1e-5, rtol=1e-5)
+            seq.append(f.code + layout.semantic_offset)
+        ac = head.generate_frames(torch.stack([f.hidden for f in out]), torch.tensor([f.code for f in out]),
+                                  temperature=0.0)
+        assert torch.equal(torch.stack([f.acoustic for f in out]), ac)
+    # every = 0: one choice among whole candidates, the same draws as generate_candidates
+    calls.clear()
+    whole = list(generate_best(fast, layout, prompt, head, s, 20, 3, score, 0, None, torch.Generator().manual_seed(3),
+                               **kw))
+    cands = generate_candidates(fast, layout, prompt, head, s, 20, 3, None, torch.Generator().manual_seed(3), **kw)
+    assert [c[1] for c in calls] == [None] * 3
+    assert [c[0] for c in calls] == [[f.code for f in c] for c in cands]
+    assert [f.code for f in whole] == max((c[0] for c in calls), key=rank)
+    monkeypatch.setattr(G, "_pick", pick)
+    with pytest.raises(ValueError, match="best_of_words"):
+        Sampling(best_of=2, best_of_words=-1)

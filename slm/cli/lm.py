@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     s.add_argument("--best-of", type=int, default=None, metavar="N",
                    help="sample N candidates per sentence (decoded side by side), speak the one the CTC reader "
                         "reads best (int8 on CPU: N=4 takes ~1.7x the time of 1)")
+    s.add_argument("--best-of-words", type=int, default=None, metavar="W",
+                   help="with --best-of: choose every W words (aligned form) rather than once per sentence, so "
+                        "speech starts after W words' candidates (0: once per sentence)")
     form = s.add_mutually_exclusive_group()
     form.add_argument("--aligned", dest="aligned", action="store_true", default=None,
                       help="feed each word before its frames (the default of models trained with tts_aligned)")
@@ -331,14 +334,15 @@ def _tts(args) -> int:
         from slm.cli.batch import synthesize_lines
 
         kw = {"voice": args.voice, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-              "max_seconds": args.max_seconds, "aligned": args.aligned, "best_of": args.best_of}
+              "max_seconds": args.max_seconds, "aligned": args.aligned, "best_of": args.best_of,
+              "best_of_words": args.best_of_words}
         made = synthesize_lines(pipe, items, args.out_dir, kw, args.seed)
         print(f"{args.out_dir}: {made} new utterances, manifest.jsonl lists {len(items)}")
         return 0
     times: list = []
     wav = pipe.tts(args.text, args.voice, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    max_seconds=args.max_seconds, seed=args.seed, aligned=args.aligned, best_of=args.best_of,
-                   timings=times)
+                   best_of_words=args.best_of_words, timings=times)
     save_audio(args.out, wav, pipe.sample_rate)
     print(f"{args.out}: {wav.shape[-1] / pipe.sample_rate:.2f} s")
     if args.timings:
