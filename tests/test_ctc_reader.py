@@ -290,3 +290,25 @@ def test_best_of_speaks_the_candidate_the_reader_scores_highest(pipe_with_reader
         bare.tts(text, max_seconds=1.0)
     with pytest.raises(ValueError, match="best_of"):
         dataclasses.replace(base, best_of=0)
+
+
+def test_tts_cli_best_of_words(pipe_with_reader, tmp_path, monkeypatch, capsys):
+    """`slm tts --best-of N --best-of-words W` speaks what pipe.tts(best_of=N, best_of_words=W) does; a bad W is
+    refused with its range."""
+    import soundfile as sf
+
+    from slm.cli import lm, main
+
+    final, pipe = pipe_with_reader
+    monkeypatch.setattr(lm, "_pipe", lambda *a, **k: pipe)
+    out = tmp_path / "x.wav"
+    text = "hello there my friend"
+    argv = ["tts", text, "--out", str(out), "--model", str(final), "--seed", "3", "--max-seconds", "2", "--aligned",
+            "--best-of", "3", "--best-of-words", "1"]
+    assert main(argv) == 0, capsys.readouterr().err
+    want = pipe.tts(text, seed=3, max_seconds=2.0, aligned=True, best_of=3, best_of_words=1)
+    got = torch.from_numpy(sf.read(out, dtype="float32")[0])
+    assert got.numel() == want.shape[-1] > 0
+    torch.testing.assert_close(got, want.reshape(-1).float(), atol=1e-4, rtol=0)  # 16-bit wav rounding
+    assert main([*argv[:-1], "-2"]) != 0
+    assert "best_of_words must be in 0..64" in capsys.readouterr().err

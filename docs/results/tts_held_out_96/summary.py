@@ -2,7 +2,8 @@
 ratio to the floor with a paired bootstrap 95% interval over items, and a plot.
 
 Inputs next to this file: ``lm_eval_best_of_{N}_seed{S}.json`` (``python -m slm.recipe_steps lm-eval ...
---limit 96 --tasks tts --metrics asr --int8 --sampling best_of=N --seed S``) and ``floor_96.json``
+--limit 96 --tasks tts --metrics asr --int8 --sampling best_of=N --seed S``), ``lm_eval_best_of_{N}_words_{W}_seed{S}.json``
+(the same with ``--sampling best_of=N,best_of_words=W``: a choice every W words) and ``floor_96.json``
 (``floor.py``).
 
     python docs/results/tts_held_out_96/summary.py   # -> summary.json, wer_ratio.png
@@ -29,15 +30,26 @@ def _edits(refs: list[str], hyps: list[str]) -> np.ndarray:
     return np.array(out)
 
 
+def _setting(name: str) -> str:
+    """``lm_eval_best_of_4_words_2_seed0.json`` -> ``best_of 4, every 2 words``; ``..._4_seed0`` -> ``best_of 4``."""
+    n, w = re.match(r"lm_eval_best_of_(\d+)(?:_words_(\d+))?_seed\d+\.json", name).groups()
+    return f"best_of {n}" + ("" if not w else ", every word" if w == "1" else f", every {w} words")
+
+
+def _order(f: Path) -> tuple:
+    n, w = re.match(r"lm_eval_best_of_(\d+)(?:_words_(\d+))?_seed", f.name).groups()
+    return int(n), -int(w or 10**6), f.name  # per N: once per sentence first, then finer choices
+
+
 def main() -> dict:
     floor = json.loads((HERE / "floor_96.json").read_text())
     ids = floor["ids"]
     f_edits = np.array([p["wer_edits"] for p in floor["items"]])
     words = np.array([p["n_words"] for p in floor["items"]])
-    runs: dict[int, dict[int, np.ndarray]] = {}
-    rows: dict[int, dict[int, dict]] = {}
-    for f in sorted(HERE.glob("lm_eval_best_of_*_seed*.json")):
-        n, seed = map(int, re.match(r"lm_eval_best_of_(\d+)_seed(\d+)\.json", f.name).groups())
+    runs: dict[str, dict[int, np.ndarray]] = {}
+    rows: dict[str, dict[int, dict]] = {}
+    for f in sorted(HERE.glob("lm_eval_best_of_*_seed*.json"), key=_order):
+        n, seed = _setting(f.name), int(re.search(r"_seed(\d+)\.json$", f.name).group(1))
         tts = json.loads(f.read_text())["tts"]
         if [t["id"] for t in tts["items"]] != ids:
             raise SystemExit(f"{f.name} covers other items than floor_96.json")
@@ -47,15 +59,15 @@ def main() -> dict:
     boot = rng.integers(0, len(ids), size=(10000, len(ids)))
     floor_wer = f_edits.sum() / words.sum()
     out: dict = {"n": len(ids), "floor_wer": floor_wer, "target_wer": TARGET * floor_wer, "settings": {}}
-    for n in sorted(runs):
-        e = np.mean(list(runs[n].values()), axis=0)  # per item, mean over seeds
+    for n, per in runs.items():  # in _order
+        e = np.mean(list(per.values()), axis=0)  # per item, mean over seeds
         ratio = e.sum() / f_edits.sum()
         ci = np.percentile(e[boot].sum(1) / f_edits[boot].sum(1), [2.5, 97.5])
-        out["settings"][n] = {"seeds": sorted(runs[n]), "wer_mean": e.sum() / words.sum(), "ratio": ratio,
+        out["settings"][n] = {"seeds": sorted(per), "wer_mean": e.sum() / words.sum(), "ratio": ratio,
                               "ratio_ci95": ci.tolist(), "per_seed": rows[n]}
     (HERE / "summary.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(f"floor (Whisper-base on the corpus audio, {len(ids)} items): WER {floor_wer:.3f}; target <= {TARGET * floor_wer:.3f}")
-    print("| best_of | seeds | WER per seed | WER mean | ratio to floor (95% CI) | eval-loop RTF | first audio (s) |")
+    print("| setting | seeds | WER per seed | WER mean | ratio to floor (95% CI) | eval-loop RTF | first audio (s) |")
     print("|---|---|---|---|---|---|---|")
     for n, r in out["settings"].items():
         ps = r["per_seed"]
@@ -68,7 +80,7 @@ def main() -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
     ns = list(out["settings"])
     xs = np.arange(len(ns))
     r = [out["settings"][n]["ratio"] for n in ns]
@@ -77,7 +89,7 @@ def main() -> dict:
     ax.bar(xs, r, yerr=[lo, hi], capsize=4, color="C0", alpha=0.8)
     ax.axhline(TARGET, color="gray", ls="--", lw=1, label=f"target: {TARGET}x the corpus audio's WER")
     ax.axhline(1.0, color="black", lw=0.8)
-    ax.set_xticks(xs, [f"best_of {n}" for n in ns])
+    ax.set_xticks(xs, [n.replace(", ", ",\n") for n in ns], fontsize=7)
     ax.set_ylabel("TTS WER / corpus-audio WER")
     ax.set_title(f"TTS on {len(ids)} held-out items, int8, 2 threads\n(mean of seeds; 95% bootstrap over items)",
                  fontsize=9)
