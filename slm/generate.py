@@ -597,7 +597,8 @@ def generate_best(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor, h
         return
     if not (every > 0 and nw > every and _side_by_side(model, sampling, uncond_prompt)):
         cands = generate_candidates(model, layout, prompt, head, sampling, max_frames, n, voice, generator,
-                                    min_frames, words, max_word_frames, uncond_prompt)
+                                    min_frames=min_frames, words=words, max_word_frames=max_word_frames,
+                                    uncond_prompt=uncond_prompt)
         scores = [score(c, None) for c in cands]
         yield from cands[max(range(n), key=scores.__getitem__)]
         return
