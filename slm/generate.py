@@ -592,8 +592,9 @@ def generate_best(model: torch.nn.Module, layout: TokenLayout, prompt: Tensor, h
     keeps the good parts of each."""
     nw = len(words or [])
     if n == 1:
-        yield from generate_frames(model, layout, prompt, head, sampling, max_frames, voice, generator, min_frames,
-                                   words, max_word_frames, uncond_prompt=uncond_prompt)
+        yield from generate_frames(model, layout, prompt, head, sampling, max_frames, voice, generator,
+                                   min_frames=min_frames, words=words, max_word_frames=max_word_frames,
+                                   uncond_prompt=uncond_prompt)
         return
     if not (every > 0 and nw > every and _side_by_side(model, sampling, uncond_prompt)):
         cands = generate_candidates(model, layout, prompt, head, sampling, max_frames, n, voice, generator,

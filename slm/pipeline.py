@@ -485,19 +485,16 @@ class SpeechPipeline:
         out = []
         for sentence, prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds,
                                                                   seed, aligned, best_of, best_of_words):
-            fr = self._best_of(sentence, prompt, s, hi, v, gen, kw)
-            fr = list(self._frames(prompt, s, hi, v, gen, kw) if fr is None else fr)
+            fr = list(self._sentence_frames(sentence, prompt, s, hi, v, gen, kw))
             out.append(self._tokens([f.code for f in fr], [f.acoustic for f in fr], v.tokens.global_ if v else None))
         return out
 
-    def _best_of(self, sentence: str, prompt: Tensor, s: Sampling, hi: int, v: Voice | None, gen: torch.Generator,
-                 kw: dict) -> Iterator | None:
-        """``s.best_of`` candidates of one sentence's frames (decoded side by side where the backbone allows) and the
-        frames of the one the CTC reader scores highest (:meth:`reader_score`), as they are chosen: every
-        ``s.best_of_words`` words in the aligned form (:func:`generate_best`, scored against the words spoken so far),
-        else once per sentence. None when ``best_of`` is 1."""
-        if s.best_of <= 1:
-            return None
+    def _sentence_frames(self, sentence: str, prompt: Tensor, s: Sampling, hi: int, v: Voice | None,
+                         gen: torch.Generator, kw: dict) -> Iterator:
+        """One sentence's frames, as they are made (:func:`generate_best`). best_of 1: :func:`generate_frames`' own.
+        Above 1: ``s.best_of`` candidates (side by side where the backbone allows) and the frames of the one the CTC
+        reader scores highest (:meth:`reader_score`), as they are chosen: every ``s.best_of_words`` words in the
+        aligned form (scored against the words spoken so far), else once per sentence."""
         words = split_words(sentence) if "words" in kw else []
 
         def score(frames: list, spoken: int | None) -> float:
@@ -506,11 +503,6 @@ class SpeechPipeline:
 
         return generate_best(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi, s.best_of, score,
                              s.best_of_words, self._voice_vec(v), gen, **kw)
-
-    def _frames(self, prompt: Tensor, s: Sampling, hi: int, v: Voice | None, gen: torch.Generator, kw: dict):
-        """One sentence's frames as :func:`generate_frames` makes them (an iterator)."""
-        return generate_frames(self.infer_lm, self.layout, prompt, self._speaking_head, s, hi, self._voice_vec(v),
-                               gen, **kw)
 
     @torch.no_grad()
     def reader_score(self, text: str, codes: list[int] | Tensor, frames: list | Tensor | None = None) -> float:
@@ -637,8 +629,7 @@ class SpeechPipeline:
         offset = 0  # samples spoken so far
         for sentence, prompt, s, hi, v, gen, kw in self._tts_plan(text, voice, temperature, top_k, top_p, max_seconds,
                                                                   seed, aligned, best_of, best_of_words):
-            made = self._best_of(sentence, prompt, s, hi, v, gen, kw)
-            made = made if made is not None else self._frames(prompt, s, hi, v, gen, kw)
+            made = self._sentence_frames(sentence, prompt, s, hi, v, gen, kw)
             seen: list[int] = []  # each frame's word
             n = 0
             for chunk in self._stream_frames(prompt, s, hi, v, gen, given=_tap(made, seen), **kw):

@@ -25,16 +25,19 @@ def pipe(trained):
 
 
 def _spy_generate_frames(monkeypatch, arg: str) -> list:
-    """Record the ``arg`` keyword of every ``generate_frames`` call the pipeline makes (the list fills up)."""
+    """Record the ``arg`` keyword of every ``generate_frames`` call the pipeline makes, directly (continuation) or
+    through ``generate_best`` (TTS); the list fills up."""
+    import slm.generate as sg
     import slm.pipeline as sp
 
-    seen, real = [], sp.generate_frames
+    seen, real = [], sg.generate_frames
 
     def spy(*a, **kw):
         seen.append(kw.get(arg))
         return real(*a, **kw)
 
     monkeypatch.setattr(sp, "generate_frames", spy)
+    monkeypatch.setattr(sg, "generate_frames", spy)
     return seen
 
 
