@@ -297,6 +297,13 @@ class _FusedBatch:
         cos, sin = f.rotary(self.k[0], torch.arange(max_len, device=p.device)[None])
         self.cos, self.sin = cos[0], sin[0]  # [max_len, hd]
 
+    def adopt(self, b: int) -> None:
+        """Every row continues from row ``b``: its K/V (the positions it has written) and its position."""
+        t = int(self.t[b])
+        for buf in (self.k, self.v):
+            buf[:, :, :, :t] = buf[:, b : b + 1, :, :t].clone()  # broadcast over the rows; later positions get written
+        self.t.fill_(t)
+
     def step(self, feeds: list[list[int]]) -> Tensor:
         """Feed row b the tokens ``feeds[b]`` (may be empty: that row stays where it is); returns each row's
         final-norm hidden state after its last fed token ``[rows, D]`` (rows fed nothing: meaningless)."""
@@ -705,10 +712,8 @@ class _Rows:
     def adopt(self, b: int) -> None:
         """Every row becomes a copy of row ``b`` (its K/V and position, state, word and context); frames so far
         are forgotten (``out`` empties)."""
-        n, st = self.n, self.state
-        st.k.copy_(st.k[:, b : b + 1].clone().expand_as(st.k))
-        st.v.copy_(st.v[:, b : b + 1].clone().expand_as(st.v))
-        st.t.fill_(int(st.t[b]))
+        n = self.n
+        self.state.adopt(b)
         self.hid = self.hid[b].expand(n, -1).clone()
         self.logits = self.logits[b].expand(n, -1)
         self.out = [[] for _ in range(n)]
