@@ -311,31 +311,25 @@ def _step_forward(f, past: list[tuple[Tensor, Tensor]] | None, past_len: list[in
     import torch.nn.functional as F
 
     B, n = ids.shape
-    nh, nkv, hd, half = f.nh, f.nkv, f.hd, f.hd // 2
     dev = ids.device
     plen = torch.tensor(past_len, device=dev)
     L = 0 if past is None else past[0][0].shape[2]
     at = plen[:, None] + torch.arange(n, device=dev)  # [B, n] each new token's position
     x = f.embed[ids]  # [B, n, D]
     cos, sin = f.rotary(x, at)  # [B, n, hd]
-    cos, sin = cos[:, :, None], sin[:, :, None]
     # row b's query i sees its real past (j < past_len[b]) and the new tokens up to itself
     seen = torch.cat([(torch.arange(L, device=dev) < plen[:, None])[:, None].expand(B, n, L),
                       torch.ones(n, n, dtype=torch.bool, device=dev).tril()[None].expand(B, n, n)], -1)[:, None]
     new_kv = []
-    for i, (n1, qkv, o, n2, gate_up, down) in enumerate(f.layers):
-        y = qkv(F.rms_norm(x, (x.shape[-1],), n1, f.eps)).view(B, n, nh + 2 * nkv, hd)
-        qk = y[:, :, : nh + nkv]
-        qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin  # rotary (half-split layout)
-        k, v = qk[:, :, nh:].transpose(1, 2), y[:, :, nh + nkv:].transpose(1, 2)  # [B, nkv, n, hd]
+
+    def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, nkv, n, hd]
         new_kv.append((k, v))
         K = k if past is None else torch.cat([past[i][0], k], 2)
         V = v if past is None else torch.cat([past[i][1], v], 2)
-        att = F.scaled_dot_product_attention(qk[:, :, :nh].transpose(1, 2), K, V, attn_mask=seen,
-                                             enable_gqa=nh != nkv)
-        x = x + o(att.transpose(1, 2).reshape(B, n, nh * hd))
-        g, u = gate_up(F.rms_norm(x, (x.shape[-1],), n2, f.eps)).chunk(2, -1)
-        x = x + down(F.silu(g) * u)
+        return F.scaled_dot_product_attention(q, K, V, attn_mask=seen, enable_gqa=f.nh != f.nkv)
+
+    x = f.layers_forward(x, cos[:, :, None], sin[:, :, None], attend)
     return F.rms_norm(x, (x.shape[-1],), f.norm, f.eps), new_kv
 
 

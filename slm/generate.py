@@ -208,6 +208,24 @@ class FusedStep:
         lin = [m for n, m in model.get_decoder().named_modules() if n.endswith("_proj")]
         return bool(lin) and all(type(m) is torch.nn.Linear and m.bias is None for m in lin)
 
+    def layers_forward(self, x: Tensor, cos: Tensor, sin: Tensor,
+                       attend: Callable[[int, Tensor, Tensor, Tensor], Tensor]) -> Tensor:
+        """``x [B, n, D]`` (new tokens' embeddings) through every layer; returns the hidden states before the
+        final norm. ``cos``/``sin`` broadcast to ``[B, n, 1, hd]`` (the new tokens' positions). Where the
+        keys/values live is the caller's: ``attend(layer, q [B, nh, n, hd], k [B, n, nkv, hd],
+        v [B, n, nkv, hd])`` stores the new k/v and returns the attention output ``[B, nh, n, hd]``."""
+        B, n, D = x.shape
+        nh, nkv, hd, half = self.nh, self.nkv, self.hd, self.hd // 2
+        for i, (n1, qkv, o, n2, gate_up, down) in enumerate(self.layers):
+            y = qkv(F.rms_norm(x, (D,), n1, self.eps)).view(B, n, nh + 2 * nkv, hd)
+            qk = y[:, :, : nh + nkv]
+            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin  # rotary (half-split layout)
+            att = attend(i, qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:], y[:, :, nh + nkv:])
+            x = x + o(att.transpose(1, 2).reshape(B, n, nh * hd))
+            g, u = gate_up(F.rms_norm(x, (D,), n2, self.eps)).chunk(2, -1)
+            x = x + down(F.silu(g) * u)
+        return x
+
     def start(self, cache, length: int, max_len: int) -> _FusedState:
         """Per-sequence state after a prompt of ``length`` tokens whose K/V are in ``cache`` (transformers')."""
         return _FusedState(self, cache, length, max_len)
@@ -233,19 +251,13 @@ class _FusedState:
         f, t = self.f, self.t
         if t >= self.max_len:
             raise RuntimeError(f"FusedStep state is full ({self.max_len} positions)")
-        nh, nkv, hd = f.nh, f.nkv, f.hd
-        cos, sin, half = self.cos[t], self.sin[t], hd // 2
-        x = f.embed[token].view(1, 1, -1)
-        for i, (n1, qkv, o, n2, gate_up, down) in enumerate(f.layers):
-            y = qkv(F.rms_norm(x, (x.shape[-1],), n1, f.eps)).view(nh + 2 * nkv, hd)
-            qk = y[: nh + nkv]
-            qk = qk * cos + torch.cat((-qk[:, half:], qk[:, :half]), -1) * sin  # rotary (half-split layout)
-            self.k[i, 0, :, t], self.v[i, 0, :, t] = qk[nh:], y[nh + nkv:]
-            att = F.scaled_dot_product_attention(qk[:nh].view(1, nh, 1, hd), self.k[i, :, :, : t + 1],
-                                                 self.v[i, :, :, : t + 1], enable_gqa=nh != nkv)
-            x = x + o(att.view(1, 1, nh * hd))
-            g, u = gate_up(F.rms_norm(x, (x.shape[-1],), n2, f.eps)).chunk(2, -1)
-            x = x + down(F.silu(g) * u)
+
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            self.k[i, 0, :, t], self.v[i, 0, :, t] = k[0, 0], v[0, 0]
+            return F.scaled_dot_product_attention(q, self.k[i, :, :, : t + 1], self.v[i, :, :, : t + 1],
+                                                  enable_gqa=f.nh != f.nkv)
+
+        x = f.layers_forward(f.embed[token].view(1, 1, -1), self.cos[t], self.sin[t], attend)
         self.t = t + 1
         return F.rms_norm(x, (x.shape[-1],), f.norm, f.eps)[0, -1]
 
@@ -258,21 +270,16 @@ class _FusedState:
         f, t, n = self.f, self.t, len(tokens)
         if not n or t + n > self.max_len:
             raise RuntimeError(f"FusedStep state is full ({self.max_len} positions) or no tokens given")
-        nh, nkv, hd = f.nh, f.nkv, f.hd
-        cos, sin, half = self.cos[t : t + n, None], self.sin[t : t + n, None], hd // 2
-        x = f.embed[torch.tensor(tokens, device=f.embed.device)].view(1, n, -1)
-        pos = torch.arange(t + n, device=x.device)
+        pos = torch.arange(t + n, device=f.embed.device)
         mask = pos[None, :] <= pos[t:, None]  # [n, t+n]: each new token sees the past and itself
-        for i, (n1, qkv, o, n2, gate_up, down) in enumerate(f.layers):
-            y = qkv(F.rms_norm(x, (x.shape[-1],), n1, f.eps)).view(n, nh + 2 * nkv, hd)
-            qk = y[:, : nh + nkv]
-            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin
-            self.k[i, 0, :, t : t + n], self.v[i, 0, :, t : t + n] = qk[:, nh:].transpose(0, 1), y[:, nh + nkv:].transpose(0, 1)
-            att = F.scaled_dot_product_attention(qk[:, :nh].transpose(0, 1)[None], self.k[i, :, :, : t + n],
-                                                 self.v[i, :, :, : t + n], attn_mask=mask, enable_gqa=nh != nkv)
-            x = x + o(att.transpose(1, 2).reshape(1, n, nh * hd))
-            g, u = gate_up(F.rms_norm(x, (x.shape[-1],), n2, f.eps)).chunk(2, -1)
-            x = x + down(F.silu(g) * u)
+
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            self.k[i, 0, :, t : t + n], self.v[i, 0, :, t : t + n] = k[0].transpose(0, 1), v[0].transpose(0, 1)
+            return F.scaled_dot_product_attention(q, self.k[i, :, :, : t + n], self.v[i, :, :, : t + n],
+                                                  attn_mask=mask, enable_gqa=f.nh != f.nkv)
+
+        x = f.embed[torch.tensor(tokens, device=f.embed.device)].view(1, n, -1)
+        x = f.layers_forward(x, self.cos[t : t + n, None], self.sin[t : t + n, None], attend)
         self.t = t + n
         return F.rms_norm(x, (x.shape[-1],), f.norm, f.eps)[0, -1]
 
@@ -315,23 +322,17 @@ class _FusedBatch:
         at = self.t[:, None] + torch.arange(n, device=self.t.device)  # [rows, n] positions written
         if int(at.max()) >= self.max_len:
             raise RuntimeError(f"FusedStep batch state is full ({self.max_len} positions)")
-        nh, nkv, hd = f.nh, f.nkv, f.hd
         tok = torch.tensor([list(x) + [0] * (n - len(x)) for x in feeds], device=f.embed.device)
-        cos, sin, half = self.cos[at][:, :, None], self.sin[at][:, :, None], hd // 2  # [rows, n, 1, hd]
-        x = f.embed[tok]  # [rows, n, D]
         span = int(at.max()) + 1
         mask = (torch.arange(span, device=at.device) <= at[:, :, None])[:, None]  # [rows, 1, n, span]
         r = torch.arange(rows, device=at.device)[:, None]
-        for i, (n1, qkv, o, n2, gate_up, down) in enumerate(f.layers):
-            y = qkv(F.rms_norm(x, (x.shape[-1],), n1, f.eps)).view(rows, n, nh + 2 * nkv, hd)
-            qk = y[:, :, : nh + nkv]
-            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin
-            self.k[i][r, :, at], self.v[i][r, :, at] = qk[:, :, nh:], y[:, :, nh + nkv:]  # [rows, n, nkv, hd]
-            att = F.scaled_dot_product_attention(qk[:, :, :nh].transpose(1, 2), self.k[i, :, :, :span],
-                                                 self.v[i, :, :, :span], attn_mask=mask, enable_gqa=nh != nkv)
-            x = x + o(att.transpose(1, 2).reshape(rows, n, nh * hd))
-            g, u = gate_up(F.rms_norm(x, (x.shape[-1],), n2, f.eps)).chunk(2, -1)
-            x = x + down(F.silu(g) * u)
+
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            self.k[i][r, :, at], self.v[i][r, :, at] = k, v  # [rows, n, nkv, hd]
+            return F.scaled_dot_product_attention(q, self.k[i, :, :, :span], self.v[i, :, :, :span],
+                                                  attn_mask=mask, enable_gqa=f.nh != f.nkv)
+
+        x = f.layers_forward(f.embed[tok], self.cos[at][:, :, None], self.sin[at][:, :, None], attend)
         self.t = self.t + lens
         last = x[torch.arange(rows, device=x.device), (lens - 1).clamp_min(0)]
         return F.rms_norm(last, (last.shape[-1],), f.norm, f.eps)
