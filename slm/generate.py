@@ -301,14 +301,16 @@ class _FusedBatch:
         self.v = torch.zeros_like(self.k)
         for i, layer in enumerate(cache.layers):
             self.k[i, :, :, :length], self.v[i, :, :, :length] = layer.keys, layer.values
+        self.shared = length  # positions every row holds alike (the prompt)
         cos, sin = f.rotary(self.k[0], torch.arange(max_len, device=p.device)[None])
         self.cos, self.sin = cos[0], sin[0]  # [max_len, hd]
 
     def adopt(self, b: int) -> None:
-        """Every row continues from row ``b``: its K/V (the positions it has written) and its position."""
-        t = int(self.t[b])
-        for buf in (self.k, self.v):
-            buf[:, :, :, :t] = buf[:, b : b + 1, :, :t].clone()  # broadcast over the rows; later positions get written
+        """Every row continues from row ``b``: its K/V (the positions it has written after the prompt, which all
+        rows hold alike) and its position."""
+        t, p = int(self.t[b]), self.shared
+        for buf in (self.k, self.v):  # broadcast over the rows; later positions get written
+            buf[:, :, :, p:t] = buf[:, b : b + 1, :, p:t].clone()
         self.t.fill_(t)
 
     def step(self, feeds: list[list[int]]) -> Tensor:
