@@ -12,7 +12,8 @@ per chunk) with its real-time factor and time to first audio; optionally the ali
 (``--aligned``: the text's words fed before their frames, as many frames as the model makes; each word in one
 decoding pass, and, as the baseline of that, token by token), best-of-N TTS (``--best-of N``: the N candidates
 decoded side by side, and, as the baseline, one after another), int8 backbone
-weights (``--int8``, ``SpeechPipeline.from_pretrained(..., int8=True)``) and in bfloat16 (``--bf16``).
+weights (``--int8``, ``SpeechPipeline.from_pretrained(..., int8=True)``: the acoustic head in int8 as well, and,
+as the baseline of that, the ``_fp32_head`` rows with the head in fp32) and in bfloat16 (``--bf16``).
 
     python benchmarks/tts_speed.py --threads 2 --frames 50                 # the bundled default
     python benchmarks/tts_speed.py --model untrained --threads 2            # random SmolLM2 stack
@@ -193,12 +194,16 @@ def main() -> int:
         pipe.infer_lm = lm8 = inference_copy(pipe.lm, int8=True)
         lm_only(lm8)
         rows["our_loop_lm_only_int8"] = _best(lambda: lm_only(lm8), args.repeats)
-        rows["streaming_tts_int8"] = _best(streaming, args.repeats)
-        if args.aligned:
-            rows["streaming_tts_aligned_int8"] = _best(lambda: streaming(aligned=True), args.repeats)
-        if args.best_of > 1:
-            best_of_rows("_int8")
-        pipe.infer_lm = lm
+        # int8 backbone with the acoustic head in fp32 (as before) and in int8 (what int8 decoding does now)
+        head_int8 = pipe.head_int8
+        for on, tag in ((False, "_fp32_head"), (True, "")):
+            pipe.head_int8 = on
+            rows[f"streaming_tts_int8{tag}"] = _best(streaming, args.repeats)
+            if args.aligned:
+                rows[f"streaming_tts_aligned_int8{tag}"] = _best(lambda: streaming(aligned=True), args.repeats)
+            if args.best_of > 1:
+                best_of_rows(f"_int8{tag}")
+        pipe.infer_lm, pipe.head_int8 = lm, head_int8
         del lm8
     if args.bf16:
         from slm.generate import FusedStep, inference_copy

@@ -399,6 +399,11 @@ class Int8Linear(torch.nn.Module):
         self.register_buffer("scale", scale, persistent=False)
         self.dense, self.max_rows = linear, max_rows
 
+    @property
+    def weight(self) -> Tensor:
+        """The kept fp32 weight (what callers asking a layer for its device or dtype read)."""
+        return self.dense.weight
+
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // x.shape[-1]
         if rows > self.max_rows or x.device.type != "cpu":
@@ -410,7 +415,9 @@ class Int8Linear(torch.nn.Module):
 
 def quantize_int8(model: torch.nn.Module) -> int:
     """Swap every ``nn.Linear`` of ``model``'s decoder body (not the output projection) for
-    :class:`Int8Linear`, in place; returns how many. For a copy used only to generate."""
+    :class:`Int8Linear`, in place; returns how many. A module without a decoder body (the acoustic head) has
+    all its plain ``nn.Linear`` swapped (attention's packed input projection is not one). For a copy used only
+    to generate."""
     if not hasattr(torch, "_weight_int8pack_mm"):
         raise RuntimeError(f"int8 decoding needs torch._weight_int8pack_mm (torch {torch.__version__} lacks it)")
     body = model.get_decoder() if hasattr(model, "get_decoder") else model

@@ -211,6 +211,34 @@ def test_merged_for_inference(trained, pipe):
     assert toks and all(t.semantic.max() < q.layout.n_semantic for t in toks)
 
 
+def test_int8_decoding_voices_through_an_int8_copy_of_the_head(trained):
+    """With int8 decoding the acoustic head speaks through an int8 copy (made once per head object): its
+    projections close to the exact head's, not equal; ``head`` itself stays exact fp32, and with
+    ``head_int8`` off (or a new head) the pipeline speaks with the head it holds."""
+    import copy
+
+    from slm.generate import Int8Linear
+
+    q = SpeechPipeline.from_pretrained(trained[1], int8=True)
+    h8 = q._speaking_head
+    assert q.head_int8 and h8 is not q.head and q._speaking_head is h8
+    assert isinstance(h8.out, Int8Linear) and type(q.head.out) is torch.nn.Linear
+    assert isinstance(h8.blocks.layers[0].linear1, Int8Linear) and h8.in_proj.weight.dtype == torch.float32
+    y = torch.randn(3, q.head.cfg.dim)
+    with torch.no_grad():
+        exact, approx = q.head.out(y), h8.out(y)
+    assert not torch.equal(exact, approx)
+    torch.testing.assert_close(approx, exact, atol=0.03 * float(exact.abs().max()), rtol=0)
+    toks = q.tts_tokens("hello world", seed=2, max_seconds=1.0)  # speaks through the copy
+    assert toks and all(t.acoustic.numel() and t.acoustic.max() < q.head.cfg.codebook_size for t in toks)
+    q.head = copy.deepcopy(q.head)
+    assert q._speaking_head is not h8 and isinstance(q._speaking_head.out, Int8Linear)
+    q.head_int8 = False
+    assert q._speaking_head is q.head
+    assert SpeechPipeline.from_pretrained(trained[1])._speaking_head is not None
+    assert not SpeechPipeline.from_pretrained(trained[1]).head_int8
+
+
 def test_cli_lists_voices_without_loading_and_asks_for_missing_args(capsys):
     from slm.cli import main
     from tests._tiny_pipeline import tiny_pipeline_dir
