@@ -1,8 +1,9 @@
 """ASR-by-token speed: the fused ASR (CTC reader + lexicon + the backbone's LM at word ends) with its text LM
 run through transformers' forward in float32 (the scorer as it was, the baseline) and in bfloat16, and through
 the hand-written FusedStep forward in float32 and in bfloat16 (the default where the CPU has bf16 units); optionally one text
-per forward (``naive``); the reader alone (greedy CTC) as the floor. Same model, same held-out clips, same
-threads, one run.
+per forward (``naive``); the bfloat16 FusedStep search with ``lm_lag`` frames of delay before words are scored
+(``--lags``: words that end close together share one forward); the reader alone (greedy CTC) as the floor. Same
+model, same held-out clips, same threads, one run. ``--baseline`` names the row the others are compared to.
 
 Each row transcribes every clip through ``SpeechPipeline.asr`` (codec encode included, as users call it);
 WER / CER are corpus-level against the manifest's transcripts, so a speed-up that costs accuracy shows.
@@ -30,6 +31,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", default="ctc,transformers,float32,transformers_bf16,bfloat16",
                     help="which rows, comma-separated (also: naive)")
+    ap.add_argument("--lags", default="", help="lm_lag values for extra bfloat16 FusedStep rows, e.g. 2,4,8")
+    ap.add_argument("--baseline", default="transformers",
+                    help="the row the others are compared to (transformers, float32, bfloat16, ...)")
     ap.add_argument("--out", help="JSON of the rows")
     ap.add_argument("--md", help="a markdown table of the rows")
     args = ap.parse_args()
@@ -60,9 +64,11 @@ def main() -> None:
            "machine": machine(args.threads, dtype="per row: lm_dtype"), "fast_bf16": fast_bf16("cpu"),
            "fusion": dataclasses.asdict(fusion0), "rows": {}}
 
-    def run(name: str, method: str, dtype: str | None = None, batch: int | None = None, step: bool = True) -> None:
+    def run(key: str, name: str, method: str, dtype: str | None = None, batch: int | None = None, step: bool = True,
+            lag: int = 0) -> None:
+        name += " (baseline)" if key == args.baseline else ""
         if dtype is not None:
-            pipe.fusion = dataclasses.replace(fusion0, lm_dtype=dtype)
+            pipe.fusion = dataclasses.replace(fusion0, lm_dtype=dtype, lm_lag=lag)
         if method == "fused":
             sc = pipe.text_scorer()
             sc.batch = batch or 32
@@ -76,28 +82,32 @@ def main() -> None:
         if method == "fused":
             sc.step = keep
         er = error_rates(refs, hyps)
-        res["rows"][name] = {"method": method, "lm_dtype": dtype, "scorer_batch": batch, "fused_step": step,
+        res["rows"][name] = {"key": key, "method": method, "lm_dtype": dtype, "scorer_batch": batch,
+                             "fused_step": step, "lm_lag": lag if method == "fused" else None,
                              "lm_forwards": sc.forwards if method == "fused" else 0,
                              "seconds": round(sec, 2), "rtf": round(sec / audio_s, 3),
                              "wer": round(er.wer, 4), "cer": round(er.cer, 4), "hypotheses": hyps}
         print(f"{name}: RTF {sec / audio_s:.3f}  WER {er.wer:.3f}  CER {er.cer:.3f}", flush=True)
 
     want = args.rows.split(",")
+    lags = [int(x) for x in args.lags.split(",") if x.strip()]
     with torch.inference_mode():
         if "ctc" in want:
-            run("reader alone (greedy CTC)", "ctc")
+            run("ctc", "reader alone (greedy CTC)", "ctc")
         if "transformers" in want:
-            run("fused, float32 LM, transformers' forward (baseline)", "fused", "float32", 32, step=False)
+            run("transformers", "fused, float32 LM, transformers' forward", "fused", "float32", 32, step=False)
         if "naive" in want:
-            run("fused, float32 LM, FusedStep, one text per forward", "fused", "float32", 1)
+            run("naive", "fused, float32 LM, FusedStep, one text per forward", "fused", "float32", 1)
         if "float32" in want:
-            run("fused, float32 LM, FusedStep", "fused", "float32", 32)
+            run("float32", "fused, float32 LM, FusedStep", "fused", "float32", 32)
         if "transformers_bf16" in want:
-            run("fused, bfloat16 LM, transformers' forward", "fused", "bfloat16", 32, step=False)
+            run("transformers_bf16", "fused, bfloat16 LM, transformers' forward", "fused", "bfloat16", 32, step=False)
         if "bfloat16" in want:
-            run("fused, bfloat16 LM, FusedStep", "fused", "bfloat16", 32)
+            run("bfloat16", "fused, bfloat16 LM, FusedStep", "fused", "bfloat16", 32)
+        for lag in lags:
+            run(f"lag{lag}", f"fused, bfloat16 LM, FusedStep, lm_lag {lag}", "fused", "bfloat16", 32, lag=lag)
     rows = res["rows"]
-    ref = next((r for k, r in rows.items() if "baseline" in k), None)
+    ref = next((r for r in rows.values() if r["key"] == args.baseline), None)
     for r in rows.values():
         r["speedup_vs_baseline"] = round(ref["seconds"] / r["seconds"], 2) if ref else None
     text = json.dumps(res, indent=2)

@@ -361,6 +361,10 @@ class FusionConfig:
     # the speech LM's log p(words | semantic tokens) in its aligned ASR form; 0: off
     rescore_weight: float = 0.0
     rescore_n: int = 8
+    # frames a newly ended word may wait for its LM score, ranked meanwhile on its parent's score plus its
+    # unigram log-prob: the words that end in the next `lm_lag` frames share one LM forward, and those pruned
+    # before then are never scored. 0: every frame's new words are scored at once (the exact search)
+    lm_lag: int = 0
 
     def __post_init__(self) -> None:
         if self.beam < 1:
@@ -372,6 +376,8 @@ class FusionConfig:
                              f"{self.rescore_n}")
         if self.text_lm not in ("base", "adapted"):
             raise ValueError(f"text_lm must be 'base' or 'adapted', got {self.text_lm!r}")
+        if self.lm_lag < 0:
+            raise ValueError(f"lm_lag must be >= 0 frames, got {self.lm_lag}")
         if self.lm_dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"lm_dtype must be 'auto', 'float32' or 'bfloat16', got {self.lm_dtype!r}")
 
@@ -449,33 +455,50 @@ def fused_nbest(logp: Tensor, blank: int, score_words: Callable[[list[str]], lis
         return h[:h.rfind(" ")] if " " in h else ""
 
     lm_of: dict[str, float] = {"": 0.0}  # LM log-prob of whole-word texts, as far as asked
+    guess_of: dict[str, float] = {}  # estimates of texts not scored yet, within one frame
+    pending: dict[str, int] = {}  # texts the beam holds unscored -> the frame since which it has held them
 
     def fusion(h: str, lm: float) -> float:
         p = partial(h)
         ahead = 0.0 if not p else (lexicon.lookahead(p) if lexicon is not None else 0.0)
         return a * (lm + ahead) + b * (h.count(" ") + (1 if p else 0))
 
-    def rank(paths: dict[str, list[float]]) -> dict[str, float]:
+    def lm_est(c: str) -> float:
+        """LM log-prob of the whole-word text ``c``: its score, else its parent's (score or estimate) plus its
+        last word's unigram log-prob."""
+        if c in lm_of:
+            return lm_of[c]
+        g = guess_of.get(c)
+        if g is None:
+            g = lm_est(complete(c)) + (lexicon.word_logp(partial(c)) if lexicon is not None else 0.0)
+            guess_of[c] = g
+        return g
+
+    def rank(paths: dict[str, list[float]], t: int) -> dict[str, float]:
         """Fusion scores of the best ``beam`` prefixes of ``paths``. A prefix that has just ended a word is
         first ranked with its parent's LM score plus the word's unigram log-prob (an estimate); the LM scores
-        only those that survive that."""
-        est = {}
-        for h in paths:
-            c = complete(h)
-            if c in lm_of:
-                est[h] = fusion(h, lm_of[c])
-            else:  # h ends in a space that ended word `w` after the text `c0`
-                c0 = complete(c)
-                w = partial(c)
-                guess = lm_of.get(c0, 0.0) + (lexicon.word_logp(w) if lexicon is not None else 0.0)
-                est[h] = fusion(h, guess)
+        only those that survive that, at once (``lm_lag`` 0) or once the oldest of them has waited
+        ``lm_lag`` frames, all in one batch."""
+        guess_of.clear()  # estimates live for one frame: scores that arrive change them
+        est = {h: fusion(h, lm_est(complete(h))) for h in paths}
         keep = sorted(paths, key=lambda h: -(_lse(*paths[h]) + est[h]))[:cfg.beam]
-        new = list(dict.fromkeys(complete(h) for h in keep if complete(h) not in lm_of))
-        if hasattr(score_words, "prefetch"):
-            score_words.prefetch(new)  # one batch
-        for c, lm in zip(new, score_words(new)):
-            lm_of[c] = lm
-        return {h: fusion(h, lm_of[complete(h)]) for h in keep}
+        held = {c: pending.get(c, t) for c in dict.fromkeys(complete(h) for h in keep) if c not in lm_of}
+        pending.clear()
+        pending.update(held)
+        if pending and min(pending.values()) <= t - cfg.lm_lag:
+            new = list(pending)
+            if hasattr(score_words, "prefetch"):
+                score_words.prefetch(new)  # one batch per word count
+            for c, lm in zip(new, score_words(new)):
+                lm_of[c] = lm
+            pending.clear()
+            guess_of.clear()
+        return {h: fusion(h, lm_est(complete(h))) for h in keep}
+
+    def scored_ancestor(c: str) -> str:
+        while c not in lm_of:
+            c = complete(c)
+        return c
 
     for t in range(x.shape[0]):
         row = x_list[t]
@@ -500,11 +523,11 @@ def fused_nbest(logp: Tensor, blank: int, score_words: Callable[[list[str]], lis
                 if via == NEG:
                     continue
                 add(h + ch, NEG, via + row[c])
-        scores = rank(nxt)
+        scores = rank(nxt, t)
         order = sorted(scores, key=lambda h: -(_lse(*nxt[h]) + scores[h]))
         beams = {h: nxt[h] for h in order[:cfg.beam]}
-        if hasattr(score_words, "retain"):
-            score_words.retain({complete(h) for h in beams})
+        if hasattr(score_words, "retain"):  # and the scored parents that unscored texts will be read after
+            score_words.retain({c for h in beams for c in (complete(h), scored_ancestor(complete(h)))})
     # the end: the last partial word must be a whole word; the LM scores all words
     finals: dict[str, float] = {}
     for h, (pb, pnb) in beams.items():  # "w" and "w " are one transcript

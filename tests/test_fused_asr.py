@@ -101,6 +101,30 @@ def test_lexicon_keeps_words_real_and_the_lm_picks_between_them():
         FusionConfig(text_lm="other")
 
 
+def test_lm_lag_scores_word_ends_in_fewer_batches_and_the_lm_still_decides():
+    """``lm_lag``: words that end within a few frames of each other share one LM call (ranked meanwhile on an
+    estimate), and the LM still picks between two equally spelled words."""
+    rows = _spell("the r") + [{"e": 0.45, "a": 0.45, "-": 0.1}, {"-": 0.95}] + _spell("d cat sat on a mat")
+    x = _frames(rows)
+    lex = Lexicon.from_texts(["the red rad cat sat on a mat"])
+    for word in ("red", "rad"):
+        batches: dict[int, list[list[str]]] = {}
+        for lag in (0, 8, 1000):
+            calls = batches.setdefault(lag, [])
+
+            def lm(ts, word=word, calls=calls):
+                calls.append(list(ts))
+                return [-1.0 * len(t.split()) - (0.0 if word in t.split() else 8.0 * ("r" in t)) for t in ts]
+
+            got = fused_transcribe(x, BLANK, lm, lex, FusionConfig(beam=8, lm_weight=1.0, word_bonus=1.0, lm_lag=lag))
+            assert got == f"the {word} cat sat on a mat", lag
+            assert all(t == "" or set(t.split()) <= set(lex.words) for c in calls for t in c)
+        assert len(batches[8]) < len(batches[0])
+        assert len(batches[1000]) == 1  # nothing scored before the clip's end: one call for the finals
+    with pytest.raises(ValueError, match="lm_lag"):
+        FusionConfig(lm_lag=-1)
+
+
 def test_nbest_is_ranked_and_led_by_the_transcript():
     rows = _spell("the r") + [{"e": 0.45, "a": 0.45, "-": 0.1}, {"-": 0.95}] + _spell("d cat")
     x = _frames(rows)
@@ -283,7 +307,8 @@ def test_model_dir_fusion_settings(pipe_with_reader, tmp_path):
 
 
 def test_cli_asr_fused_overrides(pipe_with_reader, tmp_path, capsys):
-    """`slm asr --method fused` takes --lexicon and --lm-dtype; a bad dtype is refused by the parser."""
+    """`slm asr --method fused` takes --lexicon, --lm-dtype and --lm-lag; a bad dtype is refused by the parser, a
+    negative lag by the settings."""
     import soundfile as sf
 
     from slm.cli import main
@@ -304,8 +329,17 @@ def test_cli_asr_fused_overrides(pipe_with_reader, tmp_path, capsys):
     import argparse
 
     args = argparse.Namespace(model=str(pipe_with_reader[0]), int8=False, lexicon=None, lm_weight=None,
-                              lm_dtype="bfloat16")
-    assert _asr_pipe(args).fusion.lm_dtype == "bfloat16"
+                              lm_dtype="bfloat16", lm_lag=None)
+    assert _asr_pipe(args).fusion.lm_dtype == "bfloat16" and _asr_pipe(args).fusion.lm_lag == 0
+    args.lm_lag = 4
+    assert _asr_pipe(args).fusion.lm_lag == 4
+    rc = main(["asr", str(wav), "--model", str(pipe_with_reader[0]), "--method", "fused", "--lexicon",
+               str(tmp_path / "words.txt"), "--lm-lag", "3"])
+    out, err = capsys.readouterr()
+    assert rc in (0, None) and set(out.split()) <= {"the", "cat", "sat"}, err
+    rc = main(["asr", str(wav), "--model", str(pipe_with_reader[0]), "--method", "fused", "--lm-lag", "-2"])
+    out, err = capsys.readouterr()
+    assert rc not in (0, None) and "lm_lag must be >= 0" in out + err and not out.strip().startswith("the")
     with pytest.raises(SystemExit):
         main(["asr", str(wav), "--model", str(pipe_with_reader[0]), "--lm-dtype", "float16"])
 

@@ -88,6 +88,9 @@ def register(subparsers) -> None:
     a.add_argument("--lm-dtype", choices=("auto", "float32", "bfloat16"), default=None,
                    help="with --method fused: the LM's weights (default auto: bfloat16 where the CPU or GPU has "
                         "bf16 units, ~2x faster here; float32 gives the exact float32 scores)")
+    a.add_argument("--lm-lag", type=int, default=None, metavar="FRAMES",
+                   help="with --method fused: frames a newly ended word may wait for its LM score, so that words "
+                        "ending close together share one LM forward (default: the model's setting; 0: exact)")
     a.add_argument("--max-input-seconds", type=float, default=MAX_ASR_SECONDS,
                    help=f"refuse input audio longer than this (default {MAX_ASR_SECONDS:g} s)")
     a.set_defaults(func=_asr)
@@ -449,7 +452,8 @@ def _asr(args) -> int:
 
 def _asr_pipe(args):
     pipe = _pipe(args.model, args.int8)
-    named = (("lexicon", args.lexicon), ("lm_weight", args.lm_weight), ("lm_dtype", args.lm_dtype))
+    named = (("lexicon", args.lexicon), ("lm_weight", args.lm_weight), ("lm_dtype", args.lm_dtype),
+             ("lm_lag", args.lm_lag))
     over = {k: v for k, v in named if v is not None}
     if over:
         import dataclasses
