@@ -297,10 +297,10 @@ def test_model_dir_fusion_settings(pipe_with_reader, tmp_path):
     shutil.copytree(pipe_with_reader[0], d)
     (d / "lexicon.txt").write_text("hello\nworld\n")
     cfg = json.loads((d / "slm_config.json").read_text())
-    cfg.update(asr_method="fused", asr_fused={"beam": 3, "lm_weight": 0.2, "lexicon": "lexicon.txt"})
+    cfg.update(asr_method="fused", asr_fused={"beam": 3, "lm_weight": 0.2, "lexicon": "lexicon.txt", "lm_lag": 0})
     (d / "slm_config.json").write_text(json.dumps(cfg))
     p = SpeechPipeline.from_pretrained(d)
-    assert p.asr_method == "fused" and p.fusion.beam == 3 and p.fusion.lm_weight == 0.2
+    assert p.asr_method == "fused" and p.fusion.beam == 3 and p.fusion.lm_weight == 0.2 and p.fusion.lm_lag == 0
     assert p.lexicon().words == ["hello", "world"]  # relative to the model dir
     out = p.asr(torch.randn(1, p.sample_rate // 2) * 0.1, p.sample_rate)
     assert set(out.split()) <= {"hello", "world"}
@@ -330,7 +330,7 @@ def test_cli_asr_fused_overrides(pipe_with_reader, tmp_path, capsys):
 
     args = argparse.Namespace(model=str(pipe_with_reader[0]), int8=False, lexicon=None, lm_weight=None,
                               lm_dtype="bfloat16", lm_lag=None)
-    assert _asr_pipe(args).fusion.lm_dtype == "bfloat16" and _asr_pipe(args).fusion.lm_lag == 0
+    assert _asr_pipe(args).fusion.lm_dtype == "bfloat16" and _asr_pipe(args).fusion.lm_lag == 8
     args.lm_lag = 4
     assert _asr_pipe(args).fusion.lm_lag == 4
     rc = main(["asr", str(wav), "--model", str(pipe_with_reader[0]), "--method", "fused", "--lexicon",
