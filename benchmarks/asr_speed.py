@@ -3,7 +3,8 @@ run through transformers' forward in float32 (the scorer as it was, the baseline
 the hand-written FusedStep forward in float32 and in bfloat16 (the default where the CPU has bf16 units); optionally one text
 per forward (``naive``); the bfloat16 FusedStep search with ``lm_lag`` frames of delay before words are scored
 (``--lags``: words that end close together share one forward); the reader alone (greedy CTC) as the floor. Same
-model, same held-out clips, same threads, one run. ``--baseline`` names the row the others are compared to.
+model, same held-out clips, same threads, one run. Every fused row but the ``--lags`` ones runs the exact search
+(``lm_lag`` 0), whatever the model's setting. ``--baseline`` names the row the others are compared to.
 
 Each row transcribes every clip through ``SpeechPipeline.asr`` (codec encode included, as users call it);
 WER / CER are corpus-level against the manifest's transcripts, so a speed-up that costs accuracy shows.
