@@ -13,11 +13,13 @@ per chunk) with its real-time factor and time to first audio; optionally the ali
 decoding pass, and, as the baseline of that, token by token), best-of-N TTS (``--best-of N``: the N candidates
 decoded side by side, and, as the baseline, one after another), int8 backbone
 weights (``--int8``, ``SpeechPipeline.from_pretrained(..., int8=True)``: the acoustic head in int8 as well, and,
-as the baseline of that, the ``_fp32_head`` rows with the head in fp32) and in bfloat16 (``--bf16``).
+as the baseline of that, the ``_fp32_head`` rows with the head in fp32), with int8 activations as well (``--int8
+--w8a8``: the ``_w8a8`` rows, ``int8="w8a8"``; compare with the ``_int8`` rows) and in bfloat16 (``--bf16``).
 
     python benchmarks/tts_speed.py --threads 2 --frames 50                 # the bundled default
     python benchmarks/tts_speed.py --model untrained --threads 2            # random SmolLM2 stack
     python benchmarks/tts_speed.py --out docs/results/tts_speed.json --md docs/results/tts_speed.md
+    python benchmarks/tts_speed.py --int8 --w8a8 --best-of 2 --best-of-words 2 --no-fp32-best-of --no-unmerged
 """
 from __future__ import annotations
 
@@ -83,6 +85,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="also time streaming TTS with a bfloat16 backbone + head")
     ap.add_argument("--int8", action="store_true", help="also time streaming TTS with int8 backbone weights")
+    ap.add_argument("--w8a8", action="store_true", help="with --int8: also time the int8 rows with int8 activations "
+                                                       "(SpeechPipeline.from_pretrained(..., int8='w8a8'))")
+    ap.add_argument("--no-fp32-best-of", action="store_true", help="with --int8: time the best-of rows in int8 only")
     ap.add_argument("--aligned", action="store_true", help="also time streaming TTS in the aligned form (the text's "
                                                           "words fed before their frames; its own length)")
     ap.add_argument("--best-of", type=int, default=0, help="also time best-of-N TTS of --text (pipe.tts_stream, "
@@ -176,7 +181,7 @@ def main() -> int:
             rows["streaming_tts_aligned_token_by_token"] = _best(lambda: streaming(aligned=True), args.repeats)
         finally:
             Decoder.push_many = whole
-    if args.best_of > 1:
+    if args.best_of > 1 and not (args.int8 and args.no_fp32_best_of):
         best_of_rows()
     if not args.no_unmerged and pipe.lm is not lm:  # what generation ran on before merging
         rows["our_loop_lm_only_unmerged"] = _best(lambda: lm_only(pipe.lm), max(1, args.repeats - 1))
@@ -205,6 +210,20 @@ def main() -> int:
                 best_of_rows(f"_int8{tag}")
         pipe.infer_lm, pipe.head_int8 = lm, head_int8
         del lm8
+    if args.int8 and args.w8a8:  # int8 activations as well, in the backbone and the head
+        from slm.generate import inference_copy
+
+        pipe.infer_lm = lmq = inference_copy(pipe.lm, int8="w8a8")
+        head_int8, pipe.head_int8 = pipe.head_int8, "w8a8"
+        lm_only(lmq)
+        rows["our_loop_lm_only_w8a8"] = _best(lambda: lm_only(lmq), args.repeats)
+        rows["streaming_tts_w8a8"] = _best(streaming, args.repeats)
+        if args.aligned:
+            rows["streaming_tts_aligned_w8a8"] = _best(lambda: streaming(aligned=True), args.repeats)
+        if args.best_of > 1:
+            best_of_rows("_w8a8")
+        pipe.infer_lm, pipe.head_int8 = lm, head_int8
+        del lmq
     if args.bf16:
         from slm.generate import FusedStep, inference_copy
 
@@ -223,7 +242,7 @@ def main() -> int:
         r["speed_vs_hf_generate"] = base / r["rtf"]
 
     res = {"benchmark": "tts speed", "model": args.model, "machine": machine(args.threads, "float32"),
-           "dtype": "float32" + (" (+ int8-weight rows)" if args.int8 else "") + (" (+ bfloat16 row)" if args.bf16 else ""), "frames": n,
+           "dtype": "float32" + (" (+ int8-weight rows)" if args.int8 else "") + (" (+ w8a8 rows)" if args.int8 and args.w8a8 else "") + (" (+ bfloat16 row)" if args.bf16 else ""), "frames": n,
            "semantic_rate": pipe.codec.semantic_rate, "audio_seconds": audio_s, "prompt_tokens": int(prompt.numel()),
            "chunk_frames": pipe.chunk_frames, "first_chunk_frames": pipe.first_chunk_frames,
            "load_average_1m": [load_before[0], os.getloadavg()[0]], "peak_rss_mb": peak_rss_mb(), "rows": rows}

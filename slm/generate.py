@@ -180,9 +180,11 @@ class FusedStep:
     q and k together, K/V written into preallocated buffers, and gives bit-identical hidden states in
     fp32 (tests compare with transformers). The prompt still runs through transformers (its cache is
     copied in). The model's own q/k/v/gate/up weights become views of the fused matrices (no extra
-    memory). ``int8``: the fused matrices as :class:`Int8Linear` (the views keep fp32 for the prompt)."""
+    memory). ``int8`` (a setting of :func:`int8_mode`): the fused matrices as :class:`Int8Linear` (the views keep
+    fp32 for the prompt). ``calibration`` (token ids, with ``"w8a8"``): run once through the fp32 layers to smooth
+    each matrix's input channels for int8 activations (:class:`Int8Linear` ``act_max``); without it, none."""
 
-    def __init__(self, model: torch.nn.Module, int8: bool = False):
+    def __init__(self, model: torch.nn.Module, int8: bool | str = False, calibration: Tensor | None = None):
         if not self.supports(model):
             raise ValueError(f"FusedStep supports Llama-architecture models without biases, got "
                              f"{type(model).__name__}")
@@ -191,12 +193,45 @@ class FusedStep:
         self.rotary = body.rotary_emb
         self.nh, self.nkv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.nh
-        self.layers = []
+        self.layers, mode = [], int8_mode(int8)
         for layer in body.layers:
             a, m = layer.self_attn, layer.mlp
-            self.layers.append((layer.input_layernorm.weight, _fuse([a.q_proj, a.k_proj, a.v_proj], int8),
-                                _fuse([a.o_proj], int8), layer.post_attention_layernorm.weight,
-                                _fuse([m.gate_proj, m.up_proj], int8), _fuse([m.down_proj], int8)))
+            self.layers.append((layer.input_layernorm.weight, _fuse([a.q_proj, a.k_proj, a.v_proj]),
+                                _fuse([a.o_proj]), layer.post_attention_layernorm.weight,
+                                _fuse([m.gate_proj, m.up_proj]), _fuse([m.down_proj])))
+        if mode:
+            amax = self._input_max(calibration) if mode == "w8a8" and calibration is not None else None
+            self.layers = [tuple(Int8Linear(x, activations=mode == "w8a8", act_max=None if amax is None else amax[i][j])
+                                 if j in _MATRICES else x for j, x in enumerate(layer))
+                           for i, layer in enumerate(self.layers)]
+
+    @torch.no_grad()
+    def _input_max(self, ids: Tensor) -> list[dict[int, Tensor]]:
+        """Per layer and fused matrix (index in the layer tuple): each input channel's largest magnitude over
+        ``ids`` (one causal pass through the fp32 layers, from position 0)."""
+        ids = torch.as_tensor(ids).flatten().to(self.embed.device)
+        if not ids.numel():
+            raise ValueError("int8 calibration needs at least one token")
+        seen: list[dict[int, Tensor]] = [{} for _ in self.layers]
+        kept = self.layers
+
+        def tap(i: int, j: int, lin: torch.nn.Module):
+            def run(x: Tensor) -> Tensor:
+                seen[i][j] = x.reshape(-1, x.shape[-1]).abs().amax(0)
+                return lin(x)
+            return run
+
+        self.layers = [tuple(tap(i, j, x) if j in _MATRICES else x for j, x in enumerate(layer))
+                       for i, layer in enumerate(kept)]
+        try:
+            cos, sin = self.rotary(self.embed[:1], torch.arange(ids.numel(), device=ids.device)[None])
+            self.layers_forward(self.embed[ids][None], cos[0][:, None], sin[0][:, None],
+                                lambda i, q, k, v: F.scaled_dot_product_attention(
+                                    q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                    enable_gqa=self.nh != self.nkv))
+        finally:
+            self.layers = kept
+        return seen
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -340,7 +375,10 @@ class _FusedBatch:
         return F.rms_norm(last, (last.shape[-1],), f.norm, f.eps)
 
 
-def _fuse(linears: list[torch.nn.Linear], int8: bool) -> torch.nn.Module:
+_MATRICES = (1, 2, 4, 5)  # where a FusedStep layer tuple holds its matrices (qkv, o, gate_up, down)
+
+
+def _fuse(linears: list[torch.nn.Linear]) -> torch.nn.Linear:
     """One Linear over the concatenated rows of ``linears``; theirs become views of it."""
     w = torch.cat([m.weight.detach() for m in linears]) if len(linears) > 1 else linears[0].weight.detach()
     fused = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
@@ -350,7 +388,7 @@ def _fuse(linears: list[torch.nn.Linear], int8: bool) -> torch.nn.Module:
         n = m.weight.shape[0]
         m.weight = torch.nn.Parameter(w[start: start + n], requires_grad=False)
         start += n
-    return Int8Linear(fused) if int8 else fused
+    return fused
 
 
 def _positions(allowed: Tensor, vocab: int) -> Tensor:
@@ -379,8 +417,23 @@ def _pick(logits: Tensor, allowed: Tensor, pos: Tensor, s: Sampling, recent: lis
     return int(allowed[int(sample(logits[None], s.temperature, s.top_k, s.top_p, gen)[0])])
 
 
+INT8_MODES = ("weights", "w8a8")
+
+
+def int8_mode(int8: bool | str | None) -> str | None:
+    """An int8 decoding setting as a mode: False/None: None (fp32); True or ``"weights"``: int8 weights with bf16
+    activations (:class:`Int8Linear`); ``"w8a8"``: int8 activations as well. Anything else: a clear error."""
+    if int8 is None or int8 is False:
+        return None
+    if int8 is True:
+        return "weights"
+    if isinstance(int8, str) and int8 in INT8_MODES:
+        return int8
+    raise ValueError(f"int8 must be true/false or one of {', '.join(INT8_MODES)}, got {int8!r}")
+
+
 class Int8Linear(torch.nn.Module):
-    """Weight-only int8 form of an ``nn.Linear`` for batch-1 decoding on CPU (opt-in, approximate).
+    """Int8 form of an ``nn.Linear`` for few-row decoding on CPU (opt-in, approximate).
 
     Decoding one token reads every weight once, so its time is mostly memory traffic: int8 weights
     (symmetric, one scale per output row) with bf16 activations through torch's fused CPU kernel
@@ -388,16 +441,47 @@ class Int8Linear(torch.nn.Module):
     alone are no faster than fp32. Up to ``max_rows`` rows (a word fed at once, best-of candidates side by
     side) take the int8 kernel too: at 32 rows it is still ~2x faster than fp32 GEMM here. More rows at once
     (the prompt) run on the kept fp32 weights: there the int8 kernel is slower than fp32 GEMM, and prefill sets
-    the time to first audio."""
+    the time to first audio.
 
-    def __init__(self, linear: torch.nn.Linear, max_rows: int = 32):
+    ``activations`` (the ``"w8a8"`` mode): the input is quantized to int8 too, one scale per call, and the
+    product runs in integers (``quantized::linear_dynamic``, fbgemm; VNNI where the CPU has it). Why: the
+    weight-only kernel's time grows with the rows (two rows ~1.3x one, eight ~2.5x), where the integer kernel's
+    barely does (eight rows ~1.0x), so best-of candidates side by side and whole words fed at once cost
+    little more than one token. Its logits are further from fp32 than the weight-only kernel's
+    (docs/results/int8_w8a8).
+
+    ``act_max`` (with ``activations``; each input channel's largest magnitude on calibration tokens): the
+    input channels are smoothed before rounding, SmoothQuant-style: channel j is divided by
+    ``s_j = sqrt(act_max_j / max_i |w_ij|)`` and the weights' column j multiplied by it (the same product in
+    exact arithmetic), so a few large-valued channels no longer set the one activation scale alone. On the
+    bundle it halves w8a8's divergence from the fp32 logits (docs/results/int8_w8a8)."""
+
+    def __init__(self, linear: torch.nn.Linear, max_rows: int = 32, activations: bool = False,
+                 act_max: Tensor | None = None):
         super().__init__()
         w = linear.weight.detach().float()
+        self.dense, self.max_rows, self.packed, self.inv = linear, max_rows, None, None
+        if act_max is not None and not activations:
+            raise ValueError("act_max smooths int8 activations: give it with activations=True")
+        if activations:
+            engines = torch.backends.quantized.supported_engines
+            if not {"x86", "fbgemm"} & set(engines):
+                raise RuntimeError(f"int8 activations (w8a8) need torch's x86/fbgemm quantized engine; this torch "
+                                   f"has {engines}: use int8 weights only")
+            if act_max is not None:
+                if act_max.shape != (w.shape[1],):
+                    raise ValueError(f"act_max has shape {tuple(act_max.shape)}, the layer {w.shape[1]} inputs")
+                sm = (act_max.float().clamp_min(1e-5) / w.abs().amax(0).clamp_min(1e-5)).sqrt().clamp(1e-3, 1e3)
+                w, self.inv = w * sm, (1 / sm).to(w.device)
+            scale = w.abs().amax(1).clamp_min(1e-12) / 127
+            q = torch.quantize_per_channel(w, scale.double(), torch.zeros(w.shape[0], dtype=torch.long), 0,
+                                           torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(q, None)  # weights in the kernel's own layout
+            return
         scale = (w.abs().amax(1).clamp_min(1e-12) / 127).to(torch.bfloat16)  # the kernel takes bf16 scales
         self.register_buffer("qweight", torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
                              .contiguous(), persistent=False)
         self.register_buffer("scale", scale, persistent=False)
-        self.dense, self.max_rows = linear, max_rows
 
     @property
     def weight(self) -> Tensor:
@@ -408,37 +492,43 @@ class Int8Linear(torch.nn.Module):
         rows = x.numel() // x.shape[-1]
         if rows > self.max_rows or x.device.type != "cpu":
             return self.dense(x)
-        y = torch._weight_int8pack_mm(x.reshape(rows, -1).to(torch.bfloat16), self.qweight, self.scale)
+        if self.packed is not None:  # int8 x int8; reduce_range off: full 8-bit activations (no VNNI overflow)
+            x2 = x.reshape(rows, -1).float()
+            y = torch.ops.quantized.linear_dynamic(x2 if self.inv is None else x2 * self.inv, self.packed, False)
+        else:
+            y = torch._weight_int8pack_mm(x.reshape(rows, -1).to(torch.bfloat16), self.qweight, self.scale)
         y = y.to(x.dtype).view(*x.shape[:-1], -1)
         return y if self.dense.bias is None else y + self.dense.bias
 
 
-def quantize_int8(model: torch.nn.Module) -> int:
+def quantize_int8(model: torch.nn.Module, activations: bool = False) -> int:
     """Swap every ``nn.Linear`` of ``model``'s decoder body (not the output projection) for
-    :class:`Int8Linear`, in place; returns how many. A module without a decoder body (the acoustic head) has
-    all its plain ``nn.Linear`` swapped (attention's packed input projection is not one). For a copy used only
-    to generate."""
+    :class:`Int8Linear` (``activations``: the w8a8 form), in place; returns how many. A module without a decoder
+    body (the acoustic head) has all its plain ``nn.Linear`` swapped (attention's packed input projection is not
+    one). For a copy used only to generate."""
     if not hasattr(torch, "_weight_int8pack_mm"):
         raise RuntimeError(f"int8 decoding needs torch._weight_int8pack_mm (torch {torch.__version__} lacks it)")
     body = model.get_decoder() if hasattr(model, "get_decoder") else model
     targets = [(n, m) for n, m in body.named_modules() if type(m) is torch.nn.Linear]
     for name, lin in targets:
         parent, _, attr = name.rpartition(".")
-        setattr(body.get_submodule(parent) if parent else body, attr, Int8Linear(lin))
+        setattr(body.get_submodule(parent) if parent else body, attr, Int8Linear(lin, activations=activations))
     return len(targets)
 
 
-def inference_copy(lm: torch.nn.Module, int8: bool = False) -> torch.nn.Module:
+def inference_copy(lm: torch.nn.Module, int8: bool | str = False, calibration: Tensor | None = None) -> torch.nn.Module:
     """A plain copy of ``lm`` to generate with: a peft adapter (LoRA + trained token rows) merged into the
-    weights, no grads, a :class:`FusedStep` attached for Llama backbones; ``int8``: int8 matmuls for
-    decoding (:class:`Int8Linear`). Returns ``lm`` itself when there is nothing to do.
+    weights, no grads, a :class:`FusedStep` attached for Llama backbones; ``int8`` (True, ``"weights"`` or
+    ``"w8a8"``: :func:`int8_mode`): int8 matmuls for decoding (:class:`Int8Linear`); ``calibration``: token ids
+    that smooth w8a8's activations (:class:`FusedStep`). Returns ``lm`` itself when there is nothing to do.
 
     Why merge: peft's wrappers cost per step: every LoRA projection runs two extra matmuls and the
     trainable-token layer rebuilds the whole ~50k x 576 embedding on every forward (twice: tied input
     and output); merged, SmolLM2-135M decodes ~2-3x faster. Logits differ by float rounding only."""
     import copy
 
-    if not hasattr(lm, "merge_and_unload") and not int8 and not FusedStep.supports(lm):
+    mode = int8_mode(int8)
+    if not hasattr(lm, "merge_and_unload") and not mode and not FusedStep.supports(lm):
         return lm
     out = copy.deepcopy(lm)
     out = out.merge_and_unload() if hasattr(out, "merge_and_unload") else out
@@ -446,9 +536,9 @@ def inference_copy(lm: torch.nn.Module, int8: bool = False) -> torch.nn.Module:
     for p in out.parameters():
         p.requires_grad_(False)
     if FusedStep.supports(out):
-        out.fused_step = FusedStep(out, int8)  # int8 goes to its fused matrices; prompts stay fp32
-    elif int8:
-        quantize_int8(out)
+        out.fused_step = FusedStep(out, mode, calibration)  # int8 goes to its fused matrices; prompts stay fp32
+    elif mode:
+        quantize_int8(out, mode == "w8a8")
     return out
 
 

@@ -51,6 +51,7 @@ from slm.generate import (
     generate_frames,
     generate_text,
     inference_copy,
+    int8_mode,
     quantize_int8,
     transcribe_aligned,
 )
@@ -245,7 +246,7 @@ class SpeechPipeline:
     def __init__(self, backbone, tokenizer, layout: TokenLayout, codec, head: AcousticHead | None = None,
                  voices: dict[str, Voice] | None = None, sampling: Sampling | None = None,
                  chunk_frames: int = 12, context_frames: int = 8, teacher_spec: str = "whisper-base-ct2",
-                 first_chunk_frames: int = 4, merge: bool = False, int8: bool = False, tts_aligned: bool = False,
+                 first_chunk_frames: int = 4, merge: bool = False, int8: bool | str = False, tts_aligned: bool = False,
                  asr_aligned: bool = False, tts_phones: bool = False, semantic_only: bool = False,
                  reader: CTCReader | None = None, joint: JointConfig | None = None, asr_method: str | None = None,
                  fusion: FusionConfig | None = None, model_dir: str | Path | None = None):
@@ -310,19 +311,28 @@ class SpeechPipeline:
         if head is not None:
             head.eval()
 
-    def merge_for_inference(self, int8: bool = False) -> None:
+    def merge_for_inference(self, int8: bool | str = False) -> None:
         """Generate with :func:`slm.generate.inference_copy` of ``lm``: the LoRA adapter merged into a
         plain copy (~2x faster decoding; ``int8``: int8 weights too, faster still, approximate). ``lm``
         keeps the adapter, so :meth:`chat` still gets the exact base model through ``disable_adapter``
         (costs a second copy of the weights: ~0.5 GB for SmolLM2-135M in fp32)."""
         if self.infer_lm is not self.lm:
             raise RuntimeError("merge_for_inference was already applied")
-        self.infer_lm = inference_copy(self.lm, int8)
-        self.head_int8 = int8
+        mode = int8_mode(int8)
+        self.infer_lm = inference_copy(self.lm, mode, self._calibration_ids() if mode == "w8a8" else None)
+        self.head_int8 = mode
+
+    CALIBRATION_TEXT = "The quick brown fox jumps over the lazy dog, and then it says: how are you today?"
+
+    def _calibration_ids(self) -> Tensor:
+        """What w8a8 decoding calibrates its activation smoothing on (:class:`slm.generate.Int8Linear`): the TTS
+        prompt of :attr:`CALIBRATION_TEXT` in the default voice (text tokens, and that voice's audio tokens
+        where it has a transcript), as the model reads it when it speaks."""
+        return next(self._tts_plan(self.CALIBRATION_TEXT, None, None, None, None, 20.0, 0, False))[1]
 
     @classmethod
     def from_pretrained(cls, path: str | Path = "default", device: str = "cpu", threads: int | None = None,
-                        backbone: str | None = None, merge: bool = True, int8: bool | None = False,
+                        backbone: str | None = None, merge: bool = True, int8: bool | str | None = False,
                         semantic_only: bool | None = None) -> SpeechPipeline:
         """Load a model dir. ``merge``: generate with the adapter merged into a copy of the backbone
         (:meth:`merge_for_inference`, ~2x faster decoding); False keeps peft's wrappers (less memory).
@@ -339,7 +349,7 @@ class SpeechPipeline:
         d = model_dir(path)
         cfg = read_model_config(d)
         if int8 is None:
-            int8 = bool(cfg.get("int8", False)) and torch.device(device).type == "cpu"
+            int8 = int8_mode(cfg.get("int8", False)) if torch.device(device).type == "cpu" else None
         layout = TokenLayout.load(d)
         bb = load_backbone(backbone or cfg["backbone"])
         extend_vocabulary(bb.model, bb.tokenizer, layout)
@@ -420,7 +430,7 @@ class SpeechPipeline:
         """The head that voices generated frames: none when speaking from the semantic tokens alone. With
         ``head_int8`` (set with int8 decoding, on CPU) an int8 copy of ``head`` (:func:`slm.generate.quantize_int8`:
         its projections through the int8 kernel, ~3x faster per frame at one to four rows; logits within ~1%),
-        made once per ``head`` object; ``head`` itself stays exact (head-tokens, training and evaluation read it).
+        made once per ``head`` object (and int8 mode: ``"w8a8"`` quantizes its activations too); ``head`` itself stays exact (head-tokens, training and evaluation read it).
 
         Why: at one row the head's 256 x 8192 fp32 output projection is memory-bound (~1 ms per code, two codes
         per frame), so the head took ~5-6 ms of a ~35 ms int8 TTS frame."""
@@ -428,11 +438,12 @@ class SpeechPipeline:
             return None
         if not self.head_int8 or self.head.in_proj.weight.device.type != "cpu":
             return self.head
-        if self._head8 is None or self._head8[0] is not self.head:
+        w8a8 = self.head_int8 == "w8a8"
+        if self._head8 is None or self._head8[0] is not self.head or self._head8[1] != w8a8:
             h8 = copy.deepcopy(self.head).eval()
-            quantize_int8(h8)
-            self._head8 = (self.head, h8)
-        return self._head8[1]
+            quantize_int8(h8, w8a8)
+            self._head8 = (self.head, w8a8, h8)
+        return self._head8[2]
 
     def _decode(self, tokens: CodecTokens) -> Tensor:
         return self.codec.decode(tokens, semantic_only=True) if self.semantic_only else self.codec.decode(tokens)

@@ -523,7 +523,7 @@ def _export(r: Recipe) -> list[list[str]]:
     i8 = r.s["export"].get("int8")
     return [r.step("export", str(r.bundle), str(r.export_dir), "--recipe-work", str(r.work),
                    "--max-mb", str(r.s["export"].get("max_mb", 80)), *r.sampling_args(),
-                   *([] if i8 is None else ["--int8" if i8 else "--no-int8"]))]
+                   *([] if i8 is None else ["--int8", "w8a8"] if i8 == "w8a8" else ["--int8" if i8 else "--no-int8"]))]
 
 
 def _export_ok(r: Recipe) -> list[str]:

@@ -12,6 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
+from slm.cli import INT8_HELP, add_int8_flag
+
 # ---- lm-train --------------------------------------------------------------------------------------------
 
 def _final_steps(final: Path) -> int | None:
@@ -114,7 +116,7 @@ def parse_sampling(spec: str | dict | None) -> dict:
 
 def lm_eval(bundle: str | Path, manifest: str | Path, out: str | Path, tasks: tuple[str, ...] = ("tts", "asr"),
             limit: int = 8, metrics: tuple[str, ...] = ("fidelity", "asr", "dnsmos", "speaker"),
-            max_seconds: float = 10.0, seed: int = 0, semantic_only: bool | None = None, int8: bool = False,
+            max_seconds: float = 10.0, seed: int = 0, semantic_only: bool | None = None, int8: bool | str = False,
             sampling: str | dict | None = None) -> dict:
     """TTS and ASR-by-token metrics of a model dir on the test split, next to the data's own floor.
     ``semantic_only``: speak without the acoustic head (None: the model's own setting). ``int8``: decode with
@@ -217,15 +219,20 @@ def dir_mb(d: Path, skip: tuple[str, ...] = ()) -> float:
 
 
 def export_bundle(bundle: str | Path, dest: str | Path, recipe_work: str | Path | None = None,
-                  max_mb: float = 80.0, sampling: str | dict | None = None, int8: bool | None = None) -> Path:
+                  max_mb: float = 80.0, sampling: str | dict | None = None, int8: bool | str | None = None) -> Path:
     """Copy a model dir to ``dest`` with every float tensor in fp16; write the model card; check size.
     ``sampling`` (:func:`parse_sampling`) goes into the bundle's ``slm_config.json`` over the model's own
     decoding defaults; ``int8`` (unless None) as its ``"int8"``: whether the CLI and demo decode with int8
-    backbone weights on CPU by default (``SpeechPipeline.from_pretrained(int8=None)``)."""
+    backbone weights on CPU by default (``SpeechPipeline.from_pretrained(int8=None)``): False, True (int8 weights)
+    or ``"w8a8"`` (int8 activations too; see ``slm.generate.int8_mode``)."""
     src, dst = Path(bundle), Path(dest)
     if not (src / "slm_config.json").is_file():
         raise FileNotFoundError(f"{src} is not a model dir (slm_config.json missing)")
     overrides = parse_sampling(sampling)
+    if int8 is not None:
+        from slm.generate import int8_mode
+
+        mode = int8_mode(int8)  # a bad setting fails before anything is written
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.tmp", "__pycache__"))
@@ -234,7 +241,7 @@ def export_bundle(bundle: str | Path, dest: str | Path, recipe_work: str | Path 
         if overrides:
             cfg["sampling"] = {**cfg.get("sampling", {}), **overrides}
         if int8 is not None:
-            cfg["int8"] = bool(int8)
+            cfg["int8"] = "w8a8" if mode == "w8a8" else bool(mode)  # true: weights (what older bundles hold)
         (tmp / "slm_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     for f in tmp.rglob("*.safetensors"):
         _to_fp16(f)
@@ -293,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--semantic-only", action="store_true", default=None,
                    help="speak without the acoustic head (codecs trained with acoustic_dropout)")
-    e.add_argument("--int8", action="store_true", help="decode with int8 backbone weights")
+    add_int8_flag(e, False, INT8_HELP + "; default: fp32")
     e.add_argument("--seed", type=int, default=0, help="seed of the sampled tasks (tts, continuation)")
     e.add_argument("--sampling", default=None, help="decoding settings over the model's own, e.g. temperature=0.5")
     x = sub.add_parser("export")
@@ -302,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--recipe-work", default=None)
     x.add_argument("--max-mb", type=float, default=80.0)
     x.add_argument("--sampling", default=None, help="decoding defaults written into the bundle, e.g. temperature=0.5")
-    x.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
-                   help="write the bundle's CPU decoding default: int8 backbone weights (--int8) or fp32 (--no-int8)")
+    add_int8_flag(x, None, "write the bundle's CPU decoding default (slm_config.json \"int8\"): int8 weights "
+                           "(--int8), int8 activations too (--int8 w8a8) or fp32 (--no-int8); default: keep the bundle's")
     v = sub.add_parser("voice-bundle")
     v.add_argument("lm_bundle")
     v.add_argument("codec")

@@ -468,3 +468,11 @@ def test_shipped_decoding_defaults_are_checked_measured_and_exported(tmp_path):
     assert ex[-1] == "--int8"
     dst = export_bundle(src, tmp_path / "bundle", int8=True)
     assert json.loads((dst / "slm_config.json").read_text())["int8"] is True
+    # int8 activations too: the mode itself, through the stage's flags and into the bundle
+    r.s["export"] = {"int8": "w8a8"}
+    (ex,) = STAGE_TABLE["export"].commands(r)
+    assert ex[-2:] == ["--int8", "w8a8"]
+    dst = export_bundle(src, tmp_path / "bundle", int8="w8a8")
+    assert json.loads((dst / "slm_config.json").read_text())["int8"] == "w8a8"
+    with pytest.raises(ValueError, match="int8 must be"):
+        export_bundle(src, tmp_path / "bundle", int8="int4")

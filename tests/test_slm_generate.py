@@ -12,6 +12,7 @@ from slm.generate import (
     _output_rows,
     _pick,
     _positions,
+    generate_best,
     generate_frames,
     generate_text,
     transcribe_aligned,
@@ -212,6 +213,89 @@ def test_int8(lm, layout):
     s = Sampling(temperature=0.8)
     frames = list(generate_frames(q, layout, ids, None, s, 6, generator=torch.Generator().manual_seed(0)))
     assert frames and all(0 <= f.code < layout.n_semantic for f in frames)
+
+
+def test_int8_w8a8(lm, layout):
+    """The w8a8 mode: int8 activations as well, through the integer kernel at a few rows, the fp32 weights for
+    the prompt; close to fp32 but further than weights-only; the same modes as settings, and a clear error for
+    others."""
+    import copy
+
+    from slm.generate import Int8Linear, inference_copy, int8_mode, quantize_int8
+
+    assert [int8_mode(x) for x in (None, False, True, "weights", "w8a8")] == [None, None, "weights", "weights", "w8a8"]
+    for bad in ("int4", 1, "W8A8"):
+        with pytest.raises(ValueError, match="int8 must be"):
+            int8_mode(bad)
+    with pytest.raises(ValueError, match="int8 must be"):
+        inference_copy(lm, int8="int4")
+    q, w = inference_copy(lm, int8="w8a8"), inference_copy(lm, int8="weights")
+    mats = [m for layer in q.fused_step.layers for m in layer if isinstance(m, torch.nn.Module)]
+    assert mats and all(isinstance(m, Int8Linear) and m.packed is not None for m in mats)
+    assert all(m.packed is None for layer in w.fused_step.layers for m in layer if isinstance(m, torch.nn.Module))
+    lin, ref = q.fused_step.layers[0][4], w.fused_step.layers[0][4]
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32)
+    exact = lin.dense(x)
+    assert not torch.equal(lin(x), exact)
+    torch.testing.assert_close(lin(x), exact, atol=0.05, rtol=0.05)
+    assert (lin(x) - exact).abs().mean() > (ref(x) - exact).abs().mean()  # activations rounded too
+    many = x[:, :1].expand(1, 40, 32)
+    assert torch.equal(lin(many), lin.dense(many))  # many rows: fp32 weights
+    plain = copy.deepcopy(lm)
+    assert quantize_int8(plain, activations=True) == 2 * 7
+    assert all(m.packed is not None for m in plain.modules() if isinstance(m, Int8Linear))
+    ids = torch.tensor([1, 2, 3, layout.audio_start])
+    for model in (q, plain):
+        dec, ref_dec = Decoder(model, ids, max_new=3), Decoder(lm, ids)
+        for t in (7, 9, 11):
+            dec.push(t)
+            ref_dec.push(t)
+            torch.testing.assert_close(dec.logits, ref_dec.logits, atol=0.1, rtol=0.1)
+    # side by side rows through the integer kernel
+    s = Sampling(temperature=0.8)
+    frames = list(generate_best(q, layout, ids, None, s, 6, 2, lambda fr, k: float(len(fr)),
+                                generator=torch.Generator().manual_seed(0)))
+    assert frames and all(0 <= f.code < layout.n_semantic for f in frames)
+
+
+def test_w8a8_smoothing(lm, layout):
+    """Calibrated smoothing (``act_max``) moves an outlier channel's range into the weights: the same product,
+    closer to fp32 than plain w8a8 when one channel is large; a FusedStep calibrates every matrix from token ids."""
+    import copy
+
+    from slm.generate import FusedStep, Int8Linear
+
+    lm = copy.deepcopy(lm).eval()  # FusedStep makes the model's weights views of its fused matrices
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 16, bias=False)
+    x = torch.randn(8, 64)
+    x[:, 5] *= 60  # one large channel sets a per-call activation scale alone
+    plain, smooth = Int8Linear(lin, activations=True), Int8Linear(lin, activations=True, act_max=x.abs().amax(0))
+    exact = lin(x)
+    with torch.no_grad():
+        err = [float((m(x) - exact).abs().mean()) for m in (plain, smooth)]
+    assert err[1] < 0.5 * err[0]
+    with pytest.raises(ValueError, match="act_max has shape"):
+        Int8Linear(lin, activations=True, act_max=torch.ones(3))
+    with pytest.raises(ValueError, match="activations=True"):
+        Int8Linear(lin, act_max=torch.ones(64))
+    ids = torch.tensor([1, 2, 3, layout.audio_start, 7, 9])
+    f = FusedStep(lm, "w8a8", ids)
+    mats = [m for layer in f.layers for m in layer if isinstance(m, Int8Linear)]
+    assert len(mats) == 4 * len(f.layers) and all(m.inv is not None and m.packed is not None for m in mats)
+    assert all(m.inv is None for layer in FusedStep(lm, "w8a8").layers for m in layer if isinstance(m, Int8Linear))
+    assert all(m.inv is None for layer in FusedStep(lm, "weights", ids).layers  # calibration is for w8a8 only
+               for m in layer if isinstance(m, Int8Linear))
+    with pytest.raises(ValueError, match="at least one token"):
+        FusedStep(lm, "w8a8", torch.tensor([], dtype=torch.long))
+    # the calibrated step decodes close to fp32
+    cache = Decoder(lm, ids[:4]).cache
+    ref = FusedStep(lm).start(cache, 4, 8)
+    st = f.start(Decoder(lm, ids[:4]).cache, 4, 8)
+    for t in (7, 9, 11):
+        torch.testing.assert_close(st.step(t), ref.step(t), atol=0.1, rtol=0.1)
 
 
 def _aligned_run(model, layout, words, cap, seed, max_frames=60, monkeypatch=None):

@@ -22,6 +22,20 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+INT8_HELP = ("decoding weights on CPU (faster, approximate; README 'TTS speed on CPU'): --int8 (or --int8 weights): "
+             "int8 weights; --int8 w8a8: int8 activations too (faster still with best-of-N and long words); "
+             "--no-int8: fp32")
+
+
+def add_int8_flag(parser: argparse.ArgumentParser, default=None, help: str = INT8_HELP + "; default: the model "
+                  "dir's own setting (slm_config.json \"int8\")") -> None:
+    """``--int8 [weights|w8a8]`` and ``--no-int8`` into ``args.int8``: "weights" (the flag alone), "w8a8", False,
+    or ``default`` (None: the model dir's own setting); what ``slm.generate.int8_mode`` reads."""
+    parser.add_argument("--int8", nargs="?", const="weights", choices=("weights", "w8a8"), default=default,
+                        metavar="{weights,w8a8}", help=help)
+    parser.add_argument("--no-int8", dest="int8", action="store_const", const=False, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slm", description="dualstream-slm: dual-stream speech codecs + speech LMs")
     parser.add_argument("--threads", type=int, default=None,

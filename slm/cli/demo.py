@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from slm.cli import add_int8_flag
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -21,9 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="folder searched for codec checkpoints for the codec lab (repeatable; "
                         "default checkpoints/codec; the speech pipeline's own codec is always listed)")
     p.add_argument("--codec-only", action="store_true", help="serve the codec lab alone (no speech LM)")
-    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
-                   help="int8 backbone weights for decoding (faster on CPU, approximate; README 'TTS speed on CPU'); "
-                        "default: the model dir's own setting (slm_config.json \"int8\"), --no-int8: fp32")
+    add_int8_flag(p)
     p.add_argument("--max-audio-seconds", type=float, default=None, help="longest accepted input clip")
     p.add_argument("--max-text-chars", type=int, default=None, help="longest accepted TTS text")
     p.add_argument("--max-upload-mb", type=float, default=None, help="largest accepted upload")

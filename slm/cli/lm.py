@@ -7,6 +7,7 @@ import os
 import sys
 
 from slm import ASR_METHODS, READER_ASR_METHODS
+from slm.cli import add_int8_flag
 
 
 def register(subparsers) -> None:
@@ -69,9 +70,7 @@ def register(subparsers) -> None:
                    help="note unreadable, empty or too long inputs on stderr and go on (default: stop before the "
                         "model loads, naming the file)")
     a.add_argument("--model", default="default")
-    a.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
-                   help="int8 backbone weights for decoding (faster on CPU, approximate; README 'TTS speed on CPU'); "
-                        "default: the model dir's own setting (slm_config.json \"int8\"), --no-int8: fp32")
+    add_int8_flag(a)
     aform = a.add_mutually_exclusive_group()
     aform.add_argument("--aligned", dest="aligned", action="store_true", default=None,
                        help="write each word right after its frames, printing words as they come (the default of "
@@ -227,9 +226,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
-                   help="int8 backbone weights for decoding (faster on CPU, approximate; README 'TTS speed on CPU'); "
-                        "default: the model dir's own setting (slm_config.json \"int8\"), --no-int8: fp32")
+    add_int8_flag(p)
     p.add_argument("--semantic-only", action="store_true", default=None,
                    help="speak from the semantic tokens alone, without the acoustic head (codecs trained with "
                         "acoustic_dropout; README 'Speaking from the semantic stream')")

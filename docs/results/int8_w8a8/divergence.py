@@ -1,0 +1,80 @@
+"""How far each int8 decoding mode's next-frame distribution is from fp32's, on the bundle.
+
+For a few sentences (none of them the calibration text), the fp32 pipeline speaks each (aligned TTS, seed 0);
+its token sequence (the sentence's words, each followed by its share of the frames) is then fed through the
+backbone's one-token decoding step (``FusedStep``) in fp32 and in each int8 mode, and at every position that
+predicts a frame the semantic-token distributions are compared: mean KL(fp32 || mode) in nats, and how often the
+most likely token is the same.
+
+    python docs/results/int8_w8a8/divergence.py   # -> divergence.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2]))
+
+SENTENCES = ["She sells sea shells by the sea shore on sunny days.",
+             "Please call Stella and ask her to bring these things with her from the store.",
+             "Seven ships wait in the harbour for the morning tide.",
+             "A cold wind blew across the northern field all night."]
+
+
+def main() -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.common import machine
+    from codec.runtime import set_threads
+    from slm.generate import FusedStep
+    from slm.pipeline import SpeechPipeline
+
+    set_threads(2)
+    pipe = SpeechPipeline.from_pretrained("default", int8=False)
+    m, lay = pipe.infer_lm, pipe.layout
+    rows = pipe.lm.get_output_embeddings().weight.detach()[lay.semantic_offset: lay.semantic_offset + lay.n_semantic]
+    modes = {"int8 weights": FusedStep(m, "weights"), "w8a8, no smoothing": FusedStep(m, "w8a8"),
+             "w8a8 (calibrated smoothing, the shipped form)": FusedStep(m, "w8a8", pipe._calibration_ids())}
+    ref_step = FusedStep(m, False)
+
+    def logits(step: FusedStep, prompt, seq):
+        with torch.no_grad():
+            out = m.get_decoder()(input_ids=prompt.view(1, -1), use_cache=True)
+            st = step.start(out.past_key_values, prompt.numel(), prompt.numel() + len(seq) + 1)
+            return torch.stack([st.step(int(t)) for t in seq]) @ rows.T
+
+    stats = {k: {"agree": 0, "kl": 0.0} for k in modes}
+    n = 0
+    for text in SENTENCES:
+        codes = pipe.tts_tokens(text, seed=0)[0].semantic.flatten().tolist()
+        _, prompt, _, _, _, _, kw = next(pipe._tts_plan(text, None, None, None, None, 20.0, 0, True))
+        words, seq, at, ci = kw["words"], [], [], 0
+        per = max(1, len(codes) // len(words))
+        for k, w in enumerate(words):
+            seq += list(w)
+            take = per if k < len(words) - 1 else len(codes) - ci
+            for c in codes[ci: ci + take]:
+                at.append(len(seq) - 1)  # the position whose output predicts this frame
+                seq.append(lay.semantic_offset + c)
+            ci += take
+        ref = logits(ref_step, prompt, seq)[at].log_softmax(-1)
+        n += len(at)
+        for k, step in modes.items():
+            q = logits(step, prompt, seq)[at].log_softmax(-1)
+            stats[k]["agree"] += int((q.argmax(-1) == ref.argmax(-1)).sum())
+            stats[k]["kl"] += float(F.kl_div(q, ref, log_target=True, reduction="sum"))
+    out = {"positions": n, "sentences": SENTENCES, "machine": machine(2),
+           "modes": {k: {"top1_agreement": v["agree"] / n, "mean_kl_nats": v["kl"] / n} for k, v in stats.items()}}
+    (HERE / "divergence.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(f"{n} frame positions over {len(SENTENCES)} sentences")
+    print("| mode | mean KL(fp32 \\|\\| mode), nats | same most likely token |\n|---|---|---|")
+    for k, v in out["modes"].items():
+        print(f"| {k} | {v['mean_kl_nats']:.4f} | {v['top1_agreement']:.3f} |")
+    return out
+
+
+if __name__ == "__main__":
+    main()
