@@ -187,6 +187,16 @@ def test_fused_step_matches_transformers(lm, layout):
     assert not FusedStep.supports(torch.nn.Linear(2, 2))
 
 
+def _decodes_close(models, lm, ids, tol: float) -> None:
+    """Each of ``models`` decodes a few tokens after ``ids`` with logits within ``tol`` of ``lm``'s."""
+    for model in models:
+        dec, ref = Decoder(model, ids, max_new=3), Decoder(lm, ids)
+        for t in (7, 9, 11):
+            dec.push(t)
+            ref.push(t)
+            torch.testing.assert_close(dec.logits, ref.logits, atol=tol, rtol=tol)
+
+
 def test_int8(lm, layout):
     import copy
 
@@ -204,12 +214,7 @@ def test_int8(lm, layout):
     plain = copy.deepcopy(lm)
     assert quantize_int8(plain) == 2 * 7
     ids = torch.tensor([1, 2, 3, layout.audio_start])
-    for model in (q, plain):
-        dec, ref = Decoder(model, ids, max_new=3), Decoder(lm, ids)
-        for t in (7, 9, 11):
-            dec.push(t)
-            ref.push(t)
-            torch.testing.assert_close(dec.logits, ref.logits, atol=0.05, rtol=0.05)
+    _decodes_close((q, plain), lm, ids, 0.05)
     s = Sampling(temperature=0.8)
     frames = list(generate_frames(q, layout, ids, None, s, 6, generator=torch.Generator().manual_seed(0)))
     assert frames and all(0 <= f.code < layout.n_semantic for f in frames)
@@ -246,12 +251,7 @@ def test_int8_w8a8(lm, layout):
     assert quantize_int8(plain, activations=True) == 2 * 7
     assert all(m.packed is not None for m in plain.modules() if isinstance(m, Int8Linear))
     ids = torch.tensor([1, 2, 3, layout.audio_start])
-    for model in (q, plain):
-        dec, ref_dec = Decoder(model, ids, max_new=3), Decoder(lm, ids)
-        for t in (7, 9, 11):
-            dec.push(t)
-            ref_dec.push(t)
-            torch.testing.assert_close(dec.logits, ref_dec.logits, atol=0.1, rtol=0.1)
+    _decodes_close((q, plain), lm, ids, 0.1)
     # side by side rows through the integer kernel
     s = Sampling(temperature=0.8)
     frames = list(generate_best(q, layout, ids, None, s, 6, 2, lambda fr, k: float(len(fr)),
