@@ -328,7 +328,7 @@ class SpeechPipeline:
         """What w8a8 decoding calibrates its activation smoothing on (:class:`slm.generate.Int8Linear`): the TTS
         prompt of :attr:`CALIBRATION_TEXT` in the default voice (text tokens, and that voice's audio tokens
         where it has a transcript), as the model reads it when it speaks."""
-        return next(self._tts_plan(self.CALIBRATION_TEXT, None, None, None, None, 20.0, 0, False))[1]
+        return next(self._tts_plan(self.CALIBRATION_TEXT, None, None, None, None, 20.0, 0, False, best_of=1))[1]
 
     @classmethod
     def from_pretrained(cls, path: str | Path = "default", device: str = "cpu", threads: int | None = None,
