@@ -210,7 +210,7 @@ def main() -> int:
                 best_of_rows(f"_int8{tag}")
         pipe.infer_lm, pipe.head_int8 = lm, head_int8
         del lm8
-    if args.int8 and args.w8a8:  # int8 activations as well, in the backbone and the head
+    if args.int8 and args.w8a8:  # int8 activations as well, on the backbone's qkv and gate_up (the head: int8 weights)
         from slm.generate import inference_copy
 
         pipe.infer_lm = lmq = inference_copy(pipe.lm, int8="w8a8")

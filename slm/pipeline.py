@@ -430,7 +430,9 @@ class SpeechPipeline:
         """The head that voices generated frames: none when speaking from the semantic tokens alone. With
         ``head_int8`` (set with int8 decoding, on CPU) an int8 copy of ``head`` (:func:`slm.generate.quantize_int8`:
         its projections through the int8 kernel, ~3x faster per frame at one to four rows; logits within ~1%),
-        made once per ``head`` object (and int8 mode: ``"w8a8"`` quantizes its activations too); ``head`` itself stays exact (head-tokens, training and evaluation read it).
+        made once per ``head`` object; ``head`` itself stays exact (head-tokens, training and evaluation read it).
+        Int8 weights only in every int8 mode: with int8 activations its small matrices ran slower (2.1 against
+        1.9 ms a frame at two rows, docs/results/int8_w8a8).
 
         Why: at one row the head's 256 x 8192 fp32 output projection is memory-bound (~1 ms per code, two codes
         per frame), so the head took ~5-6 ms of a ~35 ms int8 TTS frame."""
@@ -438,12 +440,11 @@ class SpeechPipeline:
             return None
         if not self.head_int8 or self.head.in_proj.weight.device.type != "cpu":
             return self.head
-        w8a8 = self.head_int8 == "w8a8"
-        if self._head8 is None or self._head8[0] is not self.head or self._head8[1] != w8a8:
+        if self._head8 is None or self._head8[0] is not self.head:
             h8 = copy.deepcopy(self.head).eval()
-            quantize_int8(h8, w8a8)
-            self._head8 = (self.head, w8a8, h8)
-        return self._head8[2]
+            quantize_int8(h8)
+            self._head8 = (self.head, h8)
+        return self._head8[1]
 
     def _decode(self, tokens: CodecTokens) -> Tensor:
         return self.codec.decode(tokens, semantic_only=True) if self.semantic_only else self.codec.decode(tokens)

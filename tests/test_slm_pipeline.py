@@ -536,12 +536,14 @@ def test_int8_default_comes_from_the_model_dir(trained, tmp_path):
     assert int8_layers(SpeechPipeline.from_pretrained(d, int8=None)) > 0
     assert int8_layers(SpeechPipeline.from_pretrained(d)) == 0
     assert int8_layers(SpeechPipeline.from_pretrained(d, int8=False)) == 0
-    # "w8a8": int8 activations too, in the backbone and the head's copy; an unknown mode is named
+    # "w8a8": int8 activations too, in the backbone's qkv and gate_up; the head's copy keeps int8 weights only;
+    # an unknown mode is named
     (d / "slm_config.json").write_text(json.dumps({**cfg, "int8": "w8a8"}))
     p = SpeechPipeline.from_pretrained(d, int8=None)
-    assert int8_layers(p) > 0 and all(m.packed is not None for layer in p.infer_lm.fused_step.layers
-                                      for m in layer if isinstance(m, Int8Linear))
-    assert p.head_int8 == "w8a8" and p._speaking_head.out.packed is not None
+    assert int8_layers(p) > 0 and all([m.packed is not None for m in layer if isinstance(m, Int8Linear)]
+                                      == [True, False, True, False] for layer in p.infer_lm.fused_step.layers)
+    assert p.head_int8 == "w8a8" and isinstance(p._speaking_head.out, Int8Linear)
+    assert p._speaking_head.out.packed is None
     assert p.tts_tokens("hello world", seed=2, max_seconds=1.0)
     assert SpeechPipeline.from_pretrained(d, int8=True).head_int8 == "weights"  # an explicit value wins
     (d / "slm_config.json").write_text(json.dumps({**cfg, "int8": "int4"}))
