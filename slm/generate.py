@@ -454,8 +454,8 @@ class Int8Linear(torch.nn.Module):
     product runs in integers (``quantized::linear_dynamic``, fbgemm; VNNI where the CPU has it). Why: the
     weight-only kernel's time grows with the rows (two rows ~1.2x one, eight ~2.5x), where the integer kernel's
     barely does (eight rows ~1.1x), so best-of candidates side by side and whole words fed at once cost
-    little more than one token. Its logits are further from fp32 than the weight-only kernel's, and best-of-2
-    TTS measured worse in WER with it, so it is opt-in (docs/results/int8_w8a8).
+    little more than one token. Its logits are further from fp32 than the weight-only kernel's, most for inputs
+    with a few huge channels, so :class:`FusedStep` gives it only qkv and gate_up (docs/results/int8_w8a8).
 
     ``act_max`` (with ``activations``; each input channel's largest magnitude on calibration tokens): the
     input channels are smoothed before rounding, SmoothQuant-style: channel j is divided by

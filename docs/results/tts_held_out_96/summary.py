@@ -5,7 +5,8 @@ Inputs next to this file: ``lm_eval_best_of_{N}_seed{S}.json`` (``python -m slm.
 --limit 96 --tasks tts --metrics asr --int8 --sampling best_of=N --seed S``), ``lm_eval_best_of_{N}_words_{W}_seed{S}.json``
 (the same with ``--sampling best_of=N,best_of_words=W``: a choice every W words), ``..._int8_head_seed{S}.json``
 (run after int8 decoding took the acoustic head to int8 as well), ``..._w8a8_seed{S}.json`` (``--int8 w8a8``:
-int8 activations too) and ``floor_96.json``
+int8 activations on the backbone's qkv and gate_up too), ``..._w8a8_every_matrix_seed{S}.json`` (the first w8a8 form:
+int8 activations on every backbone and head matrix) and ``floor_96.json``
 (``floor.py``).
 
     python docs/results/tts_held_out_96/summary.py   # -> summary.json, wer_ratio.png
@@ -32,22 +33,23 @@ def _edits(refs: list[str], hyps: list[str]) -> np.ndarray:
     return np.array(out)
 
 
-NAME = re.compile(r"lm_eval_best_of_(\d+)(?:_words_(\d+))?(_int8_head|_w8a8)?_seed\d+\.json")
+NAME = re.compile(r"lm_eval_best_of_(\d+)(?:_words_(\d+))?(_int8_head|_w8a8_every_matrix|_w8a8)?_seed\d+\.json")
+TAGS = {"": "", "_int8_head": ", int8 head", "_w8a8_every_matrix": ", w8a8 on every matrix", "_w8a8": ", w8a8"}
 
 
 def _setting(name: str) -> str:
     """``lm_eval_best_of_4_words_2_seed0.json`` -> ``best_of 4, every 2 words``; ``..._4_seed0`` -> ``best_of 4``;
     ``..._1_int8_head_seed0`` -> ``best_of 1, int8 head`` (the acoustic head in int8 too; without the tag it ran
     in fp32, as int8 decoding did before docs/results/int8_head); ``..._w8a8_seed0``: ``int8="w8a8"`` (int8
-    activations too, in the backbone and the head)."""
+    activations on qkv and gate_up too); ``..._w8a8_every_matrix_seed0``: its first form (on every matrix)."""
     n, w, h = NAME.match(name).groups()
     return f"best_of {n}" + ("" if not w else ", every word" if w == "1" else f", every {w} words") + (
-        {"_int8_head": ", int8 head", "_w8a8": ", w8a8"}.get(h or "", ""))
+        TAGS[h or ""])
 
 
 def _order(f: Path) -> tuple:
     n, w, h = NAME.match(f.name).groups()
-    return int(n), -int(w or 10**6), ("", "_int8_head", "_w8a8").index(h or ""), f.name  # per N: once per sentence first, then finer choices
+    return int(n), -int(w or 10**6), list(TAGS).index(h or ""), f.name  # per N: once per sentence first, then finer choices
 
 
 def main() -> dict:
