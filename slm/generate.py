@@ -380,7 +380,7 @@ class _FusedBatch:
 _MATRICES = (1, 2, 4, 5)  # where a FusedStep layer tuple holds its matrices (qkv, o, gate_up, down)
 # Which of them take int8 activations in the "w8a8" mode: qkv and gate_up (~2/3 of the weights). o and down stay
 # weight-only: their inputs (attention outputs; silu(gate) * up, with a few huge channels) round worst to one
-# activation scale. On the bundle they gave ~60% of w8a8's divergence from fp32 (docs/results/int8_w8a8).
+# activation scale. On the bundle they gave over half of w8a8's divergence from fp32 (docs/results/int8_w8a8).
 _W8A8 = (1, 4)
 
 
