@@ -635,3 +635,46 @@ def test_best_of_chosen_every_few_words_streams_the_chosen_rows(lm, layout, monk
     monkeypatch.setattr(G, "_pick", pick)
     with pytest.raises(ValueError, match="best_of_words"):
         Sampling(best_of=2, best_of_words=-1)
+
+
+def test_int8_rows_kernel_matches_forward():
+    """What FusedStep's loop calls (:meth:`Int8Linear.rows_kernel` on ``[rows, in]``) gives the module's own products
+    bit for bit in both int8 forms, in the kernel's dtype (bf16 from the weight-only kernel), the fp32 weights
+    above ``max_rows``, and the bias."""
+    from slm.generate import Int8Linear
+
+    torch.manual_seed(0)
+    for bias in (False, True):
+        lin = torch.nn.Linear(48, 24, bias=bias)
+        for act in (False, True):
+            m = Int8Linear(lin, max_rows=4, activations=act, act_max=torch.rand(48) + 0.5 if act else None)
+            run = m.rows_kernel()
+            for rows in (1, 3, 5):
+                x = torch.randn(rows, 48)
+                with torch.no_grad():
+                    y, ref = run(x), m(x[None])[0]
+                assert y.dtype == (torch.bfloat16 if not (act or bias) and rows <= 4 else torch.float32)  # bias: fp32
+                assert torch.equal(y.float(), ref), (bias, act, rows)
+
+
+def test_fused_step_layers_setter(lm):
+    """Setting ``FusedStep.layers`` rebuilds what its loop calls: a wrapped matrix is called on ``[rows, in]``."""
+    import copy
+
+    from slm.generate import FusedStep
+
+    f = FusedStep(copy.deepcopy(lm).eval())
+    seen = []
+    n1, qkv, o, n2, gu, down = f.layers[0]
+
+    def spy(x):
+        seen.append(tuple(x.shape))
+        return down(x)
+
+    f.layers = [(n1, qkv, o, n2, gu, spy)] + f.layers[1:]
+    x = f.embed[torch.tensor([[1, 2, 3]])]
+    cos, sin = f.rotary(x, torch.arange(3)[None])
+    f.layers_forward(x, cos[0][:, None], sin[0][:, None], lambda i, q, k, v: torch.nn.functional.
+                     scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                                  enable_gqa=True))
+    assert seen == [(3, down.in_features)]
