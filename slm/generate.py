@@ -268,10 +268,13 @@ class FusedStep:
         nh, nkv, hd, half, rows, dt = self.nh, self.nkv, self.hd, self.hd // 2, B * n, x.dtype
         # The matrices run on [rows, in] and may give bf16 (the int8 kernel's output); the rotary's and the
         # residual's fp32 operands promote it exactly, so no cast back is needed (see _rows_fn).
+        # Rotary (half-split layout): rotate_half(t) * sin == roll(t, half) * sin with its first half negated,
+        # bit for bit, in 4 ops a layer instead of 7.
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)
         for i, (n1, qkv, o, n2, gate_up, down) in enumerate(self._run):
             y = qkv(F.rms_norm(x, (D,), n1, self.eps).view(rows, D)).view(B, n, nh + 2 * nkv, hd)
             qk = y[:, :, : nh + nkv]
-            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin  # rotary (half-split layout)
+            qk = qk * cos + qk.roll(half, -1) * sin
             att = attend(i, qk[:, :, :nh].transpose(1, 2).to(dt), qk[:, :, nh:].to(dt), y[:, :, nh + nkv:].to(dt))
             x = x + o(att.transpose(1, 2).reshape(rows, nh * hd)).view(B, n, D)
             g, u = gate_up(F.rms_norm(x, (D,), n2, self.eps).view(rows, D)).to(dt).chunk(2, -1)
