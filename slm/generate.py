@@ -176,9 +176,10 @@ class FusedStep:
 
     Hand-written on purpose: at batch 1 on CPU, transformers' per-layer module calls and small ops
     (~45 per layer: norms in 7 ops, rotary, cache bookkeeping) cost ~13 ms of a ~47 ms SmolLM2-135M step.
-    This step does ~20 ops per layer: q/k/v and gate/up as one matmul each, ``F.rms_norm``, rotary on
-    q and k together, K/V written into preallocated buffers, and gives bit-identical hidden states in
-    fp32 (tests compare with transformers). The prompt still runs through transformers (its cache is
+    This step does ~20 ops per layer: q/k/v and gate/up as one matmul each, called as plain functions of
+    ``[rows, in]`` (:func:`_rows_fn`: no module calls, the int8 kernel's bf16 output promoted by the fp32
+    operands it meets instead of cast back), ``F.rms_norm``, rotary on q and k together in 4 ops, K/V written
+    into preallocated buffers, and gives bit-identical hidden states in fp32 (tests compare with transformers). The prompt still runs through transformers (its cache is
     copied in). The model's own q/k/v/gate/up weights become views of the fused matrices (no extra
     memory). ``int8`` (a setting of :func:`int8_mode`): the fused matrices as :class:`Int8Linear` (the views keep
     fp32 for the prompt); ``"w8a8"`` gives qkv and gate_up int8 activations, o and down int8 weights only.
