@@ -84,16 +84,22 @@ def main() -> None:
                 hs.append(st.step(5 + s) if rows == 1 else st.step([[5 + s]] * rows))
             return (time.perf_counter() - t) / args.steps, torch.stack(hs)
 
+    def alternate(fn) -> tuple[dict, dict]:
+        """``fn() -> (seconds, output)`` under each loop in turn, ``--repeats`` times: the best time and the
+        last output of each."""
+        best, out = {}, {}
+        for _ in range(args.repeats):
+            for name, loop in loops.items():
+                G.FusedStep.layers_forward = loop
+                sec, out[name] = fn()
+                best[name] = min(best.get(name, 1e9), sec)
+        G.FusedStep.layers_forward = loops["after"]
+        return best, out
+
     for mode in (False, "weights", "w8a8"):
         f = G.FusedStep(lm, int8=mode)
         for rows in (1, 2):
-            best, out = {}, {}
-            for _ in range(args.repeats):
-                for name, loop in loops.items():
-                    G.FusedStep.layers_forward = loop
-                    sec, out[name] = steps(f, rows)
-                    best[name] = min(best.get(name, 1e9), sec)
-            G.FusedStep.layers_forward = loops["after"]
+            best, out = alternate(lambda f=f, rows=rows: steps(f, rows))
             rows_out.append({"what": f"decoding step, {mode or 'fp32'}, {rows} row{'s' * (rows > 1)}",
                              "unit": "ms", "before": best["before"] * 1e3, "after": best["after"] * 1e3,
                              "identical": bool(torch.equal(out["before"], out["after"]))})
@@ -107,14 +113,8 @@ def main() -> None:
         return (time.perf_counter() - t) / (wav.shape[-1] / pipe.sample_rate), wav
 
     for k, every in ((1, 0), (2, 2)):
-        best, out = {}, {}
         tts(k, every)  # warm-up
-        for _ in range(args.repeats):
-            for name, loop in loops.items():
-                G.FusedStep.layers_forward = loop
-                rtf, out[name] = tts(k, every)
-                best[name] = min(best.get(name, 1e9), rtf)
-        G.FusedStep.layers_forward = loops["after"]
+        best, out = alternate(lambda k=k, every=every: tts(k, every))
         rows_out.append({"what": f"TTS, int8, best_of {k}" + (f" every {every} words" if every else ""),
                          "unit": "RTF", "before": best["before"], "after": best["after"],
                          "identical": out["before"].shape == out["after"].shape
