@@ -180,8 +180,8 @@ class FusedStep:
     ``[rows, in]`` (:func:`_rows_fn`: no module calls, the int8 kernel's bf16 output promoted by the fp32
     operands it meets instead of cast back), ``F.rms_norm``, rotary on q and k together in 4 ops, K/V written
     into preallocated buffers, and gives bit-identical hidden states in fp32 (tests compare with
-    transformers). The prompt still runs through transformers (its cache is copied in). The model's own q/k/v/gate/up weights become views of the fused matrices (no extra
-    memory). ``int8`` (a setting of :func:`int8_mode`): the fused matrices as :class:`Int8Linear` (the views keep
+    transformers). The prompt still runs through transformers (its cache is copied in). The model's own
+    q/k/v/gate/up weights become views of the fused matrices (no extra memory). ``int8`` (a setting of :func:`int8_mode`): the fused matrices as :class:`Int8Linear` (the views keep
     fp32 for the prompt); ``"w8a8"`` gives qkv and gate_up int8 activations, o and down int8 weights only.
     ``calibration`` (token ids, with ``"w8a8"``): run once through the fp32 layers to smooth those matrices' input
     channels for int8 activations (:class:`Int8Linear` ``act_max``); without it, none."""
