@@ -527,13 +527,14 @@ class Int8Linear(torch.nn.Module):
     def rows_kernel(self) -> Callable[[Tensor], Tensor]:
         """This layer as a function of ``[rows, in]`` giving ``[rows, out]`` in the kernel's own dtype (bf16 from
         the weight-only kernel; fp32 with int8 activations or on the kept fp32 weights): what
-        :class:`FusedStep`'s loop calls. Same products as :meth:`forward`, without its module call, reshapes and
-        cast back: a one-row int8 decoding step ran 1.15x faster without them (docs/results/fused_step_calls)."""
+        :class:`FusedStep`'s loop calls, and :meth:`forward` between a reshape and a cast back. Called directly,
+        without the module call, reshape and cast back, a one-row int8 decoding step ran 1.15x faster
+        (docs/results/fused_step_calls)."""
         dense, lim, bias = self.dense, self.max_rows, self.dense.bias
         if self.packed is not None:
             packed, inv, qlin = self.packed, self.inv, torch.ops.quantized.linear_dynamic
 
-            def run(x: Tensor) -> Tensor:
+            def run(x: Tensor) -> Tensor:  # int8 x int8; reduce_range off: full 8-bit activations (no VNNI overflow)
                 if x.shape[0] > lim or not x.is_cpu:
                     return dense(x)
                 x = x.float()
@@ -550,16 +551,7 @@ class Int8Linear(torch.nn.Module):
         return run
 
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows > self.max_rows or x.device.type != "cpu":
-            return self.dense(x)
-        if self.packed is not None:  # int8 x int8; reduce_range off: full 8-bit activations (no VNNI overflow)
-            x2 = x.reshape(rows, -1).float()
-            y = torch.ops.quantized.linear_dynamic(x2 if self.inv is None else x2 * self.inv, self.packed, False)
-        else:
-            y = torch._weight_int8pack_mm(x.reshape(rows, -1).to(torch.bfloat16), self.qweight, self.scale)
-        y = y.to(x.dtype).view(*x.shape[:-1], -1)
-        return y if self.dense.bias is None else y + self.dense.bias
+        return self.rows_kernel()(x.reshape(-1, x.shape[-1])).to(x.dtype).view(*x.shape[:-1], -1)
 
 
 def quantize_int8(model: torch.nn.Module, activations: bool = False) -> int:

@@ -638,9 +638,9 @@ def test_best_of_chosen_every_few_words_streams_the_chosen_rows(lm, layout, monk
 
 
 def test_int8_rows_kernel_matches_forward():
-    """What FusedStep's loop calls (:meth:`Int8Linear.rows_kernel` on ``[rows, in]``) gives the module's own products
-    bit for bit in both int8 forms, in the kernel's dtype (bf16 from the weight-only kernel), the fp32 weights
-    above ``max_rows``, and the bias."""
+    """What FusedStep's loop calls (:meth:`Int8Linear.rows_kernel` on ``[rows, in]``) gives the int8 kernels' products
+    bit for bit in both forms, in the kernel's dtype (bf16 from the weight-only kernel), the fp32 weights above
+    ``max_rows``, and the bias; ``forward`` gives the same in the input's shape and dtype."""
     from slm.generate import Int8Linear
 
     torch.manual_seed(0)
@@ -651,8 +651,16 @@ def test_int8_rows_kernel_matches_forward():
             run = m.rows_kernel()
             for rows in (1, 3, 5):
                 x = torch.randn(rows, 48)
-                with torch.no_grad():
-                    y, ref = run(x), m(x[None])[0]
+                with torch.no_grad():  # the kernels called by hand; above max_rows the fp32 weights
+                    if rows > 4:
+                        ref = lin(x)
+                    elif act:
+                        ref = torch.ops.quantized.linear_dynamic(x * m.inv, m.packed, False)
+                    else:
+                        ref = torch._weight_int8pack_mm(x.to(torch.bfloat16), m.qweight, m.scale).float()
+                    ref = ref if not bias or rows > 4 else ref + lin.bias
+                    y = run(x)
+                    assert torch.equal(m(x[None]), ref[None])  # forward: [1, rows, in] in, fp32 out
                 assert y.dtype == (torch.bfloat16 if not (act or bias) and rows <= 4 else torch.float32)  # bias: fp32
                 assert torch.equal(y.float(), ref), (bias, act, rows)
 
