@@ -398,3 +398,29 @@ def test_decoder_finetune_on_head_tokens_lowers_the_loss_and_resumes_exactly(tmp
     train(cfg_for(one, tmp_path / "r2", "sacodec", **kw6), resume=True, progress=False)
     sa, sb = _state(tmp_path / "r1"), _state(tmp_path / "r2")
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.slow
+def test_two_process_cli_training(corpus, tmp_path):
+    """`slm codec train` under torchrun with two CPU processes: both ranks train on their shards, end with the
+    same generator and discriminator weights (the loop checks), rank 0 alone exports and prints the summary,
+    and both processes exit 0 (each leaves through codec.runtime.leave_rank)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    f = tmp_path / "cfg.yaml"
+    f.write_text(yaml.safe_dump(cfg_for(corpus, tmp_path / "run", variant="sac").to_dict()))
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29531", "--module", "slm", "codec", "train", "--config", str(f)], capture_output=True,
+                         text=True, timeout=600, env=env, check=False, cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "ranks agree: 2 processes" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count('"export"') == 1  # the summary, from rank 0 only
+    assert (tmp_path / "run" / "final" / "config.json").exists()
+    assert [json.loads(x)["step"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

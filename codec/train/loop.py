@@ -197,7 +197,10 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
     from tqdm import tqdm
 
     out_dir = Path(cfg.out_dir)
+    # cpu=True without a GPU: accelerate then takes torchrun / `accelerate launch` ranks as MULTI_CPU (gloo);
+    # otherwise each CPU rank counts itself alone and trains its own copy into the same out_dir
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard",
+                              cpu=not torch.cuda.is_available(),
                               step_scheduler_with_optimizer=False,
                               # variants leave some heads unused on some steps (e.g. no teacher features)
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -330,6 +333,8 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
             stopped_early = True
             break
     bar.close()
+    if accelerator.num_processes > 1:
+        _check_ranks_agree(accelerator, {"generator": gen, "discriminator": accelerator.unwrap_model(disc)})
     seconds = elapsed0 + time.time() - t0
     export = None
     if accelerator.is_main_process and (step >= cfg.steps or stopped_early):
@@ -345,6 +350,18 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
              "teacher_spec": (units or feats).meta.get("spec") if (units or feats) else None}, indent=2))
     accelerator.end_training()
     return TrainResult(step, seconds, dict(logger.last), export, out_dir)
+
+
+def _check_ranks_agree(accelerator, modules: dict) -> None:
+    """Data-parallel ranks must end with the same weights (one sum per trainable tensor, gathered): a rank that
+    skipped a step or synchronised no gradients fails here instead of exporting its own copy."""
+    for name, m in modules.items():
+        v = torch.stack([p.detach().double().sum() for p in m.parameters() if p.requires_grad]).to(accelerator.device)
+        allv = accelerator.gather(v[None])
+        if not bool((allv == allv[0]).all()):
+            raise RuntimeError(f"data-parallel ranks ended with different {name} weights")
+    accelerator.print(f"ranks agree: {accelerator.num_processes} processes, " +
+                      ", ".join(f"{n} {sum(p.requires_grad for p in m.parameters())} tensors" for n, m in modules.items()))
 
 
 def _open_head_tokens(cfg: CodecTrainConfig, model, rows: list[dict], say) -> HeadTokens | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 
@@ -73,6 +74,7 @@ def _set_decoder(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from codec.runtime import leave_rank, multi_process
     from codec.train import CodecTrainConfig, train
     from codec.train.checkpointing import latest_checkpoint
 
@@ -83,8 +85,11 @@ def _train(args: argparse.Namespace) -> int:
     if not args.resume and latest_checkpoint(cfg.out_dir) is not None:
         raise SystemExit(f"{cfg.out_dir} already has checkpoints: pass --resume to continue, or --out-dir NEW")
     r = train(cfg, resume=args.resume)
-    print(json.dumps({"step": r.step, "seconds": round(r.seconds, 1), "export": str(r.export_dir),
-                      "losses": r.losses}, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary for a multi-process run, from rank 0
+        print(json.dumps({"step": r.step, "seconds": round(r.seconds, 1), "export": str(r.export_dir),
+                          "losses": r.losses}, indent=2))
+    if multi_process():
+        leave_rank()
     return 0
 
 

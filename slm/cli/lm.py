@@ -233,6 +233,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args) -> int:
+    from codec.runtime import leave_rank, multi_process
     from slm.train import TrainConfig, deepspeed_launch, train
 
     cfg = TrainConfig.from_yaml(args.config, backbone=args.backbone, out_dir=args.out_dir, steps=args.steps,
@@ -240,26 +241,9 @@ def _train(args) -> int:
     final = train(cfg, stop_after=args.stop_after)
     if int(os.environ.get("RANK", "0")) == 0:  # one line for a multi-process run, from rank 0
         print(f"model dir: {final}" if final.exists() else f"stopped; resume with the same command ({cfg.out_dir})")
-    if deepspeed_launch() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _leave_rank()
+    if deepspeed_launch() or multi_process():
+        leave_rank()
     return 0
-
-
-def _leave_rank() -> None:
-    """End a rank of a multi-process run (accelerate, torchrun, DeepSpeed) once its work is written: tear the
-    process group down while Python is whole, then leave without the interpreter's teardown and C++ static
-    destructors. There, a finished CPU run aborted at random (SIGABRT, "terminate called without an active
-    exception", after the last step and checkpoint), so a successful run could exit non-zero: about once in a
-    dozen DeepSpeed launches, and once in a CI run of the 2-process FSDP test, whose ranks went on to Python's
-    own teardown (the atexit hook of :func:`codec.runtime.destroy_process_group_at_exit` did not prevent it)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 # A longer continuation prompt is refused (before the model loads) rather than silently cut: the models are trained
