@@ -46,7 +46,7 @@ def main() -> None:
     from benchmarks.common import machine
     from codec.audio import load_audio
     from codec.runtime import set_threads
-    from slm.fused_asr import fast_bf16
+    from slm.generate import fast_bf16
     from slm.lm_data import read_jsonl
     from slm.pipeline import SpeechPipeline
 

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from slm.ctc_reader import ALPHABET, normalize
+from slm.generate import fast_bf16
 
 NEG = -math.inf
 
@@ -387,19 +388,6 @@ class FusionConfig:
         if self.lm_dtype != "auto":
             return getattr(torch, self.lm_dtype)
         return torch.bfloat16 if fast_bf16(device) else torch.float32
-
-
-def fast_bf16(device: str | torch.device = "cpu") -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively (CUDA with bf16; a CPU with AVX512-BF16 or AMX).
-    Elsewhere bf16 matmuls are emulated and slower than float32."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if dev.type != "cpu":
-        return False
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, c, lambda: False)()) for c in checks)
 
 
 def _adder(paths: dict[str, list[float]]) -> Callable[[str, float, float], None]:

@@ -202,7 +202,8 @@ def test_int8(lm, layout):
 
     from slm.generate import Int8Linear, inference_copy, quantize_int8
 
-    q = inference_copy(lm, int8=True)
+    q = inference_copy(lm, int8=True, bf16_prompt=False)
+    assert not q.fused_step.prefill_prompt
     assert all(isinstance(m, Int8Linear) for layer in q.fused_step.layers for m in layer if isinstance(m, torch.nn.Module))
     assert type(q.model.layers[0].mlp.up_proj) is torch.nn.Linear  # the prompt runs on fp32 weights
     lin = q.fused_step.layers[0][4]
@@ -220,6 +221,52 @@ def test_int8(lm, layout):
     assert frames and all(0 <= f.code < layout.n_semantic for f in frames)
 
 
+@pytest.mark.parametrize("mode", ["weights", "w8a8"])
+def test_bf16_prompt(lm, layout, mode):
+    """int8 decoding with ``bf16_prompt``: the prompt runs through the fused loop (FusedStep.prefill) with its
+    matrices on bf16 copies of the weights; its K/V and last hidden state stay close to transformers' fp32
+    forward, decoding goes on from them, side-by-side rows start from them; bf16_prompt needs int8."""
+    import torch.nn.functional as F
+
+    from slm.generate import Decoder, FusedStep, inference_copy
+
+    q = inference_copy(lm, int8=mode, bf16_prompt=True)
+    f = q.fused_step
+    assert f.prefill_prompt
+    lin = f.layers[0][4]
+    assert lin.bulk.dtype == torch.bfloat16 and torch.equal(lin.bulk, lin.dense.weight.bfloat16())
+    many = torch.randn(40, 32)
+    assert torch.equal(lin.rows_kernel()(many), F.linear(many.bfloat16(), lin.bulk))  # > max_rows: bf16 copy
+    assert lin(many[None]).dtype == torch.float32  # forward casts back
+    ids = torch.tensor([5, 9, 2, 7, 1, 3, 8, layout.audio_start])
+    dec, ref = Decoder(q, ids, max_new=4), Decoder(lm, ids)
+    assert len(dec.cache.layers) == len(ref.cache.layers)
+    for a, b in zip(dec.cache.layers, ref.cache.layers):
+        assert a.keys.shape == b.keys.shape and a.keys.dtype == torch.float32
+        torch.testing.assert_close(a.keys, b.keys, atol=0.05, rtol=0.05)
+        torch.testing.assert_close(a.values, b.values, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(dec.logits, ref.logits, atol=0.1, rtol=0.1)
+    for t in (7, 9, 11):  # decoding goes on from the prefilled K/V (int8 steps)
+        dec.push(t)
+        ref.push(t)
+        torch.testing.assert_close(dec.logits, ref.logits, atol=0.1, rtol=0.1)
+    # the prefill itself is exact in fp32: the loop on fp32 weights gives transformers' K/V to rounding
+    f32 = inference_copy(lm)
+    cache, hid = f32.fused_step.prefill(ids)
+    want = Decoder(lm, ids)
+    torch.testing.assert_close(hid, want.hidden, atol=1e-5, rtol=1e-5)
+    for a, b in zip(cache.layers, want.cache.layers):
+        torch.testing.assert_close(a.keys, b.keys, atol=1e-5, rtol=1e-5)
+    s = Sampling(temperature=0.8)
+    frames = list(generate_best(q, layout, ids, None, s, 6, 2, lambda fr, k: float(len(fr)),
+                                generator=torch.Generator().manual_seed(0)))
+    assert frames and all(0 <= fr.code < layout.n_semantic for fr in frames)
+    with pytest.raises(ValueError, match="bf16_prompt"):
+        FusedStep(inference_copy(lm), None, bf16_prompt=True)
+    with pytest.raises(ValueError, match="at least one token"):
+        f.prefill(torch.tensor([], dtype=torch.long))
+
+
 def test_int8_w8a8(lm, layout):
     """The w8a8 mode: int8 activations as well, through the integer kernel at a few rows, the fp32 weights for
     the prompt; close to fp32 but further than weights-only; the same modes as settings, and a clear error for
@@ -234,7 +281,7 @@ def test_int8_w8a8(lm, layout):
             int8_mode(bad)
     with pytest.raises(ValueError, match="int8 must be"):
         inference_copy(lm, int8="int4")
-    q, w = inference_copy(lm, int8="w8a8"), inference_copy(lm, int8="weights")
+    q, w = inference_copy(lm, int8="w8a8", bf16_prompt=False), inference_copy(lm, int8="weights", bf16_prompt=False)
     mats = [[m for m in layer if isinstance(m, torch.nn.Module)] for layer in q.fused_step.layers]
     assert mats and all(isinstance(m, Int8Linear) for layer in mats for m in layer)
     # int8 activations on qkv and gate_up; o and down (inputs with outlier channels) keep int8 weights only
