@@ -6,8 +6,10 @@ Inputs next to this file: ``lm_eval_best_of_{N}_seed{S}.json`` (``python -m slm.
 (the same with ``--sampling best_of=N,best_of_words=W``: a choice every W words), ``..._int8_head_seed{S}.json``
 (run after int8 decoding took the acoustic head to int8 as well), ``..._w8a8_seed{S}.json`` (``--int8 w8a8``:
 int8 activations on the backbone's qkv and gate_up too), ``..._w8a8_every_matrix_seed{S}.json`` (the first w8a8 form:
-int8 activations on every backbone and head matrix) and ``floor_96.json``
-(``floor.py``).
+int8 activations on every backbone and head matrix), ``..._bf16_prompt_seed{S}.json`` (int8 head, and each
+sentence's prompt on bf16 weights through the fused loop: docs/results/bf16_prompt) and ``floor_96.json``
+(``floor.py``). A setting run both ways (``X, int8 head`` and ``X, bf16 prompt``) also gets the paired difference
+of their ratios, with its bootstrap interval over items.
 
     python docs/results/tts_held_out_96/summary.py   # -> summary.json, wer_ratio.png
 """
@@ -33,8 +35,10 @@ def _edits(refs: list[str], hyps: list[str]) -> np.ndarray:
     return np.array(out)
 
 
-NAME = re.compile(r"lm_eval_best_of_(\d+)(?:_words_(\d+))?(_int8_head|_w8a8_every_matrix|_w8a8)?_seed\d+\.json")
-TAGS = {"": "", "_int8_head": ", int8 head", "_w8a8_every_matrix": ", w8a8 on every matrix", "_w8a8": ", w8a8"}
+NAME = re.compile(r"lm_eval_best_of_(\d+)(?:_words_(\d+))?(_int8_head|_w8a8_every_matrix|_w8a8|_bf16_prompt)?"
+                  r"_seed\d+\.json")
+TAGS = {"": "", "_int8_head": ", int8 head", "_w8a8_every_matrix": ", w8a8 on every matrix", "_w8a8": ", w8a8",
+        "_bf16_prompt": ", bf16 prompt"}
 
 
 def _setting(name: str) -> str:
@@ -76,6 +80,13 @@ def main() -> dict:
         ci = np.percentile(e[boot].sum(1) / f_edits[boot].sum(1), [2.5, 97.5])
         out["settings"][n] = {"seeds": sorted(per), "wer_mean": e.sum() / words.sum(), "ratio": ratio,
                               "ratio_ci95": ci.tolist(), "per_seed": rows[n]}
+    out["bf16_prompt_vs_fp32_prompt"] = {}
+    for n, per in runs.items():  # paired over items: the same items and seeds, the prompt's matmuls in bf16 or fp32
+        base = n.replace(", bf16 prompt", ", int8 head")
+        if n.endswith(", bf16 prompt") and base in runs:
+            d = np.mean(list(per.values()), axis=0) - np.mean(list(runs[base].values()), axis=0)
+            ci = np.percentile(d[boot].sum(1) / f_edits[boot].sum(1), [2.5, 97.5])
+            out["bf16_prompt_vs_fp32_prompt"][base] = {"ratio_diff": d.sum() / f_edits.sum(), "ci95": ci.tolist()}
     (HERE / "summary.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(f"floor (Whisper-base on the corpus audio, {len(ids)} items): WER {floor_wer:.3f}; target <= {TARGET * floor_wer:.3f}")
     print("| setting | seeds | WER per seed | WER mean | ratio to floor (95% CI) | eval-loop RTF | first audio (s) |")
@@ -86,6 +97,8 @@ def main() -> dict:
         print(f"| {n} | {len(ps)} | {wers} | {r['wer_mean']:.3f} | "
               f"{r['ratio']:.2f} ({r['ratio_ci95'][0]:.2f}-{r['ratio_ci95'][1]:.2f}) | "
               f"{np.mean([p['rtf'] for p in ps.values()]):.2f} | {np.mean([p['first_audio_s'] for p in ps.values()]):.2f} |")
+    for base, r in out["bf16_prompt_vs_fp32_prompt"].items():
+        print(f"bf16 prompt - fp32 prompt, {base}: ratio {r['ratio_diff']:+.3f} ({r['ci95'][0]:+.3f} to {r['ci95'][1]:+.3f})")
     import matplotlib
 
     matplotlib.use("Agg")
