@@ -193,8 +193,8 @@ class FusedStep:
 
     ``bf16_prompt`` (int8 only; None: on where the CPU multiplies bf16 natively, :func:`fast_bf16`): the prompt
     runs through this loop (:meth:`prefill`) with its matrices on bf16 copies of the weights (~+50% of the fp32
-    weights' memory), norms, rotary, attention and residual in fp32. A 174-token TTS prompt of the bundle took
-    1.7-1.85x less time than transformers' fp32 forward, with the last layer's keys 0.5% (relative) from it
+    matrices' memory), norms, rotary, attention and residual in fp32. A 172-token TTS prompt of the bundle took
+    1.7-1.9x less time than transformers' fp32 forward, with the last layer's keys 0.5% (relative) from it
     (docs/results/bf16_prompt)."""
 
     def __init__(self, model: torch.nn.Module, int8: bool | str = False, calibration: Tensor | None = None,
