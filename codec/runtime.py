@@ -78,6 +78,20 @@ def multi_process() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def check_ranks_agree(accelerator, groups: dict) -> None:
+    """Data-parallel ranks must end training with the same weights: for each named group of tensors (the same
+    sequence on every rank; an iterator is read one tensor at a time), one sum per tensor, gathered from all ranks
+    and compared. A rank that
+    skipped a step or synchronised no gradients fails here, naming the group, instead of exporting its own copy."""
+    import torch
+
+    for name, tensors in groups.items():
+        v = torch.stack([t.detach().double().sum() for t in tensors]).to(accelerator.device)
+        allv = accelerator.gather(v[None])
+        if not bool((allv == allv[0]).all()):
+            raise RuntimeError(f"data-parallel ranks ended with different {name} weights")
+
+
 def leave_rank() -> None:
     """End a rank of a multi-process run (accelerate, torchrun, DeepSpeed) once its work is written: tear the
     process group down while Python is whole, then leave without the interpreter's teardown and C++ static

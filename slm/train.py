@@ -870,12 +870,13 @@ def _lora_info(lm) -> dict:
 def _check_ranks_agree(acc, model: SpeechLM) -> None:
     """All ranks must hold the same trainable weights after data-parallel training (under FSDP: the same
     whole weights once the shards are gathered)."""
-    v = torch.stack([_full(p).double().sum() for p in model.parameters() if p.requires_grad]).to(acc.device)
-    allv = acc.gather(v[None])
-    if not bool((allv == allv[0]).all()):
-        raise RuntimeError("data-parallel ranks ended with different weights")
+    from codec.runtime import check_ranks_agree
+
+    # one whole tensor at a time (gathering a shard is a collective under FSDP: every rank, same order)
+    check_ranks_agree(acc, {"trainable": (_full(p) for p in model.parameters() if p.requires_grad)})
     how = " (FSDP, gathered shards)" if _is_fsdp(acc) else " (DeepSpeed)" if _is_deepspeed(acc) else ""
-    acc.print(f"ranks agree: {acc.num_processes} processes{how}, {v.numel()} trainable tensors")
+    acc.print(f"ranks agree: {acc.num_processes} processes{how}, "
+              f"{sum(p.requires_grad for p in model.parameters())} trainable tensors")
 
 
 def _default_voices(utts: list[Utterance], codec, n: int = 4):

@@ -353,13 +353,10 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
 
 
 def _check_ranks_agree(accelerator, modules: dict) -> None:
-    """Data-parallel ranks must end with the same weights (one sum per trainable tensor, gathered): a rank that
-    skipped a step or synchronised no gradients fails here instead of exporting its own copy."""
-    for name, m in modules.items():
-        v = torch.stack([p.detach().double().sum() for p in m.parameters() if p.requires_grad]).to(accelerator.device)
-        allv = accelerator.gather(v[None])
-        if not bool((allv == allv[0]).all()):
-            raise RuntimeError(f"data-parallel ranks ended with different {name} weights")
+    """The generator's and the discriminator's trainable weights are the same on every rank (or an error)."""
+    from codec.runtime import check_ranks_agree
+
+    check_ranks_agree(accelerator, {n: [p for p in m.parameters() if p.requires_grad] for n, m in modules.items()})
     accelerator.print(f"ranks agree: {accelerator.num_processes} processes, " +
                       ", ".join(f"{n} {sum(p.requires_grad for p in m.parameters())} tensors" for n, m in modules.items()))
 
