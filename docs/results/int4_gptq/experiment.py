@@ -118,24 +118,6 @@ class Int4Slot:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, self.gs, self.sz)
 
 
-def spoken(pipe, text: str):
-    """The fp32 bundle's aligned TTS of ``text`` as one token sequence: ``(prompt, seq, positions predicting a
-    frame)`` (as docs/results/int8_w8a8/divergence.py builds it)."""
-    lay = pipe.layout
-    codes = pipe.tts_tokens(text, seed=0)[0].semantic.flatten().tolist()
-    _, prompt, _, _, _, _, kw = next(pipe._tts_plan(text, None, None, None, None, 20.0, 0, True))
-    words, seq, at, ci = kw["words"], [], [], 0
-    per = max(1, len(codes) // len(words))
-    for k, w in enumerate(words):
-        seq += list(w)
-        take = per if k < len(words) - 1 else len(codes) - ci
-        for c in codes[ci: ci + take]:
-            at.append(len(seq) - 1)
-            seq.append(lay.semantic_offset + c)
-        ci += take
-    return prompt, seq, at
-
-
 def hessians(step, seqs) -> list[dict]:
     """Per layer and matrix slot: sum of x^T x over every row the fp32 layers feed it (float64)."""
     H: list[dict] = [{} for _ in step.layers]
@@ -163,12 +145,14 @@ def hessians(step, seqs) -> list[dict]:
 
 
 def calibration(pipe, n: int = 24) -> list:
+    from divergence import frame_sequence  # docs/results/int8_w8a8/divergence.py
+
     rows = [json.loads(line) for line in (ROOT / "data" / "synth2h" / "manifest.jsonl").read_text().splitlines()]
     texts = sorted({r["raw_text"] for r in rows if r["split"] == "train"})
     random.Random(0).shuffle(texts)
     out = []
     for text in [t for t in texts if len(t.split()) >= 6][:n]:
-        prompt, seq, _ = spoken(pipe, text)
+        prompt, seq, _ = frame_sequence(pipe, text)
         out.append(torch.cat([prompt.flatten(), torch.tensor(seq)]))
     return out
 
@@ -192,7 +176,7 @@ def int4_step(m, base, how: str, gs: int, H=None, which=MATRICES):
 
 
 def divergence() -> None:
-    import divergence as ref  # docs/results/int8_w8a8/divergence.py: its sentences
+    from divergence import compare  # docs/results/int8_w8a8/divergence.py: its sentences and measure
 
     from benchmarks.common import machine
     from codec.runtime import set_threads
@@ -201,8 +185,7 @@ def divergence() -> None:
 
     set_threads(2)
     pipe = SpeechPipeline.from_pretrained("default", int8=False)
-    m, lay = pipe.infer_lm, pipe.layout
-    rows = pipe.lm.get_output_embeddings().weight.detach()[lay.semantic_offset: lay.semantic_offset + lay.n_semantic]
+    m = pipe.infer_lm
     t = time.time()
     cal = calibration(pipe)
     base = FusedStep(m, False)
@@ -214,24 +197,9 @@ def divergence() -> None:
                                  ("gptq act", 32, MATRICES, "every matrix"), ("gptq act", 64, (4, 5), "MLP only")]:
         forms[f"{how}, group {gs}, {name}"] = int4_step(m, base, how, gs, H, which)
 
-    def logits(step, prompt, seq):
-        with torch.no_grad():
-            out = m.get_decoder()(input_ids=prompt.view(1, -1), use_cache=True)
-            s = step.start(out.past_key_values, prompt.numel(), prompt.numel() + len(seq) + 1)
-            return torch.stack([s.step(int(t)) for t in seq]) @ rows.T
-
-    stats = {k: {"agree": 0, "kl": 0.0} for k in forms}
-    n = 0
-    for text in ref.SENTENCES:
-        prompt, seq, at = spoken(pipe, text)
-        p = logits(base, prompt, seq)[at].log_softmax(-1)
-        n += len(at)
-        for k, step in forms.items():
-            q = logits(step, prompt, seq)[at].log_softmax(-1)
-            stats[k]["agree"] += int((q.argmax(-1) == p.argmax(-1)).sum())
-            stats[k]["kl"] += float(F.kl_div(q, p, log_target=True, reduction="sum"))
+    n, stats = compare(pipe, base, forms)
     out = {"positions": n, "calibration_tokens": sum(c.numel() for c in cal), "machine": machine(2),
-           "forms": {k: {"top1_agreement": v["agree"] / n, "mean_kl_nats": v["kl"] / n} for k, v in stats.items()}}
+           "forms": stats}
     (HERE / "divergence.json").write_text(json.dumps(out, indent=1) + "\n")
     print("| form | mean KL(fp32 \\|\\| form), nats | same most likely token |\n|---|---|---|")
     for k, v in out["forms"].items():

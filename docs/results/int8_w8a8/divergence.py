@@ -34,29 +34,34 @@ def every_matrix(step, amax):
     return step
 
 
-def main() -> dict:
+def frame_sequence(pipe, text: str):
+    """The fp32 pipeline's aligned TTS of ``text`` (seed 0) as one token sequence: ``(prompt, seq, at)``, the
+    sentence's words each followed by its share of the frames, and the positions whose output predicts a frame."""
+    lay = pipe.layout
+    codes = pipe.tts_tokens(text, seed=0)[0].semantic.flatten().tolist()
+    _, prompt, _, _, _, _, kw = next(pipe._tts_plan(text, None, None, None, None, 20.0, 0, True))
+    words, seq, at, ci = kw["words"], [], [], 0
+    per = max(1, len(codes) // len(words))
+    for k, w in enumerate(words):
+        seq += list(w)
+        take = per if k < len(words) - 1 else len(codes) - ci
+        for c in codes[ci: ci + take]:
+            at.append(len(seq) - 1)  # the position whose output predicts this frame
+            seq.append(lay.semantic_offset + c)
+        ci += take
+    return prompt, seq, at
+
+
+def compare(pipe, ref_step, modes: dict, sentences=SENTENCES) -> tuple[int, dict]:
+    """Each decoding step of ``modes`` against ``ref_step`` on ``sentences`` (:func:`frame_sequence`): the number
+    of frame positions, and per mode the mean KL(ref || mode) in nats and how often the top token is the same."""
     import torch
     import torch.nn.functional as F
 
-    from benchmarks.common import machine
-    from codec.runtime import set_threads
-    from slm.generate import FusedStep
-    from slm.pipeline import SpeechPipeline
-
-    set_threads(2)
-    pipe = SpeechPipeline.from_pretrained("default", int8=False)
     m, lay = pipe.infer_lm, pipe.layout
     rows = pipe.lm.get_output_embeddings().weight.detach()[lay.semantic_offset: lay.semantic_offset + lay.n_semantic]
-    cal = pipe._calibration_ids()
-    amax = FusedStep(m, False)._input_max(cal)
-    modes = {"int8 weights": FusedStep(m, "weights"),
-             "w8a8 on every matrix, no smoothing": every_matrix(FusedStep(m, "w8a8"), None),
-             "w8a8 on every matrix, calibrated smoothing": every_matrix(FusedStep(m, "w8a8", cal), amax),
-             "w8a8 on qkv and gate_up, no smoothing": FusedStep(m, "w8a8"),
-             "w8a8 on qkv and gate_up, calibrated smoothing (the shipped form)": FusedStep(m, "w8a8", cal)}
-    ref_step = FusedStep(m, False)
 
-    def logits(step: FusedStep, prompt, seq):
+    def logits(step, prompt, seq):
         with torch.no_grad():
             out = m.get_decoder()(input_ids=prompt.view(1, -1), use_cache=True)
             st = step.start(out.past_key_values, prompt.numel(), prompt.numel() + len(seq) + 1)
@@ -64,26 +69,35 @@ def main() -> dict:
 
     stats = {k: {"agree": 0, "kl": 0.0} for k in modes}
     n = 0
-    for text in SENTENCES:
-        codes = pipe.tts_tokens(text, seed=0)[0].semantic.flatten().tolist()
-        _, prompt, _, _, _, _, kw = next(pipe._tts_plan(text, None, None, None, None, 20.0, 0, True))
-        words, seq, at, ci = kw["words"], [], [], 0
-        per = max(1, len(codes) // len(words))
-        for k, w in enumerate(words):
-            seq += list(w)
-            take = per if k < len(words) - 1 else len(codes) - ci
-            for c in codes[ci: ci + take]:
-                at.append(len(seq) - 1)  # the position whose output predicts this frame
-                seq.append(lay.semantic_offset + c)
-            ci += take
+    for text in sentences:
+        prompt, seq, at = frame_sequence(pipe, text)
         ref = logits(ref_step, prompt, seq)[at].log_softmax(-1)
         n += len(at)
         for k, step in modes.items():
             q = logits(step, prompt, seq)[at].log_softmax(-1)
             stats[k]["agree"] += int((q.argmax(-1) == ref.argmax(-1)).sum())
             stats[k]["kl"] += float(F.kl_div(q, ref, log_target=True, reduction="sum"))
-    out = {"positions": n, "sentences": SENTENCES, "machine": machine(2),
-           "modes": {k: {"top1_agreement": v["agree"] / n, "mean_kl_nats": v["kl"] / n} for k, v in stats.items()}}
+    return n, {k: {"top1_agreement": v["agree"] / n, "mean_kl_nats": v["kl"] / n} for k, v in stats.items()}
+
+
+def main() -> dict:
+    from benchmarks.common import machine
+    from codec.runtime import set_threads
+    from slm.generate import FusedStep
+    from slm.pipeline import SpeechPipeline
+
+    set_threads(2)
+    pipe = SpeechPipeline.from_pretrained("default", int8=False)
+    m = pipe.infer_lm
+    cal = pipe._calibration_ids()
+    amax = FusedStep(m, False)._input_max(cal)
+    modes = {"int8 weights": FusedStep(m, "weights"),
+             "w8a8 on every matrix, no smoothing": every_matrix(FusedStep(m, "w8a8"), None),
+             "w8a8 on every matrix, calibrated smoothing": every_matrix(FusedStep(m, "w8a8", cal), amax),
+             "w8a8 on qkv and gate_up, no smoothing": FusedStep(m, "w8a8"),
+             "w8a8 on qkv and gate_up, calibrated smoothing (the shipped form)": FusedStep(m, "w8a8", cal)}
+    n, stats = compare(pipe, FusedStep(m, False), modes)
+    out = {"positions": n, "sentences": SENTENCES, "machine": machine(2), "modes": stats}
     (HERE / "divergence.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"{n} frame positions over {len(SENTENCES)} sentences")
     print("| mode | mean KL(fp32 \\|\\| mode), nats | same most likely token |\n|---|---|---|")
