@@ -242,31 +242,48 @@ class FusedStep:
         self._run = [tuple(_rows_fn(x) if j in _MATRICES else x for j, x in enumerate(layer)) for layer in layers]
 
     @torch.no_grad()
-    def _input_max(self, ids: Tensor) -> list[dict[int, Tensor]]:
-        """Per layer and fused matrix (index in the layer tuple): each input channel's largest magnitude over
-        ``ids`` (one causal pass through the fp32 layers, from position 0)."""
-        ids = torch.as_tensor(ids).flatten().to(self.embed.device)
-        if not ids.numel():
-            raise ValueError("int8 calibration needs at least one token")
-        seen: list[dict[int, Tensor]] = [{} for _ in self.layers]
+    def tap_inputs(self, seqs, fn: Callable[[int, int, Tensor], None]) -> None:
+        """Each sequence of token ids in ``seqs`` (a ``[T]`` tensor or a list of them, each from position 0, causal)
+        through this loop, calling ``fn(layer, slot, x)`` with each fused matrix's input ``x [rows, in]`` before
+        that matrix runs (``slot``: its index in the layer tuple). The matrices keep their own form: through a
+        plain step they see what the fp32 layers feed them (calibration: int8 activation maxima, quantizer
+        Hessians)."""
+        seqs = [seqs] if isinstance(seqs, Tensor) else list(seqs)
+        seqs = [torch.as_tensor(ids).flatten().to(self.embed.device) for ids in seqs]
+        if not seqs or any(not ids.numel() for ids in seqs):
+            raise ValueError("calibration needs at least one token in every sequence")
         kept = self.layers
 
-        def tap(i: int, j: int, lin: torch.nn.Module):
-            def run(x: Tensor) -> Tensor:
-                seen[i][j] = x.reshape(-1, x.shape[-1]).abs().amax(0)
-                return lin(x)
-            return run
+        def tap(i: int, j: int, lin):
+            run = _rows_fn(lin)
+
+            def tapped(x: Tensor) -> Tensor:
+                fn(i, j, x)
+                return run(x)
+            return tapped
 
         self.layers = [tuple(tap(i, j, x) if j in _MATRICES else x for j, x in enumerate(layer))
                        for i, layer in enumerate(kept)]
         try:
-            cos, sin = self.rotary(self.embed[:1], torch.arange(ids.numel(), device=ids.device)[None])
-            self.layers_forward(self.embed[ids][None], cos[0][:, None], sin[0][:, None],
-                                lambda i, q, k, v: F.scaled_dot_product_attention(
-                                    q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
-                                    enable_gqa=self.nh != self.nkv))
+            for ids in seqs:
+                cos, sin = self.rotary(self.embed[:1], torch.arange(ids.numel(), device=ids.device)[None])
+                self.layers_forward(self.embed[ids][None], cos[0][:, None], sin[0][:, None],
+                                    lambda i, q, k, v: F.scaled_dot_product_attention(
+                                        q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                        enable_gqa=self.nh != self.nkv))
         finally:
             self.layers = kept
+
+    def _input_max(self, ids: Tensor) -> list[dict[int, Tensor]]:
+        """Per layer and fused matrix (index in the layer tuple): each input channel's largest magnitude over
+        ``ids`` (:meth:`tap_inputs`: one causal pass through the fp32 layers, from position 0)."""
+        seen: list[dict[int, Tensor]] = [{} for _ in self.layers]
+
+        def keep(i: int, j: int, x: Tensor) -> None:
+            m = x.abs().amax(0)
+            seen[i][j] = torch.maximum(seen[i][j], m) if j in seen[i] else m
+
+        self.tap_inputs(torch.as_tensor(ids), keep)
         return seen
 
     @staticmethod

@@ -348,6 +348,50 @@ def test_w8a8_smoothing(lm, layout):
         torch.testing.assert_close(st.step(t), ref.step(t), atol=0.1, rtol=0.1)
 
 
+def test_tap_inputs_sees_what_the_model_feeds_its_matrices(lm):
+    """``FusedStep.tap_inputs`` (the calibration pass: int8 activation maxima, quantizer Hessians) gives each fused
+    matrix exactly what transformers' forward feeds the projections it fuses, sequence by sequence; the loop is
+    restored afterwards, also when the callback fails; an empty sequence is a clear error."""
+    import copy
+
+    from slm.generate import FusedStep
+
+    lm = copy.deepcopy(lm).eval()
+    step = FusedStep(lm)
+    seqs = [torch.tensor([1, 2, 3, 4, 5]), torch.tensor([7, 3, 9])]
+    got: dict = {}
+    step.tap_inputs(seqs, lambda i, j, x: got.setdefault((i, j), []).append(x.clone()))
+    want: dict = {}
+    hooks = []
+    for i, layer in enumerate(lm.get_decoder().layers):
+        for j, mod in ((1, layer.self_attn.q_proj), (2, layer.self_attn.o_proj), (4, layer.mlp.gate_proj),
+                       (5, layer.mlp.down_proj)):
+            hooks.append(mod.register_forward_pre_hook(
+                lambda m, a, key=(i, j): want.setdefault(key, []).append(a[0].reshape(-1, a[0].shape[-1]))))
+    with torch.no_grad():
+        for ids in seqs:
+            lm(input_ids=ids[None])
+    for h in hooks:
+        h.remove()
+    assert got.keys() == want.keys() and len(got) == 4 * len(step.layers)
+    for key, xs in got.items():
+        assert [x.shape[0] for x in xs] == [5, 3]
+        for a, b in zip(xs, want[key]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    kept = step.layers
+
+    def boom(i, j, x):
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        step.tap_inputs(seqs[0], boom)
+    assert step.layers is kept
+    ref = step.start(Decoder(lm, seqs[0]).cache, 5, 7).step(3)
+    torch.testing.assert_close(ref, FusedStep(lm).start(Decoder(lm, seqs[0]).cache, 5, 7).step(3))
+    with pytest.raises(ValueError, match="at least one token"):
+        step.tap_inputs([seqs[0], torch.tensor([], dtype=torch.long)], lambda i, j, x: None)
+
+
 def _aligned_run(model, layout, words, cap, seed, max_frames=60, monkeypatch=None):
     import slm.generate as G
 

@@ -37,7 +37,6 @@ from codec.runtime import omp_defaults  # before torch loads
 omp_defaults()
 
 import torch
-import torch.nn.functional as F
 
 MATRICES = (1, 2, 4, 5)  # FusedStep layer slots: qkv, o, gate_up, down
 
@@ -121,26 +120,12 @@ class Int4Slot:
 def hessians(step, seqs) -> list[dict]:
     """Per layer and matrix slot: sum of x^T x over every row the fp32 layers feed it (float64)."""
     H: list[dict] = [{} for _ in step.layers]
-    kept = step.layers
 
-    def tap(i, j, lin):
-        def run(x):
-            x2 = x.reshape(-1, x.shape[-1]).double()
-            H[i][j] = H[i][j] + x2.T @ x2 if j in H[i] else x2.T @ x2
-            return lin(x)
-        return run
+    def add(i, j, x):
+        x2 = x.double()
+        H[i][j] = H[i][j] + x2.T @ x2 if j in H[i] else x2.T @ x2
 
-    step.layers = [tuple(tap(i, j, x) if j in MATRICES else x for j, x in enumerate(layer))
-                   for i, layer in enumerate(kept)]
-    try:
-        with torch.no_grad():
-            for ids in seqs:
-                cos, sin = step.rotary(step.embed[:1], torch.arange(ids.numel())[None])
-                step.layers_forward(step.embed[ids][None], cos[0][:, None], sin[0][:, None],
-                                    lambda i, q, k, v: F.scaled_dot_product_attention(
-                                        q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True))
-    finally:
-        step.layers = kept
+    step.tap_inputs(seqs, add)
     return H
 
 
