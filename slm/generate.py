@@ -249,7 +249,9 @@ class FusedStep:
         plain step they see what the fp32 layers feed them (calibration: int8 activation maxima, quantizer
         Hessians)."""
         seqs = [seqs] if isinstance(seqs, Tensor) else list(seqs)
-        seqs = [torch.as_tensor(ids).flatten().to(self.embed.device) for ids in seqs]
+        if not all(isinstance(ids, Tensor) for ids in seqs):
+            raise TypeError("tap_inputs takes a tensor of token ids or a list of such tensors (one per sequence)")
+        seqs = [ids.flatten().to(self.embed.device) for ids in seqs]
         if not seqs or any(not ids.numel() for ids in seqs):
             raise ValueError("calibration needs at least one token in every sequence")
         kept = self.layers

@@ -390,6 +390,8 @@ def test_tap_inputs_sees_what_the_model_feeds_its_matrices(lm):
     torch.testing.assert_close(ref, FusedStep(lm).start(Decoder(lm, seqs[0]).cache, 5, 7).step(3))
     with pytest.raises(ValueError, match="at least one token"):
         step.tap_inputs([seqs[0], torch.tensor([], dtype=torch.long)], lambda i, j, x: None)
+    with pytest.raises(TypeError, match="one per sequence"):  # a plain list of ids is not 5 one-token sequences
+        step.tap_inputs([1, 2, 3, 4, 5], lambda i, j, x: None)
 
 
 def _aligned_run(model, layout, words, cap, seed, max_frames=60, monkeypatch=None):

@@ -117,15 +117,16 @@ class Int4Slot:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, self.gs, self.sz)
 
 
+def add_xtx(H: dict, key, x: torch.Tensor) -> None:
+    """``H[key] += x^T x`` in float64 (``x [rows, in]``: a matrix's input), starting it if absent."""
+    x2 = x.double()
+    H[key] = H[key] + x2.T @ x2 if key in H else x2.T @ x2
+
+
 def hessians(step, seqs) -> list[dict]:
     """Per layer and matrix slot: sum of x^T x over every row the fp32 layers feed it (float64)."""
     H: list[dict] = [{} for _ in step.layers]
-
-    def add(i, j, x):
-        x2 = x.double()
-        H[i][j] = H[i][j] + x2.T @ x2 if j in H[i] else x2.T @ x2
-
-    step.tap_inputs(seqs, add)
+    step.tap_inputs(seqs, lambda i, j, x: add_xtx(H[i], j, x))
     return H
 
 

@@ -104,8 +104,7 @@ def sequential_packs(pipe, base) -> dict:
                 H = {}
 
                 def tap(x, j=j, lin=cur[j], H=H):
-                    x2 = x.reshape(-1, x.shape[-1]).double()
-                    H[j] = H[j] + x2.T @ x2 if j in H else x2.T @ x2
+                    ex.add_xtx(H, j, x)
                     return lin(x)
 
                 tapped = list(cur)
