@@ -375,7 +375,7 @@ def test_tap_inputs_sees_what_the_model_feeds_its_matrices(lm):
         h.remove()
     assert got.keys() == want.keys() and len(got) == 4 * len(step.layers)
     for key, xs in got.items():
-        assert [x.shape[0] for x in xs] == [5, 3]
+        assert [x.shape[0] for x in xs] == [5, 3] and len(want[key]) == 2
         for a, b in zip(xs, want[key]):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     kept = step.layers
