@@ -5,6 +5,7 @@ memory (``ru_maxrss``) belongs to that model alone; the parent collects the JSON
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -20,6 +21,9 @@ import numpy as np
 
 TEXT = ("The quick brown fox jumps over the lazy dog, and then it runs across the cold northern field "
         "towards the station where seven ships wait for the morning tide.")
+# what the same-run TTS A/B scripts speak (two sentences: the second starts while the first plays)
+TTS_TEXT = ("The quick brown fox jumps over the lazy dog, twice. Please call Stella and ask her to bring these "
+            "things with her from the store.")
 
 
 def machine(threads: int, dtype: str = "float32") -> dict:
@@ -108,3 +112,29 @@ def write_json(path: str | None, result: dict) -> None:
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {path}")
+
+
+def write_markdown(path: str | None, lines: list[str] | str) -> str:
+    """Print a benchmark's markdown table (lines or one text) and save it; no file without a path. Returns the
+    text."""
+    text = lines if isinstance(lines, str) else "\n".join(lines)
+    text = text.rstrip("\n") + "\n"
+    print(text)
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    return text
+
+
+def ab_parser(doc: str | None, model: str, text: str = TTS_TEXT) -> argparse.ArgumentParser:
+    """The options every same-run A/B script shares: ``--model`` (a speech-LM dir), ``--threads``, ``--repeats``,
+    ``--text`` (what TTS speaks), ``--out`` (JSON) and ``--md`` (the table)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=model)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--text", default=text)
+    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--md", help="write the markdown table here")
+    return ap

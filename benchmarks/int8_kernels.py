@@ -21,7 +21,7 @@ from codec.runtime import omp_defaults  # before torch loads: how OpenMP threads
 
 omp_defaults()
 
-from benchmarks.common import machine, write_json
+from benchmarks.common import machine, write_json, write_markdown
 
 SHAPES = {"qkv": (576, 960), "o": (576, 576), "gate_up": (576, 3072), "down": (1536, 576)}  # (in, out)
 
@@ -93,12 +93,8 @@ def main() -> int:
         a, b, c, d = (r[k]["ms_per_step"] for k in kinds)
         lines.append(f"| {m} | {a:.2f} | {b:.2f} | {c:.2f} | {d:.2f} | {a / b:.2f}x | {b / c:.2f}x | {b / d:.2f}x | "
                      f"{r['int8_weights']['vs_its_one_row']:.2f}x | {r['w8a8']['vs_its_one_row']:.2f}x |")
-    md = "\n".join(lines)
-    print(md)
+    write_markdown(args.md, lines)
     write_json(args.out, out)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(md + "\n")
     return 0
 
 

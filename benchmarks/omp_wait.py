@@ -87,7 +87,7 @@ def main() -> None:
     if a.worker:
         print(json.dumps(_worker(json.loads(a.worker))))
         return
-    from benchmarks.common import machine, write_json
+    from benchmarks.common import machine, write_json, write_markdown
 
     spec = {"model": a.model, "threads": a.threads, "steps": a.steps}
     rows = []
@@ -124,11 +124,7 @@ def main() -> None:
         rat = [f"{cells[k].get('speedup_vs_passive', float('nan')):.2f}x" for k in ("idle", "busy")]
         envs = " ".join(f"{k}={v}" for k, v in env.items() if k != "threads") or "(none)"
         table.append(f"| {name} | `{envs}` | {fmt[0]} | {fmt[1]} | {rat[0]} | {rat[1]} |")
-    text = "\n".join(table) + "\n"
-    print(text)
-    if a.md:
-        with open(a.md, "w") as f:
-            f.write(text)
+    write_markdown(a.md, table)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from codec.runtime import omp_defaults  # before torch loads: how OpenMP threads
 
 omp_defaults()
 
-from benchmarks.common import machine, peak_rss_mb, write_json
+from benchmarks.common import machine, peak_rss_mb, write_json, write_markdown
 
 
 def _build(args):
@@ -246,12 +246,8 @@ def main() -> int:
            "semantic_rate": pipe.codec.semantic_rate, "audio_seconds": audio_s, "prompt_tokens": int(prompt.numel()),
            "chunk_frames": pipe.chunk_frames, "first_chunk_frames": pipe.first_chunk_frames,
            "load_average_1m": [load_before[0], os.getloadavg()[0]], "peak_rss_mb": peak_rss_mb(), "rows": rows}
-    md = _markdown(res)
-    print(md)
+    write_markdown(args.md, _markdown(res))
     write_json(args.out, res)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(md + "\n")
     return 0
 
 

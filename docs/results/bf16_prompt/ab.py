@@ -13,7 +13,6 @@ decoding steps after it are the same int8 steps either way. Alternating, best of
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ from codec.runtime import omp_defaults  # before torch loads
 
 omp_defaults()
 
-from benchmarks.common import machine, write_json
+from benchmarks.common import ab_parser, machine, write_json, write_markdown
 
 
 def _rel(a, b) -> float:
@@ -32,15 +31,7 @@ def _rel(a, b) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=os.path.join(ROOT, "checkpoints", "default"))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--text", default="The quick brown fox jumps over the lazy dog, twice. Please call Stella and "
-                                      "ask her to bring these things with her from the store.")
-    ap.add_argument("--out")
-    ap.add_argument("--md")
-    args = ap.parse_args()
+    args = ab_parser(__doc__, os.path.join(ROOT, "checkpoints", "default")).parse_args()
 
     import torch
 
@@ -138,11 +129,7 @@ def main() -> None:
             note = f"first audio {fa['before']:.2f} s -> {fa['after']:.2f} s"
         lines.append(f"| {r['what']} | {fmt.format(r['before'])} | {fmt.format(r['after'])} | "
                      f"{r['before'] / r['after']:.2f}x | {note} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.md:
-        with open(args.md, "w") as fh:
-            fh.write(text)
+    write_markdown(args.md, lines)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ old loop swapped in as ``FusedStep.layers_forward`` (so everything else is the s
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import subprocess
@@ -30,7 +29,7 @@ from codec.runtime import omp_defaults  # before torch loads
 
 omp_defaults()
 
-from benchmarks.common import machine, write_json
+from benchmarks.common import ab_parser, machine, write_json, write_markdown
 
 
 def _old_loop(base: str):
@@ -48,16 +47,9 @@ def _old_loop(base: str):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ab_parser(__doc__, os.path.join(ROOT, "checkpoints", "default"))
     ap.add_argument("--base", required=True, help="the commit whose loop is the baseline")
-    ap.add_argument("--model", default=os.path.join(ROOT, "checkpoints", "default"))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--text", default="The quick brown fox jumps over the lazy dog, twice. Please call Stella and "
-                                      "ask her to bring these things with her from the store.")
-    ap.add_argument("--out")
-    ap.add_argument("--md")
     args = ap.parse_args()
 
     import torch
@@ -134,11 +126,7 @@ def main() -> None:
         fmt = "{:.2f} ms" if r["unit"] == "ms" else "RTF {:.3f}"
         lines.append(f"| {r['what']} | {fmt.format(r['before'])} | {fmt.format(r['after'])} | "
                      f"{r['before'] / r['after']:.2f}x | {'yes' if r['identical'] else 'NO'} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(text)
+    write_markdown(args.md, lines)
 
 
 if __name__ == "__main__":
