@@ -96,10 +96,27 @@ def load_audio(path: str | Path, sample_rate: int = 16000, *, max_seconds: float
     return wav.clamp_(-1.0, 1.0)
 
 
+AUDIO_OUT_SUFFIXES = (".wav", ".flac")  # what save_audio writes (16-bit PCM)
+
+
+def check_audio_out(path: str | Path) -> Path:
+    """An output audio path whose format its extension names (``AUDIO_OUT_SUFFIXES``), checked before any
+    work is done, so that a long generation is not lost to a name ``save_audio`` cannot write."""
+    p = Path(path)
+    if p.suffix.lower() not in AUDIO_OUT_SUFFIXES:
+        raise ValueError(f"{path}: the output's extension must name its format, one of "
+                         f"{', '.join(AUDIO_OUT_SUFFIXES)}, got {p.suffix or 'none'!r}")
+    if p.is_dir():
+        raise ValueError(f"{path}: is a directory, not an audio file name")
+    return p
+
+
 def save_audio(path: str | Path, wav: Tensor, sr: int) -> None:
-    """Write ``wav`` (``[N]``, ``[1, N]`` or ``[1, 1, N]``) as 16-bit PCM wav; values are clipped to [-1, 1]."""
+    """Write ``wav`` (``[N]``, ``[1, N]`` or ``[1, 1, N]``) as 16-bit PCM wav or flac (by ``path``'s extension);
+    values are clipped to [-1, 1]."""
     import soundfile as sf
 
+    check_audio_out(path)
     if wav.dim() == 3 and wav.shape[0] == 1:
         wav = wav[0]
     if wav.dim() == 1:
@@ -107,6 +124,6 @@ def save_audio(path: str | Path, wav: Tensor, sr: int) -> None:
     if wav.dim() != 2 or wav.shape[0] != 1:
         raise ValueError(f"save_audio: expected mono [N], [1, N] or [1, 1, N], got shape {tuple(wav.shape)}")
     if wav.shape[-1] == 0:
-        raise ValueError("save_audio: expected audio samples, got 0")
+        raise ValueError(f"{path}: nothing to write (0 audio samples)")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), wav[0].detach().float().clamp(-1, 1).cpu().numpy(), int(sr), subtype="PCM_16")

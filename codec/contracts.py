@@ -91,16 +91,36 @@ class CodecTokens:
             tensors["global_"] = self.global_.contiguous()
         if self.lengths is not None:
             tensors["lengths"] = self.lengths.contiguous()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.cpu() for k, v in tensors.items()}, str(path), metadata=metadata or {})
 
     @classmethod
     def load(cls, path: str | Path) -> CodecTokens:
-        from safetensors.torch import load_file
+        return cls.load_with_metadata(path)[0]
 
-        t = load_file(str(path))
+    @classmethod
+    def load_with_metadata(cls, path: str | Path) -> tuple[CodecTokens, dict[str, str]]:
+        """A token file and the metadata it was saved with (e.g. the codec's variant and rates; ``{}`` if none).
+        A file that is not one (unreadable, truncated, other tensors, codes that are not integers) is a
+        ``ValueError`` naming it."""
+        from safetensors import SafetensorError, safe_open
+
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: no such token file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise ValueError(f"{path} is not a readable token file (.safetensors): {e}") from None
         if "semantic" not in t or "acoustic" not in t:
             raise ValueError(f"{path} is not a token file: expected tensors 'semantic' and 'acoustic', got {list(t)}")
-        return cls(semantic=t["semantic"], acoustic=t["acoustic"], global_=t.get("global_"), lengths=t.get("lengths"))
+        bad = [k for k in ("semantic", "acoustic", "lengths")  # global_ is an embedding, not codes
+               if k in t and (t[k].is_floating_point() or t[k].is_complex() or t[k].dtype == torch.bool)]
+        if bad:
+            raise ValueError(f"{path}: the codes must be integers, got {', '.join(f'{k} {t[k].dtype}' for k in bad)}")
+        return cls(semantic=t["semantic"], acoustic=t["acoustic"], global_=t.get("global_"),
+                   lengths=t.get("lengths")), meta
 
 
 @runtime_checkable

@@ -7,6 +7,7 @@ sample" step; everything else (cache, attention) is transformers'.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -51,6 +52,10 @@ class Sampling:
     best_of_words: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "head_temperature"):
+            t = getattr(self, name)
+            if not math.isfinite(t):
+                raise ValueError(f"{name} must be a finite number (<= 0: greedy), got {t}")
         if not 1 <= self.best_of <= 16:
             raise ValueError(f"best_of must be in 1..16, got {self.best_of}")
         if not 0 <= self.best_of_words <= 64:
@@ -778,6 +783,11 @@ class _FramePlan:
         self.leave = [w[0] for w in (words or [])[1:]] + [layout.audio_end]
         self.or_leave = [torch.cat([self.sem, self.pos[t : t + 1]]) for t in self.leave[: len(words or [])]]
         self.max_new = max_frames + sum(len(w) for w in (words or [[]])[1:])  # tokens fed after the prompt
+        ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if ctx and prompt.numel() + self.max_new > ctx:
+            raise ValueError(f"{max_frames} frames after a {prompt.numel()}-token prompt exceed the backbone's context "
+                             f"of {ctx} positions: at most {max(ctx - prompt.numel() - self.max_new + max_frames, 0)} "
+                             f"frames fit; ask for fewer seconds")
 
     def choose(self, logits, s: Sampling, recent: list[int], gen: torch.Generator | None, made: int, k: int,
                in_word: int) -> int:

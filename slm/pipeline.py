@@ -175,13 +175,25 @@ def model_sample_rate(path: str | Path) -> int:
 
 
 def check_text(text) -> str:
-    """The text TTS accepts: a non-empty string of at most :data:`MAX_TEXT_CHARS` characters."""
+    """The text TTS accepts: a non-empty string of at most :data:`MAX_TEXT_CHARS` characters, with something
+    to speak: the models are English, so a text of other scripts or emoji alone, without a Latin letter or digit,
+    is refused (it came out as a moment of noise or babble; ASCII punctuation alone still takes the plain form).
+    Letters of other scripts in an English text are left to the model; :func:`foreign_letters` counts them."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text must be a non-empty string, got {text!r}")
     if len(text) > MAX_TEXT_CHARS:
         raise ValueError(f"text has {len(text)} characters; at most {MAX_TEXT_CHARS} per call "
                          "(split a long text into several calls)")
+    if not text.isascii() and not any(c.isascii() and c.isalnum() for c in text):
+        raise ValueError(f"text has nothing to speak: no Latin letters or digits in {text[:40]!r} "
+                         "(the models speak English)")
     return text
+
+
+def foreign_letters(text: str) -> int:
+    """How many letters of ``text`` are outside the Latin script's ASCII letters (accents included), which an
+    English model may drop or mispronounce."""
+    return sum(1 for c in text if c.isalpha() and not c.isascii())
 
 
 def codec_dir(d: Path, cfg: dict) -> Path:
@@ -909,7 +921,9 @@ class SpeechPipeline:
         lat["asr"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         msgs = list(history or []) + [{"role": "user", "content": user or "(silence)"}]
-        reply = self.chat(msgs) or "Sorry, I have no answer."
+        reply = self.chat(msgs)
+        if not any(c.isascii() and c.isalnum() for c in reply):  # nothing TTS could speak (empty, emoji only)
+            reply = "Sorry, I have no answer."
         lat["chat"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         audio = self.tts(reply, voice, **sampling)

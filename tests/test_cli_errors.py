@@ -32,7 +32,8 @@ def _run(capsys, argv):
     return rc, err
 
 
-@pytest.mark.parametrize("text, says", [("", "non-empty"), ("   ", "non-empty"), ("a" * 5001, "at most 5000")])
+@pytest.mark.parametrize("text, says", [("", "non-empty"), ("   ", "non-empty"), ("a" * 5001, "at most 5000"),
+                                        ("\U0001F600\U0001F389", "nothing to speak"), ("\u4f60\u597d", "nothing to speak")])
 def test_tts_bad_text(capsys, tmp_path, model, no_load, text, says):
     rc, err = _run(capsys, ["tts", text, "--model", model, "--out", str(tmp_path / "o.wav")])
     assert rc == 2 and err.startswith("slm tts: error: ") and says in err and "Traceback" not in err
@@ -98,3 +99,80 @@ def test_debug_keeps_the_traceback(monkeypatch, tmp_path, model, no_load):
     monkeypatch.setenv("SLM_DEBUG", "1")
     with pytest.raises(ValueError, match="non-empty"):
         main(["tts", " ", "--model", model, "--out", str(tmp_path / "o.wav")])
+
+
+def test_tts_output_name_checked_before_load(capsys, tmp_path, model, no_load):
+    """An --out the writer cannot tell the format of fails before the model loads, not after the generation."""
+    for out in ("o", "o.txt", "o.mp3"):
+        rc, err = _run(capsys, ["tts", "hello", "--model", model, "--out", str(tmp_path / out)])
+        assert rc == 2 and "extension must name its format" in err, err
+    rc, err = _run(capsys, ["continue", _wav(tmp_path / "a.wav", 1), "--model", model, "--out", str(tmp_path / "c")])
+    assert rc == 2 and "extension must name its format" in err
+
+
+def test_bad_thread_counts(capsys, monkeypatch, model, tmp_path, no_load):
+    from slm.cli import main
+
+    for argv, env, says in ((["--threads", "-2"], None, "--threads must be >= 0"),
+                            ([], "x", "SLM_THREADS must be a whole number")):
+        if env is not None:
+            monkeypatch.setenv("SLM_THREADS", env)
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "tts", "hello", "--model", model, "--out", str(tmp_path / "o.wav")])
+        assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--port", "70000"], "--port must be in 0..65535"),
+    (["--port", "-1"], "--port must be in 0..65535"),
+    (["--ssl-certfile", "/nonexistent/cert.pem"], "no such file"),
+    (["--concurrency", "0"], "--concurrency must be > 0"),
+    (["--max-text-chars", "-5"], "--max-text-chars must be > 0"),
+    (["--model", "/nonexistent/model"], "not a directory"),
+])
+def test_demo_options_checked_before_start(capsys, monkeypatch, argv, says):
+    """Bad demo options are one error line, before any model load or server start (a bad certificate path used to
+    leave the server thread hanging after the traceback)."""
+    import demos.app
+
+    def refuse(*a, **k):
+        raise AssertionError("the demo was built before its options were checked")
+
+    monkeypatch.setattr(demos.app, "build_app", refuse)
+    monkeypatch.setattr(demos.app, "launch", refuse)
+    rc, err = _run(capsys, ["demo", "--codec-only", *argv])
+    assert rc == 2 and says in err and "Traceback" not in err, err
+
+
+def test_sampling_and_length_bounds(model):
+    """A temperature that is not a finite number is refused; a length the backbone's context cannot hold is a
+    clear error before any buffer is allocated (it used to try to allocate terabytes)."""
+    import torch
+
+    from slm.generate import Sampling, generate_frames
+    from slm.pipeline import SpeechPipeline
+
+    for bad in ("nan", "inf"):
+        with pytest.raises(ValueError, match="temperature must be a finite number"):
+            Sampling(temperature=float(bad))
+        with pytest.raises(ValueError, match="head_temperature must be a finite number"):
+            Sampling(head_temperature=float(bad))
+    pipe = SpeechPipeline.from_pretrained(model)
+    ctx = pipe.lm.config.max_position_embeddings
+    prompt = torch.tensor([pipe.layout.audio_start])
+    with pytest.raises(ValueError, match="exceed the backbone's context"):
+        next(generate_frames(pipe.infer_lm, pipe.layout, prompt, None, Sampling(), ctx + 5))
+    with pytest.raises(ValueError, match="exceed the backbone's context"):
+        pipe.continue_(torch.zeros(1, pipe.sample_rate), pipe.sample_rate, seconds=1e9)
+
+
+def test_eval_limit_must_be_positive(tmp_path):
+    from slm.eval.data import load_items
+
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        load_items(tmp_path / "manifest.jsonl", limit=0)
+
+
+def test_tts_notes_letters_outside_english(capsys, tmp_path, model):
+    rc, err = _run(capsys, ["--threads", "1", "tts", "Hello \u4f60\u597d", "--model", model, "--out", str(tmp_path / "o.wav")])
+    assert rc == 0 and "note: 2 letter(s) outside English" in err and (tmp_path / "o.wav").exists()

@@ -86,3 +86,28 @@ def test_teacher_cache_kmeans_and_sac_encode(corpus, tmp_path):
                  "--teacher", f"{hub}:1"]) == 0
     units = load_file(str(tmp_path / "km-12.5hz.units" / "items" / "u1.safetensors"))["units"].long()
     assert torch.equal(CodecTokens.load(tok).semantic[0, 0], units)  # semantic tokens = cached teacher units
+
+
+def test_decode_refuses_bad_token_files(ckpt, corpus, tmp_path, capsys):
+    """A token file that is not one, codes stored as floats, a file from another codec, or an output name without
+    an audio format: one clear error line each (exit 2), and no audio written."""
+    tok, out = tmp_path / "a.tokens.safetensors", tmp_path / "a.wav"
+    assert main(["--threads", "1", "codec", "encode", str(ckpt), str(corpus / "wavs" / "u0.wav"), str(tok)]) == 0
+    good = CodecTokens.load(tok)
+    (tmp_path / "trunc.safetensors").write_bytes(tok.read_bytes()[:40])
+    CodecTokens(good.semantic.float(), good.acoustic, lengths=good.lengths).save(tmp_path / "float.safetensors")
+    good.save(tmp_path / "other.safetensors", metadata={"variant": "stacodec", "semantic_rate": "25.0"})
+    cases = {"trunc.safetensors": "not a readable token file", "float.safetensors": "must be integers",
+             "other.safetensors": "encoded by another codec", "missing.safetensors": "no such token file"}
+    capsys.readouterr()
+    for name, says in cases.items():
+        assert main(["--threads", "1", "codec", "decode", str(ckpt), str(tmp_path / name), str(out)]) == 2, name
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, (name, err)
+    assert main(["--threads", "1", "codec", "decode", str(ckpt), str(tok), str(tmp_path / "a")]) == 2
+    assert "extension must name its format" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "a").exists()
+    # a token file lands in a folder that does not exist yet, as audio does
+    deep = tmp_path / "new" / "dir" / "a.tokens.safetensors"
+    assert main(["--threads", "1", "codec", "encode", str(ckpt), str(corpus / "wavs" / "u0.wav"), str(deep)]) == 0
+    assert torch.equal(CodecTokens.load(deep).semantic, good.semantic)

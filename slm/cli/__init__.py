@@ -55,7 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from codec.runtime import set_threads
 
-    set_threads(args.threads if args.threads is not None else int(os.environ.get("SLM_THREADS", "0")) or None)
+    threads = args.threads
+    if threads is None:
+        env = os.environ.get("SLM_THREADS", "").strip() or "0"
+        if not env.isdigit():
+            parser.error(f"SLM_THREADS must be a whole number of threads (0: all cores), got {env!r}")
+        threads = int(env)
+    if threads < 0:
+        parser.error(f"--threads must be >= 0 (0: all cores), got {threads}")
+    set_threads(threads or None)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

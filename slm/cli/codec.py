@@ -127,12 +127,25 @@ def _token_meta(model, ckpt: str) -> dict[str, str]:
             "semantic_rate": str(model.semantic_rate), "acoustic_rate": str(model.acoustic_rate)}
 
 
+def _check_token_meta(path: str, meta: dict[str, str], model) -> None:
+    """A token file written by ``slm codec encode`` names its codec's variant and rates: decoding it with another
+    codec gives noise, so that is refused (the codec's own path may differ: a moved checkpoint decodes fine)."""
+    have = _token_meta(model, ".")
+    diff = [f"{k} {meta[k]} (this codec: {have[k]})" for k in ("variant", "semantic_rate", "acoustic_rate")
+            if k in meta and meta[k] != have[k]]
+    if diff:
+        raise ValueError(f"{path} was encoded by another codec ({meta.get('codec', 'unknown')}): " + "; ".join(diff))
+
+
 def _decode(args: argparse.Namespace) -> int:
-    from codec.audio import save_audio
+    from codec.audio import check_audio_out, save_audio
     from codec.contracts import CodecTokens
 
+    check_audio_out(args.out)
+    tokens, meta = CodecTokens.load_with_metadata(args.tokens)
     model = _load_codec(args.checkpoint)
-    wav = model.decode(CodecTokens.load(args.tokens))
+    _check_token_meta(args.tokens, meta, model)
+    wav = model.decode(tokens)
     save_audio(args.out, wav[0], model.sample_rate)
     print(f"{args.out}: {wav.shape[-1] / model.sample_rate:.2f} s")
     return 0

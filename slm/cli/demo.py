@@ -40,13 +40,25 @@ def run(args: argparse.Namespace) -> int:
     from demos.limits import DemoLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # everything the user gave is checked before the (slow) model load and the server start
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535 (0: the first free one), got {args.port}")
+    for opt in ("ssl_certfile", "ssl_keyfile"):
+        path = getattr(args, opt)
+        if path is not None and not os.path.isfile(path):
+            raise FileNotFoundError(f"--{opt.replace('_', '-')} {path}: no such file")
+    if args.ssl_keyfile and not args.ssl_certfile:
+        raise ValueError("--ssl-keyfile needs --ssl-certfile")
     limits = DemoLimits()
     for name in ("max_audio_seconds", "max_text_chars", "max_upload_mb", "concurrency", "queue_size"):
-        if getattr(args, name) is not None:
-            setattr(limits, name, getattr(args, name))
+        value = getattr(args, name)
+        if value is not None:
+            if not value > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+            setattr(limits, name, value)
     if args.model != "default" and not os.path.isdir(args.model):
-        print(f"slm demo: --model expects a pipeline directory or 'default', got {args.model!r} (not a directory)")
-        return 2
+        raise NotADirectoryError(f"--model expects a pipeline directory or 'default', got {args.model!r} "
+                                 "(not a directory)")
     if args.model == "default" and not args.codec_only:
         from slm.pipeline import default_model_dir
 

@@ -292,11 +292,11 @@ def _list_voices(model: str) -> int:
 
 
 def _tts(args) -> int:
-    from codec.audio import save_audio
+    from codec.audio import check_audio_out, save_audio
 
     if args.list_voices:
         return _list_voices(args.model)
-    from slm.pipeline import check_text, model_dir, voice_files
+    from slm.pipeline import check_text, foreign_letters, model_dir, voice_files
 
     if args.batch is not None:
         if args.text is not None or args.out is not None or args.timings is not None:
@@ -311,6 +311,10 @@ def _tts(args) -> int:
         raise SystemExit("slm tts: give the text and --out FILE.wav (or --batch FILE --out-dir DIR, or --list-voices)")
     else:
         check_text(args.text)  # before the (slow) model load
+        check_audio_out(args.out)
+        if n := foreign_letters(args.text):
+            print(f"slm tts: note: {n} letter(s) outside English's alphabet; the model speaks English and may "
+                  "drop or mispronounce them", file=sys.stderr)
     if args.voice is not None and args.voice not in {v[0] for v in voice_files(model_dir(args.model))} \
             and not os.path.isfile(args.voice):
         raise ValueError(f"unknown voice {args.voice!r}: not a wav file nor one of the model's voices "
@@ -468,10 +472,11 @@ def _print_transcript(text: str) -> int:
 
 
 def _continue(args) -> int:
-    from codec.audio import save_audio
+    from codec.audio import check_audio_out, save_audio
 
     if not args.seconds > 0:
         raise ValueError(f"--seconds must be > 0, got {args.seconds:g}")
+    check_audio_out(args.out)
     wav, sr = _read_input(args)
     pipe = _pipe(args.model, args.int8, args.semantic_only)
     wav = pipe.continue_(wav, sr, seconds=args.seconds,

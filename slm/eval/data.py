@@ -31,6 +31,8 @@ def load_items(manifest: str | Path, split: str | None = "test", limit: int | No
     from codec.audio import load_audio
     from codec.data import read_manifest, resolve_path
 
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 item, got {limit}")
     recs = read_manifest(manifest)
     if split is not None:
         recs = [r for r in recs if r.get("split", "test") == split]
