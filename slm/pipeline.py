@@ -149,7 +149,8 @@ def model_dir(path: str | Path) -> Path:
 def model_sampling(path: str | Path) -> Sampling:
     """A model dir's decoding defaults (``slm_config.json`` ``"sampling"`` over :class:`Sampling`'s), read
     without loading the model: what ``from_pretrained(path).sampling`` will be."""
-    return Sampling(**read_model_config(model_dir(path)).get("sampling", {}))
+    d = model_dir(path)
+    return sampling_from_config(read_model_config(d).get("sampling"), f"{d / 'slm_config.json'}: sampling")
 
 
 def read_model_config(d: Path) -> dict:
@@ -159,7 +160,30 @@ def read_model_config(d: Path) -> dict:
     f = Path(d) / "slm_config.json"
     if not f.is_file():
         raise FileNotFoundError(f"{d} is not a speech-LM model dir (slm_config.json missing)")
-    return json.loads(f.read_text())
+    try:
+        cfg = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{f}: expected a JSON object of settings, got {type(cfg).__name__}")  # noqa: TRY004 (bad input)
+    return cfg
+
+
+def sampling_from_config(settings: dict | None, where: str = "sampling") -> Sampling:
+    """A model dir's ``sampling`` settings (slm_config.json) as :class:`Sampling`, with a clear error for an
+    unknown name or a value of the wrong type (instead of a TypeError deep in the constructor or the sampler)."""
+    settings = settings or {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"{where}: expected a mapping of sampling settings, got {settings!r:.60}")  # noqa: TRY004 (bad input)
+    kinds = {f.name: f.type for f in dataclasses.fields(Sampling)}
+    unknown = sorted(set(settings) - set(kinds))
+    if unknown:
+        raise ValueError(f"{where}: unknown sampling settings {unknown}; known: {sorted(kinds)}")
+    for k, v in settings.items():
+        want = (int,) if kinds[k] in ("int", int) else (int, float)
+        if isinstance(v, bool) or not isinstance(v, want):
+            raise ValueError(f"{where}.{k}: expected a number ({kinds[k]}), got {v!r}")  # noqa: TRY004 (bad input)
+    return Sampling(**settings)
 
 
 def model_sample_rate(path: str | Path) -> int:
@@ -358,24 +382,43 @@ class SpeechPipeline:
 
         if threads:
             set_threads(threads)
+        from safetensors import SafetensorError
+
         d = model_dir(path)
         cfg = read_model_config(d)
+        missing = [k for k in ("backbone", "codec") if k not in cfg and not (k == "backbone" and backbone)]
+        if missing:
+            raise ValueError(f"{d / 'slm_config.json'}: names no {' and no '.join(missing)}")
+        sampling = sampling_from_config(cfg.get("sampling"), f"{d / 'slm_config.json'}: sampling")
         if int8 is None:
             int8 = int8_mode(cfg.get("int8", False)) if torch.device(device).type == "cpu" else None
-        layout = TokenLayout.load(d)
-        bb = load_backbone(backbone or cfg["backbone"])
-        extend_vocabulary(bb.model, bb.tokenizer, layout)
-        lm = load_adapter(bb.model, d / "adapter").to(device)
-        head = AcousticHead.from_pretrained(d).to(device) if (d / "acoustic_head.json").exists() else None
-        cpath = codec_dir(d, cfg)
-        codec = _load_codec(cpath, cfg.get("codec_class"))
-        if isinstance(codec, torch.nn.Module):
-            codec.to(device).eval()
-        voices = {name: Voice(name, CodecTokens.load(f), text) for name, f, text in voice_files(d)}
-        info = cpath / "training.json"
-        spec = (json.loads(info.read_text()).get("teacher_spec") if info.exists() else None) or "whisper-base-ct2"
-        reader = CTCReader.from_pretrained(d / "ctc_reader").to(device) if (d / "ctc_reader").is_dir() else None
-        return cls(lm, bb.tokenizer, layout, codec, head, voices, Sampling(**cfg.get("sampling", {})), teacher_spec=spec,
+        if not any((d / "adapter" / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+            # peft would otherwise take the dir for a hub id and try to download it
+            raise FileNotFoundError(f"{d / 'adapter'}: the LoRA adapter's weights (adapter_model.safetensors) are "
+                                    "missing: the model dir is incomplete")
+        try:
+            layout = TokenLayout.load(d)
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{d / 'token_layout.json'}: not a token layout ({type(e).__name__}: {e})") from None
+        try:
+            bb = load_backbone(backbone or cfg["backbone"])
+            extend_vocabulary(bb.model, bb.tokenizer, layout)
+            lm = load_adapter(bb.model, d / "adapter").to(device)
+            head = AcousticHead.from_pretrained(d).to(device) if (d / "acoustic_head.json").exists() else None
+            cpath = codec_dir(d, cfg)
+            codec = _load_codec(cpath, cfg.get("codec_class"))
+            if isinstance(codec, torch.nn.Module):
+                codec.to(device).eval()
+            voices = {name: Voice(name, CodecTokens.load(f), text) for name, f, text in voice_files(d)}
+            info = cpath / "training.json"
+            spec = (json.loads(info.read_text()).get("teacher_spec") if info.exists() else None) or "whisper-base-ct2"
+            reader = CTCReader.from_pretrained(d / "ctc_reader").to(device) if (d / "ctc_reader").is_dir() else None
+        except SafetensorError as e:  # a truncated or damaged weights file
+            raise ValueError(f"{d}: a weights file of this model dir is damaged ({e})") from None
+        if reader is None and cfg.get("asr_method") in ("fused", "joint"):
+            raise FileNotFoundError(f"{d / 'ctc_reader'}: missing, and slm_config.json's asr_method "
+                                    f"{cfg['asr_method']!r} reads with it: the model dir is incomplete")
+        return cls(lm, bb.tokenizer, layout, codec, head, voices, sampling, teacher_spec=spec,
                    merge=merge, int8=int8, tts_aligned=bool(cfg.get("tts_aligned", False)),
                    asr_aligned=bool(cfg.get("asr_aligned", False)), tts_phones=bool(cfg.get("tts_phones", False)),
                    semantic_only=bool(cfg.get("semantic_only", False)) if semantic_only is None else semantic_only,

@@ -176,3 +176,46 @@ def test_eval_limit_must_be_positive(tmp_path):
 def test_tts_notes_letters_outside_english(capsys, tmp_path, model):
     rc, err = _run(capsys, ["--threads", "1", "tts", "Hello \u4f60\u597d", "--model", model, "--out", str(tmp_path / "o.wav")])
     assert rc == 0 and "note: 2 letter(s) outside English" in err and (tmp_path / "o.wav").exists()
+
+
+def _broken_copy(model, tmp_path, name, edit):
+    import shutil
+    from pathlib import Path
+
+    d = tmp_path / name
+    shutil.copytree(model, d)
+    edit(Path(d))
+    return str(d)
+
+
+def test_damaged_model_dirs(capsys, tmp_path, model):
+    """A model dir with a file missing, truncated or of the wrong kind: one error line naming what is wrong (it
+    used to be a hub download attempt, a safetensors or JSON traceback, or a KeyError)."""
+    import json
+
+    def settings(**kw):
+        def edit(d):
+            cfg = json.loads((d / "slm_config.json").read_text())
+            cfg["sampling"] = {**cfg.get("sampling", {}), **kw}
+            (d / "slm_config.json").write_text(json.dumps(cfg))
+        return edit
+
+    def truncate(name):
+        def edit(d):
+            f = d / name
+            f.write_bytes(f.read_bytes()[:100])
+        return edit
+
+    cases = {
+        "adapter": (lambda d: (d / "adapter" / "adapter_model.safetensors").unlink(), "adapter's weights"),
+        "head": (truncate("acoustic_head.safetensors"), "is damaged"),
+        "config_json": (lambda d: (d / "slm_config.json").write_text('{"backbone": '), "not valid JSON"),
+        "layout": (lambda d: (d / "token_layout.json").write_text('{"foo": 1}'), "not a token layout"),
+        "sampling_type": (settings(temperature="hot"), "sampling.temperature: expected a number"),
+        "sampling_key": (settings(temprature=0.5), "unknown sampling settings ['temprature']"),
+    }
+    for name, (edit, says) in cases.items():
+        d = _broken_copy(model, tmp_path, name, edit)
+        rc, err = _run(capsys, ["--threads", "1", "tts", "hello", "--model", d, "--out", str(tmp_path / "o.wav")])
+        assert rc == 2 and says in err and "Traceback" not in err, (name, err)
+    assert not (tmp_path / "o.wav").exists()
