@@ -219,3 +219,14 @@ def test_damaged_model_dirs(capsys, tmp_path, model):
         rc, err = _run(capsys, ["--threads", "1", "tts", "hello", "--model", d, "--out", str(tmp_path / "o.wav")])
         assert rc == 2 and says in err and "Traceback" not in err, (name, err)
     assert not (tmp_path / "o.wav").exists()
+
+
+@pytest.mark.parametrize("argv, says", [(["--max-input-seconds", "-1"], "finite number of seconds > 0"),
+                                        (["--max-input-seconds", "nan"], "finite number of seconds > 0"),
+                                        (["--lm-weight", "nan"], "must be a finite number")])
+def test_asr_numeric_options(capsys, tmp_path, model, no_load, argv, says):
+    from slm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["asr", _wav(tmp_path / "a.wav", 1), "--model", model, *argv])
+    assert e.value.code == 2 and says in capsys.readouterr().err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -83,14 +84,14 @@ def register(subparsers) -> None:
     a.add_argument("--lexicon", default=None, metavar="SPEC",
                    help="with --method fused: 'wordfreq:N' (the N most frequent English words) or a word list "
                         "(one word per line, optionally word<TAB>count), e.g. your domain's vocabulary")
-    a.add_argument("--lm-weight", type=float, default=None, help="with --method fused: the LM's weight")
+    a.add_argument("--lm-weight", type=finite_float, default=None, help="with --method fused: the LM's weight")
     a.add_argument("--lm-dtype", choices=("auto", "float32", "bfloat16"), default=None,
                    help="with --method fused: the LM's weights (default auto: bfloat16 where the CPU or GPU has "
                         "bf16 units, ~2x faster here; float32 gives the exact float32 scores)")
     a.add_argument("--lm-lag", type=int, default=None, metavar="FRAMES",
                    help="with --method fused: frames a newly ended word may wait for its LM score, so that words "
                         "ending close together share one LM forward (default: the model's setting; 0: exact)")
-    a.add_argument("--max-input-seconds", type=float, default=MAX_ASR_SECONDS,
+    a.add_argument("--max-input-seconds", type=positive_seconds, default=MAX_ASR_SECONDS,
                    help=f"refuse input audio longer than this (default {MAX_ASR_SECONDS:g} s)")
     a.set_defaults(func=_asr)
 
@@ -254,8 +255,30 @@ MAX_INPUT_SECONDS = 60.0
 MAX_ASR_SECONDS = 3600.0
 
 
+def positive_seconds(value: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {value}")
+    return x
+
+
+def finite_float(value: str) -> float:
+    """argparse type: a finite number."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return x
+
+
 def _input_seconds_arg(p) -> None:
-    p.add_argument("--max-input-seconds", type=float, default=MAX_INPUT_SECONDS,
+    p.add_argument("--max-input-seconds", type=positive_seconds, default=MAX_INPUT_SECONDS,
                    help=f"refuse input audio longer than this (default {MAX_INPUT_SECONDS:g} s; split long recordings)")
 
 
