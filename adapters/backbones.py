@@ -66,13 +66,26 @@ def _default_dir() -> Path:
 
 def resolve_backbone(spec: str) -> str:
     """Local dir for embedded names; hub ids and local dirs pass through unchanged."""
-    return str(_default_dir()) if spec.lower() in _EMBEDDED else spec
+    if spec.lower() in _EMBEDDED:
+        return str(_default_dir())
+    return str(Path(spec).expanduser()) if spec.startswith("~") else spec
+
+
+def check_backbone_spec(spec: str) -> None:
+    """Refuse a spec that cannot name a backbone: not a string, or a local path (starting with ``/``, ``.`` or
+    ``~``, or with more separators than a hub id ``owner/name`` has) that is no directory. Cheap: run it before
+    any work that precedes loading the backbone."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"backbone spec must be a hub id, a local dir or '{DEFAULT_BACKBONE}', got {spec!r}")
+    seps = spec.count("/") + (spec.count(os.sep) if os.sep != "/" else 0)
+    if (spec.startswith(("/", ".", "~")) or seps > 1) and not Path(spec).expanduser().is_dir():
+        raise FileNotFoundError(f"backbone {spec!r}: no such directory (expected a local model dir, a hub id "
+                                f"'owner/name' or '{DEFAULT_BACKBONE}')")
 
 
 def load_backbone(spec: str = DEFAULT_BACKBONE, dtype: torch.dtype = torch.float32) -> Backbone:
     """Load a causal LM and its tokenizer by hub id, local dir, or embedded name ("smollm2-135m")."""
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"backbone spec must be a hub id, a local dir or '{DEFAULT_BACKBONE}', got {spec!r}")
+    check_backbone_spec(spec)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()

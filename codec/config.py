@@ -9,7 +9,11 @@ aimed at ~1 kbps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,112 @@ def _default_loss_weights() -> dict[str, float]:
         "vae/kl": 1e-3,
         "align/contrastive": 1.0,
     }
+
+
+# Every loss a codec model returns (the defaults above weight all but these; unweighted ones count 1.0).
+MODEL_LOSSES = (*_default_loss_weights(), "acoustic/constraint")
+
+
+# ---- config-file checks (shared by the codec, codec-training and LM-training configs) ----------------------
+
+def load_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """The mapping a YAML config file holds ({} when empty). A file that is not valid YAML, or whose top level
+    is not a mapping, is a one-line ValueError naming the file (and the line of a syntax error)."""
+    import yaml
+
+    text = Path(path).read_text()
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        why = "; ".join(x for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+        raise ValueError(f"{path}: not valid YAML{at}: {why}") from e
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: a {what} file must hold a mapping of keys to values, got a "  # noqa: TRY004 (bad input)
+                         f"{type(d).__name__} ({d!r:.60})")
+    return d
+
+
+def check_keys(cls, keys: Iterable[str], what: str) -> None:
+    """Refuse keys that are not fields of dataclass ``cls``, listing the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(keys) - known, key=str)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; known keys are {sorted(known)}")
+
+
+def check_types(cls, values: Mapping[str, Any], prefix: str = "") -> None:
+    """Check each value against the annotation of the dataclass field of its name (keys that are no field are
+    left to :func:`check_keys`): an int field takes an int (not a bool), a float field an int or a float, a str
+    field a string, ``X | None`` also null, ``list[X]`` / ``tuple[X, ...]`` a list of X, ``dict[K, V]`` a
+    mapping, a nested dataclass a mapping of its fields. The error names ``prefix + field``, the value and what
+    was expected."""
+    hints = _hints(cls)
+    for name, v in values.items():
+        if name in hints and not _fits(v, hints[name]):
+            raise ValueError(f"{prefix}{name} must be {_describe(hints[name])}, got {v!r:.80}")
+
+
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _fits(v: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(v, a) for a in args)
+    if tp is type(None):
+        return v is None
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    if tp is str:
+        return isinstance(v, str)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(v, tp | dict)
+    if tp is dict or origin is dict:
+        return isinstance(v, dict) and (not args or all(_fits(k, args[0]) and _fits(x, args[1]) for k, x in v.items()))
+    if tp in (list, tuple) or origin in (list, tuple):
+        if not isinstance(v, list | tuple):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(v) == len(args) and all(_fits(x, a) for x, a in zip(v, args))
+        return not args or all(_fits(x, args[0]) for x in v)
+    return True  # a type this check does not know: left to the class
+
+
+_NAMES = {int: ("an int", "ints"), float: ("a number", "numbers"), str: ("a string", "strings"),
+          bool: ("true or false", "booleans"), type(None): ("null", "nulls")}
+
+
+def _describe(tp: Any, plural: bool = False) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in _NAMES:
+        return _NAMES[tp][plural]
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in sorted(args, key=lambda a: a is type(None)))
+    if tp is dict or origin is dict or dataclasses.is_dataclass(tp):
+        if plural:
+            return "mappings"
+        return f"a mapping of {_describe(args[1], True)}" if args and args[1] is not Any else "a mapping"
+    if tp in (list, tuple) or origin in (list, tuple):
+        if plural:
+            return "lists"
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} {_describe(args[0], True)}" if len(set(args)) == 1 else \
+                f"a list [{', '.join(_describe(a) for a in args)}]"
+        return f"a list of {_describe(args[0], True)}" if args and args[0] is not Any else "a list"
+    return "anything" if tp is Any else getattr(tp, "__name__", str(tp))
 
 
 @dataclass
@@ -168,21 +278,19 @@ class CodecConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CodecConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown CodecConfig keys {unknown}; known keys are {sorted(known)}")
+        check_keys(cls, d, "CodecConfig")
+        check_types(cls, d)
         return cls(**d)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CodecConfig:
-        import yaml
-
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
-        if "loss_weights" in d:
+        d = load_yaml_mapping(path, "codec config")
+        if isinstance(d.get("loss_weights"), dict):
             d["loss_weights"] = {**_default_loss_weights(), **d["loss_weights"]}
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
 
     def to_yaml(self, path: str | Path) -> None:
         import yaml

@@ -166,9 +166,16 @@ class TaskMix:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TaskMix:
+        from codec.config import check_types
+
         d = dict(d or {})
         if "continue" in d:
             d["continue_"] = d.pop("continue")
+        unknown = sorted((k for k in d if k not in cls.__dataclass_fields__), key=str)
+        if unknown:
+            known = sorted(k.rstrip("_") for k in cls.__dataclass_fields__)
+            raise ValueError(f"unknown tasks keys {unknown}; known keys are {known}")
+        check_types(cls, d, "tasks.")
         return cls(**d)
 
 

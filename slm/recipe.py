@@ -56,23 +56,109 @@ def load_settings(path: str | Path, overrides: list[str] | None = None) -> dict[
     """The recipe YAML as a dict, with ``key.sub=value`` overrides (values parsed as YAML)."""
     import yaml
 
+    from codec.config import load_yaml_mapping
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"recipe settings {p} not found: expected a YAML file like configs/recipe/default.yaml")
-    d = yaml.safe_load(p.read_text()) or {}
+    d = load_yaml_mapping(p, "recipe settings")
     for o in overrides or []:
         key, sep, value = o.partition("=")
         if not sep or not key:
             raise ValueError(f"override {o!r}: expected KEY.SUB=VALUE")
-        node = d
-        *parents, leaf = key.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = yaml.safe_load(value)
+        _override(d, key.split("."), yaml.safe_load(value), o)
     for k in ("work_dir", "corpus", "codec", "lm", "export"):
         if k not in d:
             raise ValueError(f"{p}: missing section {k!r}")
     return d
+
+
+# The keys the stages read, by section (list indices left out of the path): an override must name one of these
+# or a key the settings file has. The ``train`` mappings take the fields of the training configs.
+SETTINGS_KEYS: dict[tuple[str, ...], set[str]] = {
+    (): {"work_dir", "threads", "corpus", "lm_corpus", "real", "teacher", "codec", "tokenize", "lm", "lm_finetune",
+         "voice", "reader", "eval", "export"},
+    ("corpus",): {"dir", "hours", "seed", "workers"},
+    ("lm_corpus",): {"dir", "hours", "seed", "workers"},
+    ("real",): {"enabled", "dir"},
+    ("teacher",): {"enabled", "spec", "features", "centroids", "k", "rate", "max_frames"},
+    ("codec",): {"model", "corpus", "checkpoint", "max_minutes", "train", "decoder_finetune"},
+    ("codec", "decoder_finetune"): {"max_minutes", "train"},
+    ("tokenize",): {"dir", "workers"},
+    ("lm",): {"backbone", "init_from", "max_minutes", "train"},
+    ("lm_finetune",): {"enabled", "max_minutes", "device", "train"},
+    ("voice",): {"enabled", "limit", "max_minutes", "seed", "manifest", "train"},
+    ("reader",): {"steps", "ctc_weight", "beam", "pre_beam", "dim", "layers", "heads", "upsample", "method",
+                  "lm_weight", "word_bonus", "fused_beam", "lexicon", "substitute", "time_mask", "acoustic"},
+    ("eval",): {"tasks", "metrics", "limit", "real_limit", "lm_limit", "probe_steps", "probe_train_limit"},
+    ("export",): {"dir", "max_mb", "sampling", "int8"},
+}
+# Sections a null turns off (the stages read null as "none").
+NULLABLE = {("lm_corpus",), ("lm_finetune",), ("voice",), ("reader",), ("codec", "decoder_finetune")}
+ANY_KEY = "any key"  # a mapping whose keys the settings do not fix (checked where it is used)
+
+
+def _known_keys(path: tuple[str, ...]) -> set[str] | str | None:
+    """The keys a mapping at ``path`` may hold: a set, ``ANY_KEY``, or None where the value is no mapping."""
+    p = tuple(k for k in path if not k.isdigit())
+    if p in SETTINGS_KEYS:
+        return SETTINGS_KEYS[p]
+    if "train" in p[1:]:
+        import dataclasses
+        import typing
+
+        i = p.index("train", 1)
+        if p[0] in ("lm", "lm_finetune"):
+            from slm.train import TrainConfig as cls
+        else:
+            from codec.train.config import CodecTrainConfig as cls
+        hints = typing.get_type_hints(cls)
+        if len(p) == i + 1:
+            return {f.name for f in dataclasses.fields(cls)}
+        if len(p) == i + 2 and p[-1] in hints:  # a mapping field (head, lora, recon, ...): the config checks its keys
+            tp = hints[p[-1]]
+            if any(a is dict or typing.get_origin(a) is dict or dataclasses.is_dataclass(a)
+                   for a in typing.get_args(tp) or (tp,)):
+                return ANY_KEY
+        return None
+    return ANY_KEY if p in (("codec", "model"), ("export", "sampling")) else None
+
+
+def _override(d: dict[str, Any], parts: list[str], value: Any, o: str) -> None:
+    """Set ``d[parts[0]][parts[1]]... = value`` for ``--set o``: every key must be one the settings have or the
+    stages read, a mapping is not replaced by a value (but a null turns an optional section off), and a value is
+    not indexed into."""
+    node: Any = d
+    for i, k in enumerate(parts):
+        here = tuple(parts[:i])
+        name = ".".join(here) or "the top level"
+        if isinstance(node, list):
+            if not (k.isdigit() and int(k) < len(node)):
+                raise ValueError(f"--set {o}: {name} is a list of {len(node)}; expected an index 0..{len(node) - 1}, "
+                                 f"got {k!r}")
+            k = int(k)
+        else:
+            known = _known_keys(here)
+            if k not in node and known is not ANY_KEY and k not in (known or ()):
+                valid = ", ".join(sorted({*node, *(known or ())}, key=str))
+                raise ValueError(f"--set {o}: unknown key {k!r} under {name}; valid keys there: {valid}")
+        old = node[k] if isinstance(node, list) or k in node else None
+        if i == len(parts) - 1:
+            path = tuple(parts)
+            if isinstance(old, dict | list) and not isinstance(value, dict | list) and not (
+                    value is None and tuple(x for x in path if not x.isdigit()) in NULLABLE):
+                what = ("a list: give a list (KEY=[a, b])" if isinstance(old, list) else
+                        f"a mapping of settings: set one of its keys ({'.'.join(parts)}.KEY=VALUE)")
+                raise ValueError(f"--set {o}: {'.'.join(parts)} is {what}, not replace it by {value!r}")
+            node[k] = value
+        elif isinstance(old, dict | list):
+            node = old
+        elif old is None and _known_keys((*here, str(k))) is not None:
+            node[k] = {}
+            node = node[k]
+        else:
+            raise ValueError(f"--set {o}: {'.'.join(parts[:i + 1])} is {old!r}, not a mapping: it has no key "
+                             f"{parts[i + 1]!r}")
 
 
 @dataclass

@@ -24,6 +24,9 @@ from slm.acoustic_head import AcousticHead, AcousticHeadConfig, acoustic_ratio, 
 from slm.lm_data import Batch, TaskMix, Utterance, collate, load_tokens, make_examples, pack
 from slm.packing import check_packing, lm_inputs
 
+# "auto": bf16 where supported (CUDA bf16 or CPU AMX/avx512_bf16); the rest are accelerate's modes
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16", "fp8")
+
 
 @dataclass
 class TrainConfig:
@@ -75,17 +78,40 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
-        import yaml
+        from codec.config import load_yaml_mapping
 
-        d = yaml.safe_load(Path(path).read_text()) or {}
+        d = load_yaml_mapping(path, "training config")
         d.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected some of {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+            raise ValueError(f"{path}: unknown keys {sorted(unknown, key=str)}; expected some of "
+                             f"{sorted(cls.__dataclass_fields__)}")
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (types, ranges, the keys of ``lora`` / ``head`` / ``tasks``) before any work. Runs on
+        construction and again in :func:`train` on the final config."""
+        from adapters.lora import LoraSettings
+        from codec.config import check_keys, check_types
+
+        check_types(type(self), vars(self))
+        for name, kind in (("lora", LoraSettings), ("head", AcousticHeadConfig)):
+            check_keys(kind, getattr(self, name), name)
+            check_types(kind, getattr(self, name), f"{name}.")
+        TaskMix.from_dict(self.tasks)
         check_packing(self.packing)
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {', '.join(map(repr, MIXED_PRECISION))}, "
+                             f"got {self.mixed_precision!r}")
+        for name in ("steps", "batch_size", "grad_accum", "max_len", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.remap_semantic and not (self.init_from and self.codec):
             raise ValueError("remap_semantic maps a model's semantic rows onto a new codec: set init_from (the model) "
                              "and codec (the new codec the tokens come from)")
@@ -617,8 +643,11 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     from accelerate.utils import set_seed
     from tqdm import tqdm
 
+    from adapters.backbones import check_backbone_spec
     from slm.pipeline import _load_codec, save_bundle
 
+    cfg.validate()  # the final config (fields set after construction), before any work
+    check_backbone_spec(cfg.backbone)  # a missing local backbone dir fails now, not after tokenising
     acc = _accelerator(_mixed_precision(cfg.mixed_precision), cfg)
     from codec.runtime import destroy_process_group_at_exit
 

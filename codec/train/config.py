@@ -6,8 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from codec.config import MODEL_LOSSES, check_keys, check_types, load_yaml_mapping
 from codec.discriminators import DiscriminatorConfig
 from codec.losses import ReconstructionLossConfig
+
+# Trainer-side weights; the model's own terms are weighted by its config (CodecConfig.loss_weights).
+TRAINER_WEIGHTS = {"mel/l1": 15.0, "stft/sc": 0.0, "stft/mag": 0.0, "adv/gen": 1.0, "adv/feat": 2.0}
 
 
 @dataclass
@@ -57,7 +61,7 @@ class CodecTrainConfig:
     # decoder can fine-tune on a manifest that has none, e.g. a larger corpus. Modules that hold a
     # trained one stay in train mode: e.g. secousticodec's bottleneck samples its VAE latent in training,
     # so train_only: [bottleneck.x] there trains on sampled latents.
-    train_only: list[str] | None = None
+    train_only: list[str] | str | None = None  # one module name may be given as a string
     # Decoder fine-tunes only: a token dir (`slm head-tokens`) whose acoustic codes a speech LM's acoustic
     # head sampled for each utterance from its true semantic tokens. A share ``head_token_prob`` of the
     # batch items is decoded from those tokens (cropped to the item's crop) instead of the codec's own, so
@@ -94,6 +98,14 @@ class CodecTrainConfig:
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (types, ranges, names). Runs on construction, and again in ``train`` on the final
+        config: the CLI's --steps / --max-minutes are set after the file is read."""
+        if isinstance(self.train_only, str):
+            self.train_only = [self.train_only]
+        check_types(type(self), vars(self))
         if self.adv_kind not in ("hinge", "lsgan"):
             raise ValueError(f"adv_kind must be 'hinge' or 'lsgan', got {self.adv_kind!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -101,6 +113,12 @@ class CodecTrainConfig:
         if self.batch_size < 1 or self.steps < 1 or self.segment_seconds <= 0:
             raise ValueError("batch_size and steps must be >= 1 and segment_seconds > 0, got "
                              f"{self.batch_size}, {self.steps}, {self.segment_seconds}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be > 0 (or null: no time limit), got {self.max_minutes}")
+        unknown = sorted(set(self.loss_weights) - {*TRAINER_WEIGHTS, *MODEL_LOSSES})
+        if unknown:
+            raise ValueError(f"unknown loss_weights names {unknown}; the losses are "
+                             f"{sorted({*TRAINER_WEIGHTS, *MODEL_LOSSES})}")
         if self.semantic_stage_step < 0 or self.joint_stage_step < 0 or (
                 self.joint_stage_step and self.joint_stage_step <= self.semantic_stage_step):
             raise ValueError("stage steps must be >= 0 with joint_stage_step after semantic_stage_step (or 0), "
@@ -112,9 +130,7 @@ class CodecTrainConfig:
             raise ValueError(f"lr_min_ratio must lie in [0, 1] and lr_warmup be >= 0, got {self.lr_min_ratio}, "
                              f"{self.lr_warmup}")
         if self.train_only is not None:
-            if isinstance(self.train_only, str):
-                self.train_only = [self.train_only]
-            self.train_only = [str(x) for x in self.train_only]
+            self.train_only = list(self.train_only)
             if self.train_only and (self.semantic_stage_step or self.joint_stage_step):
                 raise ValueError("train_only and secousticodec's stage schedule both decide what trains: set one "
                                  "(semantic_stage_step/joint_stage_step = 0 with train_only)")
@@ -135,14 +151,13 @@ class CodecTrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CodecTrainConfig:
-        import yaml
-
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
-        cfg = cls.from_dict(d)
+        d = load_yaml_mapping(path, "codec train config")
         # Relative paths in a config are relative to the working directory (the repo root), as in
         # the shipped configs; nothing to resolve here.
-        return cfg
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -168,10 +183,10 @@ class CodecTrainConfig:
 
 
 def _build(cls, d: dict[str, Any], what: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown {what} keys {unknown}; known keys are {sorted(known)}")
+    if not isinstance(d, dict):
+        raise ValueError(f"a {what} must be a mapping of keys to values, got {d!r:.60}")  # noqa: TRY004 (bad input)
+    check_keys(cls, d, what)
+    check_types(cls, d, "" if cls is CodecTrainConfig else f"{what}.")  # the values as written (lists)
     d = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v)
          for k, v in d.items()}
     return cls(**d)

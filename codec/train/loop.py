@@ -35,11 +35,8 @@ from codec.losses import (
 from codec.modules.secousti import apply_training_stage
 from codec.train.batches import HeadTokens, StepBatches, collate_codec_batch, crop_hop, read_rows
 from codec.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-from codec.train.config import CodecTrainConfig
+from codec.train.config import TRAINER_WEIGHTS, CodecTrainConfig
 from codec.train.teacher_cache import CacheReader
-
-# Trainer-side weights; the model's own terms are weighted by its config (CodecConfig.loss_weights).
-TRAINER_WEIGHTS = {"mel/l1": 15.0, "stft/sc": 0.0, "stft/mag": 0.0, "adv/gen": 1.0, "adv/feat": 2.0}
 
 
 @dataclass
@@ -192,6 +189,7 @@ def _ema_export_model(ema: AveragedModel, model):
 
 def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> TrainResult:
     """Train (or continue training) the codec described by ``cfg``; export the EMA generator."""
+    cfg.validate()  # the final config: fields set after construction (CLI overrides) are checked too
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from tqdm import tqdm
