@@ -783,11 +783,13 @@ class _FramePlan:
         self.leave = [w[0] for w in (words or [])[1:]] + [layout.audio_end]
         self.or_leave = [torch.cat([self.sem, self.pos[t : t + 1]]) for t in self.leave[: len(words or [])]]
         self.max_new = max_frames + sum(len(w) for w in (words or [[]])[1:])  # tokens fed after the prompt
+        # a frame budget the backbone's context could never hold is a request error, not a buffer to allocate (the
+        # budget is an upper bound: the words' tokens and an early end are left to the decoding)
         ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        if ctx and prompt.numel() + self.max_new > ctx:
+        if ctx and prompt.numel() + max_frames > ctx:
             raise ValueError(f"{max_frames} frames after a {prompt.numel()}-token prompt exceed the backbone's context "
-                             f"of {ctx} positions: at most {max(ctx - prompt.numel() - self.max_new + max_frames, 0)} "
-                             f"frames fit; ask for fewer seconds")
+                             f"of {ctx} positions: at most {max(ctx - prompt.numel(), 0)} frames fit; ask for fewer "
+                             "seconds")
 
     def choose(self, logits, s: Sampling, recent: list[int], gen: torch.Generator | None, made: int, k: int,
                in_word: int) -> int:
