@@ -150,7 +150,7 @@ def model_sampling(path: str | Path) -> Sampling:
     """A model dir's decoding defaults (``slm_config.json`` ``"sampling"`` over :class:`Sampling`'s), read
     without loading the model: what ``from_pretrained(path).sampling`` will be."""
     d = model_dir(path)
-    return sampling_from_config(read_model_config(d).get("sampling"), f"{d / 'slm_config.json'}: sampling")
+    return sampling_from_config(read_model_config(d).get("sampling"), str(d / "slm_config.json"))
 
 
 def read_model_config(d: Path) -> dict:
@@ -169,20 +169,19 @@ def read_model_config(d: Path) -> dict:
     return cfg
 
 
-def sampling_from_config(settings: dict | None, where: str = "sampling") -> Sampling:
+def sampling_from_config(settings: dict | None, where: str = "slm_config.json") -> Sampling:
     """A model dir's ``sampling`` settings (slm_config.json) as :class:`Sampling`, with a clear error for an
     unknown name or a value of the wrong type (instead of a TypeError deep in the constructor or the sampler)."""
+    from codec.config import check_keys, check_types
+
     settings = settings or {}
     if not isinstance(settings, dict):
         raise ValueError(f"{where}: expected a mapping of sampling settings, got {settings!r:.60}")  # noqa: TRY004 (bad input)
-    kinds = {f.name: f.type for f in dataclasses.fields(Sampling)}
-    unknown = sorted(set(settings) - set(kinds))
-    if unknown:
-        raise ValueError(f"{where}: unknown sampling settings {unknown}; known: {sorted(kinds)}")
-    for k, v in settings.items():
-        want = (int,) if kinds[k] in ("int", int) else (int, float)
-        if isinstance(v, bool) or not isinstance(v, want):
-            raise ValueError(f"{where}.{k}: expected a number ({kinds[k]}), got {v!r}")  # noqa: TRY004 (bad input)
+    try:
+        check_keys(Sampling, settings, "sampling")
+        check_types(Sampling, settings, "sampling.")
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     return Sampling(**settings)
 
 
@@ -208,10 +207,15 @@ def check_text(text) -> str:
     if len(text) > MAX_TEXT_CHARS:
         raise ValueError(f"text has {len(text)} characters; at most {MAX_TEXT_CHARS} per call "
                          "(split a long text into several calls)")
-    if not text.isascii() and not any(c.isascii() and c.isalnum() for c in text):
+    if not text.isascii() and not speakable(text):
         raise ValueError(f"text has nothing to speak: no Latin letters or digits in {text[:40]!r} "
                          "(the models speak English)")
     return text
+
+
+def speakable(text: str) -> bool:
+    """Whether ``text`` has something an English model can say: a Latin letter or a digit."""
+    return any(c.isascii() and c.isalnum() for c in text)
 
 
 def foreign_letters(text: str) -> int:
@@ -389,7 +393,7 @@ class SpeechPipeline:
         missing = [k for k in ("backbone", "codec") if k not in cfg and not (k == "backbone" and backbone)]
         if missing:
             raise ValueError(f"{d / 'slm_config.json'}: names no {' and no '.join(missing)}")
-        sampling = sampling_from_config(cfg.get("sampling"), f"{d / 'slm_config.json'}: sampling")
+        sampling = sampling_from_config(cfg.get("sampling"), str(d / "slm_config.json"))
         if int8 is None:
             int8 = int8_mode(cfg.get("int8", False)) if torch.device(device).type == "cpu" else None
         if not any((d / "adapter" / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
@@ -965,7 +969,7 @@ class SpeechPipeline:
         t1 = time.perf_counter()
         msgs = list(history or []) + [{"role": "user", "content": user or "(silence)"}]
         reply = self.chat(msgs)
-        if not any(c.isascii() and c.isalnum() for c in reply):  # nothing TTS could speak (empty, emoji only)
+        if not speakable(reply):  # nothing TTS could speak (empty, emoji only)
             reply = "Sorry, I have no answer."
         lat["chat"] = time.perf_counter() - t1
         t2 = time.perf_counter()

@@ -211,8 +211,8 @@ def test_damaged_model_dirs(capsys, tmp_path, model):
         "head": (truncate("acoustic_head.safetensors"), "is damaged"),
         "config_json": (lambda d: (d / "slm_config.json").write_text('{"backbone": '), "not valid JSON"),
         "layout": (lambda d: (d / "token_layout.json").write_text('{"foo": 1}'), "not a token layout"),
-        "sampling_type": (settings(temperature="hot"), "sampling.temperature: expected a number"),
-        "sampling_key": (settings(temprature=0.5), "unknown sampling settings ['temprature']"),
+        "sampling_type": (settings(temperature="hot"), "sampling.temperature must be a number, got 'hot'"),
+        "sampling_key": (settings(temprature=0.5), "unknown sampling keys ['temprature']"),
     }
     for name, (edit, says) in cases.items():
         d = _broken_copy(model, tmp_path, name, edit)
