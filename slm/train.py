@@ -78,15 +78,12 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
-        from codec.config import load_yaml_mapping
+        from codec.config import check_keys, load_yaml_mapping
 
         d = load_yaml_mapping(path, "training config")
         d.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown, key=str)}; expected some of "
-                             f"{sorted(cls.__dataclass_fields__)}")
         try:
+            check_keys(cls, d, "training config")
             return cls(**d)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
