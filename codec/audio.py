@@ -71,7 +71,8 @@ def _read_ffmpeg(path: Path, sample_rate: int, max_seconds: float | None = None)
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000, *, max_seconds: float | None = None) -> Tensor:
-    """Load ``path`` as float32 ``[1, N]`` at ``sample_rate`` Hz, mono, values in [-1, 1].
+    """Load ``path`` as float32 ``[1, N]`` at ``sample_rate`` Hz, mono, values in [-1, 1]. A float file whose
+    samples go past full scale is scaled down to peak at 1 rather than clipped.
 
     Raises :class:`AudioError` (a ``ValueError``) saying what was expected and what came for a
     missing/unreadable file, an empty one, NaN/Inf samples, or one longer than ``max_seconds``.
@@ -89,6 +90,9 @@ def load_audio(path: str | Path, sample_rate: int = 16000, *, max_seconds: float
     wav = torch.from_numpy(np.ascontiguousarray(data)).float().mean(dim=0, keepdim=True)  # [1, N]
     if not torch.isfinite(wav).all():
         raise AudioError(f"{path}: expected finite samples, got NaN or Inf values")
+    peak = float(wav.abs().max())
+    if peak > 1.0:  # a float file past full scale: scaled down whole, not clipped (clipping distorts every peak)
+        wav /= peak
     if sr != sample_rate:
         import torchaudio.functional as AF
 

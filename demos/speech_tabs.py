@@ -117,7 +117,9 @@ def tts_tab(ctx: DemoContext) -> gr.Dropdown:
             w = int(best_of_words)
             if not 0 <= w <= ctx.limits.max_best_of_words:
                 raise InputError(f"choose every N words: 0..{ctx.limits.max_best_of_words}, got {w}")
-            kwargs["best_of_words"] = w
+            aligned = p.tts_aligned if kwargs["aligned"] is None else kwargs["aligned"]
+            if kwargs.get("best_of", ctx.sampling.best_of) > 1 and aligned:  # else the slider has nothing to choose
+                kwargs["best_of_words"] = w
         chunks, t0, first, times = [], time.perf_counter(), None, []
         for chunk in p.tts_stream(text_value, voice_arg, max_seconds=float(max_seconds), timings=times, **kwargs):
             if chunk.numel() == 0:

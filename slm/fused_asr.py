@@ -128,14 +128,25 @@ class Lexicon:
     @classmethod
     def from_spec(cls, spec: str, base: str | Path | None = None) -> Lexicon:
         """``wordfreq[:N]``, or a word-list file: as given, else relative to ``base`` (a model dir)."""
+        what = cls.check_spec(spec, base)
+        return cls.from_wordfreq(what) if isinstance(what, int) else cls.from_file(what)
+
+    @staticmethod
+    def check_spec(spec: str, base: str | Path | None = None) -> int | Path:
+        """What :meth:`from_spec` would load, checked without loading it: N of ``wordfreq[:N]``, or the word
+        list's path. A clear error for a bad N or a missing file (the CLI calls this before the model loads)."""
         if spec == "wordfreq" or spec.startswith("wordfreq:"):
-            return cls.from_wordfreq(int(spec.partition(":")[2] or 100_000))
+            n = spec.partition(":")[2].strip() or "100000"
+            if not n.isdigit() or int(n) < 1:
+                raise ValueError(f"lexicon {spec!r}: expected 'wordfreq:N' with N a whole number >= 1 "
+                                 "(the N most frequent English words)")
+            return int(n)
         p = Path(spec)
         if not p.is_file() and base is not None and not p.is_absolute():
             p = Path(base) / p
         if not p.is_file():
             raise FileNotFoundError(f"lexicon {spec!r}: no such file (expected 'wordfreq[:N]' or a word list)")
-        return cls.from_file(p)
+        return p
 
     def extend(self, texts: Iterable[str]) -> Lexicon:
         """This lexicon plus the words of ``texts`` (new words get the lexicon's smallest log-prob)."""

@@ -72,7 +72,7 @@ def head_token_dir(model: str | Path, manifest: str | Path, out_dir: str | Path,
             wav = load_audio(r["path"], pipe.sample_rate)
             codes = pipe.encode(wav, pipe.sample_rate).semantic[0, 0]
             words = with_phones(r["words"], r.get("phones")) if r.get("words") else None
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(r["id"].encode()))
+            gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(r["id"].encode())) % 2**63)
             toks = pipe.voice_semantic(codes, r.get("text", ""), words, voices[r["speaker"]], gen,
                                        wav.shape[-1] / pipe.sample_rate)
             path.parent.mkdir(parents=True, exist_ok=True)

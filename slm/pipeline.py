@@ -32,7 +32,7 @@ from torch import Tensor
 from codec.config import TWO_STREAM
 from codec.contracts import CodecTokens, check_audio
 from codec.segment import PauseConfig, split_at_pauses
-from slm import ASR_METHODS, READER_ASR_METHODS
+from slm import ASR_METHODS, READER_ASR_METHODS, check_seed
 from slm.acoustic_head import AcousticHead, acoustic_from_frames, acoustic_ratio, frames_from_acoustic
 from slm.ctc_reader import CTCPrefixScorer, CTCReader, JointConfig, char_ids, joint_transcribe, reader_codes
 from slm.fused_asr import (
@@ -674,6 +674,12 @@ class SpeechPipeline:
             s = dataclasses.replace(s, best_of=best_of)
         if best_of_words is not None:
             s = dataclasses.replace(s, best_of_words=best_of_words)
+            if best_of_words and s.best_of == 1:
+                raise ValueError(f"best_of_words={best_of_words} chooses among best_of candidates, and best_of is 1: "
+                                 "give best_of > 1 as well")
+            if best_of_words and not aligned:
+                raise ValueError(f"best_of_words={best_of_words} chooses every few words of the aligned form; the "
+                                 "plain form speaks from the whole sentence (choose once per sentence: best_of_words=0)")
         gen = _generator(seed)
         if s.best_of > 1 and self.reader is None:
             raise ValueError(f"best_of={s.best_of} picks among candidates by the CTC reader: this model dir has no "
@@ -984,7 +990,7 @@ def _generator(seed: int | None) -> torch.Generator:
     (without reseeding it, unlike ``torch.seed()``)."""
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
-    return torch.Generator().manual_seed(int(seed))
+    return torch.Generator().manual_seed(check_seed(seed))
 
 
 @dataclass

@@ -230,3 +230,67 @@ def test_asr_numeric_options(capsys, tmp_path, model, no_load, argv, says):
     with pytest.raises(SystemExit) as e:
         main(["asr", _wav(tmp_path / "a.wav", 1), "--model", model, *argv])
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed, says", [("-1", "seed must be in 0..2**63-1"), (str(2**64), "seed must be in 0..2**63-1"),
+                                        ("x", "expected a whole number")])
+def test_seed_range_checked_by_the_parser(capsys, tmp_path, model, no_load, seed, says):
+    from slm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["tts", "hello", "--model", model, "--out", str(tmp_path / "o.wav"), "--seed", seed])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [(["--top-k", "-3"], "bad sampling settings: top_k=-3"),
+                                        (["--top-p", "1.5"], "top_p=1.5"),
+                                        (["--best-of", "2", "--top-k", "-1"], "top_k=-1"),
+                                        (["--best-of-words", "2"], "--best-of-words 2 chooses among candidates"),
+                                        (["--best-of", "99"], "best_of must be in 1..16")])
+def test_tts_sampling_checked_before_load(capsys, tmp_path, model, no_load, argv, says):
+    rc, err = _run(capsys, ["tts", "hello", "--model", model, "--out", str(tmp_path / "o.wav"), *argv])
+    assert rc == 2 and says in err and "Traceback" not in err, err
+
+
+def test_continue_sampling_checked_before_load(capsys, tmp_path, model, no_load):
+    rc, err = _run(capsys, ["continue", _wav(tmp_path / "a.wav", 1), "--model", model, "--top-p", "0",
+                            "--out", str(tmp_path / "c.wav")])
+    assert rc == 2 and "top_p=0.0" in err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--lexicon", "wordfreq:1000"], "--lexicon tune the fused ASR, and the method here is 'lm': add --method fused"),
+    (["--method", "ctc", "--lm-weight", "0.5", "--lm-lag", "2"], "--lm-weight --lm-lag tune the fused ASR"),
+    (["--method", "fused", "--lexicon", "wordfreq:abc"], "expected 'wordfreq:N' with N a whole number >= 1"),
+    (["--method", "fused", "--lexicon", "wordfreq:0"], "expected 'wordfreq:N'"),
+    (["--method", "fused", "--lexicon", "no_such_words.txt"], "no such file"),
+    (["--method", "fused", "--lm-lag", "-1"], "lm_lag must be >= 0"),
+    (["--method", "ctc", "--plain"], "--plain chooses the LM's form, and the method here is 'ctc'"),
+    (["--method", "joint", "--aligned"], "--aligned chooses the LM's form")])
+def test_asr_options_of_another_method_refused_before_load(capsys, tmp_path, model, no_load, argv, says):
+    """Options that tune one ASR method are refused with another, where they used to be ignored silently."""
+    rc, err = _run(capsys, ["asr", _wav(tmp_path / "a.wav", 1), "--model", model, *argv])
+    assert rc == 2 and says in err and "Traceback" not in err, err
+
+
+def test_pipeline_refuses_what_it_would_ignore(model):
+    """The API says so too: best_of_words without candidates or in the plain form, a seed out of range."""
+    from slm.pipeline import SpeechPipeline
+
+    pipe = SpeechPipeline.from_pretrained(model)
+    with pytest.raises(ValueError, match="best_of_words=2 chooses among best_of candidates"):
+        pipe.tts("hello there", best_of_words=2)
+    with pytest.raises(ValueError, match="seed must be in 0..2"):
+        pipe.tts("hello there", seed=-5)
+    with pytest.raises(ValueError, match="seed must be a whole number"):
+        pipe.tts("hello there", seed=1.5)
+    assert pipe.tts("hello there", seed=2**63 - 1, max_seconds=0.5).numel() > 0
+
+
+def test_lexicon_spec_read_without_loading(tmp_path):
+    from slm.fused_asr import Lexicon
+
+    assert Lexicon.check_spec("wordfreq") == 100_000 and Lexicon.check_spec("wordfreq:25") == 25
+    (tmp_path / "words.txt").write_text("alpha\t3\nbeta\n")
+    assert Lexicon.check_spec("words.txt", tmp_path) == tmp_path / "words.txt"
+    assert set(Lexicon.from_spec("words.txt", tmp_path).words) == {"alpha", "beta"}

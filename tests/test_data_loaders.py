@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import warnings
@@ -46,6 +47,18 @@ def test_save_load_round_trip(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_float_file_past_full_scale_is_scaled_not_clipped(tmp_path):
+    """A float wav peaking at 4x full scale keeps its shape (scaled down to peak 1); a 16-bit file is read as is."""
+    t = torch.arange(1600) / 16000
+    x = 4.0 * torch.sin(2 * math.pi * 220 * t)
+    sf.write(tmp_path / "loud.wav", x.numpy(), 16000, subtype="FLOAT")
+    wav = load_audio(tmp_path / "loud.wav", 16000)
+    assert wav.abs().max().item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.allclose(wav[0], x / x.abs().max(), atol=1e-6)  # clipping would flatten every peak
+    sf.write(tmp_path / "pcm.wav", (0.5 * x / 4).numpy(), 16000, subtype="PCM_16")
+    assert load_audio(tmp_path / "pcm.wav", 16000).abs().max().item() == pytest.approx(0.5, abs=1e-3)
+
+
 def test_ffmpeg_fallback_decodes_g722(tmp_path):
     sf.write(tmp_path / "a.wav", _tone(16000, 0.5), 16000)
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "a.wav"), "-acodec", "g722",

@@ -141,3 +141,19 @@ def test_cli_registers_demo_with_localhost_default():
     args = build_parser().parse_args(["demo", "--port", "0", "--codec-only"])
     assert args.host == "127.0.0.1" and not args.share and args.codec_only and args.func.__name__ == "run"
     assert build_parser().parse_args(["demo", "--host", "0.0.0.0", "--share"]).share
+
+
+def test_tts_word_slider_is_left_out_where_it_has_nothing_to_choose():
+    """The "choose every N words" slider only acts with candidates above 1 in the aligned form; elsewhere the demo
+    leaves it out rather than pass the pipeline a setting it refuses."""
+    from slm.pipeline import SpeechPipeline
+    from tests._tiny_pipeline import tiny_pipeline_dir
+
+    pipe = SpeechPipeline.from_pretrained(tiny_pipeline_dir())
+    app = build_app(lambda: pipe, codec_dirs=[tiny_codec_root()])
+    on_tts = next(d.fn for d in app.fns.values() if d.api_name == "tts")
+    for form, candidates in (("plain", 1), ("aligned", 1), ("model default", 1)):  # (the tiny model has no reader)
+        outs = list(on_tts("hello there", None, None, 0.8, 50, 0.95, 0, 0.5, form, candidates, 2))
+        assert outs, (form, candidates)
+    with pytest.raises(ValueError, match="best_of_words=2 chooses among best_of candidates"):
+        pipe.tts("hello there", best_of_words=2, max_seconds=0.5)

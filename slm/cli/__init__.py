@@ -37,6 +37,17 @@ def add_int8_flag(parser: argparse.ArgumentParser, default=None, help: str = INT
     parser.add_argument("--no-int8", dest="int8", action="store_const", const=False, help=argparse.SUPPRESS)
 
 
+def seed_arg(value: str) -> int:
+    """argparse type: a sampling seed, a whole number in 0..2**63-1 (checked before any model loads)."""
+    from slm import check_seed
+
+    try:
+        return check_seed(int(value))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e) if value.strip().lstrip("+-").isdigit()
+                                         else f"expected a whole number, got {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slm", description="dualstream-slm: dual-stream speech codecs + speech LMs")
     parser.add_argument("--threads", type=int, default=None,

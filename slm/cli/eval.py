@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from slm.cli import seed_arg
+
 
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--manifest", required=True, help="JSONL manifest (id, path, text, speaker, split, phones)")
@@ -51,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         t = sub.add_parser(task, help=helptext)
         t.add_argument("model", help="speech-LM dir (SpeechPipeline.from_pretrained), or 'default'")
         _common(t, f"eval_out/{task}")
-        t.add_argument("--seed", type=int, default=0, help="sampling seed (tts, continue)")
+        t.add_argument("--seed", type=seed_arg, default=0, help="sampling seed (tts, continue)")
         t.add_argument("--temperature", type=float, default=None)
         t.add_argument("--seconds", type=float, default=3.0, help="continuation length (continue)")
         if task in ("tts", "asr"):

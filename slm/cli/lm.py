@@ -8,7 +8,7 @@ import os
 import sys
 
 from slm import ASR_METHODS, READER_ASR_METHODS
-from slm.cli import add_int8_flag
+from slm.cli import add_int8_flag, seed_arg
 
 
 def register(subparsers) -> None:
@@ -111,7 +111,7 @@ def register(subparsers) -> None:
     h.add_argument("--out", required=True, help="token dir to write (resumable)")
     h.add_argument("--split", default="train", help="manifest split ('all': every utterance)")
     h.add_argument("--limit", type=int, default=None, help="the first N utterances of the split")
-    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--seed", type=seed_arg, default=0)
     h.set_defaults(func=_head_tokens)
 
     _head_fit_args(subparsers)
@@ -174,7 +174,7 @@ def _head_fit_args(subparsers) -> None:
     f.add_argument("--batch-frames", type=int, default=1024)
     f.add_argument("--lr", type=float, default=1e-3)
     f.add_argument("--eval-every", type=int, default=250)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=seed_arg, default=0)
     f.set_defaults(func=_head_fit)
 
 
@@ -226,7 +226,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=seed_arg, default=None)
     add_int8_flag(p)
     p.add_argument("--semantic-only", action="store_true", default=None,
                    help="speak from the semantic tokens alone, without the acoustic head (codecs trained with "
@@ -275,6 +275,45 @@ def finite_float(value: str) -> float:
     if not math.isfinite(x):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
     return x
+
+
+def _check_sampling(args, **more) -> None:
+    """The sampling options over the model dir's own settings (slm_config.json), checked before the (slow) model
+    load: a bad top-k/top-p, or --best-of-words without candidates to choose from, fails at once."""
+    import dataclasses
+
+    from slm.pipeline import model_sampling
+
+    given = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p),
+                               *more.items()) if v is not None}
+    s = dataclasses.replace(model_sampling(args.model), **given)
+    if more.get("best_of_words") and s.best_of == 1:
+        raise ValueError(f"--best-of-words {more['best_of_words']} chooses among candidates, and the model's best_of "
+                         "is 1: give --best-of N (N > 1) as well")
+
+
+def _check_asr_options(args) -> None:
+    """Options that tune one ASR method are refused with another (they would be ignored), before the model loads;
+    the lexicon and the fused settings are checked here too."""
+    from slm.pipeline import model_dir, read_model_config
+
+    fused = {k: getattr(args, k) for k in ("lexicon", "lm_weight", "lm_dtype", "lm_lag") if getattr(args, k) is not None}
+    if not fused and args.aligned is None:
+        return
+    d = model_dir(args.model)
+    method = args.method or read_model_config(d).get("asr_method") or "lm"
+    flags = " ".join(f"--{k.replace('_', '-')}" for k in fused)
+    if fused and method != "fused":
+        raise ValueError(f"{flags} tune the fused ASR, and the method here is {method!r}: add --method fused")
+    if args.aligned is not None and method != "lm":
+        form = "--aligned" if args.aligned else "--plain"
+        raise ValueError(f"{form} chooses the LM's form, and the method here is {method!r}: add --method lm")
+    if fused:
+        from slm.fused_asr import FusionConfig, Lexicon
+
+        FusionConfig(**fused)
+        if args.lexicon is not None:
+            Lexicon.check_spec(args.lexicon, d)
 
 
 def _input_seconds_arg(p) -> None:
@@ -342,6 +381,7 @@ def _tts(args) -> int:
             and not os.path.isfile(args.voice):
         raise ValueError(f"unknown voice {args.voice!r}: not a wav file nor one of the model's voices "
                          f"(see `slm tts --list-voices --model {args.model}`)")
+    _check_sampling(args, best_of=args.best_of, best_of_words=args.best_of_words)
     pipe = _pipe(args.model, args.int8, args.semantic_only)
     if args.batch is not None:
         from slm.cli.batch import synthesize_lines
@@ -439,6 +479,7 @@ def _asr(args) -> int:
         raise ValueError(f"--srt writes the subtitles of one input, got {len(paths)}; use --out FILE.jsonl for several")
     if not args.segment_seconds > 0:
         raise ValueError(f"--segment-seconds must be > 0, got {args.segment_seconds:g}")
+    _check_asr_options(args)
     done = read_done(args.out) if args.out else set()
     todo = [p for p in paths if p not in done]
     if done:
@@ -500,6 +541,7 @@ def _continue(args) -> int:
     if not args.seconds > 0:
         raise ValueError(f"--seconds must be > 0, got {args.seconds:g}")
     check_audio_out(args.out)
+    _check_sampling(args)
     wav, sr = _read_input(args)
     pipe = _pipe(args.model, args.int8, args.semantic_only)
     wav = pipe.continue_(wav, sr, seconds=args.seconds,
