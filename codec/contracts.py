@@ -123,6 +123,34 @@ class CodecTokens:
                    lengths=t.get("lengths")), meta
 
 
+def token_metadata(model, ckpt: str | Path | None = None) -> dict[str, str]:
+    """What a token file records of the codec that wrote it: its variant and rates, and with ``ckpt`` (its
+    save_pretrained dir) that dir and a digest of its weights. What :func:`check_token_metadata` compares."""
+    meta = {"variant": model.config.variant, "semantic_rate": str(model.semantic_rate),
+            "acoustic_rate": str(model.acoustic_rate)}
+    if ckpt is not None:
+        meta["codec"] = str(Path(ckpt).resolve())
+        weights = Path(ckpt) / "model.safetensors"
+        if weights.is_file():
+            import hashlib
+
+            meta["codec_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return meta
+
+
+def check_token_metadata(path: str | Path, meta: dict[str, str], model, have: dict[str, str] | None = None) -> None:
+    """A token file that names its codec's variant and rates (:func:`token_metadata`) is refused by another codec:
+    its ids would decode to noise or train a model on another codec's units. The codec's own path may differ (a
+    moved checkpoint decodes fine); a file without these keys (older token dirs) is not judged here. ``have``
+    (``token_metadata(model, ckpt)``, when resuming a tokenisation): the weights' digest must match as well, so
+    tokens of a codec since retrained are not kept."""
+    have = token_metadata(model) if have is None else have
+    keys = ("variant", "semantic_rate", "acoustic_rate", "codec_sha256")
+    diff = [f"{k} {meta[k]} (this codec: {have[k]})" for k in keys if k in meta and k in have and meta[k] != have[k]]
+    if diff:
+        raise ValueError(f"{path} was encoded by another codec ({meta.get('codec', 'unknown')}): " + "; ".join(diff))
+
+
 @runtime_checkable
 class Codec(Protocol):
     """What the speech LM, the evaluation suite and the demo need from any codec."""

@@ -80,13 +80,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def tokenize_manifest(codec, manifest: str | Path, out_dir: str | Path, teacher=None) -> Path:
+def tokenize_manifest(codec, manifest: str | Path, out_dir: str | Path, teacher=None,
+                      codec_dir: str | Path | None = None) -> Path:
     """Encode every row of a JSONL manifest (id, path, text, speaker, split) once; returns ``out_dir``.
 
-    ``teacher``: a loaded semantic teacher, needed only by codecs that encode with one (sac)."""
+    ``teacher``: a loaded semantic teacher, needed only by codecs that encode with one (sac). Each token file
+    records the codec (``codec_dir``, variant, rates: :func:`codec.contracts.token_metadata`)."""
     from tqdm import tqdm
 
     from codec.audio import load_audio
+    from codec.contracts import token_metadata
     from codec.data import read_manifest, resolve_path
 
     out = Path(out_dir)
@@ -105,7 +108,7 @@ def tokenize_manifest(codec, manifest: str | Path, out_dir: str | Path, teacher=
                     toks = codec.encode(wav, teacher=teacher_batch_for(codec, teacher, wav))
                 else:
                     toks = codec.encode(wav)
-            toks.save(f.with_suffix(".tmp"), metadata={"id": str(row["id"])})
+            toks.save(f.with_suffix(".tmp"), metadata={"id": str(row["id"]), **token_metadata(codec, codec_dir)})
             f.with_suffix(".tmp").rename(f)
         index.append({"id": row["id"], "tokens": f.name, "text": row.get("text", ""),
                       "speaker": row.get("speaker", ""), "split": row.get("split", "train"),
@@ -124,7 +127,12 @@ def utterance(uid: str, text: str, speaker: str, split: str, tokens: CodecTokens
     return Utterance(uid, text, speaker, split, t.semantic[0, 0], frames_from_acoustic(t.acoustic[0], t.ratio), g, **kw)
 
 
-def load_tokens(token_dir: str | Path, split: str | None = None, limit: int | None = None) -> list[Utterance]:
+def load_tokens(token_dir: str | Path, split: str | None = None, limit: int | None = None,
+                codec=None) -> list[Utterance]:
+    """The utterances of a token dir (``split``: only those; ``limit``: the first N). With ``codec`` (the codec a
+    run trains with and decodes by), tokens of another codec are a clear error (:func:`check_tokens_fit`)."""
+    from codec.contracts import check_token_metadata
+
     d = Path(token_dir)
     if not (d / INDEX).exists():
         raise FileNotFoundError(f"no {INDEX} in {d}: run `slm codec tokenize` or set `manifest` in the config")
@@ -133,12 +141,37 @@ def load_tokens(token_dir: str | Path, split: str | None = None, limit: int | No
         if split is not None and row.get("split", "train") != split:
             continue
         name = row.get("tokens") or row.get("token_path") or row.get("file") or f"{row['id']}.safetensors"
+        tokens, meta = CodecTokens.load_with_metadata(d / name)
+        if codec is not None:
+            check_token_metadata(d / name, meta, codec)
         utts.append(utterance(str(row["id"]), row.get("text", ""), str(row.get("speaker", "")), row.get("split", "train"),
-                              CodecTokens.load(d / name), words=with_phones(row.get("words"), row.get("phones")) or None,
+                              tokens, words=with_phones(row.get("words"), row.get("phones")) or None,
                               duration=float(row.get("duration") or 0.0)))
+        if codec is not None:
+            check_tokens_fit(utts[-1], codec, d / name)
         if limit and len(utts) >= limit:
             break
     return utts
+
+
+def check_tokens_fit(u: Utterance, codec, where) -> None:
+    """One utterance's codes against ``codec``: semantic ids outside its codebook, or acoustic frames of another
+    width (rate ratio x codebooks) or past its acoustic codebook, come from another codec. A clear error here
+    rather than an index error mid-training or, worse, a model trained on another codec's units."""
+    from slm.acoustic_head import acoustic_ratio
+
+    ks, ka, n = codec.semantic_codebook_size, codec.acoustic_codebook_size, codec.n_acoustic_codebooks
+    width = acoustic_ratio(codec) * n if n else 0
+    problems = []
+    if u.semantic.numel() and (int(u.semantic.min()) < 0 or int(u.semantic.max()) >= ks):
+        problems.append(f"semantic ids {int(u.semantic.min())}..{int(u.semantic.max())} (the codec has {ks})")
+    if u.acoustic.numel() and u.acoustic.shape[-1] != width:
+        problems.append(f"{u.acoustic.shape[-1]} acoustic codes per frame (the codec makes {width})")
+    elif u.acoustic.numel() and (int(u.acoustic.min()) < 0 or int(u.acoustic.max()) >= ka):
+        problems.append(f"acoustic codes {int(u.acoustic.min())}..{int(u.acoustic.max())} (the codec has {ka})")
+    if problems:
+        raise ValueError(f"{where} does not come from this codec: {'; '.join(problems)}; tokenise the manifest with "
+                         "the run's codec (`slm codec tokenize`) or set the codec that made these tokens")
 
 
 @dataclass

@@ -654,8 +654,8 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
     if codec is None:
         codec = _load_codec(cfg.codec or (str(_init_codec_dir(cfg)) if cfg.init_from else ""), None)
     token_dir = cfg.tokens or _tokenize(cfg, codec, acc)
-    utts = load_tokens(token_dir, split="train", limit=cfg.max_utterances)
-    valid = load_tokens(token_dir, split=cfg.valid_split, limit=64)
+    utts = load_tokens(token_dir, split="train", limit=cfg.max_utterances, codec=codec)
+    valid = load_tokens(token_dir, split=cfg.valid_split, limit=64, codec=codec)
     if not utts:
         raise ValueError(f"no 'train' utterances in {token_dir}")
     forms = speech_forms(cfg, utts)
@@ -932,17 +932,23 @@ def _tokenize(cfg: TrainConfig, codec, acc) -> str:
         raise ValueError("config needs `tokens` (a token dir) or `manifest` (to tokenise)")
     import hashlib
 
-    key = hashlib.sha256(f"{Path(cfg.manifest).resolve()}|{Path(cfg.codec).resolve()}".encode()).hexdigest()[:12]
-    d = Path(cache_dir()) / "lm_tokens" / key
+    # the key names the codec by its files' content, not only its path: a codec retrained in place gets new tokens
+    cdir = Path(cfg.codec) if cfg.codec else _init_codec_dir(cfg)  # (no codec given: the init_from model's own)
+    h = hashlib.sha256(f"{Path(cfg.manifest).resolve()}|{cdir.resolve()}".encode())
+    for f in sorted(cdir.glob("*")):
+        if f.is_file() and f.suffix in (".json", ".safetensors"):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    d = Path(cache_dir()) / "lm_tokens" / h.hexdigest()[:12]
     if acc.is_main_process:
         teacher = None
         if getattr(codec, "needs_teacher_at_encode", False):
             from adapters.teachers import load_teacher
 
-            info = Path(cfg.codec) / "training.json"
+            info = cdir / "training.json"
             spec = (json.loads(info.read_text()).get("teacher_spec") if info.exists() else None) or "whisper-base-ct2"
             teacher = load_teacher(spec)
-        tokenize_manifest(codec, cfg.manifest, d, teacher)
+        tokenize_manifest(codec, cfg.manifest, d, teacher, codec_dir=cdir)
     acc.wait_for_everyone()
     return str(d)
 

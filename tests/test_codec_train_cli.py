@@ -56,6 +56,31 @@ def test_tokenize_manifest_two_workers(ckpt, corpus, tmp_path):
     assert (out / index[0]["tokens"]).stat().st_mtime_ns == mtime
 
 
+def test_tokenize_resume_refuses_another_codecs_tokens(ckpt, corpus, tmp_path, capsys):
+    """A resumed tokenisation keeps the files only if the same codec made them: a codec retrained in place (same
+    dir, new weights) would otherwise leave stale tokens beside new ones."""
+    import shutil
+
+    mine = tmp_path / "rvq"
+    shutil.copytree(ckpt, mine)
+    out, manifest = tmp_path / "tok", str(corpus / "manifest.jsonl")
+    assert main(["--threads", "1", "codec", "tokenize", str(mine), "--manifest", manifest, "--out", str(out)]) == 0
+    meta = CodecTokens.load_with_metadata(out / "items" / "u0.safetensors")[1]
+    assert meta["variant"] == "rvq" and len(meta["codec_sha256"]) == 16
+    assert main(["--threads", "1", "codec", "tokenize", str(mine), "--manifest", manifest, "--out", str(out)]) == 0
+    model = DualStreamCodec.from_pretrained(mine)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    model.save_pretrained(mine)  # retrained in place
+    capsys.readouterr()
+    assert main(["--threads", "1", "codec", "tokenize", str(mine), "--manifest", manifest, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "was encoded by another codec" in err and "codec_sha256" in err and "new --out" in err
+    # decoding is not judged by the weights' digest: a decoder fine-tune keeps the tokens valid
+    assert main(["--threads", "1", "codec", "decode", str(mine), str(out / "items" / "u0.safetensors"),
+                 str(tmp_path / "u0.wav")]) == 0
+
+
 def test_teacher_cache_kmeans_and_sac_encode(corpus, tmp_path):
     # teacher-cache and kmeans through the CLI with a tiny local HuBERT (hidden 16 = tiny sac teacher_dim)
     from transformers import HubertConfig, HubertModel

@@ -384,3 +384,32 @@ def test_training_a_form_the_token_dir_cannot_give_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="tts_phones > 0 .* no phone times"):
         _check_forms(cfg, {"tts_aligned": True, "asr_aligned": False, "tts_phones": False}, "tokens")
     _check_forms(cfg, {"tts_aligned": True, "asr_aligned": False, "tts_phones": True}, "tokens")
+
+
+def test_tokens_of_another_codec_are_refused(tmp_path):
+    """A run's codec against its token dir: another acoustic depth, ids past the codebook, or a file that names
+    another variant are clear errors (they used to surface as an index error mid-training, or not at all)."""
+    import json
+    import shutil
+
+    from codec.contracts import CodecTokens, token_metadata
+    from tests.test_slm_helpers import tiny_codec
+
+    sac = tiny_codec("sacodec")
+    assert len(load_tokens(tiny_token_dir("sacodec"), codec=sac)) == 6  # its own tokens load
+    with pytest.raises(ValueError, match="does not come from this codec: 4 acoustic codes per frame .the codec makes 2"):
+        load_tokens(tiny_token_dir("sacodec"), codec=tiny_codec("stacodec"))
+    with pytest.raises(ValueError, match=r"semantic ids 0\.\.\d+ \(the codec has 27\)|acoustic codes per frame"):
+        load_tokens(tiny_token_dir("sacodec"), codec=tiny_codec("secousticodec"))
+    d = tmp_path / "toks"
+    shutil.copytree(tiny_token_dir("sacodec"), d)
+    t = CodecTokens.load(d / "u0.safetensors")
+    bad = CodecTokens(semantic=t.semantic + 16, acoustic=t.acoustic, global_=t.global_, lengths=t.lengths)
+    bad.save(d / "u0.safetensors")
+    with pytest.raises(ValueError, match=r"u0.safetensors does not come from this codec: semantic ids 1[6-9]\.\.\d+ \(the codec has 16\)"):
+        load_tokens(d, codec=sac)
+    t.save(d / "u0.safetensors", metadata={**token_metadata(sac), "variant": "stacodec"})
+    with pytest.raises(ValueError, match="u0.safetensors was encoded by another codec.*variant stacodec .this codec: sacodec"):
+        load_tokens(d, codec=sac)
+    assert len(load_tokens(d)) == 6  # without a codec to judge by, as before
+    assert json.loads((d / "index.jsonl").read_text().splitlines()[0])["id"] == "u0"

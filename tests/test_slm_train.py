@@ -422,3 +422,40 @@ def test_remap_semantic_moves_a_model_onto_a_new_codec(tmp_path):
         semantic_remap(old.codec, tiny_codec("rvq"))
     with pytest.raises(ValueError, match="set init_from"):
         TrainConfig(remap_semantic=True, codec=str(new_dir))
+
+
+def test_manifest_tokens_are_cached_per_codec_content(tmp_path, monkeypatch):
+    """`slm train` with a manifest tokenises once into a cache keyed by the codec's files, not only its path: a
+    codec retrained in place gets fresh tokens (the old key reused the first codec's), and the token files
+    name the codec that made them."""
+    import json
+    import shutil
+    import types
+
+    import soundfile as sf
+
+    from codec.contracts import CodecTokens
+    from codec.model import DualStreamCodec
+    from slm.train import _tokenize
+    from tests.test_slm_helpers import tiny_codec_dir, tiny_train_config
+
+    monkeypatch.setenv("DUALSTREAM_CACHE", str(tmp_path / "cache"))
+    rng = torch.Generator().manual_seed(0)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, (torch.randn(8000, generator=rng) * 0.1).numpy(), 16000)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "path": str(wav), "text": "hi", "speaker": "s",
+                                                  "split": "train"}) + "\n")
+    cdir = tmp_path / "codec"
+    shutil.copytree(tiny_codec_dir("sacodec"), cdir)
+    cfg = tiny_train_config(tmp_path, codec=str(cdir), tokens="", manifest=str(tmp_path / "m.jsonl"))
+    acc = types.SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    first = _tokenize(cfg, DualStreamCodec.from_pretrained(cdir), acc)
+    assert _tokenize(cfg, DualStreamCodec.from_pretrained(cdir), acc) == first  # cached: the same dir
+    _, meta = CodecTokens.load_with_metadata(Path(first) / "a.safetensors")
+    assert meta["variant"] == "sacodec" and meta["codec"] == str(cdir.resolve())
+    codec = DualStreamCodec.from_pretrained(cdir)
+    with torch.no_grad():
+        for p in codec.parameters():
+            p.add_(0.01)
+    codec.save_pretrained(cdir)  # retrained in place
+    assert _tokenize(cfg, DualStreamCodec.from_pretrained(cdir), acc) != first

@@ -110,41 +110,27 @@ def _encode(args: argparse.Namespace) -> int:
     from adapters.kmeans import teacher_batch_for
     from adapters.teachers import load_teacher
     from codec.audio import load_audio
+    from codec.contracts import token_metadata
 
     model = _load_codec(args.checkpoint)
     teacher = load_teacher(args.teacher or _default_teacher_spec(args.checkpoint)) \
         if model.needs_teacher_at_encode else None
     wav = load_audio(args.audio, model.sample_rate)[None]
     tokens = model.encode(wav, teacher=teacher_batch_for(model, teacher, wav))
-    tokens.save(args.out, metadata=_token_meta(model, args.checkpoint))
+    tokens.save(args.out, metadata=token_metadata(model, args.checkpoint))
     print(f"{args.out}: semantic {list(tokens.semantic.shape)} acoustic {list(tokens.acoustic.shape)} "
           f"({model.bitrate:.0f} bps)")
     return 0
 
 
-def _token_meta(model, ckpt: str) -> dict[str, str]:
-    return {"codec": str(Path(ckpt).resolve()), "variant": model.config.variant,
-            "semantic_rate": str(model.semantic_rate), "acoustic_rate": str(model.acoustic_rate)}
-
-
-def _check_token_meta(path: str, meta: dict[str, str], model) -> None:
-    """A token file written by ``slm codec encode`` names its codec's variant and rates: decoding it with another
-    codec gives noise, so that is refused (the codec's own path may differ: a moved checkpoint decodes fine)."""
-    have = _token_meta(model, ".")
-    diff = [f"{k} {meta[k]} (this codec: {have[k]})" for k in ("variant", "semantic_rate", "acoustic_rate")
-            if k in meta and meta[k] != have[k]]
-    if diff:
-        raise ValueError(f"{path} was encoded by another codec ({meta.get('codec', 'unknown')}): " + "; ".join(diff))
-
-
 def _decode(args: argparse.Namespace) -> int:
     from codec.audio import check_audio_out, save_audio
-    from codec.contracts import CodecTokens
+    from codec.contracts import CodecTokens, check_token_metadata
 
     check_audio_out(args.out)
     tokens, meta = CodecTokens.load_with_metadata(args.tokens)
     model = _load_codec(args.checkpoint)
-    _check_token_meta(args.tokens, meta, model)
+    check_token_metadata(args.tokens, meta, model)
     wav = model.decode(tokens)
     save_audio(args.out, wav[0], model.sample_rate)
     print(f"{args.out}: {wav.shape[-1] / model.sample_rate:.2f} s")
@@ -189,10 +175,11 @@ def _worker_init(ckpt: str, teacher_spec: str, out: str) -> None:
 
     torch.set_num_threads(1)  # one thread per process: N workers use N cores without oversubscription
     from adapters.teachers import load_teacher
+    from codec.contracts import token_metadata
 
     _W["model"] = model = _load_codec(ckpt)
     _W["teacher"] = load_teacher(teacher_spec) if model.needs_teacher_at_encode else None
-    _W["meta"] = _token_meta(model, ckpt)
+    _W["meta"] = token_metadata(model, ckpt)
     _W["out"] = Path(out)
 
 
@@ -203,7 +190,14 @@ def _worker_encode(row: dict) -> dict:
 
     model, out = _W["model"], _W["out"]
     path = item_file(out, row["id"])  # items/<id>.safetensors, ids made file-safe
-    if not path.exists():
+    if path.exists():  # resumed: kept only if this codec made it
+        from codec.contracts import CodecTokens, check_token_metadata
+
+        try:
+            check_token_metadata(path, CodecTokens.load_with_metadata(path)[1], model, have=_W["meta"])
+        except ValueError as e:
+            raise ValueError(f"{e}. {out} holds another codec's tokens: tokenise into a new --out, or delete it") from None
+    else:
         wav = load_audio(row["path"], model.sample_rate)[None]
         tokens = model.encode(wav, teacher=teacher_batch_for(model, _W["teacher"], wav))
         path.parent.mkdir(parents=True, exist_ok=True)
