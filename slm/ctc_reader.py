@@ -274,7 +274,7 @@ def error_rates(model: CTCReader, items: list[tuple[Tensor, Tensor]]) -> dict:
 def train_reader(cfg: ReaderTrainConfig, progress: bool = True, stop_after: int | None = None) -> dict:
     """Train a reader on ``cfg.token_dir``'s train split (its valid split, when present, is scored every
     ``eval_every`` steps). Checkpoints ``out_dir/state.pt`` at each evaluation and resumes from it; the
-    final reader goes to ``out_dir/reader``. ``stop_after``: stop after that many steps (a kill, for tests)."""
+    final reader goes to ``out_dir/reader``. ``stop_after``: leave after that many steps of this run, its state saved (rerun to resume)."""
     from tqdm import tqdm
 
     from slm.eval.probe import ctc_batch
@@ -334,7 +334,15 @@ def train_reader(cfg: ReaderTrainConfig, progress: bool = True, stop_after: int 
         rng.sample(range(len(train)), min(cfg.batch_size, len(train)))
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="ctc reader", disable=not progress)
-    t0, losses = time.time(), []
+    t0, losses, start, saved = time.time(), [], step, step
+
+    def save() -> None:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
+                    "log": log, "reader": asdict(rcfg), "steps": cfg.steps,
+                    "torch_rng": torch.get_rng_state()}, state_f.with_suffix(".tmp"))
+        state_f.with_suffix(".tmp").replace(state_f)
+        (out / "train_log.json").write_text(json.dumps(log, indent=1))
+
     while step < cfg.steps:
         idx = rng.sample(range(len(train)), min(cfg.batch_size, len(train)))
         codes, lens, tgt, tlens = ctc_batch([train[i] for i in idx])
@@ -357,12 +365,11 @@ def train_reader(cfg: ReaderTrainConfig, progress: bool = True, stop_after: int 
                 model.train()
             log.append(row)
             losses = []
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
-                        "log": log, "reader": asdict(rcfg), "steps": cfg.steps,
-                        "torch_rng": torch.get_rng_state()}, state_f.with_suffix(".tmp"))
-            state_f.with_suffix(".tmp").replace(state_f)
-            (out / "train_log.json").write_text(json.dumps(log, indent=1))
-        if stop_after is not None and step >= stop_after:
+            save()
+            saved = step
+        if stop_after is not None and step - start >= stop_after:
+            if saved != step:  # leaving between evaluations: the steps made since are kept for the resume
+                save()
             break
     bar.close()
     if step >= cfg.steps:

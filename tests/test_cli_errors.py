@@ -265,7 +265,7 @@ def test_continue_sampling_checked_before_load(capsys, tmp_path, model, no_load)
     (["--method", "fused", "--lexicon", "wordfreq:0"], "expected 'wordfreq:N'"),
     (["--method", "fused", "--lexicon", "no_such_words.txt"], "no such file"),
     (["--method", "fused", "--lm-lag", "-1"], "lm_lag must be >= 0"),
-    (["--method", "ctc", "--plain"], "--plain chooses the LM's form, and the method here is 'ctc'"),
+    (["--method", "ctc", "--plain"], "--plain chooses the LM's form, and --method ctc reads with the CTC reader"),
     (["--method", "joint", "--aligned"], "--aligned chooses the LM's form")])
 def test_asr_options_of_another_method_refused_before_load(capsys, tmp_path, model, no_load, argv, says):
     """Options that tune one ASR method are refused with another, where they used to be ignored silently."""
@@ -294,3 +294,25 @@ def test_lexicon_spec_read_without_loading(tmp_path):
     (tmp_path / "words.txt").write_text("alpha\t3\nbeta\n")
     assert Lexicon.check_spec("words.txt", tmp_path) == tmp_path / "words.txt"
     assert set(Lexicon.from_spec("words.txt", tmp_path).words) == {"alpha", "beta"}
+
+
+def test_asr_form_without_method_picks_the_lm(tmp_path):
+    """On a model whose default ASR is the fused reader (the bundle's), --aligned / --plain ask for the LM's own
+    transcript: the method becomes lm (it was ignored before), while fused-only options still need fused."""
+    import argparse
+    import json
+
+    from slm.cli.lm import _check_asr_options
+
+    (tmp_path / "slm_config.json").write_text(json.dumps({"asr_method": "fused"}))
+    base = {"model": str(tmp_path), "method": None, "lexicon": None, "lm_weight": None, "lm_dtype": None,
+            "lm_lag": None}
+    for form in (True, False):
+        args = argparse.Namespace(**base, aligned=form)
+        _check_asr_options(args)
+        assert args.method == "lm"
+    args = argparse.Namespace(**base, aligned=None)
+    _check_asr_options(args)
+    assert args.method is None  # the model's own default stays
+    with pytest.raises(ValueError, match="--lm-lag tune the fused ASR, and the method here is 'lm'"):
+        _check_asr_options(argparse.Namespace(**{**base, "lm_lag": 2, "method": "lm"}, aligned=True))

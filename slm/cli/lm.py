@@ -294,7 +294,8 @@ def _check_sampling(args, **more) -> None:
 
 def _check_asr_options(args) -> None:
     """Options that tune one ASR method are refused with another (they would be ignored), before the model loads;
-    the lexicon and the fused settings are checked here too."""
+    the lexicon and the fused settings are checked here too. ``--aligned`` / ``--plain`` without ``--method``
+    choose the LM's own ASR (``args.method = "lm"``) whatever the model's default method."""
     from slm.pipeline import model_dir, read_model_config
 
     fused = {k: getattr(args, k) for k in ("lexicon", "lm_weight", "lm_dtype", "lm_lag") if getattr(args, k) is not None}
@@ -307,7 +308,11 @@ def _check_asr_options(args) -> None:
         raise ValueError(f"{flags} tune the fused ASR, and the method here is {method!r}: add --method fused")
     if args.aligned is not None and method != "lm":
         form = "--aligned" if args.aligned else "--plain"
-        raise ValueError(f"{form} chooses the LM's form, and the method here is {method!r}: add --method lm")
+        if args.method is None:  # the form of the LM's own transcript asks for that method over the model's default
+            args.method = "lm"
+        else:
+            raise ValueError(f"{form} chooses the LM's form, and --method {method} reads with the CTC reader: "
+                             "use --method lm")
     if fused:
         from slm.fused_asr import FusionConfig, Lexicon
 
@@ -448,6 +453,8 @@ def _reader_train(args) -> int:
                        stop_after=args.stop_after)
     if res["log"]:
         print(json.dumps(res["log"][-1]))
+    if res["step"] < args.steps:
+        print(f"stopped at step {res['step']} of {args.steps}; resume with the same command ({args.out})")
     final = Path(args.out) / "reader"
     if target is not None and res["step"] >= args.steps:
         from slm.ctc_reader import CTCReader

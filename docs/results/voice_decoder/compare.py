@@ -19,6 +19,7 @@ from slm.pipeline import SpeechPipeline
 
 set_threads(2)
 out, variants = Path(sys.argv[1]), sys.argv[2:]
+out.mkdir(parents=True, exist_ok=True)  # before the (long) evaluation, which writes into it
 items = load_items("data/synth2h/manifest.jsonl", "test", 16, sample_rate=16000)
 prev = out / "compare.json"  # variants measured in an earlier run stay (same items, same seeds)
 res: dict = json.loads(prev.read_text()) if prev.is_file() else {"n": len(items), "variants": {}}
