@@ -95,6 +95,7 @@ def tokenize_manifest(codec, manifest: str | Path, out_dir: str | Path, teacher=
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = read_manifest(manifest)
+    meta = token_metadata(codec, codec_dir)  # once: it digests the codec's weights
     index = []
     for row in tqdm(rows, desc="tokenising", unit="utt"):
         f = out / f"{row['id']}.safetensors"
@@ -108,7 +109,7 @@ def tokenize_manifest(codec, manifest: str | Path, out_dir: str | Path, teacher=
                     toks = codec.encode(wav, teacher=teacher_batch_for(codec, teacher, wav))
                 else:
                     toks = codec.encode(wav)
-            toks.save(f.with_suffix(".tmp"), metadata={"id": str(row["id"]), **token_metadata(codec, codec_dir)})
+            toks.save(f.with_suffix(".tmp"), metadata={"id": str(row["id"]), **meta})
             f.with_suffix(".tmp").rename(f)
         index.append({"id": row["id"], "tokens": f.name, "text": row.get("text", ""),
                       "speaker": row.get("speaker", ""), "split": row.get("split", "train"),

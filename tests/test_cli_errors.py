@@ -314,5 +314,6 @@ def test_asr_form_without_method_picks_the_lm(tmp_path):
     args = argparse.Namespace(**base, aligned=None)
     _check_asr_options(args)
     assert args.method is None  # the model's own default stays
-    with pytest.raises(ValueError, match="--lm-lag tune the fused ASR, and the method here is 'lm'"):
-        _check_asr_options(argparse.Namespace(**{**base, "lm_lag": 2, "method": "lm"}, aligned=True))
+    for method in ("lm", None):  # with the form alone, the method it picks is the LM too
+        with pytest.raises(ValueError, match="--lm-lag tune the fused ASR, and the method here is 'lm'"):
+            _check_asr_options(argparse.Namespace(**{**base, "lm_lag": 2, "method": method}, aligned=True))

@@ -303,16 +303,15 @@ def _check_asr_options(args) -> None:
         return
     d = model_dir(args.model)
     method = args.method or read_model_config(d).get("asr_method") or "lm"
-    flags = " ".join(f"--{k.replace('_', '-')}" for k in fused)
-    if fused and method != "fused":
-        raise ValueError(f"{flags} tune the fused ASR, and the method here is {method!r}: add --method fused")
     if args.aligned is not None and method != "lm":
         form = "--aligned" if args.aligned else "--plain"
-        if args.method is None:  # the form of the LM's own transcript asks for that method over the model's default
-            args.method = "lm"
-        else:
+        if args.method is not None:
             raise ValueError(f"{form} chooses the LM's form, and --method {method} reads with the CTC reader: "
                              "use --method lm")
+        args.method = method = "lm"  # the form of the LM's own transcript asks for that method over the model's default
+    if fused and method != "fused":
+        flags = " ".join(f"--{k.replace('_', '-')}" for k in fused)
+        raise ValueError(f"{flags} tune the fused ASR, and the method here is {method!r}: add --method fused")
     if fused:
         from slm.fused_asr import FusionConfig, Lexicon
 
