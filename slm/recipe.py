@@ -569,7 +569,11 @@ def _reader(r: Recipe) -> list[list[str]]:
 def _reader_ok(r: Recipe) -> list[str]:
     if not r.s.get("reader"):
         return []
-    return [] if (r.bundle / "ctc_reader" / "config.json").is_file() else [str(r.bundle / "ctc_reader")]
+    # the stage's own reader installed, not just any reader: a model fine-tuned from another keeps that one's
+    mine, there = r.work / "ctc_reader" / "reader", r.bundle / "ctc_reader"
+    same = all((mine / f).is_file() and (there / f).is_file() and (mine / f).read_bytes() == (there / f).read_bytes()
+               for f in ("config.json", "model.safetensors"))
+    return [] if same else [str(there)]
 
 
 def _eval(r: Recipe) -> list[list[str]]:

@@ -660,6 +660,7 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
         raise ValueError(f"no 'train' utterances in {token_dir}")
     forms = speech_forms(cfg, utts)
     _check_forms(cfg, forms, token_dir)
+    kept, kept_reader = carried_settings(cfg, forms, acc.print if acc.is_main_process else None)
     from slm.layout import LAYOUT_FILE, TokenLayout
 
     saved = out / LAYOUT_FILE
@@ -741,11 +742,17 @@ def train(cfg: TrainConfig, codec=None, progress: bool = True, stop_after: int |
         voices = _default_voices(utts, codec)
         lm, head = done.lm, done.head
         save_bundle(final, lm, layout, head, codec, cfg.backbone, voices=voices,
-                    extra={"sampling": length_bound(utts, codec), "lora": _lora_info(lm), "trained_steps": step,
+                    extra={**kept, "sampling": {**kept.get("sampling", {}), **length_bound(utts, codec)},
+                           "lora": _lora_info(lm), "trained_steps": step,
                            **{k: True for k, on in forms.items() if on},
                            **({"init_from": str(init_dir(cfg).resolve())} if cfg.init_from else {}),
                            **({"remap_semantic": True} if cfg.remap_semantic else {})},
                     half=cfg.save_half)
+        if kept_reader is not None:  # the reader reads the codec's tokens: the same codec, still right
+            import shutil
+
+            shutil.rmtree(final / "ctc_reader", ignore_errors=True)
+            shutil.copytree(kept_reader, final / "ctc_reader")
         writer.close()
     acc.wait_for_everyone()
     return final
@@ -865,6 +872,40 @@ def _check_forms(cfg: TrainConfig, forms: dict[str, bool], token_dir) -> None:
             raise ValueError(f"tasks.{key} > 0 but the train utterances of {token_dir} have no {what}: tokenise a "
                              f"manifest with `{field_}` (the synthetic corpus has them; `slm codec tokenize` copies "
                              f"them into index.jsonl), or set tasks.{key} to 0")
+
+
+# slm_config.json keys of an init_from model that a fine-tune keeps: decoding choices of the backbone
+# (temperatures, int8), and the CTC reader's ASR settings, which read the codec's tokens, not the LM's
+CARRIED_DECODING = ("sampling", "int8")
+CARRIED_READER = ("asr_method", "asr_fused", "asr_joint")
+
+
+def carried_settings(cfg: TrainConfig, forms: dict[str, bool], say=None) -> tuple[dict, Path | None]:
+    """What the run's model dir keeps of its ``init_from`` model (``({}, None)`` without one): the
+    slm_config.json entries (its sampling, less the length bounds, which are the run's own, from its data;
+    its int8 choice; unless the run moves the model onto another codec (``remap_semantic``), the ASR method
+    and settings of its CTC reader) and that reader's dir, which :func:`train` copies in. ``say``: told what
+    is kept, and which of the model's speech forms this run does not train (the new model dir records the
+    run's forms alone)."""
+    if not cfg.init_from:
+        return {}, None
+    d = init_dir(cfg)
+    theirs = json.loads((d / "slm_config.json").read_text())
+    keep = {k: theirs[k] for k in CARRIED_DECODING if k in theirs}
+    keep["sampling"] = {k: v for k, v in (keep.get("sampling") or {}).items()
+                        if k not in ("max_seconds_per_char", "min_seconds_per_char")}
+    reader = d / "ctc_reader" if not cfg.remap_semantic and (d / "ctc_reader").is_dir() else None
+    if reader is not None:
+        keep.update({k: theirs[k] for k in CARRIED_READER if k in theirs})
+    if say is not None:
+        what = [f"{k}={json.dumps(v)}" for k, v in keep.items() if v not in ({}, None)]
+        what += ["ctc_reader/"] if reader is not None else []
+        say(f"init_from {d}: keeping {', '.join(what) or 'no decoding settings'}")
+        lost = [k for k, on in forms.items() if theirs.get(k) and not on]
+        if lost:
+            say(f"init_from {d}: the model was trained with {', '.join(lost)}, which this run's tasks do not train; "
+                f"the new model dir will not use them (set tasks.{lost[0]} > 0 to keep it)")
+    return keep, reader
 
 
 def speech_forms(cfg: TrainConfig, utts: list[Utterance]) -> dict[str, bool]:

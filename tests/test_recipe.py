@@ -476,3 +476,19 @@ def test_shipped_decoding_defaults_are_checked_measured_and_exported(tmp_path):
     assert json.loads((dst / "slm_config.json").read_text())["int8"] == "w8a8"
     with pytest.raises(ValueError, match="int8 must be"):
         export_bundle(src, tmp_path / "bundle", int8="int4")
+
+
+def test_reader_stage_is_done_only_with_its_own_reader_installed(tmp_path):
+    """A bundle fine-tuned from a model with a reader keeps that reader: the stage still trains and installs
+    its own, and counts as done only when the bundle holds that one."""
+    s = load_settings(ROOT / "configs" / "recipe" / "tiny.yaml", [f"work_dir={tmp_path}"])
+    r = Recipe({**s, "voice": None}, ROOT)
+    there, mine = r.bundle / "ctc_reader", tmp_path / "ctc_reader" / "reader"
+    for d, w in ((there, b"carried"), (mine, b"trained")):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(w)
+    assert recipe._reader_ok(r) == [str(there)]
+    shutil.copy(mine / "model.safetensors", there / "model.safetensors")  # what --install does
+    assert recipe._reader_ok(r) == []
+    assert recipe._reader_ok(Recipe({**s, "voice": None, "reader": None}, ROOT)) == []

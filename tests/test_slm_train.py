@@ -86,6 +86,45 @@ def test_init_from_fine_tunes_a_saved_model(tmp_path):
     assert info["init_from"] == str(src.resolve()) and info["lora"]["r"] == 4
 
 
+def test_init_from_keeps_the_models_decoding_settings_and_reader(tmp_path, capsys):
+    """A fine-tune keeps its model's sampling (less the length bounds, which come from the run's data),
+    int8 choice, CTC reader and the ASR settings that use it; the model's speech forms that the run does not
+    train are named, not copied. A move onto another codec (remap_semantic) leaves the reader behind."""
+    from slm.ctc_reader import CTCReader, ReaderConfig
+    from slm.pipeline import SpeechPipeline
+    from tests.conftest import TINY_READER
+
+    a = tiny_train_config(tmp_path / "a", steps=2, save_every=100)
+    src = train(a, progress=False)
+    theirs = json.loads((src / "slm_config.json").read_text())
+    CTCReader(ReaderConfig(n_codes=SpeechPipeline.from_pretrained(src).layout.n_semantic, **TINY_READER)
+              ).save_pretrained(src / "ctc_reader")
+    fused = {"beam": 3, "lm_weight": 0.4, "lexicon": "wordfreq:5000"}
+    (src / "slm_config.json").write_text(json.dumps({
+        **theirs, "sampling": {**theirs["sampling"], "temperature": 0.3, "max_seconds_per_char": 9.0},
+        "int8": True, "asr_method": "fused", "asr_fused": fused, "asr_joint": {"beam": 2}, "tts_phones": True}))
+    capsys.readouterr()
+    final = train(tiny_train_config(tmp_path / "b", steps=1, save_every=100, init_from=str(src), codec=""),
+                  progress=False)
+    info = json.loads((final / "slm_config.json").read_text())
+    assert info["sampling"]["temperature"] == 0.3 and info["int8"] is True
+    assert info["sampling"]["max_seconds_per_char"] == theirs["sampling"]["max_seconds_per_char"]  # the run's
+    assert (info["asr_method"], info["asr_fused"], info["asr_joint"]) == ("fused", fused, {"beam": 2})
+    assert "tts_phones" not in info
+    for f in ("config.json", "model.safetensors"):
+        assert (final / "ctc_reader" / f).read_bytes() == (src / "ctc_reader" / f).read_bytes()
+    assert SpeechPipeline.from_pretrained(final).asr_method == "fused"  # a working model dir
+    out = capsys.readouterr().out
+    assert "keeping" in out and "ctc_reader/" in out and "tts_phones" in out
+
+    moved = tiny_train_config(tmp_path / "c", steps=1, save_every=100, init_from=str(src), remap_semantic=True,
+                              codec=str(src / "codec"))
+    info = json.loads((train(moved, progress=False) / "slm_config.json").read_text())
+    assert info["int8"] is True and info["sampling"]["temperature"] == 0.3
+    assert not {"asr_method", "asr_fused", "asr_joint"} & set(info)
+    assert not (tmp_path / "c" / "final" / "ctc_reader").exists()
+
+
 def test_init_from_rejects_a_model_of_another_codec(tmp_path):
     from slm.train import build
     from tests.test_slm_helpers import tiny_codec, tiny_codec_dir
