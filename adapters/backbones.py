@@ -132,3 +132,28 @@ def extend_vocabulary(model: torch.nn.Module, tokenizer, layout) -> None:
         out.weight[new] = mean_out.to(out.weight.dtype)
         if getattr(out, "bias", None) is not None:
             out.bias[new] = 0
+
+
+_CACHE_KW: dict[type, str] = {}
+
+
+def cache_kw(model) -> str:
+    """The forward keyword that takes a model's KV cache: ``"cache"`` where transformers has renamed it
+    (the old ``past_key_values`` still works there, with a deprecation warning, until it is removed),
+    ``"past_key_values"`` on the releases before. ``model``: a causal LM, its decoder, or a PEFT wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    t = type(base)
+    if t not in _CACHE_KW:
+        import inspect
+
+        try:
+            params = inspect.signature(t.forward).parameters
+        except (TypeError, ValueError):  # no readable signature: the long-standing name
+            params = {}
+        _CACHE_KW[t] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_KW[t]
+
+
+def out_cache(out):
+    """The KV cache a forward returned (``use_cache=True``), under either name; None if it returned none."""
+    return out["cache"] if "cache" in out else out.get("past_key_values")

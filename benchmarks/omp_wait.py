@@ -35,6 +35,7 @@ def _worker(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
+    from adapters.backbones import out_cache
     from slm.pipeline import SpeechPipeline
 
     lm = SpeechPipeline.from_pretrained(spec["model"]).infer_lm
@@ -43,7 +44,7 @@ def _worker(spec: dict) -> dict:
         raise SystemExit("the model's backbone has no FusedStep (Llama architecture needed)")
     prompt = torch.arange(1, 65).view(1, -1)
     out = lm(prompt, use_cache=True)
-    st = fused.start(out.past_key_values, prompt.shape[1], prompt.shape[1] + spec["steps"] + 16)
+    st = fused.start(out_cache(out), prompt.shape[1], prompt.shape[1] + spec["steps"] + 16)
     for _ in range(8):
         st.step(10)
     times = []

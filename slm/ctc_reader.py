@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from adapters.backbones import cache_kw, out_cache
+
 FORMAT_VERSION = 1
 ALPHABET = "'abcdefghijklmnopqrstuvwxyz "  # index len(ALPHABET) is the CTC blank
 _NOT_ALPHABET = re.compile(r"[^a-z' ]+")
@@ -458,7 +460,7 @@ def joint_transcribe(model: nn.Module, tokenizer, prompt: Tensor, text_ids: Tens
     allowed = torch.cat([text_ids.to(dev), torch.tensor([eos_id], device=dev)]).unique()
     eos_j = int((allowed == eos_id).nonzero()[0, 0])
     out = model(input_ids=prompt.view(1, -1).to(dev), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = out_cache(out)
     logits = out.logits[:, -1].float()
     # open hypotheses: (ids, lm log-prob, characters)
     beams: list[tuple[list[int], float, str]] = [([], 0.0, "")]
@@ -493,9 +495,9 @@ def joint_transcribe(model: nn.Module, tokenizer, prompt: Tensor, text_ids: Tens
             break
         beams = [(beams[b][0] + [tok], lm2, ch2) for _, b, tok, lm2, ch2 in cands]
         cache.reorder_cache(torch.tensor([b for _, b, _, _, _ in cands], device=dev))
-        out = model(input_ids=torch.tensor([[t] for _, _, t, _, _ in cands], device=dev), past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        out = model(input_ids=torch.tensor([[t] for _, _, t, _, _ in cands], device=dev),
+                    use_cache=True, logits_to_keep=1, **{cache_kw(model): cache})
+        cache = out_cache(out)
         logits = out.logits[:, -1].float()
     if ended:
         return max(ended, key=lambda e: e[0])[1]

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from adapters.backbones import cache_kw, out_cache
 from slm.ctc_reader import ALPHABET, normalize
 from slm.generate import fast_bf16
 
@@ -262,7 +263,7 @@ class TextScorer:
                 with ctx:
                     out = body(input_ids=torch.tensor([[self.start_id]], device=dev), use_cache=True)
                     last = self._head(head, out.last_hidden_state[0, -1:])[0].cpu()
-                kv = [(k[0], v[0]) for k, v in _layers(out.past_key_values)]
+                kv = [(k[0], v[0]) for k, v in _layers(out_cache(out))]
             self.forwards += 1
             self.state[""] = (0.0, kv, last)
             return
@@ -295,9 +296,9 @@ class TextScorer:
                     mask[i, L:L + len(x)] = 1
                 pos = torch.tensor(lp_len)[:, None] + torch.arange(n)
                 out = body(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                           past_key_values=DynamicCache(past), use_cache=True)
+                           use_cache=True, **{cache_kw(body): DynamicCache(past)})
                 hid = out.last_hidden_state
-                new_kv = [(k[:, :, L:], v[:, :, L:]) for k, v in _layers(out.past_key_values)]
+                new_kv = [(k[:, :, L:], v[:, :, L:]) for k, v in _layers(out_cache(out))]
             rows = torch.cat([hid[i, :len(x)] for i, x in enumerate(news)])  # no padding through the output layer
             logp = self._head(head, rows).cpu()
         self.forwards += 1

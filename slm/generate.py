@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adapters.backbones import cache_kw, out_cache
 from slm.acoustic_head import AcousticHead, FrameContext, sample
 from slm.layout import TokenLayout
 
@@ -132,13 +133,14 @@ class Decoder:
     def _forward(self, ids: Tensor) -> tuple[Tensor, Tensor | None]:
         ids = ids.view(1, -1).to(self.device)
         if self.rows is not None:
-            out = self.model.get_decoder()(input_ids=ids, past_key_values=self.cache, use_cache=True)
-            self.cache = out.past_key_values
+            dec = self.model.get_decoder()
+            out = dec(input_ids=ids, use_cache=True, **{cache_kw(dec): self.cache})
+            self.cache = out_cache(out)
             h = out.last_hidden_state[0, -1]
             return self._project(h), h
-        out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True,
-                         output_hidden_states=self.need_hidden, logits_to_keep=1)
-        self.cache = out.past_key_values
+        out = self.model(input_ids=ids, use_cache=True, output_hidden_states=self.need_hidden, logits_to_keep=1,
+                         **{cache_kw(self.model): self.cache})
+        self.cache = out_cache(out)
         logits = out.logits[0, -1].float()
         return (logits if self.allowed is None else logits[self.allowed],
                 out.hidden_states[-1][0, -1] if self.need_hidden else None)

@@ -196,6 +196,30 @@ def test_asr_many_files_and_resume(tmp_path, capsys, model, shared_pipe):
     assert rc == 0 and [json.loads(x)["audio"] for x in out.read_text().splitlines()] == [a, b, rec, c]
 
 
+def test_asr_progress_never_runs_past_its_total(tmp_path, capsys, model, shared_pipe, monkeypatch):
+    """Segment ends past a file's header length (rounding, a resampled length) leave the progress bar at
+    its total: tqdm warns when it goes past, and shows a negative time left."""
+    import warnings
+
+    from tqdm import TqdmWarning
+
+    from slm.pipeline import WordTime
+
+    def overshoot(wav, sr, pauses, **kw):
+        end = wav.shape[-1] / sr
+        yield WordTime("a", 0.0, end / 2 + 0.0004)
+        yield WordTime("b", end / 2, end + 0.0004)
+
+    monkeypatch.setattr(shared_pipe, "asr_segments", overshoot)
+    recs = [_recording(tmp_path / f"r{i}.wav", [1.3, 1.2]) for i in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TqdmWarning)
+        rc, stdout, err = _run(capsys, ["asr", *recs, "--model", model, "--segment-seconds", "2", "--method", "lm"])
+    assert rc == 0, err
+    assert len(stdout.splitlines()) == 3 and "-" not in err.splitlines()[-1].split("<")[-1]
+    assert f"{round(sum(sf.info(r).duration for r in recs))}/" in err
+
+
 def test_asr_srt_of_a_long_recording(tmp_path, capsys, model, shared_pipe):
     rec = _recording(tmp_path / "long.wav", [1.5, 1.5])
     srt = tmp_path / "rec.srt"

@@ -93,3 +93,29 @@ def test_cli_tts_and_asr(tmp_path):
     assert main(["--threads", "1", "continue", str(out), "--model", str(final), "--seconds", "0.5",
                  "--out", str(cont)]) == 0
     assert cont.exists()
+
+
+def test_kv_cache_is_passed_and_read_under_the_backbones_own_name():
+    """transformers renamed the forward's `past_key_values` to `cache` (the old name warns until it is
+    removed): generation passes and reads the cache under whichever name the backbone takes, so the
+    tiny pipeline's TTS and its LM's ASR raise no deprecation warning; older releases keep the old name."""
+    import inspect
+    import warnings
+
+    from adapters.backbones import cache_kw, out_cache
+    from tests._tiny_pipeline import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    takes = "cache" if "cache" in inspect.signature(type(pipe.lm.get_base_model()).forward).parameters else \
+        "past_key_values"
+    assert cache_kw(pipe.lm) == cache_kw(pipe.lm.get_decoder()) == takes
+
+    class Old(torch.nn.Module):  # a release before the rename
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return {"past_key_values": past_key_values}
+
+    assert cache_kw(Old()) == "past_key_values" and out_cache(Old()(**{cache_kw(Old()): 7})) == 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        pipe.tts("hello there", seed=0)
+        pipe.asr(pipe.tts("hi", seed=1), pipe.codec.sample_rate, method="lm")

@@ -93,12 +93,23 @@ def transcribe_files(pipe, paths: list[str], seconds: dict[str, float], args, **
 
     sr = pipe.sample_rate
     pauses = PauseConfig(max_seconds=args.segment_seconds)
-    total = sum(seconds[p] for p in paths)
-    bar = tqdm(total=total, unit="s", desc="slm asr (audio seconds)", file=sys.stderr,
-               disable=total <= args.segment_seconds, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
+    # the bar counts whole milliseconds of audio, never past its total (float steps that overshoot it by a
+    # rounding make tqdm warn and show a negative time left); shown in seconds
+    ms = {p: round(seconds[p] * 1000) for p in paths}
+    total = sum(ms.values())
+    bar = tqdm(total=total, unit="s", unit_scale=0.001, desc="slm asr (audio seconds)", file=sys.stderr,
+               disable=total <= args.segment_seconds * 1000,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
     out = open(args.out, "a") if args.out else None  # noqa: SIM115 (closed below; rows flushed one by one)
     bad = 0
+
+    def advance(upto: int) -> None:
+        upto = min(upto, total)
+        if upto > bar.n:
+            bar.update(upto - bar.n)
+
     try:
+        start = 0  # where this file starts in the total (ms)
         for p in paths:
             try:
                 wav = load_audio(p, sr, max_seconds=args.max_input_seconds)
@@ -106,21 +117,21 @@ def transcribe_files(pipe, paths: list[str], seconds: dict[str, float], args, **
                 if not args.skip_bad:
                     raise
                 bad += 1
-                bar.update(seconds[p])
+                start += ms[p]
+                advance(start)
                 tqdm.write(f"slm asr: skipped: {e}", file=sys.stderr)
                 continue
             dur = wav.shape[-1] / sr
             if dur <= args.segment_seconds:
                 text = pipe.asr(wav, sr, **asr_kw).strip()
                 segs = [WordTime(text, 0.0, round(dur, 3))] if text else []
-                bar.update(seconds[p])
             else:
-                segs, pos = [], 0.0
+                segs = []
                 for seg in pipe.asr_segments(wav, sr, pauses, **asr_kw):
                     segs.append(seg)
-                    bar.update(seg.end - pos)
-                    pos = seg.end
-                bar.update(max(0.0, seconds[p] - pos))
+                    advance(start + min(round(seg.end * 1000), ms[p]))
+            start += ms[p]
+            advance(start)
             text = " ".join(s.text for s in segs)
             tqdm.write(f"{p}\t{text}" if len(paths) > 1 or out else text, file=sys.stdout)
             if not text:
