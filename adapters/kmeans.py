@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm import tqdm
 
+from codec.runtime import save_safetensors
 from codec.train.teacher_cache import CacheReader, item_file, write_item, write_meta
 
 
@@ -86,7 +87,7 @@ class KMeansUnits:
     def save(self, path: str | os.PathLike) -> Path:
         p = centroids_path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"centroids": self.centroids.float().contiguous()}, str(p))
+        save_safetensors({"centroids": self.centroids.float().contiguous()}, str(p))
         meta_path(p).write_text(json.dumps({**self.meta, "k": self.k, "dim": self.centroids.shape[1]},
                                                       indent=2))
         return p

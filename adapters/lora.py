@@ -77,8 +77,12 @@ def _peft_quiet():
 
 def save_adapter(peft_model, directory: str | Path) -> Path:
     """Adapter weights + config only (no base embedding matrix)."""
+    from codec.runtime import file_mode
+
     directory = Path(directory)
     peft_model.save_pretrained(str(directory), save_embedding_layers=False)
+    for f in directory.glob("adapter_model.*"):  # written 0600 by safetensors: the umask's mode, as for any file
+        f.chmod(file_mode())
     return directory
 
 

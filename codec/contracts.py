@@ -84,7 +84,7 @@ class CodecTokens:
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
         """Write to a ``.safetensors`` token file (metadata: e.g. the codec's name and version)."""
-        from safetensors.torch import save_file
+        from codec.runtime import save_safetensors
 
         tensors = {"semantic": self.semantic.contiguous(), "acoustic": self.acoustic.contiguous()}
         if self.global_ is not None:
@@ -92,7 +92,7 @@ class CodecTokens:
         if self.lengths is not None:
             tensors["lengths"] = self.lengths.contiguous()
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(path), metadata=metadata or {})
+        save_safetensors({k: v.cpu() for k, v in tensors.items()}, str(path), metadata=metadata or {})
 
     @classmethod
     def load(cls, path: str | Path) -> CodecTokens:

@@ -19,7 +19,7 @@ CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", 
 
 def save_pretrained(model: DualStreamCodec, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write ``model`` to ``directory``; ``dtype=torch.float16`` halves the file (loads back to fp32)."""
-    from safetensors.torch import save_file
+    from codec.runtime import save_safetensors
 
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
@@ -27,7 +27,7 @@ def save_pretrained(model: DualStreamCodec, directory: str | Path, dtype: torch.
     d.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    save_file(state, str(d / WEIGHTS_NAME), metadata={"format_version": str(FORMAT_VERSION)})
+    save_safetensors(state, str(d / WEIGHTS_NAME), metadata={"format_version": str(FORMAT_VERSION)})
     meta = {"format_version": FORMAT_VERSION, "variant": model.config.variant, "dtype": str(dtype).split(".")[-1],
             "codec": model.config.to_dict()}
     (d / CONFIG_NAME).write_text(json.dumps(meta, indent=2))

@@ -110,3 +110,20 @@ def leave_rank() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def file_mode() -> int:
+    """The mode a new file gets here (0o666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def save_safetensors(tensors: dict, path, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file`` with the file's mode set by the umask, like any other file written
+    here (safetensors writes through a private temporary file and leaves it 0600: weights and token files
+    that others sharing the machine or the group cannot read)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, file_mode())

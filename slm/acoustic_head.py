@@ -213,12 +213,12 @@ class AcousticHead(nn.Module):
 
     # ---- save / load ----------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
+        from codec.runtime import save_safetensors
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         (d / "acoustic_head.json").write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+        save_safetensors({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
                   str(d / "acoustic_head.safetensors"))
 
     @classmethod

@@ -153,13 +153,13 @@ class CTCReader(nn.Module):
         return ctc_greedy(self.log_probs(codes), self.blank, self.cfg.alphabet)
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
-        from safetensors.torch import save_file
+        from codec.runtime import save_safetensors
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         meta = {"format_version": FORMAT_VERSION, "config": asdict(self.cfg), **(extra or {})}
         (d / "config.json").write_text(json.dumps(meta, indent=1))
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(d / "model.safetensors"))
+        save_safetensors({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(d / "model.safetensors"))
         return d
 
     @classmethod

@@ -48,10 +48,10 @@ def cache_head_features(model: str | Path, manifest: str | Path, out_dir: str | 
     (id, speaker, offset, frames). ``out_dir/voices.safetensors``: each speaker's reference acoustic codes (its
     first utterance in the manifest, the voice ``slm eval`` prompts with). Resumable: finished shards are
     kept; a cache of another model or form is refused. Returns the cache's ``info.json``."""
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
     from codec.audio import load_audio
+    from codec.runtime import save_safetensors
     from codec.train.batches import read_rows
     from slm.head_tokens import head_pipeline
     from slm.templates import with_phones
@@ -90,7 +90,7 @@ def cache_head_features(model: str | Path, manifest: str | Path, out_dir: str | 
         wav = load_audio(first[spk]["path"], sr)
         have[spk] = pipe.encode(wav, sr).acoustic[0].contiguous()  # [Ka, Ta]
     if missing:
-        save_file(have, str(vpath.with_suffix(".tmp")))
+        save_safetensors(have, str(vpath.with_suffix(".tmp")))
         vpath.with_suffix(".tmp").replace(vpath)
     info["speakers"] = sorted(have)
     info["splits"] = {split: {"utterances": len(rows), "shards": math.ceil(len(rows) / SHARD)}
@@ -132,7 +132,7 @@ def cache_head_features(model: str | Path, manifest: str | Path, out_dir: str | 
                     codes.append(fr[:Ts])
                 bar.update(len(exs))
             tmp = path.with_suffix(".tmp")
-            save_file({"h": torch.cat(hs), "sem": torch.cat(sems).long(), "codes": torch.cat(codes).long()},
+            save_safetensors({"h": torch.cat(hs), "sem": torch.cat(sems).long(), "codes": torch.cat(codes).long()},
                       str(tmp), metadata={"utterances": json.dumps(table)})
             tmp.replace(path)
         bar.close()

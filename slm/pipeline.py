@@ -126,12 +126,14 @@ def save_bundle(directory: str | Path, lm, layout: TokenLayout, head: AcousticHe
         codec.save_pretrained(str(d / "codec"), **({"dtype": torch.float16} if half else {}))
         codec_path = "codec"
     if half:
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
+
+        from codec.runtime import save_safetensors
 
         for f in [d / "adapter" / "adapter_model.safetensors", d / "acoustic_head.safetensors"]:
             if f.exists():
-                save_file({k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(f)).items()},
-                          str(f), metadata={"format": "pt"})
+                save_safetensors({k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(f)).items()},
+                                 str(f), metadata={"format": "pt"})
     for v in voices or []:
         (d / "voices").mkdir(exist_ok=True)
         v.tokens.save(d / "voices" / f"{v.name}.safetensors", metadata={"text": v.text})

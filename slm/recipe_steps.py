@@ -203,13 +203,14 @@ def _to_fp16(path: Path) -> None:
     """Rewrite a safetensors file with floating tensors in fp16 (integer tensors and metadata kept)."""
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
+
+    from codec.runtime import save_safetensors
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
         sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     sd = {k: (v.half() if v.is_floating_point() and v.dtype != torch.float16 else v).contiguous() for k, v in sd.items()}
-    save_file(sd, str(path), metadata=meta)
+    save_safetensors(sd, str(path), metadata=meta)
 
 
 def dir_mb(d: Path, skip: tuple[str, ...] = ()) -> float:

@@ -361,7 +361,7 @@ def save_checkpoint(d: Path, model: SpeechLM, opt, sched, step: int, acc=None) -
     whole (the checkpoint does not depend on the number of ranks). Under DeepSpeed each rank writes its own
     ZeRO partition of the optimizer state (``deepspeed/``, DeepSpeed's format): such a checkpoint resumes
     under DeepSpeed with the same number of processes."""
-    from safetensors.torch import save_file
+    from codec.runtime import save_safetensors
 
     fsdp, ds = _is_fsdp(acc), _is_deepspeed(acc)
     tmp = d.with_name(d.name + ".tmp")
@@ -394,7 +394,7 @@ def save_checkpoint(d: Path, model: SpeechLM, opt, sched, step: int, acc=None) -
     if acc is not None and not acc.is_main_process:
         return
     tmp.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(tmp / "trainable.safetensors"))
+    save_safetensors(weights, str(tmp / "trainable.safetensors"))
     # opt_by_name: the optimizer state is keyed by parameter name (FSDP's full state dict), not by index
     torch.save({"opt": optim, "opt_by_name": fsdp, "deepspeed_world": acc.num_processes if ds else None,
                 "sched": sched.state_dict(), "rng": torch.get_rng_state(), "rng_ranks": rng_ranks,

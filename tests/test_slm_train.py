@@ -498,3 +498,24 @@ def test_manifest_tokens_are_cached_per_codec_content(tmp_path, monkeypatch):
             p.add_(0.01)
     codec.save_pretrained(cdir)  # retrained in place
     assert _tokenize(cfg, DualStreamCodec.from_pretrained(cdir), acc) != first
+
+
+def test_written_model_files_follow_the_umask(tmp_path):
+    """Every file of a model dir (adapter, head, codec, voices, config) and a token file gets the umask's
+    mode, as other files do: safetensors alone leaves its files 0600, unreadable by the group sharing them."""
+    import os
+    import stat
+
+    from codec.contracts import CodecTokens
+
+    old = os.umask(0o027)
+    try:
+        final = train(tiny_train_config(tmp_path / "a", steps=1, save_every=100), progress=False)
+        CodecTokens(torch.zeros(1, 1, 4, dtype=torch.long), torch.zeros(1, 1, 4, dtype=torch.long)).save(
+            final / "tokens.safetensors")
+    finally:
+        os.umask(old)
+    files = [f for f in final.rglob("*") if f.is_file()]
+    assert any(f.suffix == ".safetensors" for f in files) and (final / "adapter" / "adapter_model.safetensors") in files
+    assert {f.relative_to(final).as_posix(): oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == \
+        {f.relative_to(final).as_posix(): oct(0o640) for f in files}

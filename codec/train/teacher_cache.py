@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
+
+from codec.runtime import save_safetensors
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -36,7 +38,7 @@ def write_item(cache_dir: str | os.PathLike, utt_id: str, tensors: dict[str, Ten
     path = item_file(cache_dir, utt_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    save_safetensors({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
 
 

@@ -34,7 +34,8 @@ def add_int8_flag(parser: argparse.ArgumentParser, default=None, help: str = INT
     or ``default`` (None: the model dir's own setting); what ``slm.generate.int8_mode`` reads."""
     parser.add_argument("--int8", nargs="?", const="weights", choices=("weights", "w8a8"), default=default,
                         metavar="{weights,w8a8}", help=help)
-    parser.add_argument("--no-int8", dest="int8", action="store_const", const=False, help=argparse.SUPPRESS)
+    parser.add_argument("--no-int8", dest="int8", action="store_const", const=False,
+                        help="fp32 weights, whatever the model dir's own setting")
 
 
 def seed_arg(value: str) -> int:
