@@ -903,8 +903,9 @@ def carried_settings(cfg: TrainConfig, forms: dict[str, bool], say=None) -> tupl
         say(f"init_from {d}: keeping {', '.join(what) or 'no decoding settings'}")
         lost = [k for k, on in forms.items() if theirs.get(k) and not on]
         if lost:
-            say(f"init_from {d}: the model was trained with {', '.join(lost)}, which this run's tasks do not train; "
-                f"the new model dir will not use them (set tasks.{lost[0]} > 0 to keep it)")
+            say(f"init_from {d}: the model was trained with {', '.join(lost)}, which this run does not train "
+                f"(tasks.{', tasks.'.join(lost)} are 0 or the tokens lack their times); the new model dir will not "
+                f"use them")
     return keep, reader
 
 
