@@ -113,9 +113,14 @@ def leave_rank() -> None:
 
 
 def file_mode() -> int:
-    """The mode a new file gets here (0o666 less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    """The mode a new file gets here (0o666 less the umask). Read from /proc where it can be: setting the
+    umask to read it back would leave, for a moment, other threads creating files with no umask at all."""
+    try:
+        with open("/proc/self/status") as f:
+            mask = next(int(ln.split()[1], 8) for ln in f if ln.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o077)  # (no /proc: the strictest mask for the moment it takes)
+        os.umask(mask)
     return 0o666 & ~mask
 
 
