@@ -460,7 +460,7 @@ def joint_transcribe(model: nn.Module, tokenizer, prompt: Tensor, text_ids: Tens
     allowed = torch.cat([text_ids.to(dev), torch.tensor([eos_id], device=dev)]).unique()
     eos_j = int((allowed == eos_id).nonzero()[0, 0])
     out = model(input_ids=prompt.view(1, -1).to(dev), use_cache=True, logits_to_keep=1)
-    cache = out_cache(out)
+    cache, kw = out_cache(out), cache_kw(model)
     logits = out.logits[:, -1].float()
     # open hypotheses: (ids, lm log-prob, characters)
     beams: list[tuple[list[int], float, str]] = [([], 0.0, "")]
@@ -496,7 +496,7 @@ def joint_transcribe(model: nn.Module, tokenizer, prompt: Tensor, text_ids: Tens
         beams = [(beams[b][0] + [tok], lm2, ch2) for _, b, tok, lm2, ch2 in cands]
         cache.reorder_cache(torch.tensor([b for _, b, _, _, _ in cands], device=dev))
         out = model(input_ids=torch.tensor([[t] for _, _, t, _, _ in cands], device=dev),
-                    use_cache=True, logits_to_keep=1, **{cache_kw(model): cache})
+                    use_cache=True, logits_to_keep=1, **{kw: cache})
         cache = out_cache(out)
         logits = out.logits[:, -1].float()
     if ended:

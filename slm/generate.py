@@ -115,6 +115,9 @@ class Decoder:
         self.allowed = None if allowed is None else allowed.to(self.device)
         self.need_hidden = need_hidden
         self.rows = _output_rows(model, self.allowed)
+        # the module _forward calls, and its KV-cache keyword (looked up once, not per token)
+        self.body = model.get_decoder() if self.rows is not None else model
+        self.cache_kw = cache_kw(self.body)
         self.ids: list[int] = prompt.tolist()
         fused = getattr(model, "fused_step", None)
         if fused is not None and self.rows is not None and fused.prefill_prompt:
@@ -133,13 +136,12 @@ class Decoder:
     def _forward(self, ids: Tensor) -> tuple[Tensor, Tensor | None]:
         ids = ids.view(1, -1).to(self.device)
         if self.rows is not None:
-            dec = self.model.get_decoder()
-            out = dec(input_ids=ids, use_cache=True, **{cache_kw(dec): self.cache})
+            out = self.body(input_ids=ids, use_cache=True, **{self.cache_kw: self.cache})
             self.cache = out_cache(out)
             h = out.last_hidden_state[0, -1]
             return self._project(h), h
-        out = self.model(input_ids=ids, use_cache=True, output_hidden_states=self.need_hidden, logits_to_keep=1,
-                         **{cache_kw(self.model): self.cache})
+        out = self.body(input_ids=ids, use_cache=True, output_hidden_states=self.need_hidden, logits_to_keep=1,
+                        **{self.cache_kw: self.cache})
         self.cache = out_cache(out)
         logits = out.logits[0, -1].float()
         return (logits if self.allowed is None else logits[self.allowed],
