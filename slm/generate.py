@@ -249,6 +249,45 @@ class FusedStep:
     def layers(self, layers: list[tuple]) -> None:
         self._layers = layers
         self._run = [tuple(_rows_fn(x) if j in _MATRICES else x for j, x in enumerate(layer)) for layer in layers]
+        self._native = self._native_args(layers)
+
+    def _native_args(self, layers: list[tuple]) -> tuple | None:
+        """The per-layer tensors :func:`slm.native.fused_layers` takes, where every matrix is an int8
+        weight-only :class:`Int8Linear` without bias on CPU and the native library is available; else None
+        (the Python loop)."""
+        mats = [layer[j] for layer in layers for j in _MATRICES]
+        if not mats or not all(isinstance(m, Int8Linear) and m.packed is None and m.dense.bias is None
+                                and m.qweight.is_cpu for m in mats):
+            return None
+        if not (self.embed.is_cpu and self.embed.dtype == torch.float32
+                and all(layer[j].dtype == torch.float32 for layer in layers for j in (0, 3))):
+            return None
+        from slm.native import fused_layers
+
+        op = fused_layers()
+        if op is None:
+            return None
+        lists = [[layer[0].detach().contiguous() for layer in layers]]
+        for j in _MATRICES[:2]:
+            lists += [[layer[j].qweight for layer in layers], [layer[j].scale for layer in layers]]
+        lists.append([layer[3].detach().contiguous() for layer in layers])
+        for j in _MATRICES[2:]:
+            lists += [[layer[j].qweight for layer in layers], [layer[j].scale for layer in layers]]
+        return op, lists, min(m.max_rows for m in mats)
+
+    def native_rows(self, rows: int) -> bool:
+        """Whether a pass of ``rows`` new tokens in all runs through the native layer loop."""
+        return self._native is not None and rows <= self._native[2]
+
+    def native_forward(self, x: Tensor, k: Tensor, v: Tensor, pos: Tensor, cos: Tensor, sin: Tensor,
+                       mask: Tensor | None, span: int) -> Tensor:
+        """:meth:`layers_forward` in C++ (:func:`slm.native.fused_layers`; check :meth:`native_rows` first):
+        ``x [B, n, D]`` the new tokens' embeddings, written as K/V into ``k``/``v`` ``[layers, B, nkv, max_len,
+        hd]`` at ``pos [B, n]``; ``cos``/``sin`` ``[max_len, hd]`` the rotary tables; ``mask`` SDPA's boolean mask
+        over the first ``span`` positions (None: each row's one query sees all of them). Returns the hidden
+        states before the final norm."""
+        op, lists, _ = self._native
+        return op(x.contiguous(), *lists, k, v, pos, cos, sin, mask, span, self.nh, self.nkv, float(self.eps))
 
     @torch.no_grad()
     def tap_inputs(self, seqs, fn: Callable[[int, int, Tensor], None]) -> None:
@@ -377,6 +416,12 @@ class _FusedState:
         if t >= self.max_len:
             raise RuntimeError(f"FusedStep state is full ({self.max_len} positions)")
 
+        if f.native_rows(1):
+            x = f.native_forward(f.embed[token].view(1, 1, -1), self.k, self.v, torch.tensor([[t]]), self.cos,
+                                 self.sin, None, t + 1)
+            self.t = t + 1
+            return F.rms_norm(x, (x.shape[-1],), f.norm, f.eps)[0, -1]
+
         def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             self.k[i, 0, :, t], self.v[i, 0, :, t] = k[0, 0], v[0, 0]
             return F.scaled_dot_product_attention(q, self.k[i, :, :, : t + 1], self.v[i, :, :, : t + 1],
@@ -397,6 +442,11 @@ class _FusedState:
             raise RuntimeError(f"FusedStep state is full ({self.max_len} positions) or no tokens given")
         pos = torch.arange(t + n, device=f.embed.device)
         mask = pos[None, :] <= pos[t:, None]  # [n, t+n]: each new token sees the past and itself
+        if f.native_rows(n):
+            x = f.embed[torch.tensor(tokens, device=f.embed.device)].view(1, n, -1)
+            x = f.native_forward(x, self.k, self.v, pos[t:].view(1, n), self.cos, self.sin, mask, t + n)
+            self.t = t + n
+            return F.rms_norm(x, (x.shape[-1],), f.norm, f.eps)[0, -1]
 
         def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             self.k[i, 0, :, t : t + n], self.v[i, 0, :, t : t + n] = k[0].transpose(0, 1), v[0].transpose(0, 1)
@@ -459,7 +509,10 @@ class _FusedBatch:
             return F.scaled_dot_product_attention(q, self.k[i, :, :, :span], self.v[i, :, :, :span],
                                                   attn_mask=mask, enable_gqa=f.nh != f.nkv)
 
-        x = f.layers_forward(f.embed[tok], self.cos[at][:, :, None], self.sin[at][:, :, None], attend)
+        if f.native_rows(rows * n):
+            x = f.native_forward(f.embed[tok], self.k, self.v, at, self.cos, self.sin, mask, span)
+        else:
+            x = f.layers_forward(f.embed[tok], self.cos[at][:, :, None], self.sin[at][:, :, None], attend)
         self.t = self.t + lens
         last = x[torch.arange(rows, device=x.device), (lens - 1).clamp_min(0)]
         return F.rms_norm(last, (last.shape[-1],), f.norm, f.eps)

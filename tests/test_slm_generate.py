@@ -308,6 +308,71 @@ def test_int8_w8a8(lm, layout):
     assert frames and all(0 <= f.code < layout.n_semantic for f in frames)
 
 
+def test_native_layer_loop_gives_the_python_loops_results(lm, layout):
+    """int8 decoding's layer loop in C++ (``slm.native``, built on first use) against the Python loop on the same
+    int8 matrices: the hidden states and the K/V it writes for one token, a word's tokens in one pass, and rows side
+    by side at their own positions (one fed nothing); a whole generation samples the same frames. Passes of more
+    rows than the int8 kernel takes, and the w8a8 mode, keep the Python loop."""
+    from adapters.backbones import out_cache
+    from slm.generate import inference_copy
+
+    q = inference_copy(lm, int8=True, bf16_prompt=False)
+    f = q.fused_step
+    assert f._native is not None, "the native decoding step did not build (it needs g++ and ninja: make setup)"
+    assert f.native_rows(1) and f.native_rows(32) and not f.native_rows(33)
+    assert inference_copy(lm, int8="w8a8", bf16_prompt=False).fused_step._native is None
+    assert inference_copy(lm).fused_step._native is None  # fp32: the Python loop, exact to transformers
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+
+    def run() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        st = f.start(out_cache(q(ids, use_cache=True)), 6, 30)
+        hid = [st.step(7), st.step(9), st.step_many([3, 4, 5]), st.step(11)]
+        b = f.start_batch(out_cache(q(ids, use_cache=True)), 6, 30, 3)
+        hid += [b.step([[1], [2, 3], [4]])[:2], b.step([[4, 5, 6], [7], []])[:2], b.step([[8], [9], [10]])]
+        return hid, [st.k, st.v, b.k[:, :2], b.v[:, :2]]
+
+    native_hid, native_kv = run()
+    kept, f._native = f._native, None
+    try:
+        python_hid, python_kv = run()
+        s = Sampling(temperature=0.8)
+        prompt = torch.tensor([1, 2, 3, layout.audio_start])
+        want = [fr.code for fr in generate_frames(q, layout, prompt, None, s, 8, generator=torch.Generator().manual_seed(3))]
+    finally:
+        f._native = kept
+    for a, b in zip(native_hid + native_kv, python_hid + python_kv):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    got = [fr.code for fr in generate_frames(q, layout, prompt, None, s, 8, generator=torch.Generator().manual_seed(3))]
+    assert got == want
+    # what it is given is checked, with a message rather than a crash
+    st = f.start(out_cache(q(ids, use_cache=True)), 6, 30)
+    with pytest.raises(RuntimeError, match="K/V must be contiguous float32"):
+        f.native_forward(f.embed[[7]].view(1, 1, -1), st.k[:, :, :1], st.v, torch.tensor([[6]]), st.cos, st.sin,
+                         None, 7)
+    with pytest.raises(RuntimeError, match="position out of range"):
+        f.native_forward(f.embed[[7]].view(1, 1, -1), st.k, st.v, torch.tensor([[30]]), st.cos, st.sin, None, 7)
+
+
+def test_native_layer_loop_falls_back_when_it_cannot_build(lm, monkeypatch):
+    """No compiler (a failed build) or ``SLM_NATIVE=0``: decoding keeps the Python loop; a failed build says why
+    once, as a warning."""
+    import slm.native as native
+    from slm.generate import inference_copy
+
+    def broken(verbose):
+        raise RuntimeError("Error building extension 'slm_native_fused_layers'\nc++: not found")
+
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_build", broken)
+    with pytest.warns(RuntimeWarning, match="could not be built.*c\\+\\+: not found"):
+        q = inference_copy(lm, int8=True, bf16_prompt=False)
+    assert q.fused_step._native is None
+    assert len(Decoder(q, torch.tensor([1, 2, 3]), max_new=2).logits) == 600  # and it decodes
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("SLM_NATIVE", "0")
+    assert native.fused_layers() is None and "op" not in native._state
+
+
 def test_w8a8_smoothing(lm, layout):
     """Calibrated smoothing (``act_max``) moves an outlier channel's range into the weights: the same product,
     closer to fp32 than plain w8a8 when one channel is large; a FusedStep calibrates its w8a8 matrices from token ids."""

@@ -1,0 +1,3 @@
+from slm.native import main
+
+raise SystemExit(main())
