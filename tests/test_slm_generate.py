@@ -356,7 +356,7 @@ def test_native_layer_loop_gives_the_python_loops_results(lm, layout):
 def test_native_layer_loop_falls_back_when_it_cannot_build(lm, monkeypatch):
     """No compiler (a failed build) or ``SLM_NATIVE=0``: decoding keeps the Python loop; a failed build says why
     once, as a warning."""
-    import slm.native as native
+    from slm import native
     from slm.generate import inference_copy
 
     def broken(verbose):
