@@ -273,11 +273,19 @@ class FusedStep:
         lists.append([layer[3].detach().contiguous() for layer in layers])
         for j in _MATRICES[2:]:
             lists += [[layer[j].qweight for layer in layers], [layer[j].scale for layer in layers]]
-        return op, lists, min(m.max_rows for m in mats)
+        rows = {m.max_rows for m in mats}
+        bulk = all(m.bulk is not None and m.bulk.dtype == torch.bfloat16 for m in mats)
+        if len(rows) != 1 or (not bulk and any(m.bulk is not None for m in mats)):
+            return None  # mixed settings: the Python loop, which asks each matrix
+        # the bf16 copies, for passes of more than max_rows rows (none: such passes keep the Python loop)
+        lists += [[layer[j].bulk for layer in layers] if bulk else [] for j in _MATRICES]
+        return op, lists, rows.pop(), bulk
 
     def native_rows(self, rows: int) -> bool:
-        """Whether a pass of ``rows`` new tokens in all runs through the native layer loop."""
-        return self._native is not None and rows <= self._native[2]
+        """Whether a pass of ``rows`` new tokens in all runs through the native layer loop: up to the int8
+        matrices' ``max_rows``, and beyond it where they have bf16 copies (the rows a word or a best-of batch
+        feeds at once; prompts go through :meth:`prefill`)."""
+        return self._native is not None and (rows <= self._native[2] or self._native[3])
 
     def native_forward(self, x: Tensor, k: Tensor, v: Tensor, pos: Tensor, cos: Tensor, sin: Tensor,
                        mask: Tensor | None, span: int) -> Tensor:
@@ -286,8 +294,9 @@ class FusedStep:
         hd]`` at ``pos [B, n]``; ``cos``/``sin`` ``[max_len, hd]`` the rotary tables; ``mask`` SDPA's boolean mask
         over the first ``span`` positions (None: each row's one query sees all of them). Returns the hidden
         states before the final norm."""
-        op, lists, _ = self._native
-        return op(x.contiguous(), *lists, k, v, pos, cos, sin, mask, span, self.nh, self.nkv, float(self.eps))
+        op, lists, max_rows, _ = self._native
+        return op(x.contiguous(), *lists, k, v, pos, cos, sin, mask, span, self.nh, self.nkv, float(self.eps),
+                  max_rows)
 
     @torch.no_grad()
     def tap_inputs(self, seqs, fn: Callable[[int, int, Tensor], None]) -> None:
@@ -603,6 +612,11 @@ def int8_mode(int8: bool | str | None) -> str | None:
     raise ValueError(f"int8 must be true/false or one of {', '.join(INT8_MODES)}, got {int8!r}")
 
 
+# Above this many rows an int8 layer with a bf16 copy of its weights (FusedStep's bf16_prompt, on CPUs that multiply
+# bf16 natively) multiplies on the copy: see Int8Linear.
+BF16_BULK_ROWS = 4
+
+
 class Int8Linear(torch.nn.Module):
     """Int8 form of an ``nn.Linear`` for few-row decoding on CPU (opt-in, approximate).
 
@@ -610,9 +624,12 @@ class Int8Linear(torch.nn.Module):
     (symmetric, one scale per output row) with bf16 activations through torch's fused CPU kernel
     (``torch._weight_int8pack_mm``) halve SmolLM2-135M's per-token matmul time here, where bf16 weights
     alone are no faster than fp32. Up to ``max_rows`` rows (a word fed at once, best-of candidates side by
-    side) take the int8 kernel too: at 32 rows it is still ~2x faster than fp32 GEMM here. More rows at once
-    (the prompt) run on the kept fp32 weights, or on a bf16 copy (``bulk_dtype``, where the CPU multiplies bf16
-    natively): there the int8 kernel is slower than fp32 GEMM, and prefill sets the time to first audio.
+    side) take the int8 kernel too; more rows at once (the prompt) run on the kept fp32 weights, or on a bf16
+    copy (``bulk_dtype``, where the CPU multiplies bf16 natively). ``max_rows`` (None: the default for the form)
+    is 32 over fp32 weights (at 32 rows the int8 kernel is still ~2x faster than fp32 GEMM here) and
+    :data:`BF16_BULK_ROWS` (4) over a bf16 copy: the int8 kernel works in blocks of 4 rows, each costing about
+    what the first did, where AMX's bf16 GEMM barely grows with the rows, so from 5 rows on the bf16 copy is
+    faster (one step's four matrices: 1.3x at 5-8 rows, 1.9x at 10-12; docs/results/native_step).
 
     ``activations`` (the ``"w8a8"`` mode): the input is quantized to int8 too, one scale per call, and the
     product runs in integers (``quantized::linear_dynamic``, fbgemm; VNNI where the CPU has it). Why: the
@@ -627,9 +644,11 @@ class Int8Linear(torch.nn.Module):
     exact arithmetic), so a few large-valued channels no longer set the one activation scale alone. On the
     bundle it halves w8a8's divergence from the fp32 logits (docs/results/int8_w8a8)."""
 
-    def __init__(self, linear: torch.nn.Linear, max_rows: int = 32, activations: bool = False,
+    def __init__(self, linear: torch.nn.Linear, max_rows: int | None = None, activations: bool = False,
                  act_max: Tensor | None = None, bulk_dtype: torch.dtype | None = None):
         super().__init__()
+        if max_rows is None:
+            max_rows = BF16_BULK_ROWS if bulk_dtype == torch.bfloat16 and not activations else 32
         w = linear.weight.detach().float()
         self.dense, self.max_rows, self.packed, self.inv = linear, max_rows, None, None
         # more rows than max_rows (the prompt) on a copy in bulk_dtype (bf16 where the CPU multiplies it natively:

@@ -311,10 +311,11 @@ def test_int8_w8a8(lm, layout):
 def test_native_layer_loop_gives_the_python_loops_results(lm, layout):
     """int8 decoding's layer loop in C++ (``slm.native``, built on first use) against the Python loop on the same
     int8 matrices: the hidden states and the K/V it writes for one token, a word's tokens in one pass, and rows side
-    by side at their own positions (one fed nothing); a whole generation samples the same frames. Passes of more
-    rows than the int8 kernel takes, and the w8a8 mode, keep the Python loop."""
+    by side at their own positions (one fed nothing); a whole generation samples the same frames. With the weights'
+    bf16 copies, as without. Passes of more rows than the int8 kernel takes without bf16 copies, and the w8a8
+    mode, keep the Python loop."""
     from adapters.backbones import out_cache
-    from slm.generate import inference_copy
+    from slm.generate import BF16_BULK_ROWS, inference_copy
 
     q = inference_copy(lm, int8=True, bf16_prompt=False)
     f = q.fused_step
@@ -322,28 +323,37 @@ def test_native_layer_loop_gives_the_python_loops_results(lm, layout):
     assert f.native_rows(1) and f.native_rows(32) and not f.native_rows(33)
     assert inference_copy(lm, int8="w8a8", bf16_prompt=False).fused_step._native is None
     assert inference_copy(lm).fused_step._native is None  # fp32: the Python loop, exact to transformers
+    # with bf16 copies of the weights, passes of more than BF16_BULK_ROWS rows multiply on them, in both loops
+    qb = inference_copy(lm, int8=True, bf16_prompt=True)
+    assert qb.fused_step.layers[0][1].max_rows == BF16_BULK_ROWS and qb.fused_step.native_rows(40)
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
 
-    def run() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def run(q) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        f = q.fused_step
         st = f.start(out_cache(q(ids, use_cache=True)), 6, 30)
-        hid = [st.step(7), st.step(9), st.step_many([3, 4, 5]), st.step(11)]
+        hid = [st.step(7), st.step(9), st.step_many([3, 4, 5]), st.step(11), st.step_many([5, 6, 7, 8, 9, 10])]
         b = f.start_batch(out_cache(q(ids, use_cache=True)), 6, 30, 3)
         hid += [b.step([[1], [2, 3], [4]])[:2], b.step([[4, 5, 6], [7], []])[:2], b.step([[8], [9], [10]])]
         return hid, [st.k, st.v, b.k[:, :2], b.v[:, :2]]
 
-    native_hid, native_kv = run()
-    kept, f._native = f._native, None
-    try:
-        python_hid, python_kv = run()
-        s = Sampling(temperature=0.8)
-        prompt = torch.tensor([1, 2, 3, layout.audio_start])
-        want = [fr.code for fr in generate_frames(q, layout, prompt, None, s, 8, generator=torch.Generator().manual_seed(3))]
-    finally:
-        f._native = kept
-    for a, b in zip(native_hid + native_kv, python_hid + python_kv):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    got = [fr.code for fr in generate_frames(q, layout, prompt, None, s, 8, generator=torch.Generator().manual_seed(3))]
-    assert got == want
+    s = Sampling(temperature=0.8)
+    prompt = torch.tensor([1, 2, 3, layout.audio_start])
+    for model in (q, qb):
+        f = model.fused_step
+        native_hid, native_kv = run(model)
+        kept, f._native = f._native, None
+        try:
+            python_hid, python_kv = run(model)
+            want = [fr.code for fr in generate_frames(model, layout, prompt, None, s, 8,
+                                                      generator=torch.Generator().manual_seed(3))]
+        finally:
+            f._native = kept
+        for a, b in zip(native_hid + native_kv, python_hid + python_kv):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        got = [fr.code for fr in generate_frames(model, layout, prompt, None, s, 8,
+                                                 generator=torch.Generator().manual_seed(3))]
+        assert got == want
+    f = q.fused_step
     # what it is given is checked, with a message rather than a crash
     st = f.start(out_cache(q(ids, use_cache=True)), 6, 30)
     with pytest.raises(RuntimeError, match="K/V must be contiguous float32"):

@@ -1,4 +1,5 @@
-// The decoding step's layer loop of slm.generate.FusedStep in C++, for int8 weight-only matrices on CPU.
+// The decoding step's layer loop of slm.generate.FusedStep in C++, for int8 weight-only matrices on CPU (with their
+// bf16 copies for passes of more than max_rows rows, where the layers have them).
 //
 // Why: at a few rows per step the Python loop spends ~40% of a SmolLM2-135M step on ~30 small torch calls
 // per layer (norms, rotary, casts, K/V writes), each a Python call plus an op dispatch. Here the four int8
@@ -35,9 +36,11 @@ void rms_norm_bf16(const float* x, const float* w, bf16* out, int64_t rows, int6
 
 Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w, at::TensorList qkv_s,
                     at::TensorList o_w, at::TensorList o_s, at::TensorList n2, at::TensorList gu_w,
-                    at::TensorList gu_s, at::TensorList dn_w, at::TensorList dn_s, const Tensor& K, const Tensor& V,
+                    at::TensorList gu_s, at::TensorList dn_w, at::TensorList dn_s, at::TensorList qkv_b,
+                    at::TensorList o_b, at::TensorList gu_b, at::TensorList dn_b, const Tensor& K, const Tensor& V,
                     const Tensor& pos, const Tensor& cos_tab, const Tensor& sin_tab,
-                    const std::optional<Tensor>& mask, int64_t span, int64_t nh, int64_t nkv, double eps_d) {
+                    const std::optional<Tensor>& mask, int64_t span, int64_t nh, int64_t nkv, double eps_d,
+                    int64_t max_rows) {
   // x_in [B, n, D] fp32; K/V [L, B, nkv, max_len, hd] fp32; pos [B, n] int64 (where each new token goes);
   // cos_tab/sin_tab [max_len, hd] fp32 (the plain rotary tables); mask: SDPA's boolean mask [B|1, 1, n, span]
   // or none (one token per row, attending to every position below span).
@@ -59,6 +62,15 @@ Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w,
   TORCH_CHECK(span >= 1 && span <= max_len, "fused_layers: span out of range");
   for (auto* lst : {&qkv_w, &qkv_s, &o_w, &o_s, &n2, &gu_w, &gu_s, &dn_w, &dn_s})
     TORCH_CHECK(static_cast<int64_t>(lst->size()) == L, "fused_layers: every per-layer list needs one entry a layer");
+  // more rows than max_rows: the matrices' bf16 copies (as Int8Linear does above its max_rows)
+  const bool bulk = rows > max_rows;
+  if (bulk)
+    for (auto* lst : {&qkv_b, &o_b, &gu_b, &dn_b})
+      TORCH_CHECK(static_cast<int64_t>(lst->size()) == L,
+                  "fused_layers: more rows than max_rows need the matrices' bf16 copies");
+  auto matmul = [bulk](const Tensor& in, at::TensorList w, at::TensorList s, at::TensorList b, int64_t i) {
+    return (bulk ? at::linear(in, b[i]) : at::_weight_int8pack_mm(in, w[i], s[i])).contiguous();
+  };
   const int64_t* p = pos.data_ptr<int64_t>();
   for (int64_t i = 0; i < rows; ++i) TORCH_CHECK(p[i] >= 0 && p[i] < max_len, "fused_layers: position out of range");
 
@@ -78,7 +90,7 @@ Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w,
   for (int64_t i = 0; i < L; ++i) {
     bf16* hp = h.data_ptr<bf16>();
     rms_norm_bf16(xs, n1[i].data_ptr<float>(), hp, rows, D, eps_d);
-    Tensor y = at::_weight_int8pack_mm(h, qkv_w[i], qkv_s[i]);  // [rows, (nh + 2 nkv) hd] bf16
+    Tensor y = matmul(h, qkv_w, qkv_s, qkv_b, i);  // [rows, (nh + 2 nkv) hd] bf16
     const bf16* yp = y.data_ptr<bf16>();
     float* qp = q.data_ptr<float>();
     float* kl = K.data_ptr<float>() + i * kv_l;
@@ -120,12 +132,12 @@ Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w,
           bf16* dst = aip + (b * n + t) * D + head * hd;
           for (int64_t j = 0; j < hd; ++j) dst[j] = bf16(src[j]);
         }
-    Tensor o = at::_weight_int8pack_mm(att_in, o_w[i], o_s[i]);
+    Tensor o = matmul(att_in, o_w, o_s, o_b, i);
     const bf16* op = o.data_ptr<bf16>();
     for (int64_t e = 0; e < rows * D; ++e) xs[e] = xs[e] + static_cast<float>(op[e]);
 
     rms_norm_bf16(xs, n2[i].data_ptr<float>(), hp, rows, D, eps_d);
-    Tensor gu = at::_weight_int8pack_mm(h, gu_w[i], gu_s[i]);  // [rows, 2 I] bf16
+    Tensor gu = matmul(h, gu_w, gu_s, gu_b, i);  // [rows, 2 I] bf16
     const int64_t I = gu.size(1) / 2;
     // silu through torch's own vectorized kernel (its exp rounds differently from std::exp), on the gate half
     // widened to fp32 as the Python loop does; then times the up half, rounded to bf16 for the down matrix
@@ -140,7 +152,7 @@ Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w,
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < I; ++j)
         actp[r * I + j] = bf16(g32p[r * I + j] * static_cast<float>(gp[r * 2 * I + I + j]));
-    Tensor dn = at::_weight_int8pack_mm(act, dn_w[i], dn_s[i]);
+    Tensor dn = matmul(act, dn_w, dn_s, dn_b, i);
     const bf16* dp = dn.data_ptr<bf16>();
     for (int64_t e = 0; e < rows * D; ++e) xs[e] = xs[e] + static_cast<float>(dp[e]);
   }
@@ -151,7 +163,8 @@ Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w,
 
 TORCH_LIBRARY(slm_native, m) {
   m.def("fused_layers(Tensor x, Tensor[] n1, Tensor[] qkv_w, Tensor[] qkv_s, Tensor[] o_w, Tensor[] o_s, "
-        "Tensor[] n2, Tensor[] gu_w, Tensor[] gu_s, Tensor[] dn_w, Tensor[] dn_s, Tensor K, Tensor V, Tensor pos, "
-        "Tensor cos, Tensor sin, Tensor? mask, int span, int nh, int nkv, float eps) -> Tensor");
+        "Tensor[] n2, Tensor[] gu_w, Tensor[] gu_s, Tensor[] dn_w, Tensor[] dn_s, Tensor[] qkv_b, Tensor[] o_b, "
+        "Tensor[] gu_b, Tensor[] dn_b, Tensor K, Tensor V, Tensor pos, Tensor cos, Tensor sin, Tensor? mask, "
+        "int span, int nh, int nkv, float eps, int max_rows) -> Tensor");
   m.impl("fused_layers", c10::DispatchKey::CPU, TORCH_FN(fused_layers));
 }
