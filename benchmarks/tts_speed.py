@@ -168,6 +168,15 @@ def main() -> int:
         finally:
             G.generate_candidates = together
 
+    def model_rows(model, suffix: str) -> None:
+        """The LM-only, streaming (and aligned, best-of) rows of ``model``, the one ``pipe`` generates with."""
+        rows[f"our_loop_lm_only{suffix}"] = _best(lambda: lm_only(model), args.repeats)
+        rows[f"streaming_tts{suffix}"] = _best(streaming, args.repeats)
+        if args.aligned:
+            rows[f"streaming_tts_aligned{suffix}"] = _best(lambda: streaming(aligned=True), args.repeats)
+        if args.best_of > 1:
+            best_of_rows(suffix)
+
     lm_only(lm)  # warm-up (first-call allocations, lazy inits)
     rows = {"hf_generate": _best(plain, args.repeats), "our_loop_lm_only": _best(lambda: lm_only(lm), args.repeats)}
     rows["streaming_tts"] = _best(streaming, args.repeats)
@@ -212,12 +221,7 @@ def main() -> int:
         native = lm8.fused_step._native if getattr(lm8, "fused_step", None) is not None else None
         if native is not None:  # the same int8 matrices through the Python layer loop: the C++ loop's baseline
             lm8.fused_step._native = None
-            rows["our_loop_lm_only_int8_python_loop"] = _best(lambda: lm_only(lm8), args.repeats)
-            rows["streaming_tts_int8_python_loop"] = _best(streaming, args.repeats)
-            if args.aligned:
-                rows["streaming_tts_aligned_int8_python_loop"] = _best(lambda: streaming(aligned=True), args.repeats)
-            if args.best_of > 1:
-                best_of_rows("_int8_python_loop")
+            model_rows(lm8, "_int8_python_loop")
             lm8.fused_step._native = native
         pipe.infer_lm, pipe.head_int8 = lm, head_int8
         del lm8
@@ -227,12 +231,7 @@ def main() -> int:
         pipe.infer_lm = lmq = inference_copy(pipe.lm, int8="w8a8")
         head_int8, pipe.head_int8 = pipe.head_int8, "w8a8"
         lm_only(lmq)
-        rows["our_loop_lm_only_w8a8"] = _best(lambda: lm_only(lmq), args.repeats)
-        rows["streaming_tts_w8a8"] = _best(streaming, args.repeats)
-        if args.aligned:
-            rows["streaming_tts_aligned_w8a8"] = _best(lambda: streaming(aligned=True), args.repeats)
-        if args.best_of > 1:
-            best_of_rows("_w8a8")
+        model_rows(lmq, "_w8a8")
         pipe.infer_lm, pipe.head_int8 = lm, head_int8
         del lmq
     if args.bf16:

@@ -81,6 +81,7 @@ Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w,
   Tensor h = at::empty({rows, D}, bopt);  // a matrix's bf16 input
   Tensor q = at::empty({B, nh, n, hd}, fopt);
   Tensor att_in = at::empty({rows, D}, bopt);
+  Tensor g32, act;  // silu's fp32 input and down's bf16 input [rows, I], sized at the first layer
   const float* ct = cos_tab.data_ptr<float>();
   const float* st = sin_tab.data_ptr<float>();
   const int64_t kv_b = nkv * max_len * hd, kv_l = B * kv_b;  // strides of K/V over rows and layers
@@ -141,13 +142,16 @@ Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w,
     const int64_t I = gu.size(1) / 2;
     // silu through torch's own vectorized kernel (its exp rounds differently from std::exp), on the gate half
     // widened to fp32 as the Python loop does; then times the up half, rounded to bf16 for the down matrix
-    Tensor g32 = at::empty({rows, I}, fopt);
+    if (!g32.defined()) {
+      g32 = at::empty({rows, I}, fopt);
+      act = at::empty({rows, I}, bopt);
+    }
+    TORCH_CHECK(g32.size(1) == I, "fused_layers: every layer needs the same intermediate size");
     const bf16* gp = gu.data_ptr<bf16>();
     float* g32p = g32.data_ptr<float>();
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < I; ++j) g32p[r * I + j] = static_cast<float>(gp[r * 2 * I + j]);
     at::silu_(g32);
-    Tensor act = at::empty({rows, I}, bopt);
     bf16* actp = act.data_ptr<bf16>();
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < I; ++j)
