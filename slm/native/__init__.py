@@ -2,9 +2,10 @@
 
 :func:`fused_layers` is the layer loop of :class:`slm.generate.FusedStep` for int8 weight-only matrices on CPU
 (``fused_layers.cpp``): the same arithmetic as the Python loop, without its ~30 small torch calls per layer.
-It is built once per torch version and source (~20-40 s with g++ and ninja, both installed by ``make setup``)
+It is built once per torch version and source (~15-30 s with g++ and ninja, both installed by ``make setup``)
 into ``<cache>/native/``; ``make setup`` builds it ahead of time. Where it cannot be built (no compiler, a
-failed build) or ``SLM_NATIVE=0`` is set, callers keep the Python loop: same results, slower. The build's
+failed build) or ``SLM_NATIVE=0`` is set, callers keep the Python loop: the same results to float rounding
+(docs/results/native_step), slower. The build's
 failure is reported once, with the log's last lines.
 """
 from __future__ import annotations
