@@ -315,7 +315,7 @@ def test_native_layer_loop_gives_the_python_loops_results(lm, layout):
     bf16 copies, as without. Passes of more rows than the int8 kernel takes without bf16 copies, and the w8a8
     mode, keep the Python loop."""
     from adapters.backbones import out_cache
-    from slm.generate import BF16_BULK_ROWS, inference_copy
+    from slm.generate import bulk_rows, inference_copy
 
     q = inference_copy(lm, int8=True, bf16_prompt=False)
     f = q.fused_step
@@ -323,9 +323,9 @@ def test_native_layer_loop_gives_the_python_loops_results(lm, layout):
     assert f.native_rows(1) and f.native_rows(32) and not f.native_rows(33)
     assert inference_copy(lm, int8="w8a8", bf16_prompt=False).fused_step._native is None
     assert inference_copy(lm).fused_step._native is None  # fp32: the Python loop, exact to transformers
-    # with bf16 copies of the weights, passes of more than BF16_BULK_ROWS rows multiply on them, in both loops
+    # with bf16 copies of the weights, passes of more than bulk_rows() rows multiply on them, in both loops
     qb = inference_copy(lm, int8=True, bf16_prompt=True)
-    assert qb.fused_step.layers[0][1].max_rows == BF16_BULK_ROWS and qb.fused_step.native_rows(40)
+    assert qb.fused_step.layers[0][1].max_rows == bulk_rows() and qb.fused_step.native_rows(40)
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
 
     def run(q) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -361,6 +361,39 @@ def test_native_layer_loop_gives_the_python_loops_results(lm, layout):
                          None, 7)
     with pytest.raises(RuntimeError, match="position out of range"):
         f.native_forward(f.embed[[7]].view(1, 1, -1), st.k, st.v, torch.tensor([[30]]), st.cos, st.sin, None, 7)
+
+
+def test_native_int8_kernel_computes_what_torchs_does():
+    """The native loop's int8 matmul (``slm.native.int8_mm``: 24-bit fixed-point activations through AVX512-VNNI
+    where the CPU has it, torch's kernel elsewhere) against ``torch._weight_int8pack_mm``: 1-12 rows, output
+    sizes that are not multiples of its 4-row blocks, rows with a wide range of magnitudes, an all-zero row; a
+    row holding NaN gives what torch's kernel gives (it falls back). Both round one fp32-or-better sum to bf16,
+    so at most a rare last-bit difference; a slip in the byte split or the offset would be far off."""
+    from slm.native import int8_kernel, int8_mm
+
+    assert int8_kernel() in ("avx512-vnni", "torch"), "the native library did not build (make setup)"
+    g = torch.Generator().manual_seed(0)
+    for rows, n, k in ((1, 70, 128), (2, 8, 64), (3, 33, 192), (4, 64, 64), (7, 13, 128), (12, 21, 64)):
+        w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+        scale = (torch.rand(n, generator=g) / 50 + 1e-3).bfloat16()
+        x = torch.randn(rows, k, generator=g) * torch.rand(k, generator=g) ** 6 * 30  # magnitudes over ~1e6
+        x[-1, : k // 2] *= 1e-6
+        x = x.bfloat16()
+        if rows > 2:
+            x[1] = 0
+        want = torch._weight_int8pack_mm(x, w, scale)
+        got = int8_mm(x, w, scale, w.sum(1, dtype=torch.int32))
+        assert got.dtype == torch.bfloat16 and got.shape == (rows, n)
+        torch.testing.assert_close(got.float(), want.float(), rtol=1 / 128, atol=1e-6)
+        assert (got == want).float().mean() > 0.97
+        if rows > 2:
+            assert not got[1].any()
+    x = torch.randn(2, 64).bfloat16()
+    x[0, 5] = float("nan")
+    w = torch.randint(-127, 128, (8, 64), dtype=torch.int8)
+    scale = torch.full((8,), 0.01).bfloat16()
+    got, want = int8_mm(x, w, scale, w.sum(1, dtype=torch.int32)), torch._weight_int8pack_mm(x, w, scale)
+    assert got[0].isnan().all() and torch.equal(got[1], want[1])
 
 
 def test_native_layer_loop_falls_back_when_it_cannot_build(lm, monkeypatch):

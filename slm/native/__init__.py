@@ -69,8 +69,8 @@ def _build(verbose: bool) -> Callable | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # the build dir's lock file makes a second process wait for this build instead of racing it
-        cpp_extension.load(name="slm_native_fused_layers", sources=[_SRC], build_directory=d, extra_cflags=["-O3"],
-                           is_python_module=False, verbose=verbose)
+        cpp_extension.load(name="slm_native_fused_layers", sources=[_SRC], build_directory=d, extra_cflags=["-O3", "-fopenmp"],
+                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=verbose)
     return torch.ops.slm_native.fused_layers
 
 
@@ -93,13 +93,35 @@ def fused_layers(verbose: bool = False) -> Callable | None:
         return _state["op"]  # type: ignore[return-value]
 
 
+def int8_kernel() -> str | None:
+    """Which int8 matmul the native loop runs: ``"avx512-vnni"`` (its own kernel, on CPUs with AVX512-VNNI),
+    ``"torch"`` (``torch._weight_int8pack_mm``), or None where the library is not available."""
+    op = fused_layers()
+    if op is None:
+        return None
+    import torch
+
+    return torch.ops.slm_native.int8_kernel()
+
+
+def int8_mm(x, w, scale, wsum):
+    """``x [rows, K]`` bf16 times int8 ``w [N, K]`` (per-row bf16 ``scale``, ``wsum`` = ``w.sum(1)`` as int32)
+    -> bf16 ``[rows, N]``: what ``torch._weight_int8pack_mm(x, w, scale)`` computes, through the native kernel
+    (:func:`int8_kernel`); None where the library is not available."""
+    if fused_layers() is None:
+        return None
+    import torch
+
+    return torch.ops.slm_native.int8_mm(x, w, scale, wsum)
+
+
 def main() -> int:
     """``python -m slm.native``: build (or find) the library and say where it is."""
     op = fused_layers(verbose="-v" in sys.argv)
     if op is None:
         print("native decoding step: not available (see the warning above)", file=sys.stderr)
         return 1
-    print(f"native decoding step: {build_dir()}")
+    print(f"native decoding step: {build_dir()} (int8 kernel: {int8_kernel()})")
     return 0
 
 
