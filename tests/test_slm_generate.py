@@ -308,7 +308,21 @@ def test_int8_w8a8(lm, layout):
     assert frames and all(0 <= f.code < layout.n_semantic for f in frames)
 
 
-def test_native_layer_loop_gives_the_python_loops_results(lm, layout):
+@pytest.fixture(params=["hd8", "hd64"])
+def native_lm(request, lm):
+    """The tiny stack (head size 8: torch's int8 kernel and SDPA inside the C++ loop), and one with head size 64
+    and sizes that are multiples of 64 (the loop's own VNNI int8 kernel and attention, where the CPU has them)."""
+    if request.param == "hd8":
+        return lm
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=600, hidden_size=128, intermediate_size=192, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_native_layer_loop_gives_the_python_loops_results(native_lm, layout):
     """int8 decoding's layer loop in C++ (``slm.native``, built on first use) against the Python loop on the same
     int8 matrices: the hidden states and the K/V it writes for one token, a word's tokens in one pass, and rows side
     by side at their own positions (one fed nothing); a whole generation samples the same frames. With the weights'
@@ -316,6 +330,8 @@ def test_native_layer_loop_gives_the_python_loops_results(lm, layout):
     mode, keep the Python loop."""
     from adapters.backbones import out_cache
     from slm.generate import bulk_rows, inference_copy
+
+    lm = native_lm
 
     q = inference_copy(lm, int8=True, bf16_prompt=False)
     f = q.fused_step
@@ -357,7 +373,7 @@ def test_native_layer_loop_gives_the_python_loops_results(lm, layout):
     # what it is given is checked, with a message rather than a crash
     st = f.start(out_cache(q(ids, use_cache=True)), 6, 30)
     with pytest.raises(RuntimeError, match="K/V must be contiguous float32"):
-        f.native_forward(f.embed[[7]].view(1, 1, -1), st.k[:, :, :1], st.v, torch.tensor([[6]]), st.cos, st.sin,
+        f.native_forward(f.embed[[7]].view(1, 1, -1), st.k[:, :, :, :10], st.v, torch.tensor([[6]]), st.cos, st.sin,
                          None, 7)
     with pytest.raises(RuntimeError, match="position out of range"):
         f.native_forward(f.embed[[7]].view(1, 1, -1), st.k, st.v, torch.tensor([[30]]), st.cos, st.sin, None, 7)

@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -104,6 +106,110 @@ SLM_VNNI void vnni_range(const uint8_t* act, const double* xs, int64_t rows, int
       vnni_block<1, 1>(act + m * 3 * K, K, w + n * K, wsum + n, scale + n, xs + m, out + m * N + n, N);
 }
 
+// exp(x) for x <= 0 (softmax after its max is taken off), 16 lanes: x = n ln2 + r with |r| <= ln2/2, exp(r) by
+// its Taylor series to r^7 (relative error < 1e-8 there), times 2^n by scalef. Far below -87 it gives 0.
+SLM_VNNI inline __m512 exp_neg(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2 in two parts: exact n * hi
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Attention of one layer for the decoding step: q [B, nh, n, hd] fp32 against the kept keys/values (K/V rows of
+// hd floats, row b at k + b * kv_b, head g at + g * max_len * hd), position j of row b's token t seen where
+// mask[b|0, 0, t, j] (no mask: every j < span), softmax(q.k / sqrt(hd)) . v, written as bf16 into
+// out [B * n, nh * hd]. What at::scaled_dot_product_attention computes here (to float rounding), reading each
+// key and value once per kv head for the nh / nkv query heads that share it, with no per-call setup: at one to
+// a few queries that setup and the strided reads were most of its time (~2 ms of a SmolLM2 step at 280 positions).
+// one (row, kv head) pair of attend_avx512; sc [G * n * span] and acc [hd] scratch
+SLM_VNNI void attend_one(const float* q, const float* kb, const float* vb, const bool* mb, int64_t b, int64_t g,
+                         int64_t n, int64_t nh, int64_t G, int64_t hd, int64_t span, float* sc, float* acc,
+                         bf16* out) {
+  const int64_t Q = G * n, C = hd / 16, D = nh * hd;
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  auto query = [&](int64_t qi) { return q + ((b * nh + g * G + qi % G) * n + qi / G) * hd; };  // qi = t*G + hh
+  for (int64_t j = 0; j < span; ++j) {  // scores, each key read once
+    __m512 kr[16];
+    for (int64_t c = 0; c < C; ++c) {
+      _mm_prefetch(reinterpret_cast<const char*>(kb + (j + 8) * hd + c * 16), _MM_HINT_T0);
+      kr[c] = _mm512_loadu_ps(kb + j * hd + c * 16);
+    }
+    for (int64_t qi = 0; qi < Q; ++qi) {
+      if (mb && !mb[(qi / G) * span + j]) {
+        sc[qi * span + j] = -INFINITY;
+        continue;
+      }
+      const float* qp = query(qi);
+      __m512 d = _mm512_mul_ps(kr[0], _mm512_loadu_ps(qp));
+      for (int64_t c = 1; c < C; ++c) d = _mm512_fmadd_ps(kr[c], _mm512_loadu_ps(qp + c * 16), d);
+      sc[qi * span + j] = _mm512_reduce_add_ps(d) * scale;
+    }
+  }
+  for (int64_t qi = 0; qi < Q; ++qi) {  // softmax numerators in place; the sum taken below
+    float* s = sc + qi * span;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < span; ++j) mx = std::max(mx, s[j]);
+    const __m512 m = _mm512_set1_ps(mx);
+    for (int64_t j = 0; j < span; j += 16) {
+      const __mmask16 lanes = span - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (span - j)) - 1);
+      const __m512 x = _mm512_maskz_loadu_ps(lanes, s + j);
+      const __mmask16 live = _mm512_mask_cmp_ps_mask(lanes, x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+      _mm512_mask_storeu_ps(s + j, lanes, _mm512_maskz_mov_ps(live, exp_neg(_mm512_sub_ps(x, m))));
+    }
+  }
+  for (int64_t q0 = 0; q0 < Q; q0 += 4) {  // weighted values, four queries a pass over them
+    const int64_t qn = std::min<int64_t>(4, Q - q0);
+    __m512 a[4][16];
+    for (int64_t i = 0; i < qn; ++i)
+      for (int64_t c = 0; c < C; ++c) a[i][c] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < span; ++j) {
+      const float* vr = vb + j * hd;
+      for (int64_t c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(vr + 8 * hd + c * 16), _MM_HINT_T0);
+      for (int64_t i = 0; i < qn; ++i) {
+        const float pj = sc[(q0 + i) * span + j];
+        if (pj == 0.f) continue;
+        const __m512 pv = _mm512_set1_ps(pj);
+        for (int64_t c = 0; c < C; ++c) a[i][c] = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vr + c * 16), a[i][c]);
+      }
+    }
+    for (int64_t i = 0; i < qn; ++i) {
+      const int64_t qi = q0 + i, t = qi / G, h = g * G + qi % G;
+      const float* s = sc + qi * span;
+      double sum = 0;
+      for (int64_t j = 0; j < span; ++j) sum += s[j];
+      const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / sum));
+      for (int64_t c = 0; c < C; ++c) _mm512_storeu_ps(acc + c * 16, _mm512_mul_ps(a[i][c], inv));
+      bf16* o = out + (b * n + t) * D + h * hd;
+      for (int64_t d = 0; d < hd; ++d) o[d] = bf16(acc[d]);
+    }
+  }
+}
+
+void attend_avx512(const float* q, const float* k, const float* v, const bool* mask, int64_t mask_b, int64_t B,
+                   int64_t n, int64_t nh, int64_t nkv, int64_t hd, int64_t max_len, int64_t span, int64_t kv_b,
+                   bf16* out) {
+  const int64_t G = nh / nkv;
+  at::parallel_for(0, B * nkv, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> sc(G * n * span), acc(hd);
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t b = task / nkv, g = task % nkv;
+      attend_one(q, k + b * kv_b + g * max_len * hd, v + b * kv_b + g * max_len * hd,
+                 mask ? mask + (mask_b > 1 ? b : 0) * n * span : nullptr, b, g, n, nh, G, hd, span, sc.data(),
+                 acc.data(), out);
+    }
+  });
+}
+
 bool cpu_has_vnni() {
   static const bool has = [] {
     __builtin_cpu_init();
@@ -188,6 +294,14 @@ Tensor int8_mm_op(const Tensor& x, const Tensor& w, const Tensor& scale, const T
   return int8_matmul(x.contiguous(), w.contiguous(), scale, wsum);
 }
 
+bool own_attention_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("SLM_NATIVE_SDPA");
+    return !(e && std::string(e) == "1");
+  }();
+  return on;
+}
+
 std::string int8_kernel() { return cpu_has_vnni() ? "avx512-vnni" : "torch"; }
 
 // y = x * rsqrt(mean(x^2) + eps) * w per row of the residual stream [rows, D], rounded to bf16 into out (the
@@ -264,6 +378,20 @@ Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w,
   const int64_t kv_b = nkv * max_len * hd, kv_l = B * kv_b;  // strides of K/V over rows and layers
   float rot[1024];
   TORCH_CHECK(hd <= 1024, "fused_layers: head_dim over 1024");
+  // the attention: our own (AVX-512, head_dim a multiple of 16 up to 256, a boolean mask [B|1, 1, n, span] or
+  // none) or torch's SDPA
+  Tensor mask_c;
+  const bool* mask_p = nullptr;
+  int64_t mask_b = 1;
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() <= 4 && mask->size(-1) == span &&
+                    (mask->dim() < 2 || mask->size(-2) == n || mask->size(-2) == 1),
+                "fused_layers: mask must be boolean and broadcast to [B, 1, n, span]");
+    mask_c = mask->expand({B, 1, n, span}).contiguous();
+    mask_p = mask_c.data_ptr<bool>();
+    mask_b = B;
+  }
+  const bool own_attention = cpu_has_vnni() && hd % 16 == 0 && hd <= 256 && own_attention_enabled();
 
   for (int64_t i = 0; i < L; ++i) {
     bf16* hp = h.data_ptr<bf16>();
@@ -298,18 +426,25 @@ Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w,
         }
       }
     }
-    Tensor Ki = K.select(0, i).narrow(2, 0, span), Vi = V.select(0, i).narrow(2, 0, span);
-    Tensor att = at::scaled_dot_product_attention(q, Ki, Vi, mask, 0.0, false, std::nullopt, nh != nkv);
-    const float* ap = att.data_ptr<float>();  // [B, nh, n, hd] -> [rows, nh * hd] bf16
-    TORCH_CHECK(att.is_contiguous(), "fused_layers: attention output not contiguous");
     bf16* aip = att_in.data_ptr<bf16>();
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t head = 0; head < nh; ++head)
-        for (int64_t t = 0; t < n; ++t) {
-          const float* src = ap + ((b * nh + head) * n + t) * hd;
-          bf16* dst = aip + (b * n + t) * D + head * hd;
-          for (int64_t j = 0; j < hd; ++j) dst[j] = bf16(src[j]);
-        }
+#ifdef SLM_X86
+    if (own_attention) {
+      attend_avx512(qp, kl, vl, mask_p, mask_b, B, n, nh, nkv, hd, max_len, span, kv_b, aip);
+    } else
+#endif
+    {
+      Tensor Ki = K.select(0, i).narrow(2, 0, span), Vi = V.select(0, i).narrow(2, 0, span);
+      Tensor att = at::scaled_dot_product_attention(q, Ki, Vi, mask, 0.0, false, std::nullopt, nh != nkv);
+      const float* ap = att.data_ptr<float>();  // [B, nh, n, hd] -> [rows, nh * hd] bf16
+      TORCH_CHECK(att.is_contiguous(), "fused_layers: attention output not contiguous");
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t head = 0; head < nh; ++head)
+          for (int64_t t = 0; t < n; ++t) {
+            const float* src = ap + ((b * nh + head) * n + t) * hd;
+            bf16* dst = aip + (b * n + t) * D + head * hd;
+            for (int64_t j = 0; j < hd; ++j) dst[j] = bf16(src[j]);
+          }
+    }
     Tensor o = matmul(att_in, o_w, o_s, o_b, o_ws, i);
     const bf16* op = o.data_ptr<bf16>();
     for (int64_t e = 0; e < rows * D; ++e) xs[e] = xs[e] + static_cast<float>(op[e]);
