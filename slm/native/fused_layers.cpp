@@ -294,12 +294,10 @@ Tensor int8_mm_op(const Tensor& x, const Tensor& w, const Tensor& scale, const T
   return int8_matmul(x.contiguous(), w.contiguous(), scale, wsum);
 }
 
+// SLM_NATIVE_SDPA=1: torch's SDPA inside the loop instead (read at every call, for side-by-side measurements)
 bool own_attention_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("SLM_NATIVE_SDPA");
-    return !(e && std::string(e) == "1");
-  }();
-  return on;
+  const char* e = std::getenv("SLM_NATIVE_SDPA");
+  return !(e && std::string(e) == "1");
 }
 
 std::string int8_kernel() { return cpu_has_vnni() ? "avx512-vnni" : "torch"; }

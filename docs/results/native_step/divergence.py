@@ -7,7 +7,7 @@ pipeline's aligned TTS of four sentences, fed one token at a time): mean KL(fp32
 at every frame position, and how often the most likely token is fp32's. Then the native loop against the Python
 loop directly.
 
-    python docs/results/native_step/divergence.py   # -> divergence.json
+    python docs/results/native_step/divergence.py [OUT]  # -> divergence.json here, or OUT
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def main() -> dict:
     _, vs_python = base.compare(pipe, python, {"C++ loop against the Python loop": native})
     out = {"positions": n, "sentences": base.SENTENCES, "machine": machine(2), "against_fp32": vs_fp32,
            "against_python_loop": vs_python}
-    (HERE / "divergence.json").write_text(json.dumps(out, indent=1) + "\n")
+    Path(sys.argv[1] if len(sys.argv) > 1 else HERE / "divergence.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"{n} frame positions over {len(base.SENTENCES)} sentences")
     print("| loop | reference | mean KL(reference \\|\\| loop), nats | same most likely token |\n|---|---|---|---|")
     for ref, rows in (("fp32", vs_fp32), ("int8, Python loop", vs_python)):

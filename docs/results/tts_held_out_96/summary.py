@@ -7,7 +7,8 @@ Inputs next to this file: ``lm_eval_best_of_{N}_seed{S}.json`` (``python -m slm.
 (run after int8 decoding took the acoustic head to int8 as well), ``..._w8a8_seed{S}.json`` (``--int8 w8a8``:
 int8 activations on the backbone's qkv and gate_up too), ``..._w8a8_every_matrix_seed{S}.json`` (the first w8a8 form:
 int8 activations on every backbone and head matrix), ``..._bf16_prompt_seed{S}.json`` (int8 head, and each
-sentence's prompt on bf16 weights through the fused loop: docs/results/bf16_prompt) and ``floor_96.json``
+sentence's prompt on bf16 weights through the fused loop: docs/results/bf16_prompt), ``..._vnni_seed{S}.json``
+(decoded by the C++ loop with its own int8 matmul and attention: docs/results/vnni_step) and ``floor_96.json``
 (``floor.py``). A setting run both ways (``X, int8 head`` and ``X, bf16 prompt``) also gets the paired difference
 of their ratios, with its bootstrap interval over items.
 
@@ -35,10 +36,10 @@ def _edits(refs: list[str], hyps: list[str]) -> np.ndarray:
     return np.array(out)
 
 
-NAME = re.compile(r"lm_eval_best_of_(\d+)(?:_words_(\d+))?(_int8_head|_w8a8_every_matrix|_w8a8|_bf16_prompt)?"
+NAME = re.compile(r"lm_eval_best_of_(\d+)(?:_words_(\d+))?(_int8_head|_w8a8_every_matrix|_w8a8|_bf16_prompt|_vnni)?"
                   r"_seed\d+\.json")
 TAGS = {"": "", "_int8_head": ", int8 head", "_w8a8_every_matrix": ", w8a8 on every matrix", "_w8a8": ", w8a8",
-        "_bf16_prompt": ", bf16 prompt"}
+        "_bf16_prompt": ", bf16 prompt", "_vnni": ", C++ loop with its own int8 matmul and attention"}
 
 
 def _setting(name: str) -> str:
