@@ -618,7 +618,8 @@ def int8_mode(int8: bool | str | None) -> str | None:
 # bf16 natively) multiplies on the copy: see Int8Linear.
 BF16_BULK_ROWS = 4
 # The native loop's own int8 kernel (slm.native, on CPUs with AVX512-VNNI) stays ahead of the bf16 copies up to
-# this many rows: a word of 5-8 tokens in ~13-19 ms against ~23 ms on the copies (docs/results/native_step).
+# this many rows: a word of 5-8 tokens in ~13-19 ms against ~23 ms on the copies. Whether int8 words cost TTS
+# accuracy against the copies is an open question (docs/results/vnni_step).
 VNNI_BULK_ROWS = 10
 
 

@@ -1,7 +1,8 @@
 """Native (C++) kernels, built on first use with torch's extension builder and cached.
 
 :func:`fused_layers` is the layer loop of :class:`slm.generate.FusedStep` for int8 weight-only matrices on CPU
-(``fused_layers.cpp``): the same arithmetic as the Python loop, without its ~30 small torch calls per layer.
+(``fused_layers.cpp``): the same arithmetic as the Python loop, without its ~30 small torch calls per layer,
+and on CPUs with AVX512-VNNI with its own int8 matmul (:func:`int8_mm`) and attention (docs/results/vnni_step).
 It is built once per torch version and source (~15-30 s with g++ and ninja, both installed by ``make setup``)
 into ``<cache>/native/``; ``make setup`` builds it ahead of time. Where it cannot be built (no compiler, a
 failed build) or ``SLM_NATIVE=0`` is set, callers keep the Python loop: the same results to float rounding

@@ -2,9 +2,10 @@
 // bf16 copies for passes of more than max_rows rows, where the layers have them).
 //
 // Why: at a few rows per step the Python loop spends ~40% of a SmolLM2-135M step on ~30 small torch calls
-// per layer (norms, rotary, casts, K/V writes), each a Python call plus an op dispatch. Here the four int8
-// matmuls and the attention stay torch's own kernels (at::_weight_int8pack_mm, at::scaled_dot_product_attention,
-// called as the Python loop calls them), and everything between them is plain loops over the few rows.
+// per layer (norms, rotary, casts, K/V writes), each a Python call plus an op dispatch. Here everything between
+// the int8 matmuls and the attention is plain loops over the few rows. On CPUs with AVX512-VNNI the matmuls and
+// the attention are this file's own kernels (int8_matmul, attend_avx512: docs/results/vnni_step); elsewhere
+// torch's (at::_weight_int8pack_mm, at::scaled_dot_product_attention, called as the Python loop calls them).
 //
 // The arithmetic mirrors FusedStep.layers_forward operation by operation (fp32 residual stream; the matrices'
 // inputs rounded to bf16, their bf16 outputs widened exactly; rotary as q*cos + rotate_half(q)*sin), so the
