@@ -615,21 +615,9 @@ def int8_mode(int8: bool | str | None) -> str | None:
 
 
 # Above this many rows an int8 layer with a bf16 copy of its weights (FusedStep's bf16_prompt, on CPUs that multiply
-# bf16 natively) multiplies on the copy: see Int8Linear.
+# bf16 natively) multiplies on the copy: see Int8Linear. The same in both loops, with torch's int8 kernel or the
+# native loop's own (docs/results/vnni_step: 10 rows on the own kernel gained no measurable speed and no accuracy).
 BF16_BULK_ROWS = 4
-# The native loop's own int8 kernel (slm.native, on CPUs with AVX512-VNNI) stays ahead of the bf16 copies up to
-# this many rows: a word of 5-8 tokens in ~13-19 ms against ~23 ms on the copies. Whether int8 words cost TTS
-# accuracy against the copies is an open question (docs/results/vnni_step).
-VNNI_BULK_ROWS = 10
-
-
-def bulk_rows() -> int:
-    """Above how many rows an int8 matrix with a bf16 copy multiplies on the copy: :data:`VNNI_BULK_ROWS` where
-    the native int8 kernel runs (``slm.native`` on a CPU with AVX512-VNNI), else :data:`BF16_BULK_ROWS`. Both
-    loops follow it, so they decode alike."""
-    from slm.native import int8_kernel
-
-    return VNNI_BULK_ROWS if int8_kernel() == "avx512-vnni" else BF16_BULK_ROWS
 
 
 class Int8Linear(torch.nn.Module):
@@ -644,9 +632,8 @@ class Int8Linear(torch.nn.Module):
     is 32 over fp32 weights (at 32 rows the int8 kernel is still ~2x faster than fp32 GEMM here) and
     :data:`BF16_BULK_ROWS` (4) over a bf16 copy: the int8 kernel works in blocks of 4 rows, each costing about
     what the first did, where AMX's bf16 GEMM barely grows with the rows, so from 5 rows on the bf16 copy is
-    faster (one step's four matrices: 1.3x at 5-8 rows, 1.9x at 10-12; docs/results/native_step). Where the
-    native loop runs its own int8 kernel (AVX512-VNNI: :func:`slm.native.int8_mm`) the default is
-    :data:`VNNI_BULK_ROWS` (10) instead, where that kernel stays ahead of the copy (:func:`bulk_rows`).
+    faster (one step's four matrices: 1.3x at 5-8 rows, 1.9x at 10-12; docs/results/native_step). The native
+    loop's own int8 kernel (AVX512-VNNI: :func:`slm.native.int8_mm`) keeps the same threshold.
 
     ``activations`` (the ``"w8a8"`` mode): the input is quantized to int8 too, one scale per call, and the
     product runs in integers (``quantized::linear_dynamic``, fbgemm; VNNI where the CPU has it). Why: the
@@ -665,7 +652,7 @@ class Int8Linear(torch.nn.Module):
                  act_max: Tensor | None = None, bulk_dtype: torch.dtype | None = None):
         super().__init__()
         if max_rows is None:
-            max_rows = bulk_rows() if bulk_dtype == torch.bfloat16 and not activations else 32
+            max_rows = BF16_BULK_ROWS if bulk_dtype == torch.bfloat16 and not activations else 32
         w = linear.weight.detach().float()
         self.dense, self.max_rows, self.packed, self.inv = linear, max_rows, None, None
         # more rows than max_rows (the prompt) on a copy in bulk_dtype (bf16 where the CPU multiplies it natively:

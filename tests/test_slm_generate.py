@@ -329,7 +329,7 @@ def test_native_layer_loop_gives_the_python_loops_results(native_lm, layout):
     bf16 copies, as without. Passes of more rows than the int8 kernel takes without bf16 copies, and the w8a8
     mode, keep the Python loop."""
     from adapters.backbones import out_cache
-    from slm.generate import bulk_rows, inference_copy
+    from slm.generate import BF16_BULK_ROWS, inference_copy
 
     lm = native_lm
 
@@ -339,9 +339,9 @@ def test_native_layer_loop_gives_the_python_loops_results(native_lm, layout):
     assert f.native_rows(1) and f.native_rows(32) and not f.native_rows(33)
     assert inference_copy(lm, int8="w8a8", bf16_prompt=False).fused_step._native is None
     assert inference_copy(lm).fused_step._native is None  # fp32: the Python loop, exact to transformers
-    # with bf16 copies of the weights, passes of more than bulk_rows() rows multiply on them, in both loops
+    # with bf16 copies of the weights, passes of more than BF16_BULK_ROWS rows multiply on them, in both loops
     qb = inference_copy(lm, int8=True, bf16_prompt=True)
-    assert qb.fused_step.layers[0][1].max_rows == bulk_rows() and qb.fused_step.native_rows(40)
+    assert qb.fused_step.layers[0][1].max_rows == BF16_BULK_ROWS and qb.fused_step.native_rows(40)
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
 
     def run(q) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

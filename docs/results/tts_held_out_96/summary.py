@@ -8,9 +8,12 @@ Inputs next to this file: ``lm_eval_best_of_{N}_seed{S}.json`` (``python -m slm.
 int8 activations on the backbone's qkv and gate_up too), ``..._w8a8_every_matrix_seed{S}.json`` (the first w8a8 form:
 int8 activations on every backbone and head matrix), ``..._bf16_prompt_seed{S}.json`` (int8 head, and each
 sentence's prompt on bf16 weights through the fused loop: docs/results/bf16_prompt), ``..._vnni_seed{S}.json``
-(decoded by the C++ loop with its own int8 matmul and attention: docs/results/vnni_step) and ``floor_96.json``
-(``floor.py``). A setting run both ways (``X, int8 head`` and ``X, bf16 prompt``) also gets the paired difference
-of their ratios, with its bootstrap interval over items.
+(decoded by the C++ loop with its own int8 matmul and attention, words of up to 10 tokens on int8 weights:
+docs/results/vnni_step), ``..._cpp_loop_seed{S}.json`` (the same loop with words of more than 4 tokens on the bf16
+copies, as it ships), ``..._python_loop_seed{S}.json`` (that code with ``SLM_NATIVE=0``: the Python loop) and
+``floor_96.json`` (``floor.py``). Settings run both ways (``X, int8 head`` and ``X, bf16 prompt``; ``X, Python
+loop, same code`` and ``X, C++ loop``) also get the paired difference of their ratios over the seeds both have,
+with its bootstrap interval over items.
 
     python docs/results/tts_held_out_96/summary.py   # -> summary.json, wer_ratio.png
 """
@@ -36,10 +39,11 @@ def _edits(refs: list[str], hyps: list[str]) -> np.ndarray:
     return np.array(out)
 
 
-NAME = re.compile(r"lm_eval_best_of_(\d+)(?:_words_(\d+))?(_int8_head|_w8a8_every_matrix|_w8a8|_bf16_prompt|_vnni)?"
+NAME = re.compile(r"lm_eval_best_of_(\d+)(?:_words_(\d+))?(_int8_head|_w8a8_every_matrix|_w8a8|_bf16_prompt|_vnni|_cpp_loop|_python_loop)?"
                   r"_seed\d+\.json")
 TAGS = {"": "", "_int8_head": ", int8 head", "_w8a8_every_matrix": ", w8a8 on every matrix", "_w8a8": ", w8a8",
-        "_bf16_prompt": ", bf16 prompt", "_vnni": ", C++ loop with its own int8 matmul and attention"}
+        "_bf16_prompt": ", bf16 prompt", "_vnni": ", C++ loop, words int8", "_cpp_loop": ", C++ loop",
+        "_python_loop": ", Python loop, same code"}
 
 
 def _setting(name: str) -> str:
@@ -81,13 +85,20 @@ def main() -> dict:
         ci = np.percentile(e[boot].sum(1) / f_edits[boot].sum(1), [2.5, 97.5])
         out["settings"][n] = {"seeds": sorted(per), "wer_mean": e.sum() / words.sum(), "ratio": ratio,
                               "ratio_ci95": ci.tolist(), "per_seed": rows[n]}
-    out["bf16_prompt_vs_fp32_prompt"] = {}
-    for n, per in runs.items():  # paired over items: the same items and seeds, the prompt's matmuls in bf16 or fp32
-        base = n.replace(", bf16 prompt", ", int8 head")
-        if n.endswith(", bf16 prompt") and base in runs:
-            d = np.mean(list(per.values()), axis=0) - np.mean(list(runs[base].values()), axis=0)
+    pairs = {"bf16_prompt_vs_fp32_prompt": (", int8 head", ", bf16 prompt"),
+             "cpp_loop_vs_python_loop": (", Python loop, same code", ", C++ loop")}
+    for key, (a, b) in pairs.items():  # paired over items and the seeds both settings ran: b's ratio minus a's
+        out[key] = {}
+        for n, per in runs.items():
+            base = n[: -len(b)] + a
+            if not n.endswith(b) or base not in runs:
+                continue
+            seeds = sorted(set(per) & set(runs[base]))
+            if not seeds:
+                continue
+            d = np.mean([per[s] for s in seeds], axis=0) - np.mean([runs[base][s] for s in seeds], axis=0)
             ci = np.percentile(d[boot].sum(1) / f_edits[boot].sum(1), [2.5, 97.5])
-            out["bf16_prompt_vs_fp32_prompt"][base] = {"ratio_diff": d.sum() / f_edits.sum(), "ci95": ci.tolist()}
+            out[key][base] = {"seeds": seeds, "ratio_diff": d.sum() / f_edits.sum(), "ci95": ci.tolist()}
     (HERE / "summary.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(f"floor (Whisper-base on the corpus audio, {len(ids)} items): WER {floor_wer:.3f}; target <= {TARGET * floor_wer:.3f}")
     print("| setting | seeds | WER per seed | WER mean | ratio to floor (95% CI) | eval-loop RTF | first audio (s) |")
@@ -98,27 +109,29 @@ def main() -> dict:
         print(f"| {n} | {len(ps)} | {wers} | {r['wer_mean']:.3f} | "
               f"{r['ratio']:.2f} ({r['ratio_ci95'][0]:.2f}-{r['ratio_ci95'][1]:.2f}) | "
               f"{np.mean([p['rtf'] for p in ps.values()]):.2f} | {np.mean([p['first_audio_s'] for p in ps.values()]):.2f} |")
-    for base, r in out["bf16_prompt_vs_fp32_prompt"].items():
-        print(f"bf16 prompt - fp32 prompt, {base}: ratio {r['ratio_diff']:+.3f} ({r['ci95'][0]:+.3f} to {r['ci95'][1]:+.3f})")
+    for key, (a, b) in pairs.items():
+        for base, r in out[key].items():
+            print(f"{b[2:]} - {a[2:]}, {base} (seeds {r['seeds']}): ratio {r['ratio_diff']:+.3f} "
+                  f"({r['ci95'][0]:+.3f} to {r['ci95'][1]:+.3f})")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ns = list(out["settings"])
-    xs = np.arange(len(ns))
+    ns = list(out["settings"])  # one bar a setting, top to bottom in _order
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.32 * len(ns)))
+    ys = np.arange(len(ns))[::-1]
     r = [out["settings"][n]["ratio"] for n in ns]
     lo = [out["settings"][n]["ratio"] - out["settings"][n]["ratio_ci95"][0] for n in ns]
     hi = [out["settings"][n]["ratio_ci95"][1] - out["settings"][n]["ratio"] for n in ns]
-    ax.bar(xs, r, yerr=[lo, hi], capsize=4, color="C0", alpha=0.8)
-    ax.axhline(TARGET, color="gray", ls="--", lw=1, label=f"target: {TARGET}x the corpus audio's WER")
-    ax.axhline(1.0, color="black", lw=0.8)
-    ax.set_xticks(xs, [n.replace(", ", ",\n") for n in ns], fontsize=7)
-    ax.set_ylabel("TTS WER / corpus-audio WER")
+    ax.barh(ys, r, xerr=[lo, hi], capsize=3, color="C0", alpha=0.8, height=0.7)
+    ax.axvline(TARGET, color="gray", ls="--", lw=1, label=f"target: {TARGET}x the corpus audio's WER")
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.set_yticks(ys, [f"{n} ({len(out['settings'][n]['seeds'])} seeds)" for n in ns], fontsize=7)
+    ax.set_xlabel("TTS WER / corpus-audio WER")
     ax.set_title(f"TTS on {len(ids)} held-out items, int8, 2 threads\n(mean of seeds; 95% bootstrap over items)",
                  fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(HERE / "wer_ratio.png", dpi=120)
     return out
