@@ -85,13 +85,13 @@ def main() -> dict:
         ci = np.percentile(e[boot].sum(1) / f_edits[boot].sum(1), [2.5, 97.5])
         out["settings"][n] = {"seeds": sorted(per), "wer_mean": e.sum() / words.sum(), "ratio": ratio,
                               "ratio_ci95": ci.tolist(), "per_seed": rows[n]}
-    pairs = {"bf16_prompt_vs_fp32_prompt": (", int8 head", ", bf16 prompt"),
-             "cpp_loop_vs_python_loop": (", Python loop, same code", ", C++ loop")}
-    for key, (a, b) in pairs.items():  # paired over items and the seeds both settings ran: b's ratio minus a's
+    # key: (tag of the baseline a, tag of the setting b, printed label of b - a)
+    pairs = {"bf16_prompt_vs_fp32_prompt": (", int8 head", ", bf16 prompt", "bf16 prompt - fp32 prompt"),
+             "cpp_loop_vs_python_loop": (", Python loop, same code", ", C++ loop", "C++ loop - Python loop")}
+    for key, (a, b, _) in pairs.items():  # paired over items and the seeds both settings ran: b's ratio minus a's
         out[key] = {}
         for n, per in runs.items():
-            base = n[: -len(b)] + a
-            if not n.endswith(b) or base not in runs:
+            if not n.endswith(b) or (base := n[: -len(b)] + a) not in runs:
                 continue
             seeds = sorted(set(per) & set(runs[base]))
             if not seeds:
@@ -109,9 +109,9 @@ def main() -> dict:
         print(f"| {n} | {len(ps)} | {wers} | {r['wer_mean']:.3f} | "
               f"{r['ratio']:.2f} ({r['ratio_ci95'][0]:.2f}-{r['ratio_ci95'][1]:.2f}) | "
               f"{np.mean([p['rtf'] for p in ps.values()]):.2f} | {np.mean([p['first_audio_s'] for p in ps.values()]):.2f} |")
-    for key, (a, b) in pairs.items():
+    for key, (_, _, label) in pairs.items():
         for base, r in out[key].items():
-            print(f"{b[2:]} - {a[2:]}, {base} (seeds {r['seeds']}): ratio {r['ratio_diff']:+.3f} "
+            print(f"{label}, {base} (seeds {r['seeds']}): ratio {r['ratio_diff']:+.3f} "
                   f"({r['ci95'][0]:+.3f} to {r['ci95'][1]:+.3f})")
     import matplotlib
 
