@@ -14,7 +14,8 @@ decoding pass, and, as the baseline of that, token by token), best-of-N TTS (``-
 decoded side by side, and, as the baseline, one after another), int8 backbone
 weights (``--int8``, ``SpeechPipeline.from_pretrained(..., int8=True)``: the acoustic head in int8 as well, and,
 as the baseline of that, the ``_fp32_head`` rows with the head in fp32; the layer loop in C++, ``slm.native``, and,
-as the baseline of that, the ``_python_loop`` rows with the same int8 matrices through the Python loop), with int8 activations as well (``--int8
+as the baseline of that, the ``_python_loop`` rows with the same int8 matrices through the Python loop; where the
+int8 matmul runs on AMX tiles, the ``_vnni`` rows with it on AVX512-VNNI instead), with int8 activations as well (``--int8
 --w8a8``: the ``_w8a8`` rows, ``int8="w8a8"``; compare with the ``_int8`` rows) and in bfloat16 (``--bf16``).
 
     python benchmarks/tts_speed.py --threads 2 --frames 50                 # the bundled default
@@ -219,6 +220,14 @@ def main() -> int:
             if args.best_of > 1:
                 best_of_rows(f"_int8{tag}")
         native = lm8.fused_step._native if getattr(lm8, "fused_step", None) is not None else None
+        from slm.native import int8_kernel
+
+        if native is not None and int8_kernel() == "amx":  # the C++ loop with the AVX512-VNNI matmul instead
+            os.environ["SLM_NATIVE_AMX"] = "0"
+            try:
+                model_rows(lm8, "_int8_vnni")
+            finally:
+                del os.environ["SLM_NATIVE_AMX"]
         if native is not None:  # the same int8 matrices through the Python layer loop: the C++ loop's baseline
             lm8.fused_step._native = None
             model_rows(lm8, "_int8_python_loop")

@@ -387,7 +387,7 @@ def test_native_int8_kernel_computes_what_torchs_does():
     so at most a rare last-bit difference; a slip in the byte split or the offset would be far off."""
     from slm.native import int8_kernel, int8_mm
 
-    assert int8_kernel() in ("avx512-vnni", "torch"), "the native library did not build (make setup)"
+    assert int8_kernel() in ("amx", "avx512-vnni", "torch"), "the native library did not build (make setup)"
     g = torch.Generator().manual_seed(0)
     for rows, n, k in ((1, 70, 128), (2, 8, 64), (3, 33, 192), (4, 64, 64), (7, 13, 128), (12, 21, 64)):
         w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
@@ -410,6 +410,37 @@ def test_native_int8_kernel_computes_what_torchs_does():
     scale = torch.full((8,), 0.01).bfloat16()
     got, want = int8_mm(x, w, scale, w.sum(1, dtype=torch.int32)), torch._weight_int8pack_mm(x, w, scale)
     assert got[0].isnan().all() and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("amx", ["1", "0"])
+def test_native_int8_kernel_sums_exactly(amx, monkeypatch):
+    """Where the CPU has AVX512-VNNI, ``int8_mm`` is exact up to its one rounding of each activation row to a
+    24-bit fixed-point integer: its output is the exact sum of those integers times the int8 weights, scaled, then
+    rounded to fp32 and bf16. Checked bit for bit against that computed in float64 (exact below 2^53), on the AMX
+    tiles (from two rows up, blocks of 16 outputs; 2-23 rows cover one to five groups of 5 and a second pass over
+    the weights past 20) and on the VNNI path (``SLM_NATIVE_AMX=0``, and output sizes that are not multiples of
+    16), so the two kernels give the same bits."""
+    from slm.native import int8_kernel, int8_mm
+
+    monkeypatch.setenv("SLM_NATIVE_AMX", amx)
+    kernel = int8_kernel()
+    if kernel not in ("amx", "avx512-vnni"):
+        pytest.skip(f"no own int8 kernel on this CPU ({kernel})")
+    assert amx == "1" or kernel == "avx512-vnni"
+    g = torch.Generator().manual_seed(1)
+    for rows, n, k in ((2, 32, 64), (3, 48, 192), (5, 16, 128), (6, 64, 64), (11, 32, 256), (20, 16, 64),
+                       (23, 48, 128), (4, 37, 64), (1, 32, 128)):
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+        scale = (torch.rand(n, generator=g) / 50 + 1e-3).bfloat16()
+        x = (torch.randn(rows, k, generator=g) * torch.rand(k, generator=g) ** 6 * 30).bfloat16()
+        x[0, ::3] = 0
+        xd = x.double()
+        mx = xd.abs().amax(1, keepdim=True)
+        step = torch.where(mx > 0, torch.exp2(torch.frexp(mx).exponent.double() - 23), torch.zeros_like(mx))
+        X = torch.where(step > 0, torch.round(xd / torch.where(step > 0, step, 1)), 0)  # ties to even, as the CPU
+        want = ((X @ w.double().T) * step * scale.double()).float().bfloat16()
+        got = int8_mm(x, w, scale, w.sum(1, dtype=torch.int32))
+        assert torch.equal(got, want), (rows, n, k)
 
 
 def test_native_layer_loop_falls_back_when_it_cannot_build(lm, monkeypatch):

@@ -19,11 +19,15 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #define SLM_X86 1
 #endif
 
@@ -105,6 +109,177 @@ SLM_VNNI void vnni_range(const uint8_t* act, const double* xs, int64_t rows, int
   for (; n < n1; ++n)
     for (int64_t m = 0; m < rows; ++m)
       vnni_block<1, 1>(act + m * 3 * K, K, w + n * K, wsum + n, scale + n, xs + m, out + m * N + n, N);
+}
+
+// ---- the same matmul through AMX (Sapphire Rapids and later) -------------------------------------------------
+//
+// Same fixed-point bytes, same exact integer sums, so the outputs are bit for bit those of vnni_range; only the
+// multiplier differs. One tdpbsud multiplies a 16 x 64 tile of signed bytes (here 16 output rows of w, read in
+// place with stride K: no repacking) by a 64 x 16 tile of unsigned bytes (here the activation bytes: up to 5
+// rows x 3 bytes = 15 columns, packed per call in AMX's k-quad layout) into 16 x 16 int32 sums. That is 16K
+// multiply-adds an instruction against vpdpbusd's 1K, so at 2-20 rows the kernel stays at memory speed where
+// the VNNI one becomes compute-bound (3 vpdpbusd per row per 64 weights). Needs the kernel's permission for
+// the tile state (arch_prctl ARCH_REQ_XCOMP_PERM), asked for once; refused or absent: vnni_range.
+#define SLM_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
+constexpr int64_t kAmxRows = 5;    // activation rows per tile of sums (3 bytes each: 15 of its 16 columns)
+constexpr int64_t kAmxGroups = 4;  // tiles of sums per pass over the weights (tmm0-3; tmm4-7 the loads)
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Each row of x [rows, K] (K a multiple of 16) as the three bytes of X + 2^23, X = x * 2^(23-e) rounded to an
+// integer (2^e > max|x|; exact in float: x has 8 significant bits and |X| < 2^23), and its step 2^(e-23) (xs; 0
+// for an all-zero row). The bytes go to act [rows][3][K] (the VNNI kernel's layout) or, where act is null, to
+// packed [groups][K/64][16 k-quads][16 columns x 4 bytes] (AMX's: k at (k / 4) * 64 + k % 4 of its column,
+// column 3 * (row % kAmxRows) + byte, unused columns zero). False where a row holds a non-finite value (the
+// caller then uses torch's kernel).
+SLM_VNNI inline __m512i bf16_bits(const bf16* p) {  // 16 bf16 -> their fp32 bits
+  return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+}
+
+SLM_VNNI bool fixed_point_rows(const bf16* x, int64_t rows, int64_t K, uint8_t* act, uint8_t* packed, double* xs) {
+  if (!act) std::fill(packed, packed + (rows + kAmxRows - 1) / kAmxRows * K * 16, uint8_t{0});
+  const __m512i exp_mask = _mm512_set1_epi32(0x7f800000), abs_mask = _mm512_set1_epi32(0x7fffffff);
+  for (int64_t m = 0; m < rows; ++m) {
+    const bf16* r = x + m * K;
+    __m512i mx = _mm512_setzero_si512();  // max |x| as bits (order-preserving for non-negative floats)
+    __mmask16 bad = 0;
+    for (int64_t k = 0; k < K; k += 16) {
+      const __m512i v = _mm512_and_si512(bf16_bits(r + k), abs_mask);
+      bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(v, exp_mask), exp_mask);
+      mx = _mm512_max_epu32(mx, v);
+    }
+    if (bad) return false;
+    const uint32_t mbits = _mm512_reduce_max_epu32(mx);
+    float mxf;
+    std::memcpy(&mxf, &mbits, 4);
+    int e = 0;
+    if (mxf != 0) std::frexp(mxf, &e);  // mx < 2^e
+    if (e < -100) return false;          // a row below 2^-100 (2^(23-e) would overflow a float): torch's kernel
+    xs[m] = mxf == 0 ? 0 : std::ldexp(1.0, e - 23);
+    const __m512 up = _mm512_set1_ps(mxf == 0 ? 0.f : std::ldexp(1.f, 23 - e));
+    const __m512i off = _mm512_set1_epi32(1 << 23);
+    uint8_t* planes[3];
+    for (int l = 0; l < 3; ++l) planes[l] = act ? act + (m * 3 + l) * K
+                                                : packed + (m / kAmxRows) * K * 16 + ((m % kAmxRows) * 3 + l) * 4;
+    for (int64_t k = 0; k < K; k += 16) {
+      const __m512 xf = _mm512_castsi512_ps(bf16_bits(r + k));
+      const __m512i U = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(xf, up)), off);  // nearest, ties even
+      const __m128i b[3] = {_mm512_cvtepi32_epi8(_mm512_srli_epi32(U, 16)),
+                            _mm512_cvtepi32_epi8(_mm512_srli_epi32(U, 8)), _mm512_cvtepi32_epi8(U)};
+      for (int l = 0; l < 3; ++l) {
+        if (act) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[l] + k), b[l]);
+        } else {
+          uint8_t* d = planes[l] + k * 16;  // k-quads k/4 .. k/4+3, 64 bytes apart
+          const int32_t q0 = _mm_cvtsi128_si32(b[l]), q1 = _mm_extract_epi32(b[l], 1),
+                        q2 = _mm_extract_epi32(b[l], 2), q3 = _mm_extract_epi32(b[l], 3);
+          std::memcpy(d, &q0, 4);
+          std::memcpy(d + 64, &q1, 4);
+          std::memcpy(d + 128, &q2, 4);
+          std::memcpy(d + 192, &q3, 4);
+        }
+      }
+    }
+  }
+  return true;
+}
+
+// one 64-byte chunk c of K for 16 output rows and G groups of activation rows: weights into tile TA, activation
+// bytes into TB (two sets, alternated chunk by chunk, so a chunk's loads need not wait for the last one's
+// multiplications to have read their tiles), sums into tmm0..G-1. A macro: the tile intrinsics take literal
+// register numbers.
+#define SLM_AMX_CHUNK(TA, TB)                                                              \
+  {                                                                                        \
+    const char* pf = reinterpret_cast<const char*>(w) + c * 1024 + kPrefetch;              \
+    for (int i = 0; i < 16; ++i) _mm_prefetch(pf + i * 64, _MM_HINT_T1);                   \
+    _tile_loadd(TA, w + c * 64, K);                                                        \
+    _tile_loadd(TB, packed + c * 1024, 64);                                                \
+    _tile_dpbsud(0, TA, TB);                                                               \
+    if constexpr (G > 1) {                                                                 \
+      _tile_loadd(TB, packed + (chunks + c) * 1024, 64);                                   \
+      _tile_dpbsud(1, TA, TB);                                                             \
+    }                                                                                      \
+    if constexpr (G > 2) {                                                                 \
+      _tile_loadd(TB, packed + (2 * chunks + c) * 1024, 64);                               \
+      _tile_dpbsud(2, TA, TB);                                                             \
+    }                                                                                      \
+    if constexpr (G > 3) {                                                                 \
+      _tile_loadd(TB, packed + (3 * chunks + c) * 1024, 64);                               \
+      _tile_dpbsud(3, TA, TB);                                                             \
+    }                                                                                      \
+  }
+
+// sums of 16 output rows for G groups of activation rows over the whole K, the weights read once (the block
+// is 16 * K contiguous bytes: its prefetch runs along them ~16 KB ahead, into L2)
+template <int G>
+SLM_AMX inline void amx_block(const uint8_t* packed, int64_t chunks, const int8_t* w, int64_t K) {
+  int64_t c = 0;
+  for (; c + 2 <= chunks; ++c) {
+    SLM_AMX_CHUNK(4, 5)
+    ++c;
+    SLM_AMX_CHUNK(6, 7)
+  }
+  if (c < chunks) SLM_AMX_CHUNK(4, 5)
+}
+#undef SLM_AMX_CHUNK
+
+// out[rows, n0:n1] for a range of output rows that is a multiple of 16 (the caller's blocks); rows in passes of
+// up to kAmxGroups * kAmxRows over the weights
+SLM_AMX void amx_range(const uint8_t* packed, const double* xs, int64_t rows, int64_t K, const int8_t* w,
+                       const int32_t* wsum, const bf16* scale, float* out, int64_t N, int64_t n0, int64_t n1) {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+  _tile_loadconfig(&cfg);
+  const int64_t chunks = K / 64, groups = (rows + kAmxRows - 1) / kAmxRows;
+  alignas(64) int32_t sums[kAmxGroups][16][16];
+  for (int64_t n = n0; n < n1; n += 16) {
+    for (int64_t g0 = 0; g0 < groups; g0 += kAmxGroups) {
+      const int64_t G = std::min(kAmxGroups, groups - g0);
+      const uint8_t* pk = packed + g0 * chunks * 1024;
+      _tile_zero(0);
+      if (G > 1) _tile_zero(1);
+      if (G > 2) _tile_zero(2);
+      if (G > 3) _tile_zero(3);
+      if (G == 1) amx_block<1>(pk, chunks, w + n * K, K);
+      else if (G == 2) amx_block<2>(pk, chunks, w + n * K, K);
+      else if (G == 3) amx_block<3>(pk, chunks, w + n * K, K);
+      else amx_block<4>(pk, chunks, w + n * K, K);
+      _tile_stored(0, sums[0], 64);
+      if (G > 1) _tile_stored(1, sums[1], 64);
+      if (G > 2) _tile_stored(2, sums[2], 64);
+      if (G > 3) _tile_stored(3, sums[3], 64);
+      // y = (hi * 2^16 + mid * 2^8 + lo - 2^23 * wsum) * xs * scale for the block's 16 outputs, 8 at a time in
+      // double (every term and partial sum an integer below 2^53: exact, as vnni_block's int64 sum)
+      const __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                             _mm512_set1_epi32(16));
+      const __m512i ws16 = _mm512_loadu_si512(wsum + n);
+      const __m512 sc16 = _mm512_castsi512_ps(bf16_bits(scale + n));
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t r = 0; r < kAmxRows && (g0 + g) * kAmxRows + r < rows; ++r) {
+          const int64_t m = (g0 + g) * kAmxRows + r;
+          __m512i c[3];
+          for (int l = 0; l < 3; ++l)
+            c[l] = _mm512_i32gather_epi32(_mm512_add_epi32(col, _mm512_set1_epi32(3 * r + l)), &sums[g][0][0], 4);
+          const __m512d x = _mm512_set1_pd(xs[m]);
+          for (int h = 0; h < 2; ++h) {
+            const __m512d hi = _mm512_cvtepi32_pd(h ? _mm512_extracti64x4_epi64(c[0], 1) : _mm512_castsi512_si256(c[0]));
+            const __m512d mid = _mm512_cvtepi32_pd(h ? _mm512_extracti64x4_epi64(c[1], 1) : _mm512_castsi512_si256(c[1]));
+            const __m512d lo = _mm512_cvtepi32_pd(h ? _mm512_extracti64x4_epi64(c[2], 1) : _mm512_castsi512_si256(c[2]));
+            const __m512d ws = _mm512_cvtepi32_pd(h ? _mm512_extracti64x4_epi64(ws16, 1) : _mm512_castsi512_si256(ws16));
+            const __m512d sc = _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(sc16, 1) : _mm512_castps512_ps256(sc16));
+            __m512d t = _mm512_fmadd_pd(hi, _mm512_set1_pd(65536.0), _mm512_mul_pd(mid, _mm512_set1_pd(256.0)));
+            t = _mm512_add_pd(t, lo);
+            t = _mm512_fnmadd_pd(ws, _mm512_set1_pd(8388608.0), t);
+            _mm256_storeu_ps(out + m * N + n + 8 * h, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(t, x), sc)));
+          }
+        }
+    }
+  }
+  _tile_release();
 }
 
 // exp(x) for x <= 0 (softmax after its max is taken off), 16 lanes: x = n ln2 + r with |r| <= ln2/2, exp(r) by
@@ -220,43 +395,26 @@ bool cpu_has_vnni() {
   }();
   return has;
 }
+// AMX-INT8 on the CPU and the tile state granted by the kernel (asked for once per process)
+bool cpu_has_amx() {
+  static const bool has = [] {
+    if (!cpu_has_vnni()) return false;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;  // asm/prctl.h, the tile data state component
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
+  }();
+  return has;
+}
 #else
 bool cpu_has_vnni() { return false; }
+bool cpu_has_amx() { return false; }
 #endif
 
-// Each row of x [rows, K] as the three bytes of X + 2^23 (act [rows][3][K]) and its step 2^(e-23) (xs; 0 for
-// an all-zero row). False where a row holds a non-finite value (the caller then uses torch's kernel).
-bool fixed_point_rows(const bf16* x, int64_t rows, int64_t K, uint8_t* act, double* xs) {
-  for (int64_t m = 0; m < rows; ++m) {
-    const bf16* r = x + m * K;
-    float mx = 0;
-    bool finite = true;
-    for (int64_t k = 0; k < K; ++k) {
-      const float a = std::abs(static_cast<float>(r[k]));
-      finite = finite && std::isfinite(a);
-      mx = std::max(mx, a);
-    }
-    if (!finite) return false;
-    uint8_t* hi = act + m * 3 * K;
-    if (mx == 0) {  // X = 0: every byte of 2^23
-      std::fill(hi, hi + K, uint8_t{128});
-      std::fill(hi + K, hi + 3 * K, uint8_t{0});
-      xs[m] = 0;
-      continue;
-    }
-    int e = 0;
-    std::frexp(mx, &e);  // mx < 2^e
-    xs[m] = std::ldexp(1.0, e - 23);
-    const double up = std::ldexp(1.0, 23 - e);
-    for (int64_t k = 0; k < K; ++k) {
-      const auto X = static_cast<int32_t>(std::nearbyint(static_cast<double>(static_cast<float>(r[k])) * up));
-      const auto U = static_cast<uint32_t>(X + (1 << 23));
-      hi[k] = static_cast<uint8_t>(U >> 16);
-      hi[K + k] = static_cast<uint8_t>((U >> 8) & 255);
-      hi[2 * K + k] = static_cast<uint8_t>(U & 255);
-    }
-  }
-  return true;
+// SLM_NATIVE_AMX=0: the VNNI kernel where AMX is there too (read at every call, for side-by-side measurements)
+bool amx_enabled() {
+  const char* e = std::getenv("SLM_NATIVE_AMX");
+  return cpu_has_amx() && !(e && std::string(e) == "0");
 }
 
 // y = x . w^T * scale: x bf16 [rows, K], w int8 [N, K], scale bf16 [N], wsum int32 [N] (w's row sums; undefined:
@@ -267,18 +425,28 @@ Tensor int8_matmul(const Tensor& x, const Tensor& w, const Tensor& scale, const 
   if (wsum.defined() && cpu_has_vnni() && K % 64 == 0 && rows > 0 && x.is_contiguous() && w.is_contiguous() &&
       x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kChar && scale.scalar_type() == at::kBFloat16 &&
       wsum.scalar_type() == at::kInt && w.size(1) == K && scale.numel() == N && wsum.numel() == N) {
-    std::vector<uint8_t> act(rows * 3 * K);
+    // AMX from two rows up (at one both run at memory speed), in blocks of 16 output rows
+    // (a tile's int32 sums hold K * 255 * 128 up to K = 65792)
+    const bool amx = rows > 1 && N % 16 == 0 && K <= 65536 && amx_enabled();
+    const int64_t groups = (rows + kAmxRows - 1) / kAmxRows;
+    std::vector<uint8_t> act(amx ? 0 : rows * 3 * K), packed(amx ? groups * K * 16 : 0);
     std::vector<double> xs(rows);
-    if (fixed_point_rows(x.data_ptr<bf16>(), rows, K, act.data(), xs.data())) {
+    if (fixed_point_rows(x.data_ptr<bf16>(), rows, K, amx ? nullptr : act.data(), packed.data(), xs.data())) {
       Tensor out = at::empty({rows, N}, x.options().dtype(at::kFloat));
       const int8_t* wp = w.data_ptr<int8_t>();
       const int32_t* ws = wsum.data_ptr<int32_t>();
       const bf16* sp = scale.data_ptr<bf16>();
       float* op = out.data_ptr<float>();
-      // split the output rows between threads in blocks of 4 (a thread streams one contiguous part of w)
-      at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t b0, int64_t b1) {
-        vnni_range(act.data(), xs.data(), rows, K, wp, ws, sp, op, N, b0 * 4, std::min(N, b1 * 4));
-      });
+      if (amx) {
+        at::parallel_for(0, N / 16, 4, [&](int64_t b0, int64_t b1) {
+          amx_range(packed.data(), xs.data(), rows, K, wp, ws, sp, op, N, b0 * 16, b1 * 16);
+        });
+      } else {
+        // split the output rows between threads in blocks of 4 (a thread streams one contiguous part of w)
+        at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t b0, int64_t b1) {
+          vnni_range(act.data(), xs.data(), rows, K, wp, ws, sp, op, N, b0 * 4, std::min(N, b1 * 4));
+        });
+      }
       return out.to(at::kBFloat16);
     }
   }
@@ -301,7 +469,7 @@ bool own_attention_enabled() {
   return !(e && std::string(e) == "1");
 }
 
-std::string int8_kernel() { return cpu_has_vnni() ? "avx512-vnni" : "torch"; }
+std::string int8_kernel() { return amx_enabled() ? "amx" : cpu_has_vnni() ? "avx512-vnni" : "torch"; }
 
 // y = x * rsqrt(mean(x^2) + eps) * w per row of the residual stream [rows, D], rounded to bf16 into out (the
 // int8 kernel's input). The sum of squares runs in double: torch's rms_norm (the Python loop's) sums in float
