@@ -633,7 +633,7 @@ class Int8Linear(torch.nn.Module):
     :data:`BF16_BULK_ROWS` (4) over a bf16 copy: the int8 kernel works in blocks of 4 rows, each costing about
     what the first did, where AMX's bf16 GEMM barely grows with the rows, so from 5 rows on the bf16 copy is
     faster (one step's four matrices: 1.3x at 5-8 rows, 1.9x at 10-12; docs/results/native_step). The native
-    loop's own int8 kernel (AVX512-VNNI: :func:`slm.native.int8_mm`) keeps the same threshold.
+    loop's own int8 kernel (AVX512-VNNI or AMX: :func:`slm.native.int8_mm`) keeps the same threshold.
 
     ``activations`` (the ``"w8a8"`` mode): the input is quantized to int8 too, one scale per call, and the
     product runs in integers (``quantized::linear_dynamic``, fbgemm; VNNI where the CPU has it). Why: the

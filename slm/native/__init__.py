@@ -2,7 +2,8 @@
 
 :func:`fused_layers` is the layer loop of :class:`slm.generate.FusedStep` for int8 weight-only matrices on CPU
 (``fused_layers.cpp``): the same arithmetic as the Python loop, without its ~30 small torch calls per layer,
-and on CPUs with AVX512-VNNI with its own int8 matmul (:func:`int8_mm`) and attention (docs/results/vnni_step).
+and on CPUs with AVX512-VNNI with its own int8 matmul (:func:`int8_mm`; on AMX tiles where the CPU has
+them, docs/results/amx_step) and attention (docs/results/vnni_step).
 It is built once per torch version and source (~15-30 s with g++ and ninja, both installed by ``make setup``)
 into ``<cache>/native/``; ``make setup`` builds it ahead of time. Where it cannot be built (no compiler, a
 failed build) or ``SLM_NATIVE=0`` is set, callers keep the Python loop: the same results to float rounding
@@ -95,8 +96,10 @@ def fused_layers(verbose: bool = False) -> Callable | None:
 
 
 def int8_kernel() -> str | None:
-    """Which int8 matmul the native loop runs: ``"avx512-vnni"`` (its own kernel, on CPUs with AVX512-VNNI),
-    ``"torch"`` (``torch._weight_int8pack_mm``), or None where the library is not available."""
+    """Which int8 matmul the native loop runs: ``"amx"`` (its own kernel on AMX tiles for passes of 2+ rows, on
+    AVX512-VNNI for one row; ``SLM_NATIVE_AMX=0``: VNNI throughout; docs/results/amx_step), ``"avx512-vnni"`` (its
+    own kernel, on CPUs with AVX512-VNNI), ``"torch"`` (``torch._weight_int8pack_mm``), or None where the library
+    is not available."""
     op = fused_layers()
     if op is None:
         return None

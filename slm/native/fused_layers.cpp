@@ -4,7 +4,8 @@
 // Why: at a few rows per step the Python loop spends ~40% of a SmolLM2-135M step on ~30 small torch calls
 // per layer (norms, rotary, casts, K/V writes), each a Python call plus an op dispatch. Here everything between
 // the int8 matmuls and the attention is plain loops over the few rows. On CPUs with AVX512-VNNI the matmuls and
-// the attention are this file's own kernels (int8_matmul, attend_avx512: docs/results/vnni_step); elsewhere
+// the attention are this file's own kernels (int8_matmul, attend_avx512: docs/results/vnni_step; the matmul on
+// AMX tiles where the CPU has them: docs/results/amx_step); elsewhere
 // torch's (at::_weight_int8pack_mm, at::scaled_dot_product_attention, called as the Python loop calls them).
 //
 // The arithmetic mirrors FusedStep.layers_forward operation by operation (fp32 residual stream; the matrices'
