@@ -135,14 +135,13 @@ struct alignas(64) TileConfig {
 // integer (2^e > max|x|; exact in float: x has 8 significant bits and |X| < 2^23), and its step 2^(e-23) (xs; 0
 // for an all-zero row). The bytes go to act [rows][3][K] (the VNNI kernel's layout) or, where act is null, to
 // packed [groups][K/64][16 k-quads][16 columns x 4 bytes] (AMX's: k at (k / 4) * 64 + k % 4 of its column,
-// column 3 * (row % kAmxRows) + byte, unused columns zero). False where a row holds a non-finite value (the
-// caller then uses torch's kernel).
+// column 3 * (row % kAmxRows) + byte; the caller passes it zeroed, which the unused columns stay). False where a
+// row holds a non-finite value (the caller then uses torch's kernel).
 SLM_VNNI inline __m512i bf16_bits(const bf16* p) {  // 16 bf16 -> their fp32 bits
   return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
 }
 
 SLM_VNNI bool fixed_point_rows(const bf16* x, int64_t rows, int64_t K, uint8_t* act, uint8_t* packed, double* xs) {
-  if (!act) std::fill(packed, packed + (rows + kAmxRows - 1) / kAmxRows * K * 16, uint8_t{0});
   const __m512i exp_mask = _mm512_set1_epi32(0x7f800000), abs_mask = _mm512_set1_epi32(0x7fffffff);
   for (int64_t m = 0; m < rows; ++m) {
     const bf16* r = x + m * K;
@@ -193,8 +192,9 @@ SLM_VNNI bool fixed_point_rows(const bf16* x, int64_t rows, int64_t K, uint8_t* 
 // bytes into TB (two sets, alternated chunk by chunk, so a chunk's loads need not wait for the last one's
 // multiplications to have read their tiles), sums into tmm0..G-1. A macro: the tile intrinsics take literal
 // register numbers.
-#define SLM_AMX_CHUNK(TA, TB)                                                              \
+#define SLM_AMX_CHUNK(C, TA, TB)                                                           \
   {                                                                                        \
+    const int64_t c = C;                                                                   \
     const char* pf = reinterpret_cast<const char*>(w) + c * 1024 + kPrefetch;              \
     for (int i = 0; i < 16; ++i) _mm_prefetch(pf + i * 64, _MM_HINT_T1);                   \
     _tile_loadd(TA, w + c * 64, K);                                                        \
@@ -218,13 +218,12 @@ SLM_VNNI bool fixed_point_rows(const bf16* x, int64_t rows, int64_t K, uint8_t* 
 // is 16 * K contiguous bytes: its prefetch runs along them ~16 KB ahead, into L2)
 template <int G>
 SLM_AMX inline void amx_block(const uint8_t* packed, int64_t chunks, const int8_t* w, int64_t K) {
-  int64_t c = 0;
-  for (; c + 2 <= chunks; ++c) {
-    SLM_AMX_CHUNK(4, 5)
-    ++c;
-    SLM_AMX_CHUNK(6, 7)
+  int64_t c0 = 0;
+  for (; c0 + 2 <= chunks; c0 += 2) {
+    SLM_AMX_CHUNK(c0, 4, 5)
+    SLM_AMX_CHUNK(c0 + 1, 6, 7)
   }
-  if (c < chunks) SLM_AMX_CHUNK(4, 5)
+  if (c0 < chunks) SLM_AMX_CHUNK(c0, 4, 5)
 }
 #undef SLM_AMX_CHUNK
 
@@ -430,7 +429,7 @@ Tensor int8_matmul(const Tensor& x, const Tensor& w, const Tensor& scale, const 
     // (a tile's int32 sums hold K * 255 * 128 up to K = 65792)
     const bool amx = rows > 1 && N % 16 == 0 && K <= 65536 && amx_enabled();
     const int64_t groups = (rows + kAmxRows - 1) / kAmxRows;
-    std::vector<uint8_t> act(amx ? 0 : rows * 3 * K), packed(amx ? groups * K * 16 : 0);
+    std::vector<uint8_t> act(amx ? 0 : rows * 3 * K), packed(amx ? groups * K * 16 : 0);  // zeroed
     std::vector<double> xs(rows);
     if (fixed_point_rows(x.data_ptr<bf16>(), rows, K, amx ? nullptr : act.data(), packed.data(), xs.data())) {
       Tensor out = at::empty({rows, N}, x.options().dtype(at::kFloat));
