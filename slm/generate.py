@@ -8,6 +8,7 @@ sample" step; everything else (cache, attention) is transformers'.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -281,7 +282,7 @@ class FusedStep:
         lists += [[layer[j].bulk for layer in layers] if bulk else [] for j in _MATRICES]
         # the int8 matrices' row sums, which the native int8 kernel takes (slm.native.int8_mm)
         lists += [[layer[j].qweight.sum(1, dtype=torch.int32) for layer in layers] for j in _MATRICES]
-        return op, lists, rows.pop(), bulk
+        return op, lists, native_int8_rows(rows.pop(), bulk), bulk
 
     def native_rows(self, rows: int) -> bool:
         """Whether a pass of ``rows`` new tokens in all runs through the native layer loop: up to the int8
@@ -290,15 +291,16 @@ class FusedStep:
         return self._native is not None and (rows <= self._native[2] or self._native[3])
 
     def native_forward(self, x: Tensor, k: Tensor, v: Tensor, pos: Tensor, cos: Tensor, sin: Tensor,
-                       mask: Tensor | None, span: int) -> Tensor:
+                       mask: Tensor | None, span: int, shared: int = 0) -> Tensor:
         """:meth:`layers_forward` in C++ (:func:`slm.native.fused_layers`; check :meth:`native_rows` first):
         ``x [B, n, D]`` the new tokens' embeddings, written as K/V into ``k``/``v`` ``[layers, B, nkv, max_len,
         hd]`` at ``pos [B, n]``; ``cos``/``sin`` ``[max_len, hd]`` the rotary tables; ``mask`` SDPA's boolean mask
-        over the first ``span`` positions (None: each row's one query sees all of them). Returns the hidden
-        states before the final norm."""
+        over the first ``span`` positions (None: each row's one query sees all of them); ``shared`` the first
+        positions, which every row's K/V holds alike and no row writes (its attention reads them once for all
+        rows: the same bits). Returns the hidden states before the final norm."""
         op, lists, max_rows, _ = self._native
         return op(x.contiguous(), *lists, k, v, pos, cos, sin, mask, span, self.nh, self.nkv, float(self.eps),
-                  max_rows)
+                  max_rows, shared)
 
     @torch.no_grad()
     def tap_inputs(self, seqs, fn: Callable[[int, int, Tensor], None]) -> None:
@@ -498,6 +500,7 @@ class _FusedBatch:
         for buf in (self.k, self.v):  # broadcast over the rows; later positions get written
             buf[:, :, :, p:t] = buf[:, b : b + 1, :, p:t].clone()
         self.t.fill_(t)
+        self.shared = t  # every row now holds positions below t alike
 
     def step(self, feeds: list[list[int]]) -> Tensor:
         """Feed row b the tokens ``feeds[b]`` (may be empty: that row stays where it is); returns each row's
@@ -521,7 +524,7 @@ class _FusedBatch:
                                                   attn_mask=mask, enable_gqa=f.nh != f.nkv)
 
         if f.native_rows(rows * n):
-            x = f.native_forward(f.embed[tok], self.k, self.v, at, self.cos, self.sin, mask, span)
+            x = f.native_forward(f.embed[tok], self.k, self.v, at, self.cos, self.sin, mask, span, self.shared)
         else:
             x = f.layers_forward(f.embed[tok], self.cos[at][:, :, None], self.sin[at][:, :, None], attend)
         self.t = self.t + lens
@@ -618,6 +621,21 @@ def int8_mode(int8: bool | str | None) -> str | None:
 # bf16 natively) multiplies on the copy: see Int8Linear. The same in both loops, with torch's int8 kernel or the
 # native loop's own (docs/results/vnni_step: 10 rows on the own kernel gained no measurable speed and no accuracy).
 BF16_BULK_ROWS = 4
+
+
+def native_int8_rows(max_rows: int, bulk: bool) -> int:
+    """The row limit of the native loop's int8 matmul: the matrices' ``max_rows``, or ``SLM_NATIVE_INT8_ROWS``
+    where set (passes of more rows take the bf16 copies where the matrices have them)."""
+    env = os.environ.get("SLM_NATIVE_INT8_ROWS", "").strip()
+    if not env:
+        return max_rows
+    try:
+        rows = int(env)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise ValueError(f"SLM_NATIVE_INT8_ROWS must be a positive whole number of rows, got {env!r}")
+    return rows
 
 
 class Int8Linear(torch.nn.Module):

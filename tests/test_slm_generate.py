@@ -1,6 +1,7 @@
 """Decoding loop details (slm.generate, AcousticHead.generate): the fast paths compute what the plain
 ones compute."""
 import itertools
+import os
 
 import pytest
 import torch
@@ -377,6 +378,50 @@ def test_native_layer_loop_gives_the_python_loops_results(native_lm, layout):
                          None, 7)
     with pytest.raises(RuntimeError, match="position out of range"):
         f.native_forward(f.embed[[7]].view(1, 1, -1), st.k, st.v, torch.tensor([[30]]), st.cos, st.sin, None, 7)
+
+
+def test_native_attention_reads_the_shared_positions_once_with_the_same_bits(native_lm):
+    """Side-by-side rows after one prompt hold its K/V alike, and after an adopt the positions before it too: the C++
+    loop's attention reads row 0's copy of those positions for every row. Same bits as reading each row's own (the
+    outputs and the K/V written, over steps of one token, a word and a row fed nothing); row 0's copy is what is
+    read (a spoiled copy in the other rows changes nothing); a row writing inside the shared positions is refused."""
+    from adapters.backbones import out_cache
+    from slm import native
+    from slm.generate import inference_copy
+
+    q = inference_copy(native_lm, int8=True, bf16_prompt=False)
+    f = q.fused_step
+    assert f._native is not None, "the native decoding step did not build (it needs g++ and ninja: make setup)"
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+
+    def run(shared: bool, spoil: bool = False) -> list[torch.Tensor]:
+        b = f.start_batch(out_cache(q(ids, use_cache=True)), 6, 30, 3)
+        assert b.shared == 6
+        out = [b.step([[1], [2, 3], [4]])]
+        b.adopt(1)
+        assert b.shared == 8 and b.t.tolist() == [8, 8, 8]
+        if spoil:  # rows 1 and 2 lose their copy of the shared positions
+            b.k[:, 1:, :, :8] += 1.0
+            b.v[:, 1:, :, :8] -= 1.0
+        if not shared:
+            b.shared = 0
+        out += [b.step([[5], [6], [7]]), b.step([[8, 9], [], [10]]), b.step([[11], [12], [13]])]
+        return out + [b.k[:, :1], b.v[:, :1], b.k[:, :, :, 8:], b.v[:, :, :, 8:]]
+
+    plain = run(False)
+    for a, b in zip(run(True), plain):
+        assert torch.equal(a, b)
+    own = native_lm.config.head_dim % 16 == 0 if hasattr(native_lm.config, "head_dim") else \
+        (native_lm.config.hidden_size // native_lm.config.num_attention_heads) % 16 == 0
+    if own and native.int8_kernel() in ("amx", "avx512-vnni") and not os.environ.get("SLM_NATIVE_SDPA"):
+        spoiled = run(True, spoil=True)
+        for a, b in zip(spoiled, plain):
+            assert torch.equal(a, b)  # row 0's copy read for every row
+        assert not torch.equal(run(False, spoil=True)[1], plain[1])  # each row's own copy: the spoiling shows
+    b = f.start_batch(out_cache(q(ids, use_cache=True)), 6, 30, 2)
+    b.shared = 7
+    with pytest.raises(RuntimeError, match="inside the shared positions"):
+        b.step([[1], [2]])
 
 
 def test_native_int8_kernel_computes_what_torchs_does():

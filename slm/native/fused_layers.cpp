@@ -307,18 +307,23 @@ SLM_VNNI inline __m512 exp_neg(__m512 x) {
 // out [B * n, nh * hd]. What at::scaled_dot_product_attention computes here (to float rounding), reading each
 // key and value once per kv head for the nh / nkv query heads that share it, with no per-call setup: at one to
 // a few queries that setup and the strided reads were most of its time (~2 ms of a SmolLM2 step at 280 positions).
-// one (row, kv head) pair of attend_avx512; sc [G * n * span] and acc [hd] scratch
-SLM_VNNI void attend_one(const float* q, const float* kb, const float* vb, const bool* mb, int64_t b, int64_t g,
-                         int64_t n, int64_t nh, int64_t G, int64_t hd, int64_t span, float* sc, float* acc,
-                         bf16* out) {
+// one (row, kv head) pair of attend_avx512; sc [G * n * span] and acc [hd] scratch. Positions below `shared` are
+// read from kb0/vb0 (row 0's, which every row holds alike there), the rest from the row's own kb/vb.
+SLM_VNNI void attend_one(const float* q, const float* kb0, const float* vb0, const float* kb, const float* vb,
+                         int64_t shared, const bool* mb, int64_t b, int64_t g, int64_t n, int64_t nh, int64_t G,
+                         int64_t hd, int64_t span, float* sc, float* acc, bf16* out) {
   const int64_t Q = G * n, C = hd / 16, D = nh * hd;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   auto query = [&](int64_t qi) { return q + ((b * nh + g * G + qi % G) * n + qi / G) * hd; };  // qi = t*G + hh
+  auto key = [&](int64_t j) { return (j < shared ? kb0 : kb) + j * hd; };
+  auto value = [&](int64_t j) { return (j < shared ? vb0 : vb) + j * hd; };
   for (int64_t j = 0; j < span; ++j) {  // scores, each key read once
     __m512 kr[16];
+    const float* kj = key(j);
+    const float* kn = key(j + 8);
     for (int64_t c = 0; c < C; ++c) {
-      _mm_prefetch(reinterpret_cast<const char*>(kb + (j + 8) * hd + c * 16), _MM_HINT_T0);
-      kr[c] = _mm512_loadu_ps(kb + j * hd + c * 16);
+      _mm_prefetch(reinterpret_cast<const char*>(kn + c * 16), _MM_HINT_T0);
+      kr[c] = _mm512_loadu_ps(kj + c * 16);
     }
     for (int64_t qi = 0; qi < Q; ++qi) {
       if (mb && !mb[(qi / G) * span + j]) {
@@ -331,11 +336,15 @@ SLM_VNNI void attend_one(const float* q, const float* kb, const float* vb, const
       sc[qi * span + j] = _mm512_reduce_add_ps(d) * scale;
     }
   }
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
   for (int64_t qi = 0; qi < Q; ++qi) {  // softmax numerators in place; the sum taken below
     float* s = sc + qi * span;
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < span; ++j) mx = std::max(mx, s[j]);
-    const __m512 m = _mm512_set1_ps(mx);
+    __m512 mv = ninf;  // the max, 16 lanes at a time (exact in any order)
+    for (int64_t j = 0; j < span; j += 16) {
+      const __mmask16 lanes = span - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (span - j)) - 1);
+      mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(ninf, lanes, s + j));
+    }
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
     for (int64_t j = 0; j < span; j += 16) {
       const __mmask16 lanes = span - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (span - j)) - 1);
       const __m512 x = _mm512_maskz_loadu_ps(lanes, s + j);
@@ -346,24 +355,24 @@ SLM_VNNI void attend_one(const float* q, const float* kb, const float* vb, const
   for (int64_t q0 = 0; q0 < Q; q0 += 4) {  // weighted values, four queries a pass over them
     const int64_t qn = std::min<int64_t>(4, Q - q0);
     __m512 a[4][16];
+    double sum[4] = {0, 0, 0, 0};  // each query's softmax denominator, summed in position order beside the values
     for (int64_t i = 0; i < qn; ++i)
       for (int64_t c = 0; c < C; ++c) a[i][c] = _mm512_setzero_ps();
     for (int64_t j = 0; j < span; ++j) {
-      const float* vr = vb + j * hd;
-      for (int64_t c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(vr + 8 * hd + c * 16), _MM_HINT_T0);
+      const float* vr = value(j);
+      const float* vn = value(j + 8);
+      for (int64_t c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(vn + c * 16), _MM_HINT_T0);
       for (int64_t i = 0; i < qn; ++i) {
         const float pj = sc[(q0 + i) * span + j];
         if (pj == 0.f) continue;
+        sum[i] += pj;
         const __m512 pv = _mm512_set1_ps(pj);
         for (int64_t c = 0; c < C; ++c) a[i][c] = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vr + c * 16), a[i][c]);
       }
     }
     for (int64_t i = 0; i < qn; ++i) {
       const int64_t qi = q0 + i, t = qi / G, h = g * G + qi % G;
-      const float* s = sc + qi * span;
-      double sum = 0;
-      for (int64_t j = 0; j < span; ++j) sum += s[j];
-      const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / sum));
+      const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / sum[i]));
       for (int64_t c = 0; c < C; ++c) _mm512_storeu_ps(acc + c * 16, _mm512_mul_ps(a[i][c], inv));
       bf16* o = out + (b * n + t) * D + h * hd;
       for (int64_t d = 0; d < hd; ++d) o[d] = bf16(acc[d]);
@@ -371,15 +380,19 @@ SLM_VNNI void attend_one(const float* q, const float* kb, const float* vb, const
   }
 }
 
+// The (row, kv head) pairs run kv head by kv head, so that where the rows share their first `shared` positions
+// (best-of candidates after one prompt: slm.generate._FusedBatch) those keys and values come from memory once for
+// every row of a head and from the core's cache for the next rows (row 0's copy is read for all of them). Each
+// pair's arithmetic is the same whatever `shared` is, so the output bits are too.
 void attend_avx512(const float* q, const float* k, const float* v, const bool* mask, int64_t mask_b, int64_t B,
                    int64_t n, int64_t nh, int64_t nkv, int64_t hd, int64_t max_len, int64_t span, int64_t kv_b,
-                   bf16* out) {
+                   int64_t shared, bf16* out) {
   const int64_t G = nh / nkv;
   at::parallel_for(0, B * nkv, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> sc(G * n * span), acc(hd);
     for (int64_t task = t0; task < t1; ++task) {
-      const int64_t b = task / nkv, g = task % nkv;
-      attend_one(q, k + b * kv_b + g * max_len * hd, v + b * kv_b + g * max_len * hd,
+      const int64_t g = task / B, b = task % B, head = g * max_len * hd;
+      attend_one(q, k + head, v + head, k + b * kv_b + head, v + b * kv_b + head, shared,
                  mask ? mask + (mask_b > 1 ? b : 0) * n * span : nullptr, b, g, n, nh, G, hd, span, sc.data(),
                  acc.data(), out);
     }
@@ -491,10 +504,11 @@ Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w,
                     at::TensorList o_ws, at::TensorList gu_ws, at::TensorList dn_ws, const Tensor& K, const Tensor& V,
                     const Tensor& pos, const Tensor& cos_tab, const Tensor& sin_tab,
                     const std::optional<Tensor>& mask, int64_t span, int64_t nh, int64_t nkv, double eps_d,
-                    int64_t max_rows) {
+                    int64_t max_rows, int64_t shared) {
   // x_in [B, n, D] fp32; K/V [L, B, nkv, max_len, hd] fp32; pos [B, n] int64 (where each new token goes);
   // cos_tab/sin_tab [max_len, hd] fp32 (the plain rotary tables); mask: SDPA's boolean mask [B|1, 1, n, span]
-  // or none (one token per row, attending to every position below span).
+  // or none (one token per row, attending to every position below span); shared: the first positions, which
+  // every row's K/V holds alike (0: none), where the attention reads row 0's copy for all rows.
   TORCH_CHECK(x_in.dim() == 3 && x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(),
               "fused_layers: x must be a float32 CPU tensor [B, n, D]");
   const int64_t B = x_in.size(0), n = x_in.size(1), D = x_in.size(2), rows = B * n, L = n1.size();
@@ -531,6 +545,9 @@ Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w,
   };
   const int64_t* p = pos.data_ptr<int64_t>();
   for (int64_t i = 0; i < rows; ++i) TORCH_CHECK(p[i] >= 0 && p[i] < max_len, "fused_layers: position out of range");
+  TORCH_CHECK(shared >= 0 && shared <= span, "fused_layers: shared must be in 0..span");
+  for (int64_t i = 0; i < rows; ++i)
+    TORCH_CHECK(p[i] >= shared, "fused_layers: a row writes inside the shared positions (below shared)");
 
   Tensor x = x_in.contiguous().clone();  // the residual stream [B, n, D]
   float* xs = x.data_ptr<float>();
@@ -596,7 +613,7 @@ Tensor fused_layers(const Tensor& x_in, at::TensorList n1, at::TensorList qkv_w,
     bf16* aip = att_in.data_ptr<bf16>();
 #ifdef SLM_X86
     if (own_attention) {
-      attend_avx512(qp, kl, vl, mask_p, mask_b, B, n, nh, nkv, hd, max_len, span, kv_b, aip);
+      attend_avx512(qp, kl, vl, mask_p, mask_b, B, n, nh, nkv, hd, max_len, span, kv_b, shared, aip);
     } else
 #endif
     {
@@ -649,7 +666,7 @@ TORCH_LIBRARY(slm_native, m) {
         "Tensor[] n2, Tensor[] gu_w, Tensor[] gu_s, Tensor[] dn_w, Tensor[] dn_s, Tensor[] qkv_b, Tensor[] o_b, "
         "Tensor[] gu_b, Tensor[] dn_b, Tensor[] qkv_ws, Tensor[] o_ws, Tensor[] gu_ws, Tensor[] dn_ws, Tensor K, "
         "Tensor V, Tensor pos, Tensor cos, Tensor sin, Tensor? mask, int span, int nh, int nkv, float eps, "
-        "int max_rows) -> Tensor");
+        "int max_rows, int shared=0) -> Tensor");
   m.impl("fused_layers", c10::DispatchKey::CPU, TORCH_FN(fused_layers));
   m.def("int8_mm(Tensor x, Tensor w, Tensor scale, Tensor wsum) -> Tensor");
   m.impl("int8_mm", c10::DispatchKey::CPU, TORCH_FN(int8_mm_op));
