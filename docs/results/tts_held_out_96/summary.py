@@ -10,9 +10,11 @@ int8 activations on every backbone and head matrix), ``..._bf16_prompt_seed{S}.j
 sentence's prompt on bf16 weights through the fused loop: docs/results/bf16_prompt), ``..._vnni_seed{S}.json``
 (decoded by the C++ loop with its own int8 matmul and attention, words of up to 10 tokens on int8 weights:
 docs/results/vnni_step), ``..._cpp_loop_seed{S}.json`` (the same loop with words of more than 4 tokens on the bf16
-copies, as it ships), ``..._python_loop_seed{S}.json`` (that code with ``SLM_NATIVE=0``: the Python loop) and
+copies, as it ships), ``..._amx_words_seed{S}.json`` (the same loop with words of up to 32 tokens on the int8
+matrices through the AMX kernel: ``SLM_NATIVE_INT8_ROWS=32``, docs/results/best_of_step),
+``..._python_loop_seed{S}.json`` (that code with ``SLM_NATIVE=0``: the Python loop) and
 ``floor_96.json`` (``floor.py``). Settings run both ways (``X, int8 head`` and ``X, bf16 prompt``; ``X, Python
-loop, same code`` and ``X, C++ loop``) also get the paired difference of their ratios over the seeds both have,
+loop, same code`` and ``X, C++ loop``; ``X, C++ loop`` and ``X, C++ loop, words int8 on AMX``) also get the paired difference of their ratios over the seeds both have,
 with its bootstrap interval over items.
 
     python docs/results/tts_held_out_96/summary.py   # -> summary.json, wer_ratio.png
@@ -39,11 +41,11 @@ def _edits(refs: list[str], hyps: list[str]) -> np.ndarray:
     return np.array(out)
 
 
-NAME = re.compile(r"lm_eval_best_of_(\d+)(?:_words_(\d+))?(_int8_head|_w8a8_every_matrix|_w8a8|_bf16_prompt|_vnni|_cpp_loop|_python_loop)?"
+NAME = re.compile(r"lm_eval_best_of_(\d+)(?:_words_(\d+))?(_int8_head|_w8a8_every_matrix|_w8a8|_bf16_prompt|_vnni|_cpp_loop|_amx_words|_python_loop)?"
                   r"_seed\d+\.json")
 TAGS = {"": "", "_int8_head": ", int8 head", "_w8a8_every_matrix": ", w8a8 on every matrix", "_w8a8": ", w8a8",
         "_bf16_prompt": ", bf16 prompt", "_vnni": ", C++ loop, words int8", "_cpp_loop": ", C++ loop",
-        "_python_loop": ", Python loop, same code"}
+        "_amx_words": ", C++ loop, words int8 on AMX", "_python_loop": ", Python loop, same code"}
 
 
 def _setting(name: str) -> str:
@@ -87,7 +89,8 @@ def main() -> dict:
                               "ratio_ci95": ci.tolist(), "per_seed": rows[n]}
     # key: (tag of the baseline a, tag of the setting b, printed label of b - a)
     pairs = {"bf16_prompt_vs_fp32_prompt": (", int8 head", ", bf16 prompt", "bf16 prompt - fp32 prompt"),
-             "cpp_loop_vs_python_loop": (", Python loop, same code", ", C++ loop", "C++ loop - Python loop")}
+             "cpp_loop_vs_python_loop": (", Python loop, same code", ", C++ loop", "C++ loop - Python loop"),
+             "amx_words_vs_bf16_words": (", C++ loop", ", C++ loop, words int8 on AMX", "int8 words - bf16 words")}
     for key, (a, b, _) in pairs.items():  # paired over items and the seeds both settings ran: b's ratio minus a's
         out[key] = {}
         for n, per in runs.items():
