@@ -282,7 +282,7 @@ class FusedStep:
         lists += [[layer[j].bulk for layer in layers] if bulk else [] for j in _MATRICES]
         # the int8 matrices' row sums, which the native int8 kernel takes (slm.native.int8_mm)
         lists += [[layer[j].qweight.sum(1, dtype=torch.int32) for layer in layers] for j in _MATRICES]
-        return op, lists, native_int8_rows(rows.pop(), bulk), bulk
+        return op, lists, native_int8_rows(rows.pop()), bulk
 
     def native_rows(self, rows: int) -> bool:
         """Whether a pass of ``rows`` new tokens in all runs through the native layer loop: up to the int8
@@ -623,7 +623,7 @@ def int8_mode(int8: bool | str | None) -> str | None:
 BF16_BULK_ROWS = 4
 
 
-def native_int8_rows(max_rows: int, bulk: bool) -> int:
+def native_int8_rows(max_rows: int) -> int:
     """The row limit of the native loop's int8 matmul: the matrices' ``max_rows``, or ``SLM_NATIVE_INT8_ROWS``
     where set (passes of more rows take the bf16 copies where the matrices have them)."""
     env = os.environ.get("SLM_NATIVE_INT8_ROWS", "").strip()
